@@ -94,12 +94,18 @@ impl Cluster {
             Object::Node(node) => {
                 self.remove_node_index(&node.name);
                 for ip in &node.addresses {
-                    self.node_ips.entry(*ip).or_default().insert((node.name.clone(), None));
+                    self.node_ips
+                        .entry(*ip)
+                        .or_default()
+                        .insert((node.name.clone(), None));
                 }
                 self.nodes.insert(node.name.clone(), node);
             }
             Object::NetworkPolicy(np) => {
-                self.policies_by_ns.entry(np.key.namespace.clone()).or_default().insert(np.key.name.clone());
+                self.policies_by_ns
+                    .entry(np.key.namespace.clone())
+                    .or_default()
+                    .insert(np.key.name.clone());
                 self.policies.insert(np.key.clone(), np);
             }
         }
@@ -130,11 +136,17 @@ impl Cluster {
     }
 
     fn index_pod(&mut self, pod: &Pod) {
-        self.pods_by_ns.entry(pod.key.namespace.clone()).or_default().insert(pod.key.name.clone());
+        self.pods_by_ns
+            .entry(pod.key.namespace.clone())
+            .or_default()
+            .insert(pod.key.name.clone());
         for ip in &pod.ips {
             if pod.host_network {
                 if let Some(node) = &pod.node {
-                    self.node_ips.entry(*ip).or_default().insert((node.clone(), Some(pod.key.clone())));
+                    self.node_ips
+                        .entry(*ip)
+                        .or_default()
+                        .insert((node.clone(), Some(pod.key.clone())));
                 }
             } else {
                 self.pod_ips.entry(*ip).or_default().insert(pod.key.clone());
@@ -143,7 +155,9 @@ impl Cluster {
     }
 
     fn remove_pod_index(&mut self, key: &ObjectKey) {
-        let Some(old) = self.pods.get(key) else { return };
+        let Some(old) = self.pods.get(key) else {
+            return;
+        };
         if let Some(set) = self.pods_by_ns.get_mut(&key.namespace) {
             set.remove(&key.name);
             if set.is_empty() {
@@ -167,7 +181,9 @@ impl Cluster {
     }
 
     fn remove_node_index(&mut self, name: &str) {
-        let Some(old) = self.nodes.get(name) else { return };
+        let Some(old) = self.nodes.get(name) else {
+            return;
+        };
         for ip in &old.addresses {
             if let Some(set) = self.node_ips.get_mut(ip) {
                 set.retain(|(n, p)| !(n == name && p.is_none()));
@@ -194,7 +210,11 @@ impl Cluster {
 
     /// Names of every namespace that has an object or a pod.
     pub fn namespace_names(&self) -> BTreeSet<&str> {
-        self.namespaces.keys().chain(self.pods_by_ns.keys()).map(String::as_str).collect()
+        self.namespaces
+            .keys()
+            .chain(self.pods_by_ns.keys())
+            .map(String::as_str)
+            .collect()
     }
 
     /// A pod.
@@ -247,12 +267,18 @@ impl Cluster {
 
     /// The pod that owns `ip`, if a (non-host-network) pod does.
     pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&Pod> {
-        self.pod_ips.get(&ip).and_then(|s| s.first()).and_then(|k| self.pods.get(k))
+        self.pod_ips
+            .get(&ip)
+            .and_then(|s| s.first())
+            .and_then(|k| self.pods.get(k))
     }
 
     /// The node that owns `ip`, if it is a node address.
     pub fn node_by_ip(&self, ip: IpAddr) -> Option<&str> {
-        self.node_ips.get(&ip).and_then(|s| s.first()).map(|(n, _)| n.as_str())
+        self.node_ips
+            .get(&ip)
+            .and_then(|s| s.first())
+            .map(|(n, _)| n.as_str())
     }
 
     /// Who owns an address. A pod address takes precedence over a node
@@ -270,9 +296,12 @@ impl Cluster {
 
     /// Every pod address with its owner, ordered by address.
     pub fn pod_addresses(&self) -> impl Iterator<Item = (IpAddr, &Pod)> {
-        self.pod_ips
-            .iter()
-            .filter_map(|(ip, owners)| owners.first().and_then(|k| self.pods.get(k)).map(|p| (*ip, p)))
+        self.pod_ips.iter().filter_map(|(ip, owners)| {
+            owners
+                .first()
+                .and_then(|k| self.pods.get(k))
+                .map(|p| (*ip, p))
+        })
     }
 
     /// Every node address with its node, ordered by address (pod addresses
@@ -286,7 +315,11 @@ impl Cluster {
 
     /// The names of every node that has a Node object or a pod scheduled on it.
     pub fn node_names(&self) -> BTreeSet<&str> {
-        self.nodes.keys().map(String::as_str).chain(self.pods.values().filter_map(|p| p.node.as_deref())).collect()
+        self.nodes
+            .keys()
+            .map(String::as_str)
+            .chain(self.pods.values().filter_map(|p| p.node.as_deref()))
+            .collect()
     }
 
     /// Whether `ip` is an address of node `node`.

@@ -21,7 +21,9 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::cluster::{AddressOwner, Cluster};
-use crate::model::{Direction, NamespaceSelection, NetworkPolicy, ObjectKey, Peer, Pod, PortMatch, Protocol, Rule};
+use crate::model::{
+    Direction, NamespaceSelection, NetworkPolicy, ObjectKey, Peer, Pod, PortMatch, Protocol, Rule,
+};
 
 /// One end of a flow, as given to the evaluator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,9 +49,21 @@ impl<'a> Party<'a> {
     /// Resolves an address.
     pub fn from_ip(cluster: &'a Cluster, ip: IpAddr) -> Self {
         match cluster.owner(ip) {
-            AddressOwner::Pod(p) => Party { ip: Some(ip), pod: Some(p), node: None },
-            AddressOwner::Node(n) => Party { ip: Some(ip), pod: None, node: Some(n) },
-            AddressOwner::External => Party { ip: Some(ip), pod: None, node: None },
+            AddressOwner::Pod(p) => Party {
+                ip: Some(ip),
+                pod: Some(p),
+                node: None,
+            },
+            AddressOwner::Node(n) => Party {
+                ip: Some(ip),
+                pod: None,
+                node: Some(n),
+            },
+            AddressOwner::External => Party {
+                ip: Some(ip),
+                pod: None,
+                node: None,
+            },
         }
     }
 
@@ -57,9 +71,17 @@ impl<'a> Party<'a> {
     pub fn from_pod(cluster: &'a Cluster, pod: &'a Pod, ip: Option<IpAddr>) -> Self {
         let _ = cluster;
         if pod.host_network {
-            return Party { ip, pod: None, node: pod.node.as_deref() };
+            return Party {
+                ip,
+                pod: None,
+                node: pod.node.as_deref(),
+            };
         }
-        Party { ip, pod: Some(pod), node: None }
+        Party {
+            ip,
+            pod: Some(pod),
+            node: None,
+        }
     }
 }
 
@@ -157,7 +179,10 @@ pub fn evaluate(
 ) -> Result<Verdict, EvalError> {
     let pod_of = |e: &Endpoint| -> Result<Option<&Pod>, EvalError> {
         match e {
-            Endpoint::Pod(k) => cluster.pod(k).map(Some).ok_or_else(|| EvalError::NoSuchPod(k.clone())),
+            Endpoint::Pod(k) => cluster
+                .pod(k)
+                .map(Some)
+                .ok_or_else(|| EvalError::NoSuchPod(k.clone())),
             Endpoint::Ip(_) => Ok(None),
         }
     };
@@ -182,7 +207,10 @@ pub fn evaluate(
                 }
             }
         }
-        found.ok_or_else(|| EvalError::NoCommonFamily { from: describe(from), to: describe(to) })?
+        found.ok_or_else(|| EvalError::NoCommonFamily {
+            from: describe(from),
+            to: describe(to),
+        })?
     };
     let (src, dst) = (party(cluster, fp, pair.0), party(cluster, tp, pair.1));
     Ok(evaluate_parties(cluster, src, dst, port, protocol))
@@ -192,13 +220,29 @@ fn party<'a>(cluster: &'a Cluster, pod: Option<&'a Pod>, ip: Option<IpAddr>) -> 
     match (pod, ip) {
         (Some(p), ip) => Party::from_pod(cluster, p, ip),
         (None, Some(ip)) => Party::from_ip(cluster, ip),
-        (None, None) => Party { ip: None, pod: None, node: None },
+        (None, None) => Party {
+            ip: None,
+            pod: None,
+            node: None,
+        },
     }
 }
 
 /// Evaluates a packet between two addresses.
-pub fn evaluate_packet(cluster: &Cluster, src: IpAddr, dst: IpAddr, port: u16, protocol: Protocol) -> Verdict {
-    evaluate_parties(cluster, Party::from_ip(cluster, src), Party::from_ip(cluster, dst), port, protocol)
+pub fn evaluate_packet(
+    cluster: &Cluster,
+    src: IpAddr,
+    dst: IpAddr,
+    port: u16,
+    protocol: Protocol,
+) -> Verdict {
+    evaluate_parties(
+        cluster,
+        Party::from_ip(cluster, src),
+        Party::from_ip(cluster, dst),
+        port,
+        protocol,
+    )
 }
 
 /// The verdict on a packet travelling in the reply direction of a connection
@@ -210,10 +254,24 @@ pub fn evaluate_reply(forward: &Verdict) -> bool {
 }
 
 /// Evaluates a packet between two resolved parties.
-pub fn evaluate_parties(cluster: &Cluster, src: Party<'_>, dst: Party<'_>, port: u16, protocol: Protocol) -> Verdict {
+pub fn evaluate_parties(
+    cluster: &Cluster,
+    src: Party<'_>,
+    dst: Party<'_>,
+    port: u16,
+    protocol: Protocol,
+) -> Verdict {
     Verdict {
         egress: side(cluster, Direction::Egress, &src, &dst, &dst, port, protocol),
-        ingress: side(cluster, Direction::Ingress, &dst, &src, &dst, port, protocol),
+        ingress: side(
+            cluster,
+            Direction::Ingress,
+            &dst,
+            &src,
+            &dst,
+            port,
+            protocol,
+        ),
     }
 }
 
@@ -245,12 +303,19 @@ fn side(
         }
         for (i, rule) in rules.iter().enumerate() {
             if rule_matches(cluster, np, rule, peer, destination, port, protocol) {
-                return SideVerdict::Allowed(Allow::Rule { policy: np.key.clone(), rule: i });
+                return SideVerdict::Allowed(Allow::Rule {
+                    policy: np.key.clone(),
+                    rule: i,
+                });
             }
         }
         isolated_by.push(np.key.clone());
     }
-    if isolated_by.is_empty() { SideVerdict::Allowed(Allow::NotIsolated) } else { SideVerdict::Denied { isolated_by } }
+    if isolated_by.is_empty() {
+        SideVerdict::Allowed(Allow::NotIsolated)
+    } else {
+        SideVerdict::Denied { isolated_by }
+    }
 }
 
 /// Whether `rule` of `np` matches a packet whose other end is `peer` and
@@ -278,7 +343,9 @@ pub fn rule_matches(
                 && match &pr.port {
                     PortMatch::Any => true,
                     PortMatch::Range { start, end } => (*start..=*end).contains(&port),
-                    PortMatch::Named(name) => destination.pod.and_then(|d| d.resolve_port(name, protocol)) == Some(port),
+                    PortMatch::Named(name) => {
+                        destination.pod.and_then(|d| d.resolve_port(name, protocol)) == Some(port)
+                    }
                 }
         }),
     }
@@ -292,7 +359,9 @@ pub fn peer_matches(cluster: &Cluster, np: &NetworkPolicy, peer: &Peer, party: &
             let Some(p) = party.pod else { return false };
             let ns_ok = match namespaces {
                 NamespaceSelection::Own => p.key.namespace == np.key.namespace,
-                NamespaceSelection::Matching(sel) => sel.matches(&cluster.namespace_labels(&p.key.namespace)),
+                NamespaceSelection::Matching(sel) => {
+                    sel.matches(&cluster.namespace_labels(&p.key.namespace))
+                }
             };
             ns_ok && pods.matches(&p.labels)
         }

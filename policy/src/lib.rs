@@ -26,6 +26,9 @@ pub mod manifest;
 pub mod matrix;
 pub mod model;
 
+#[cfg(test)]
+mod testutil;
+
 pub use cluster::{Cluster, ObjectRef};
 pub use compile::{Compiler, Scope, TableDiff, Tables};
 pub use error::{FieldError, ManifestError, ObjectError};

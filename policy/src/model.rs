@@ -25,7 +25,10 @@ pub struct ObjectKey {
 impl ObjectKey {
     /// Builds a key.
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self { namespace: namespace.into(), name: name.into() }
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 }
 
@@ -143,10 +146,9 @@ impl FromStr for Protocol {
             "SCTP" => Ok(Protocol::Sctp),
             "ICMP" => Ok(Protocol::Icmp),
             "ICMPV6" => Ok(Protocol::Icmpv6),
-            other => other
-                .parse::<u8>()
-                .map(Protocol::from_number)
-                .map_err(|_| format!("unknown protocol {s:?} (TCP, UDP, SCTP, ICMP, ICMPv6 or a number)")),
+            other => other.parse::<u8>().map(Protocol::from_number).map_err(|_| {
+                format!("unknown protocol {s:?} (TCP, UDP, SCTP, ICMP, ICMPv6 or a number)")
+            }),
         }
     }
 }
@@ -208,7 +210,10 @@ impl Pod {
     /// Resolves a named port for `protocol`: the name must exist with the same
     /// protocol.
     pub fn resolve_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
-        self.named_ports.iter().find(|p| p.name == name && p.protocol == protocol).map(|p| p.port)
+        self.named_ports
+            .iter()
+            .find(|p| p.name == name && p.protocol == protocol)
+            .map(|p| p.port)
     }
 
     /// Whether NetworkPolicy applies to this pod (it is not host-networked).

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 
 use super::tables::{
-    Change, EndpointId, EndpointInfo, Identity, IdentityInfo, IpInfo, NodeId, PolicyKey, PolicyValue, RuleId, RuleInfo,
-    TableDiff, Tables,
+    Change, EndpointId, EndpointInfo, Identity, IdentityInfo, IpInfo, NodeId, PolicyKey,
+    PolicyValue, RuleId, RuleInfo, TableDiff, Tables,
 };
 
 #[derive(Debug, Default)]
@@ -22,7 +22,12 @@ pub(crate) struct Journal {
     nodes: BTreeMap<NodeId, Option<String>>,
 }
 
-fn write<K: Ord + Clone, V: Clone>(map: &mut BTreeMap<K, V>, log: &mut BTreeMap<K, Option<V>>, k: K, v: Option<V>) {
+fn write<K: Ord + Clone, V: Clone>(
+    map: &mut BTreeMap<K, V>,
+    log: &mut BTreeMap<K, Option<V>>,
+    k: K,
+    v: Option<V>,
+) {
     log.entry(k.clone()).or_insert_with(|| map.get(&k).cloned());
     match v {
         Some(v) => {
@@ -34,7 +39,10 @@ fn write<K: Ord + Clone, V: Clone>(map: &mut BTreeMap<K, V>, log: &mut BTreeMap<
     }
 }
 
-fn drain<K: Ord + Clone, V: Clone + PartialEq>(map: &BTreeMap<K, V>, log: &mut BTreeMap<K, Option<V>>) -> Vec<Change<K, V>> {
+fn drain<K: Ord + Clone, V: Clone + PartialEq>(
+    map: &BTreeMap<K, V>,
+    log: &mut BTreeMap<K, Option<V>>,
+) -> Vec<Change<K, V>> {
     let mut out = Vec::new();
     for (k, before) in std::mem::take(log) {
         let now = map.get(&k);

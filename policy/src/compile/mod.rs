@@ -34,10 +34,11 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-pub use self::ports::{PortPrefix, range_to_prefixes};
 use self::journal::Journal;
+pub use self::ports::{PortPrefix, range_to_prefixes};
 use self::rules::{
-    RuleState, has_named_ipblock_egress, is_cross_namespace, may_select_identity, may_select_namespace, net_contains,
+    RuleState, has_named_ipblock_egress, is_cross_namespace, may_select_identity,
+    may_select_namespace, net_contains,
 };
 pub use self::tables::*;
 use crate::cluster::{AddressOwner, Cluster, ObjectRef};
@@ -198,7 +199,11 @@ impl Compiler {
             }
             Object::Node(n) => {
                 let name = n.name.clone();
-                let old = self.cluster.node(&name).map(|n| n.addresses.clone()).unwrap_or_default();
+                let old = self
+                    .cluster
+                    .node(&name)
+                    .map(|n| n.addresses.clone())
+                    .unwrap_or_default();
                 self.cluster.apply(Object::Node(n));
                 self.node_changed(&name, old);
             }
@@ -226,7 +231,11 @@ impl Compiler {
                 self.namespace_changed(name, &old);
             }
             ObjectRef::Node(name) => {
-                let old = self.cluster.node(name).map(|n| n.addresses.clone()).unwrap_or_default();
+                let old = self
+                    .cluster
+                    .node(name)
+                    .map(|n| n.addresses.clone())
+                    .unwrap_or_default();
                 self.cluster.delete(r);
                 self.node_changed(name, old);
             }
@@ -258,7 +267,8 @@ impl Compiler {
 
     /// Creates or frees the namespace identity; returns whether it did.
     fn sync_namespace(&mut self, ns: &str) -> bool {
-        let wanted = self.cluster.namespace(ns).is_some() || self.cluster.pods_in(ns).next().is_some();
+        let wanted =
+            self.cluster.namespace(ns).is_some() || self.cluster.pods_in(ns).next().is_some();
         match (self.ns_ids.get(ns).copied(), wanted) {
             (None, true) => {
                 let id = self.alloc_identity(IdentityInfo::Namespace(ns.to_string()));
@@ -290,7 +300,9 @@ impl Compiler {
             .chain(self.cluster.policies_in(ns).map(|p| p.key.clone()))
             .collect();
         for key in candidates {
-            let Some(np) = self.cluster.policy(&key) else { continue };
+            let Some(np) = self.cluster.policy(&key) else {
+                continue;
+            };
             let affected = (existence_changed && may_select_namespace(np, ns, &[old, &new]))
                 || (old != &new && namespace_selection_flips(np, old, &new));
             if affected {
@@ -299,7 +311,11 @@ impl Compiler {
         }
         if existence_changed {
             // Pods' ipcache entries carry the namespace identity.
-            let ips: Vec<IpAddr> = self.cluster.pods_in(ns).flat_map(|p| p.ips.clone()).collect();
+            let ips: Vec<IpAddr> = self
+                .cluster
+                .pods_in(ns)
+                .flat_map(|p| p.ips.clone())
+                .collect();
             for ip in ips {
                 self.refresh_address(ip);
             }
@@ -307,13 +323,15 @@ impl Compiler {
     }
 
     fn sync_node(&mut self, name: &str) {
-        let wanted = self.cluster.node(name).is_some() || self.cluster.pods().any(|p| p.node.as_deref() == Some(name));
+        let wanted = self.cluster.node(name).is_some()
+            || self.cluster.pods().any(|p| p.node.as_deref() == Some(name));
         match (self.node_ids.get(name).copied(), wanted) {
             (None, true) => {
                 let id = self.next_node;
                 self.next_node += 1;
                 self.node_ids.insert(name.to_string(), id);
-                self.journal.node(&mut self.tables, id, Some(name.to_string()));
+                self.journal
+                    .node(&mut self.tables, id, Some(name.to_string()));
             }
             (Some(id), false) => {
                 self.node_ids.remove(name);
@@ -325,7 +343,11 @@ impl Compiler {
 
     fn node_changed(&mut self, name: &str, old_addresses: Vec<IpAddr>) {
         self.sync_node(name);
-        let new = self.cluster.node(name).map(|n| n.addresses.clone()).unwrap_or_default();
+        let new = self
+            .cluster
+            .node(name)
+            .map(|n| n.addresses.clone())
+            .unwrap_or_default();
         for ip in old_addresses.into_iter().chain(new) {
             self.refresh_address(ip);
         }
@@ -381,24 +403,32 @@ impl Compiler {
             }
             Owner::Node(node) => {
                 self.free_address(ip);
-                Some(IpInfo { cidr, node: self.node_ids.get(&node).copied().unwrap_or(0), ..IpInfo::default() })
+                Some(IpInfo {
+                    cidr,
+                    node: self.node_ids.get(&node).copied().unwrap_or(0),
+                    ..IpInfo::default()
+                })
             }
             Owner::External => {
                 self.free_address(ip);
-                self.cidr_ids.get(&host).map(|(id, _)| IpInfo { cidr: *id, ..IpInfo::default() })
+                self.cidr_ids.get(&host).map(|(id, _)| IpInfo {
+                    cidr: *id,
+                    ..IpInfo::default()
+                })
             }
         };
         let before = self.tables.ipcache.get(&host).copied();
         self.journal.ipcache(&mut self.tables, host, desired);
-        let changed = before.map(|b| (b.identity, b.address)) != desired.map(|d| (d.identity, d.address));
+        let changed =
+            before.map(|b| (b.identity, b.address)) != desired.map(|d| (d.identity, d.address));
         if changed {
             let keys: Vec<ObjectKey> = self
                 .named_ipblock_policies
                 .iter()
                 .filter(|k| {
-                    self.cluster.policy(k).is_some_and(|np| {
-                        np.prefixes().any(|p| p.contains(&ip))
-                    })
+                    self.cluster
+                        .policy(k)
+                        .is_some_and(|np| np.prefixes().any(|p| p.contains(&ip)))
                 })
                 .cloned()
                 .collect();
@@ -417,7 +447,10 @@ impl Compiler {
         if q.prefix_len() == q.max_prefix_len() {
             self.refresh_address(q.network());
         } else {
-            let v = self.cidr_ids.get(&q).map(|(id, _)| IpInfo { cidr: *id, ..IpInfo::default() });
+            let v = self.cidr_ids.get(&q).map(|(id, _)| IpInfo {
+                cidr: *id,
+                ..IpInfo::default()
+            });
             self.journal.ipcache(&mut self.tables, q, v);
         }
         // Addresses inside q now resolve to a different most-specific prefix.
@@ -434,7 +467,11 @@ impl Compiler {
         let affected: Vec<ObjectKey> = self
             .ipblock_policies
             .iter()
-            .filter(|k| self.cluster.policy(k).is_some_and(|np| np.prefixes().any(|p| net_contains(&p, &q))))
+            .filter(|k| {
+                self.cluster
+                    .policy(k)
+                    .is_some_and(|np| np.prefixes().any(|p| net_contains(&p, &q)))
+            })
             .cloned()
             .collect();
         self.dirty_policies.extend(affected);
@@ -448,7 +485,12 @@ impl Compiler {
             let labels = self.cluster.namespace_labels(&key.namespace).into_owned();
             self.namespace_effects(&key.namespace, &labels, true);
         }
-        for n in old.iter().chain(new.iter()).filter_map(|p| p.node.clone()).collect::<BTreeSet<_>>() {
+        for n in old
+            .iter()
+            .chain(new.iter())
+            .filter_map(|p| p.node.clone())
+            .collect::<BTreeSet<_>>()
+        {
             self.sync_node(&n);
         }
 
@@ -460,13 +502,24 @@ impl Compiler {
                 let ep = self.next_endpoint;
                 self.next_endpoint += 1;
                 self.endpoint_ids.insert(key.clone(), ep);
-                self.endpoints_by_ns.entry(key.namespace.clone()).or_default().insert(ep);
-                self.endpoint_state.insert(ep, EndpointState { pod: Some(key.clone()), ..Default::default() });
+                self.endpoints_by_ns
+                    .entry(key.namespace.clone())
+                    .or_default()
+                    .insert(ep);
+                self.endpoint_state.insert(
+                    ep,
+                    EndpointState {
+                        pod: Some(key.clone()),
+                        ..Default::default()
+                    },
+                );
                 self.dirty_endpoints.insert(ep);
             }
             (Some(ep), true) => {
                 let (o, n) = (old.as_ref(), new.as_ref());
-                if o.map(|p| (&p.labels, &p.named_ports, &p.node)) != n.map(|p| (&p.labels, &p.named_ports, &p.node)) {
+                if o.map(|p| (&p.labels, &p.named_ports, &p.node))
+                    != n.map(|p| (&p.labels, &p.named_ports, &p.node))
+                {
                     self.dirty_endpoints.insert(ep);
                 }
             }
@@ -474,10 +527,13 @@ impl Compiler {
         }
 
         // Label identity.
-        let new_key: Option<LabelKey> = new
-            .as_ref()
-            .filter(|p| p.is_policy_endpoint())
-            .map(|p| (p.key.namespace.clone(), p.labels.clone(), p.named_ports.clone()));
+        let new_key: Option<LabelKey> = new.as_ref().filter(|p| p.is_policy_endpoint()).map(|p| {
+            (
+                p.key.namespace.clone(),
+                p.labels.clone(),
+                p.named_ports.clone(),
+            )
+        });
         let old_key = self.pod_label_id.get(key).map(|(_, k)| k.clone());
         if old_key != new_key {
             if let Some(k) = old_key {
@@ -491,7 +547,11 @@ impl Compiler {
         }
 
         // Addresses.
-        let ips: BTreeSet<IpAddr> = old.iter().chain(new.iter()).flat_map(|p| p.ips.iter().copied()).collect();
+        let ips: BTreeSet<IpAddr> = old
+            .iter()
+            .chain(new.iter())
+            .flat_map(|p| p.ips.iter().copied())
+            .collect();
         for ip in ips {
             self.refresh_address(ip);
         }
@@ -502,7 +562,11 @@ impl Compiler {
             members.insert(pod.clone());
             return *id;
         }
-        let id = self.alloc_identity(IdentityInfo::Pods { namespace: k.0.clone(), labels: k.1.clone(), named_ports: k.2.clone() });
+        let id = self.alloc_identity(IdentityInfo::Pods {
+            namespace: k.0.clone(),
+            labels: k.1.clone(),
+            named_ports: k.2.clone(),
+        });
         self.label_ids.insert(k.clone(), (id, [pod.clone()].into()));
         self.labels_by_ns.entry(k.0.clone()).or_default().insert(id);
         self.identity_changed(k);
@@ -510,7 +574,9 @@ impl Compiler {
     }
 
     fn leave_identity(&mut self, k: &LabelKey, pod: &ObjectKey) {
-        let Some((id, members)) = self.label_ids.get_mut(k) else { return };
+        let Some((id, members)) = self.label_ids.get_mut(k) else {
+            return;
+        };
         members.remove(pod);
         if !members.is_empty() {
             return;
@@ -536,13 +602,19 @@ impl Compiler {
             .iter()
             .cloned()
             .chain(self.cluster.policies_in(&k.0).map(|p| p.key.clone()))
-            .filter(|key| self.cluster.policy(key).is_some_and(|np| may_select_identity(np, &k.0, &ns_labels, &k.1)))
+            .filter(|key| {
+                self.cluster
+                    .policy(key)
+                    .is_some_and(|np| may_select_identity(np, &k.0, &ns_labels, &k.1))
+            })
             .collect();
         self.dirty_policies.extend(candidates);
     }
 
     fn remove_endpoint(&mut self, ep: EndpointId) {
-        let Some(state) = self.endpoint_state.remove(&ep) else { return };
+        let Some(state) = self.endpoint_state.remove(&ep) else {
+            return;
+        };
         for (policy, contrib) in state.contrib {
             for (k, r) in contrib {
                 self.unref_entry(k, r);
@@ -568,10 +640,18 @@ impl Compiler {
 
     fn policy_changed(&mut self, key: &ObjectKey) {
         let new = self.cluster.policy(key).cloned();
-        let old_prefixes = self.policies.get(key).map(|s| s.prefixes.clone()).unwrap_or_default();
+        let old_prefixes = self
+            .policies
+            .get(key)
+            .map(|s| s.prefixes.clone())
+            .unwrap_or_default();
         let new_prefixes: BTreeSet<IpNet> = new.iter().flat_map(|np| np.prefixes()).collect();
 
-        for set in [&mut self.cross_ns_policies, &mut self.ipblock_policies, &mut self.named_ipblock_policies] {
+        for set in [
+            &mut self.cross_ns_policies,
+            &mut self.ipblock_policies,
+            &mut self.named_ipblock_policies,
+        ] {
             set.remove(key);
         }
         if let Some(np) = &new {
@@ -642,7 +722,9 @@ impl Compiler {
     /// Recompiles a policy and its contribution to every endpoint it selects
     /// or selected.
     fn refresh_policy(&mut self, key: &ObjectKey) {
-        let Some(np) = self.cluster.policy(key).cloned() else { return };
+        let Some(np) = self.cluster.policy(key).cloned() else {
+            return;
+        };
         let old = self.policies.remove(key);
         let mut old_ids: BTreeMap<(Direction, usize), RuleId> = BTreeMap::new();
         if let Some(o) = &old {
@@ -664,7 +746,15 @@ impl Compiler {
                         id
                     }
                 };
-                self.journal.rule(&mut self.tables, id, Some(RuleInfo { policy: key.clone(), direction: dir, index: i }));
+                self.journal.rule(
+                    &mut self.tables,
+                    id,
+                    Some(RuleInfo {
+                        policy: key.clone(),
+                        direction: dir,
+                        index: i,
+                    }),
+                );
                 rules.push(self.compile_rule(&np, dir, rule, id));
             }
         }
@@ -677,7 +767,10 @@ impl Compiler {
             .into_iter()
             .flatten()
             .copied()
-            .filter(|ep| self.endpoint_pod(*ep).is_some_and(|p| np.pod_selector.matches(&p.labels)))
+            .filter(|ep| {
+                self.endpoint_pod(*ep)
+                    .is_some_and(|p| np.pod_selector.matches(&p.labels))
+            })
             .collect();
         let (old_rules, old_selected) = match old {
             Some(o) => (Some(o.rules), o.selected),
@@ -700,19 +793,22 @@ impl Compiler {
         };
         self.policies.insert(key.clone(), state);
         for ep in &selected {
-            if rules_same && old_selected.contains(ep) {
-                continue;
+            if !(rules_same && old_selected.contains(ep)) {
+                self.recompute_contribution(*ep, key);
+                if let Some(es) = self.endpoint_state.get_mut(ep) {
+                    es.selected_by.insert(key.clone());
+                }
             }
-            self.recompute_contribution(*ep, key);
-            if let Some(es) = self.endpoint_state.get_mut(ep) {
-                es.selected_by.insert(key.clone());
-            }
+            // Policy types can change without any rule changing.
             self.refresh_endpoint_info(*ep);
         }
     }
 
     fn endpoint_pod(&self, ep: EndpointId) -> Option<&Pod> {
-        self.endpoint_state.get(&ep).and_then(|s| s.pod.as_ref()).and_then(|k| self.cluster.pod(k))
+        self.endpoint_state
+            .get(&ep)
+            .and_then(|s| s.pod.as_ref())
+            .and_then(|k| self.cluster.pod(k))
     }
 
     fn recompute_contribution(&mut self, ep: EndpointId, policy: &ObjectKey) {
@@ -726,14 +822,20 @@ impl Compiler {
     /// Re-evaluates which policies select an endpoint and rebuilds its
     /// entries from each of them.
     fn refresh_endpoint(&mut self, ep: EndpointId) {
-        let Some(pod) = self.endpoint_pod(ep).cloned() else { return };
+        let Some(pod) = self.endpoint_pod(ep).cloned() else {
+            return;
+        };
         let now: BTreeSet<ObjectKey> = self
             .cluster
             .policies_in(&pod.key.namespace)
             .filter(|np| np.pod_selector.matches(&pod.labels))
             .map(|np| np.key.clone())
             .collect();
-        let before = self.endpoint_state.get(&ep).map(|s| s.selected_by.clone()).unwrap_or_default();
+        let before = self
+            .endpoint_state
+            .get(&ep)
+            .map(|s| s.selected_by.clone())
+            .unwrap_or_default();
         for p in before.difference(&now) {
             self.set_contribution(ep, p, Vec::new());
             if let Some(ps) = self.policies.get_mut(p) {
@@ -753,8 +855,12 @@ impl Compiler {
     }
 
     fn refresh_endpoint_info(&mut self, ep: EndpointId) {
-        let Some(state) = self.endpoint_state.get(&ep) else { return };
-        let Some(pod) = state.pod.as_ref().and_then(|k| self.cluster.pod(k)) else { return };
+        let Some(state) = self.endpoint_state.get(&ep) else {
+            return;
+        };
+        let Some(pod) = state.pod.as_ref().and_then(|k| self.cluster.pod(k)) else {
+            return;
+        };
         let isolated = |dir: Direction| {
             state.selected_by.iter().any(|k| {
                 self.policies.get(k).is_some_and(|p| match dir {
@@ -765,7 +871,11 @@ impl Compiler {
         };
         let info = EndpointInfo {
             pod: pod.key.clone(),
-            node: pod.node.as_ref().and_then(|n| self.node_ids.get(n).copied()).unwrap_or(0),
+            node: pod
+                .node
+                .as_ref()
+                .and_then(|n| self.node_ids.get(n).copied())
+                .unwrap_or(0),
             ingress_isolated: isolated(Direction::Ingress),
             egress_isolated: isolated(Direction::Egress),
         };
@@ -774,9 +884,20 @@ impl Compiler {
 
     // ---- policy trie entries -------------------------------------------------
 
-    fn set_contribution(&mut self, ep: EndpointId, policy: &ObjectKey, new: Vec<(PolicyKey, RuleId)>) {
-        let Some(state) = self.endpoint_state.get_mut(&ep) else { return };
-        let old = if new.is_empty() { state.contrib.remove(policy) } else { state.contrib.insert(policy.clone(), new.clone()) };
+    fn set_contribution(
+        &mut self,
+        ep: EndpointId,
+        policy: &ObjectKey,
+        new: Vec<(PolicyKey, RuleId)>,
+    ) {
+        let Some(state) = self.endpoint_state.get_mut(&ep) else {
+            return;
+        };
+        let old = if new.is_empty() {
+            state.contrib.remove(policy)
+        } else {
+            state.contrib.insert(policy.clone(), new.clone())
+        };
         let old = old.unwrap_or_default();
         if old == new {
             return;
@@ -849,17 +970,30 @@ fn namespace_selection_flips(np: &crate::model::NetworkPolicy, old: &Labels, new
         .flatten()
         .flat_map(|r| r.peers.iter().flatten())
         .any(|p| match p {
-            Peer::Pods { namespaces: NamespaceSelection::Matching(s), .. } => s.matches(old) != s.matches(new),
+            Peer::Pods {
+                namespaces: NamespaceSelection::Matching(s),
+                ..
+            } => s.matches(old) != s.matches(new),
             _ => false,
         })
 }
 
 /// The diff between two table sets.
 pub fn diff_tables(before: &Tables, after: &Tables) -> TableDiff {
-    fn d<K: Ord + Clone, V: PartialEq + Clone>(a: &BTreeMap<K, V>, b: &BTreeMap<K, V>) -> Vec<Change<K, V>> {
-        let mut out: Vec<Change<K, V>> =
-            a.keys().filter(|k| !b.contains_key(*k)).map(|k| Change::Remove(k.clone())).collect();
-        out.extend(b.iter().filter(|(k, v)| a.get(*k) != Some(*v)).map(|(k, v)| Change::Upsert(k.clone(), v.clone())));
+    fn d<K: Ord + Clone, V: PartialEq + Clone>(
+        a: &BTreeMap<K, V>,
+        b: &BTreeMap<K, V>,
+    ) -> Vec<Change<K, V>> {
+        let mut out: Vec<Change<K, V>> = a
+            .keys()
+            .filter(|k| !b.contains_key(*k))
+            .map(|k| Change::Remove(k.clone()))
+            .collect();
+        out.extend(
+            b.iter()
+                .filter(|(k, v)| a.get(*k) != Some(*v))
+                .map(|(k, v)| Change::Upsert(k.clone(), v.clone())),
+        );
         out
     }
     TableDiff {

@@ -8,7 +8,9 @@ use ipnet::IpNet;
 use super::Compiler;
 use super::ports::{PortPrefix, range_to_prefixes};
 use super::tables::{ALL_PODS, ANY, EndpointId, Identity, IdentityInfo, PolicyKey, RuleId};
-use crate::model::{Direction, NamespaceSelection, NetworkPolicy, Peer, Pod, PortMatch, Protocol, Rule};
+use crate::model::{
+    Direction, NamespaceSelection, NetworkPolicy, Peer, Pod, PortMatch, Protocol, Rule,
+};
 
 /// A rule, compiled against the current identities.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,10 +36,18 @@ pub(crate) fn net_contains(outer: &IpNet, inner: &IpNet) -> bool {
 
 impl Compiler {
     /// Namespaces (with an identity) that a namespace selection matches.
-    fn matching_namespaces<'s>(&'s self, np: &'s NetworkPolicy, sel: &'s NamespaceSelection) -> Vec<&'s str> {
+    fn matching_namespaces<'s>(
+        &'s self,
+        np: &'s NetworkPolicy,
+        sel: &'s NamespaceSelection,
+    ) -> Vec<&'s str> {
         match sel {
             NamespaceSelection::Own => {
-                if self.ns_ids.contains_key(&np.key.namespace) { vec![np.key.namespace.as_str()] } else { vec![] }
+                if self.ns_ids.contains_key(&np.key.namespace) {
+                    vec![np.key.namespace.as_str()]
+                } else {
+                    vec![]
+                }
             }
             NamespaceSelection::Matching(s) => self
                 .ns_ids
@@ -49,7 +59,12 @@ impl Compiler {
     }
 
     /// Label identities of the pods a `Pods` peer selects.
-    fn pod_identities(&self, np: &NetworkPolicy, namespaces: &NamespaceSelection, pods: &crate::labels::Selector) -> Vec<Identity> {
+    fn pod_identities(
+        &self,
+        np: &NetworkPolicy,
+        namespaces: &NamespaceSelection,
+        pods: &crate::labels::Selector,
+    ) -> Vec<Identity> {
         let mut out = Vec::new();
         for ns in self.matching_namespaces(np, namespaces) {
             for id in self.labels_by_ns.get(ns).into_iter().flatten() {
@@ -68,22 +83,31 @@ impl Compiler {
     fn cidr_identities(&self, block: &crate::model::IpBlock) -> Vec<Identity> {
         self.cidr_ids
             .iter()
-            .filter(|(q, _)| net_contains(&block.cidr, q) && !block.except.iter().any(|e| net_contains(e, q)))
+            .filter(|(q, _)| {
+                net_contains(&block.cidr, q) && !block.except.iter().any(|e| net_contains(e, q))
+            })
             .map(|(_, (id, _))| *id)
             .collect()
     }
 
     fn resolve_identity_port(&self, id: Identity, name: &str, proto: Protocol) -> Option<u16> {
         match self.tables.identities.get(&id) {
-            Some(IdentityInfo::Pods { named_ports, .. }) => {
-                named_ports.iter().find(|p| p.name == name && p.protocol == proto).map(|p| p.port)
-            }
+            Some(IdentityInfo::Pods { named_ports, .. }) => named_ports
+                .iter()
+                .find(|p| p.name == name && p.protocol == proto)
+                .map(|p| p.port),
             _ => None,
         }
     }
 
     /// Compiles one rule.
-    pub(crate) fn compile_rule(&self, np: &NetworkPolicy, direction: Direction, rule: &Rule, id: RuleId) -> RuleState {
+    pub(crate) fn compile_rule(
+        &self,
+        np: &NetworkPolicy,
+        direction: Direction,
+        rule: &Rule,
+        id: RuleId,
+    ) -> RuleState {
         let mut peers = BTreeSet::new();
         match &rule.peers {
             None => {
@@ -92,7 +116,10 @@ impl Compiler {
             Some(list) => {
                 for peer in list {
                     match peer {
-                        Peer::Pods { namespaces: NamespaceSelection::Matching(s), pods } if s.is_empty() && pods.is_empty() => {
+                        Peer::Pods {
+                            namespaces: NamespaceSelection::Matching(s),
+                            pods,
+                        } if s.is_empty() && pods.is_empty() => {
                             peers.insert(ALL_PODS);
                         }
                         Peer::Pods { namespaces, pods } if pods.is_empty() => {
@@ -102,7 +129,9 @@ impl Compiler {
                                 }
                             }
                         }
-                        Peer::Pods { namespaces, pods } => peers.extend(self.pod_identities(np, namespaces, pods)),
+                        Peer::Pods { namespaces, pods } => {
+                            peers.extend(self.pod_identities(np, namespaces, pods))
+                        }
                         Peer::IpBlock(b) => peers.extend(self.cidr_identities(b)),
                     }
                 }
@@ -118,7 +147,11 @@ impl Compiler {
                     match &pr.port {
                         PortMatch::Any => ports.push((proto, PortPrefix::ANY)),
                         PortMatch::Range { start, end } => {
-                            ports.extend(range_to_prefixes(*start, *end).into_iter().map(|p| (proto, p)));
+                            ports.extend(
+                                range_to_prefixes(*start, *end)
+                                    .into_iter()
+                                    .map(|p| (proto, p)),
+                            );
                         }
                         PortMatch::Named(n) => named.push((pr.protocol, n.clone())),
                     }
@@ -142,7 +175,9 @@ impl Compiler {
                 Some(list) => {
                     for peer in list {
                         match peer {
-                            Peer::Pods { namespaces, pods } => targets.extend(self.pod_identities(np, namespaces, pods)),
+                            Peer::Pods { namespaces, pods } => {
+                                targets.extend(self.pod_identities(np, namespaces, pods))
+                            }
                             Peer::IpBlock(b) => addresses.extend(
                                 self.cluster
                                     .pod_addresses()
@@ -160,21 +195,40 @@ impl Compiler {
                     }
                 }
                 for (ip, pod) in &addresses {
-                    if let (Some(port), Some(aid)) = (pod.resolve_port(name, *proto), self.addr_ids.get(ip)) {
+                    if let (Some(port), Some(aid)) =
+                        (pod.resolve_port(name, *proto), self.addr_ids.get(ip))
+                    {
                         named_grants.insert((*aid, proto.number(), port));
                     }
                 }
             }
         }
-        RuleState { id, direction, peers, ports, named, named_grants }
+        RuleState {
+            id,
+            direction,
+            peers,
+            ports,
+            named,
+            named_grants,
+        }
     }
 
     /// The policy-trie entries `rules` (of one policy) give endpoint `ep`
     /// (pod `pod`).
-    pub(crate) fn contribution(ep: EndpointId, pod: &Pod, rules: &[RuleState]) -> Vec<(PolicyKey, RuleId)> {
+    pub(crate) fn contribution(
+        ep: EndpointId,
+        pod: &Pod,
+        rules: &[RuleState],
+    ) -> Vec<(PolicyKey, RuleId)> {
         let mut out = Vec::new();
         for rs in rules {
-            let key = |peer, protocol, port| PolicyKey { endpoint: ep, direction: rs.direction, peer, protocol, port };
+            let key = |peer, protocol, port| PolicyKey {
+                endpoint: ep,
+                direction: rs.direction,
+                peer,
+                protocol,
+                port,
+            };
             for peer in &rs.peers {
                 for (proto, pp) in &rs.ports {
                     out.push((key(*peer, *proto, *pp), rs.id));
@@ -200,11 +254,20 @@ impl Compiler {
 /// Whether a policy has a rule whose compiled peers could include the label
 /// identity of pods in `ns` with `labels` (so creating or deleting that
 /// identity changes the policy's tables).
-pub(crate) fn may_select_identity(np: &NetworkPolicy, ns: &str, ns_labels: &crate::labels::Labels, labels: &crate::labels::Labels) -> bool {
+pub(crate) fn may_select_identity(
+    np: &NetworkPolicy,
+    ns: &str,
+    ns_labels: &crate::labels::Labels,
+    labels: &crate::labels::Labels,
+) -> bool {
     for dir in [Direction::Ingress, Direction::Egress] {
         for rule in np.rules(dir).into_iter().flatten() {
             let named_egress = dir == Direction::Egress
-                && rule.ports.iter().flatten().any(|p| matches!(p.port, PortMatch::Named(_)));
+                && rule
+                    .ports
+                    .iter()
+                    .flatten()
+                    .any(|p| matches!(p.port, PortMatch::Named(_)));
             match &rule.peers {
                 None if named_egress => return true,
                 None => {}
@@ -230,15 +293,25 @@ pub(crate) fn may_select_identity(np: &NetworkPolicy, ns: &str, ns_labels: &crat
 /// Whether a policy has a namespace-level peer (a `Pods` peer with an empty
 /// pod selector) whose namespace selection matches `ns` under any of
 /// `labels`.
-pub(crate) fn may_select_namespace(np: &NetworkPolicy, ns: &str, labels: &[&crate::labels::Labels]) -> bool {
+pub(crate) fn may_select_namespace(
+    np: &NetworkPolicy,
+    ns: &str,
+    labels: &[&crate::labels::Labels],
+) -> bool {
     np.rules(Direction::Ingress)
         .into_iter()
         .chain(np.rules(Direction::Egress))
         .flatten()
         .flat_map(|r| r.peers.iter().flatten())
         .any(|p| match p {
-            Peer::Pods { namespaces: NamespaceSelection::Own, .. } => np.key.namespace == ns,
-            Peer::Pods { namespaces: NamespaceSelection::Matching(s), .. } => labels.iter().any(|l| s.matches(l)),
+            Peer::Pods {
+                namespaces: NamespaceSelection::Own,
+                ..
+            } => np.key.namespace == ns,
+            Peer::Pods {
+                namespaces: NamespaceSelection::Matching(s),
+                ..
+            } => labels.iter().any(|l| s.matches(l)),
             Peer::IpBlock(_) => false,
         })
 }
@@ -247,7 +320,11 @@ pub(crate) fn may_select_namespace(np: &NetworkPolicy, ns: &str, labels: &[&crat
 /// `namespaceSelector` peer, or an egress rule on a named port to every peer.
 pub(crate) fn is_cross_namespace(np: &NetworkPolicy) -> bool {
     let named_egress_any = np.rules(Direction::Egress).into_iter().flatten().any(|r| {
-        r.peers.is_none() && r.ports.iter().flatten().any(|p| matches!(p.port, PortMatch::Named(_)))
+        r.peers.is_none()
+            && r.ports
+                .iter()
+                .flatten()
+                .any(|p| matches!(p.port, PortMatch::Named(_)))
     });
     named_egress_any
         || np
@@ -256,14 +333,28 @@ pub(crate) fn is_cross_namespace(np: &NetworkPolicy) -> bool {
             .chain(np.rules(Direction::Egress))
             .flatten()
             .flat_map(|r| r.peers.iter().flatten())
-            .any(|p| matches!(p, Peer::Pods { namespaces: NamespaceSelection::Matching(_), .. }))
+            .any(|p| {
+                matches!(
+                    p,
+                    Peer::Pods {
+                        namespaces: NamespaceSelection::Matching(_),
+                        ..
+                    }
+                )
+            })
 }
 
 /// Whether a policy has egress rules that combine `ipBlock` peers with
 /// named ports (the only rules that depend on individual pod addresses).
 pub(crate) fn has_named_ipblock_egress(np: &NetworkPolicy) -> bool {
     np.rules(Direction::Egress).into_iter().flatten().any(|r| {
-        r.ports.iter().flatten().any(|p| matches!(p.port, PortMatch::Named(_)))
-            && r.peers.iter().flatten().any(|p| matches!(p, Peer::IpBlock(_)))
+        r.ports
+            .iter()
+            .flatten()
+            .any(|p| matches!(p.port, PortMatch::Named(_)))
+            && r.peers
+                .iter()
+                .flatten()
+                .any(|p| matches!(p, Peer::IpBlock(_)))
     })
 }

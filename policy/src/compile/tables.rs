@@ -288,11 +288,27 @@ impl Tables {
         protocol: u8,
         port: u16,
     ) -> Option<PolicyValue> {
-        let key = |protocol, port| PolicyKey { endpoint, direction, peer, protocol, port };
+        let key = |protocol, port| PolicyKey {
+            endpoint,
+            direction,
+            peer,
+            protocol,
+            port,
+        };
         if protocol != 0 {
             for len in (0..=16u8).rev() {
-                let mask = if len == 0 { 0 } else { u16::MAX << (16 - u32::from(len)) };
-                if let Some(v) = self.policy.get(&key(protocol, PortPrefix { port: port & mask, len })) {
+                let mask = if len == 0 {
+                    0
+                } else {
+                    u16::MAX << (16 - u32::from(len))
+                };
+                if let Some(v) = self.policy.get(&key(
+                    protocol,
+                    PortPrefix {
+                        port: port & mask,
+                        len,
+                    },
+                )) {
                     return Some(*v);
                 }
             }
@@ -304,7 +320,14 @@ impl Tables {
     /// endpoint `endpoint` and `peer`, in `direction` (egress: the endpoint
     /// sends to `peer` on `port`; ingress: `peer` sends to the endpoint on
     /// `port`). Ports are ignored for protocols without ports.
-    pub fn decide(&self, endpoint: EndpointId, direction: Direction, peer: IpAddr, protocol: Protocol, port: u16) -> Decision {
+    pub fn decide(
+        &self,
+        endpoint: EndpointId,
+        direction: Direction,
+        peer: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    ) -> Decision {
         let Some(ep) = self.endpoints.get(&endpoint) else {
             return Decision::UnknownEndpoint;
         };
@@ -329,7 +352,10 @@ impl Tables {
             (ANY, true),
         ];
         for (id, present) in candidates {
-            if present && let Some(v) = self.lookup_policy(endpoint, direction, id, protocol.number(), port) {
+            if present
+                && let Some(v) =
+                    self.lookup_policy(endpoint, direction, id, protocol.number(), port)
+            {
                 return Decision::Allowed(v.rule);
             }
         }
@@ -338,7 +364,10 @@ impl Tables {
 
     /// The endpoint number of a pod, if it is a local endpoint.
     pub fn endpoint_of(&self, pod: &ObjectKey) -> Option<EndpointId> {
-        self.endpoints.iter().find(|(_, e)| &e.pod == pod).map(|(id, _)| *id)
+        self.endpoints
+            .iter()
+            .find(|(_, e)| &e.pod == pod)
+            .map(|(id, _)| *id)
     }
 
     /// The tables with every number replaced by what it names, for comparing
@@ -349,19 +378,29 @@ impl Tables {
             match i {
                 ANY => "any".into(),
                 ALL_PODS => "all-pods".into(),
-                i => self.identities.get(&i).map_or_else(|| format!("dangling-identity-{i}"), |d| format!("{d:?}")),
+                i => self
+                    .identities
+                    .get(&i)
+                    .map_or_else(|| format!("dangling-identity-{i}"), |d| format!("{d:?}")),
             }
         };
         let ep = |e: EndpointId| -> String {
             match e {
                 0 => "-".into(),
-                e => self.endpoints.get(&e).map_or_else(|| format!("dangling-endpoint-{e}"), |x| x.pod.to_string()),
+                e => self
+                    .endpoints
+                    .get(&e)
+                    .map_or_else(|| format!("dangling-endpoint-{e}"), |x| x.pod.to_string()),
             }
         };
         let node = |n: NodeId| -> String {
             match n {
                 0 => "-".into(),
-                n => self.nodes.get(&n).cloned().unwrap_or_else(|| format!("dangling-node-{n}")),
+                n => self
+                    .nodes
+                    .get(&n)
+                    .cloned()
+                    .unwrap_or_else(|| format!("dangling-node-{n}")),
             }
         };
         let opt = |i: Identity| if i == 0 { "-".to_string() } else { id(i) };
@@ -370,24 +409,39 @@ impl Tables {
                 .ipcache
                 .iter()
                 .map(|(k, v)| {
-                    let v = [ep(v.endpoint), opt(v.identity), opt(v.namespace), opt(v.address), opt(v.cidr), node(v.node)];
+                    let v = [
+                        ep(v.endpoint),
+                        opt(v.identity),
+                        opt(v.namespace),
+                        opt(v.address),
+                        opt(v.cidr),
+                        node(v.node),
+                    ];
                     (k.to_string(), v.join(" | "))
                 })
                 .collect(),
             endpoints: self
                 .endpoints
                 .values()
-                .map(|e| (e.pod.to_string(), (node(e.node), e.ingress_isolated, e.egress_isolated)))
+                .map(|e| {
+                    (
+                        e.pod.to_string(),
+                        (node(e.node), e.ingress_isolated, e.egress_isolated),
+                    )
+                })
                 .collect(),
             policy: self
                 .policy
                 .iter()
                 .map(|(k, v)| {
-                    let rule = self
-                        .rules
-                        .get(&v.rule)
-                        .map_or_else(|| format!("dangling-rule-{}", v.rule), |r| format!("{}/{}[{}]", r.policy, r.direction, r.index));
-                    ((ep(k.endpoint), k.direction, id(k.peer), k.protocol, k.port), rule)
+                    let rule = self.rules.get(&v.rule).map_or_else(
+                        || format!("dangling-rule-{}", v.rule),
+                        |r| format!("{}/{}[{}]", r.policy, r.direction, r.index),
+                    );
+                    (
+                        (ep(k.endpoint), k.direction, id(k.peer), k.protocol, k.port),
+                        rule,
+                    )
                 })
                 .collect(),
         }
