@@ -1,0 +1,110 @@
+//! Command-line interface: argument types and dispatch. Each command is thin;
+//! the logic lives in the library crates.
+
+mod policy_cmd;
+mod render;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// ztunnel: NetworkPolicy in eBPF and transparent mTLS for Kubernetes pods.
+#[derive(Debug, Parser)]
+#[command(name = "ztunnel", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Colour output.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto, global = true)]
+    pub color: ColorChoice,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// When to use colour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    /// On a terminal, unless NO_COLOR is set.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// For people.
+    Text,
+    /// For programs.
+    Json,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Inspect NetworkPolicy decisions offline, from manifests.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+/// `ztunnel policy ...`
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Whether one connection is allowed, and why.
+    Check(CheckArgs),
+    /// The reachability matrix of every pod against every pod.
+    Matrix(MatrixArgs),
+}
+
+/// Where manifests come from.
+#[derive(Debug, Args)]
+pub struct Sources {
+    /// Manifest files or directories (read recursively); repeatable.
+    #[arg(short = 'f', long = "filename", required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+}
+
+/// `ztunnel policy check`
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub sources: Sources,
+    /// Source: `namespace/pod`, `pod` (namespace default) or an IP address.
+    #[arg(long)]
+    pub from: String,
+    /// Destination: `namespace/pod`, `pod` or an IP address.
+    #[arg(long)]
+    pub to: String,
+    /// Destination port and protocol, e.g. `80/TCP`, `53/UDP`, `ICMP`.
+    #[arg(long, default_value = "80/TCP")]
+    pub port: String,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// `ztunnel policy matrix`
+#[derive(Debug, Args)]
+pub struct MatrixArgs {
+    #[command(flatten)]
+    pub sources: Sources,
+    /// Ports to check (one matrix each); repeatable.
+    #[arg(long = "port", default_value = "80/TCP")]
+    pub ports: Vec<String>,
+    /// Addresses outside the cluster to include as rows and columns; repeatable.
+    #[arg(long = "external", value_name = "IP")]
+    pub external: Vec<std::net::IpAddr>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let color = render::use_color(cli.color);
+    match cli.command {
+        Command::Policy(PolicyCommand::Check(args)) => policy_cmd::check(&args, color),
+        Command::Policy(PolicyCommand::Matrix(args)) => policy_cmd::matrix_cmd(&args, color),
+    }
+}

@@ -1,0 +1,176 @@
+//! `ztunnel policy check` and `ztunnel policy matrix`.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use policy::eval::{Endpoint, evaluate};
+use policy::matrix::{Matrix, default_endpoints, matrix};
+use policy::{ObjectKey, Protocol};
+
+use super::render::{dim, explain, paint};
+use super::{CheckArgs, MatrixArgs, Output};
+use crate::manifests::{Loaded, load};
+
+/// Parses `80/TCP`, `53/udp`, `8080` (TCP) or `ICMP`.
+pub fn parse_port(s: &str) -> anyhow::Result<(u16, Protocol)> {
+    let (port, proto) = match s.split_once('/') {
+        Some((p, proto)) => (p, proto),
+        None if s.chars().all(|c| c.is_ascii_digit()) => (s, "TCP"),
+        None => ("0", s),
+    };
+    let protocol: Protocol = proto
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--port {s:?}: {e}"))?;
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("--port {s:?}: {port:?} is not a port number"))?;
+    if protocol.has_ports() && port == 0 {
+        bail!("--port {s:?}: {protocol} needs a port between 1 and 65535");
+    }
+    Ok((port, protocol))
+}
+
+fn parse_endpoint(s: &str, flag: &str) -> anyhow::Result<Endpoint> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(Endpoint::Ip(ip));
+    }
+    let key: ObjectKey = s
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("{flag}: {e}"))?;
+    Ok(Endpoint::Pod(key))
+}
+
+/// Loads manifests and reports invalid ones on stderr; they are left out and
+/// everything valid still counts.
+fn load_reporting(paths: &[std::path::PathBuf]) -> Loaded {
+    let loaded = load(paths);
+    for e in &loaded.errors {
+        eprintln!("warning: {e}");
+    }
+    if !loaded.errors.is_empty() {
+        eprintln!(
+            "warning: {} invalid object(s) or file(s) ignored; the rest is used",
+            loaded.errors.len()
+        );
+    }
+    loaded
+}
+
+/// `policy check`: exit 0 when allowed, 1 when denied.
+pub fn check(args: &CheckArgs, color: bool) -> anyhow::Result<ExitCode> {
+    let (port, protocol) = parse_port(&args.port)?;
+    let from = parse_endpoint(&args.from, "--from")?;
+    let to = parse_endpoint(&args.to, "--to")?;
+    let cluster = load_reporting(&args.sources.paths).cluster();
+    let verdict = evaluate(&cluster, &from, &to, port, protocol)?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&verdict)?),
+        Output::Text => {
+            let word = if verdict.allowed() {
+                "ALLOWED"
+            } else {
+                "DENIED"
+            };
+            println!(
+                "{} {} -> {} {}",
+                paint(word, verdict.allowed(), color),
+                args.from,
+                args.to,
+                port_label(port, protocol)
+            );
+            println!("  egress  ({}): {}", args.from, explain(&verdict.egress));
+            println!("  ingress ({}): {}", args.to, explain(&verdict.ingress));
+        }
+    }
+    Ok(if verdict.allowed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn port_label(port: u16, protocol: Protocol) -> String {
+    if protocol.has_ports() {
+        format!("{port}/{protocol}")
+    } else {
+        protocol.to_string()
+    }
+}
+
+/// `policy matrix`.
+pub fn matrix_cmd(args: &MatrixArgs, color: bool) -> anyhow::Result<ExitCode> {
+    let ports = args
+        .ports
+        .iter()
+        .map(|p| parse_port(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cluster = load_reporting(&args.sources.paths).cluster();
+    let endpoints = default_endpoints(&cluster, &args.external);
+    let matrices = ports
+        .iter()
+        .map(|(port, proto)| matrix(&cluster, &endpoints, *port, *proto))
+        .collect::<Result<Vec<_>, _>>()?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&matrices)?),
+        Output::Text => {
+            for m in &matrices {
+                print!("{}", render_matrix(m, color));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Renders a matrix as a table: rows are sources, numbered columns are
+/// destinations (the same list).
+pub fn render_matrix(m: &Matrix, color: bool) -> String {
+    let mut out = String::new();
+    let n = m.endpoints.len();
+    let allowed = m.cells.iter().flatten().filter(|c| c.allowed).count();
+    let _ = writeln!(
+        out,
+        "Reachability on {} ({} of {} pairs allowed; rows: from, columns: to)",
+        port_label(m.port, m.protocol),
+        allowed,
+        n * n
+    );
+    let width = m.endpoints.iter().map(String::len).max().unwrap_or(0);
+    let num = n.to_string().len();
+    let mut header = format!("{:>num$}  {:width$} ", "", "");
+    for j in 0..n {
+        let _ = write!(header, "{:>3}", j + 1);
+    }
+    let _ = writeln!(out, "{}", dim(&header, color));
+    for (i, name) in m.endpoints.iter().enumerate() {
+        let _ = write!(out, "{:>num$}  {:width$} ", i + 1, name);
+        for cell in &m.cells[i] {
+            let mark = if cell.allowed {
+                paint("  ✓", true, color)
+            } else {
+                paint("  ✗", false, color)
+            };
+            out.push_str(&mark);
+        }
+        out.push('\n');
+    }
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_forms() {
+        assert_eq!(parse_port("80/TCP").unwrap(), (80, Protocol::Tcp));
+        assert_eq!(parse_port("53/udp").unwrap(), (53, Protocol::Udp));
+        assert_eq!(parse_port("8080").unwrap(), (8080, Protocol::Tcp));
+        assert_eq!(parse_port("icmp").unwrap(), (0, Protocol::Icmp));
+        assert!(parse_port("0/TCP").is_err());
+        assert!(parse_port("80/QUIC").is_err());
+        assert!(parse_port("x/TCP").is_err());
+    }
+}
