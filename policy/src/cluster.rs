@@ -51,9 +51,11 @@ pub enum AddressOwner<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct Cluster {
     namespaces: BTreeMap<String, Namespace>,
-    pods: BTreeMap<ObjectKey, Pod>,
+    /// Pods by namespace, then name (lookups by namespace allocate nothing).
+    pods: BTreeMap<String, BTreeMap<String, Pod>>,
     nodes: BTreeMap<String, Node>,
-    policies: BTreeMap<ObjectKey, NetworkPolicy>,
+    /// Policies by namespace, then name.
+    policies: BTreeMap<String, BTreeMap<String, NetworkPolicy>>,
     /// Owners of each pod address. More than one pod can briefly claim an
     /// address (a terminating pod and its replacement); the smallest key wins
     /// so the answer does not depend on the order of events.
@@ -61,8 +63,6 @@ pub struct Cluster {
     /// Node of each node address (Node objects' addresses and host-network
     /// pods' addresses); smallest node name wins on conflict.
     node_ips: BTreeMap<IpAddr, BTreeSet<(String, Option<ObjectKey>)>>,
-    pods_by_ns: BTreeMap<String, BTreeSet<String>>,
-    policies_by_ns: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Cluster {
@@ -89,7 +89,10 @@ impl Cluster {
             Object::Pod(pod) => {
                 self.remove_pod_index(&pod.key);
                 self.index_pod(&pod);
-                self.pods.insert(pod.key.clone(), pod);
+                self.pods
+                    .entry(pod.key.namespace.clone())
+                    .or_default()
+                    .insert(pod.key.name.clone(), pod);
             }
             Object::Node(node) => {
                 self.remove_node_index(&node.name);
@@ -102,11 +105,10 @@ impl Cluster {
                 self.nodes.insert(node.name.clone(), node);
             }
             Object::NetworkPolicy(np) => {
-                self.policies_by_ns
+                self.policies
                     .entry(np.key.namespace.clone())
                     .or_default()
-                    .insert(np.key.name.clone());
-                self.policies.insert(np.key.clone(), np);
+                    .insert(np.key.name.clone(), np);
             }
         }
     }
@@ -117,29 +119,19 @@ impl Cluster {
             ObjectRef::Namespace(n) => self.namespaces.remove(n).map(Object::Namespace),
             ObjectRef::Pod(k) => {
                 self.remove_pod_index(k);
-                self.pods.remove(k).map(Object::Pod)
+                remove_nested(&mut self.pods, k).map(Object::Pod)
             }
             ObjectRef::Node(n) => {
                 self.remove_node_index(n);
                 self.nodes.remove(n).map(Object::Node)
             }
             ObjectRef::NetworkPolicy(k) => {
-                if let Some(set) = self.policies_by_ns.get_mut(&k.namespace) {
-                    set.remove(&k.name);
-                    if set.is_empty() {
-                        self.policies_by_ns.remove(&k.namespace);
-                    }
-                }
-                self.policies.remove(k).map(Object::NetworkPolicy)
+                remove_nested(&mut self.policies, k).map(Object::NetworkPolicy)
             }
         }
     }
 
     fn index_pod(&mut self, pod: &Pod) {
-        self.pods_by_ns
-            .entry(pod.key.namespace.clone())
-            .or_default()
-            .insert(pod.key.name.clone());
         for ip in &pod.ips {
             if pod.host_network {
                 if let Some(node) = &pod.node {
@@ -155,16 +147,10 @@ impl Cluster {
     }
 
     fn remove_pod_index(&mut self, key: &ObjectKey) {
-        let Some(old) = self.pods.get(key) else {
+        let Some(old_ips) = self.pod(key).map(|p| p.ips.clone()) else {
             return;
         };
-        if let Some(set) = self.pods_by_ns.get_mut(&key.namespace) {
-            set.remove(&key.name);
-            if set.is_empty() {
-                self.pods_by_ns.remove(&key.namespace);
-            }
-        }
-        for ip in &old.ips {
+        for ip in &old_ips {
             if let Some(set) = self.pod_ips.get_mut(ip) {
                 set.remove(key);
                 if set.is_empty() {
@@ -212,28 +198,24 @@ impl Cluster {
     pub fn namespace_names(&self) -> BTreeSet<&str> {
         self.namespaces
             .keys()
-            .chain(self.pods_by_ns.keys())
+            .chain(self.pods.keys())
             .map(String::as_str)
             .collect()
     }
 
     /// A pod.
     pub fn pod(&self, key: &ObjectKey) -> Option<&Pod> {
-        self.pods.get(key)
+        self.pods.get(&key.namespace).and_then(|m| m.get(&key.name))
     }
 
     /// All pods, ordered by key.
     pub fn pods(&self) -> impl Iterator<Item = &Pod> {
-        self.pods.values()
+        self.pods.values().flat_map(BTreeMap::values)
     }
 
     /// Pods of one namespace.
     pub fn pods_in(&self, ns: &str) -> impl Iterator<Item = &Pod> {
-        self.pods_by_ns
-            .get(ns)
-            .into_iter()
-            .flatten()
-            .filter_map(move |name| self.pods.get(&ObjectKey::new(ns, name.clone())))
+        self.pods.get(ns).into_iter().flat_map(BTreeMap::values)
     }
 
     /// A node.
@@ -248,21 +230,19 @@ impl Cluster {
 
     /// A policy.
     pub fn policy(&self, key: &ObjectKey) -> Option<&NetworkPolicy> {
-        self.policies.get(key)
+        self.policies
+            .get(&key.namespace)
+            .and_then(|m| m.get(&key.name))
     }
 
     /// All policies, ordered by key.
     pub fn policies(&self) -> impl Iterator<Item = &NetworkPolicy> {
-        self.policies.values()
+        self.policies.values().flat_map(BTreeMap::values)
     }
 
     /// Policies of one namespace, ordered by name.
     pub fn policies_in(&self, ns: &str) -> impl Iterator<Item = &NetworkPolicy> {
-        self.policies_by_ns
-            .get(ns)
-            .into_iter()
-            .flatten()
-            .filter_map(move |name| self.policies.get(&ObjectKey::new(ns, name.clone())))
+        self.policies.get(ns).into_iter().flat_map(BTreeMap::values)
     }
 
     /// The pod that owns `ip`, if a (non-host-network) pod does.
@@ -270,7 +250,7 @@ impl Cluster {
         self.pod_ips
             .get(&ip)
             .and_then(|s| s.first())
-            .and_then(|k| self.pods.get(k))
+            .and_then(|k| self.pod(k))
     }
 
     /// The node that owns `ip`, if it is a node address.
@@ -296,12 +276,9 @@ impl Cluster {
 
     /// Every pod address with its owner, ordered by address.
     pub fn pod_addresses(&self) -> impl Iterator<Item = (IpAddr, &Pod)> {
-        self.pod_ips.iter().filter_map(|(ip, owners)| {
-            owners
-                .first()
-                .and_then(|k| self.pods.get(k))
-                .map(|p| (*ip, p))
-        })
+        self.pod_ips
+            .iter()
+            .filter_map(|(ip, owners)| owners.first().and_then(|k| self.pod(k)).map(|p| (*ip, p)))
     }
 
     /// Every node address with its node, ordered by address (pod addresses
@@ -318,7 +295,7 @@ impl Cluster {
         self.nodes
             .keys()
             .map(String::as_str)
-            .chain(self.pods.values().filter_map(|p| p.node.as_deref()))
+            .chain(self.pods().filter_map(|p| p.node.as_deref()))
             .collect()
     }
 
@@ -326,4 +303,13 @@ impl Cluster {
     pub fn is_node_address(&self, node: &str, ip: IpAddr) -> bool {
         self.owner(ip) == AddressOwner::Node(node)
     }
+}
+
+fn remove_nested<V>(map: &mut BTreeMap<String, BTreeMap<String, V>>, key: &ObjectKey) -> Option<V> {
+    let inner = map.get_mut(&key.namespace)?;
+    let v = inner.remove(&key.name);
+    if inner.is_empty() {
+        map.remove(&key.namespace);
+    }
+    v
 }

@@ -66,7 +66,7 @@ pub enum ManifestError {
         /// 1-based index of the YAML document in the file.
         document: usize,
         /// What is wrong, naming the object and the field.
-        error: ObjectError,
+        error: Box<ObjectError>,
     },
 }
 

@@ -66,11 +66,11 @@ impl RawObject {
             ManifestError::Object {
                 file: file.to_string(),
                 document: self.document,
-                error: ObjectError::new(
+                error: Box::new(ObjectError::new(
                     &self.kind,
                     &self.display_name,
                     FieldError::new(field, e.into_inner().to_string()),
-                ),
+                )),
             }
         })
     }
@@ -202,7 +202,7 @@ pub fn decode_object(file: &str, raw: &RawObject) -> Result<Option<Object>, Mani
     let invalid = |error: ObjectError| ManifestError::Object {
         file: file.into(),
         document: raw.document,
-        error,
+        error: Box::new(error),
     };
     let obj = match (raw.api_version.as_str(), raw.kind.as_str()) {
         ("v1", "Namespace") => Object::Namespace(

@@ -1,0 +1,192 @@
+//! The `ztunnel policy` commands, run as a user runs them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples")
+}
+
+fn ztunnel(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ztunnel"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run ztunnel")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn check_explains_and_sets_exit_code() {
+    let ex = examples();
+    let ex = ex.to_str().unwrap();
+    let out = ztunnel(&[
+        "policy",
+        "check",
+        "-f",
+        ex,
+        "--from",
+        "default/frontend",
+        "--to",
+        "default/db",
+        "--port",
+        "6379/TCP",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(
+        s.starts_with("ALLOWED default/frontend -> default/db 6379/TCP"),
+        "{s}"
+    );
+    assert!(
+        s.contains("allowed by NetworkPolicy default/access-demo1, rule 0"),
+        "{s}"
+    );
+
+    let out = ztunnel(&[
+        "policy",
+        "check",
+        "-f",
+        ex,
+        "--from",
+        "default/test",
+        "--to",
+        "default/apiserver",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("DENIED") && s.contains("isolated by default/api-allow, default/default-deny"),
+        "{s}"
+    );
+
+    let out = ztunnel(&[
+        "policy",
+        "check",
+        "-f",
+        ex,
+        "--from",
+        "default/nope",
+        "--to",
+        "default/db",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("pod default/nope not found"));
+}
+
+#[test]
+fn matrix_json_matches_the_seed_expectations() {
+    let ex = examples();
+    let out = ztunnel(&[
+        "policy",
+        "matrix",
+        "-f",
+        ex.to_str().unwrap(),
+        "--port",
+        "6379/TCP",
+        "--external",
+        "172.16.0.40",
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m = &v[0];
+    let names: Vec<&str> = m["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    let idx = |n: &str| names.iter().position(|x| *x == n).unwrap();
+    let cell = |a: &str, b: &str| m["cells"][idx(a)][idx(b)]["allowed"].as_bool().unwrap();
+    assert!(cell("default/frontend", "default/db"));
+    assert!(cell("myproject/client", "default/db"));
+    assert!(!cell("other/client", "default/db"));
+    assert!(!cell("default/db", "172.16.0.40"));
+    assert_eq!(names.last(), Some(&"172.16.0.40"));
+}
+
+#[test]
+fn matrix_text_is_a_table() {
+    let ex = examples();
+    let out = ztunnel(&["policy", "matrix", "-f", ex.to_str().unwrap()]);
+    assert!(out.status.success());
+    let s = text(&out.stdout);
+    assert!(s.starts_with("Reachability on 80/TCP"), "{s}");
+    assert!(
+        s.lines()
+            .any(|l| l.contains("default/apiserver") && l.contains('✓') && l.contains('✗')),
+        "{s}"
+    );
+    assert!(!s.contains("\u{1b}["), "NO_COLOR disables colour");
+}
+
+#[test]
+fn invalid_manifests_are_reported_and_the_rest_still_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = |name: &str, body: &str| std::fs::write(dir.path().join(name), body).unwrap();
+    w(
+        "pods.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: n}\nstatus: {podIP: 10.0.0.1}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: n}\nstatus: {podIP: 10.0.0.2}\n",
+    );
+    let np = |name: &str, spec: &str| {
+        format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: n}}\nspec:\n{spec}\n"
+        )
+    };
+    w(
+        "bad.yaml",
+        &[
+            np(
+                "bad-cidr",
+                "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/40}}]}]",
+            ),
+            np(
+                "bad-proto",
+                "  podSelector: {}\n  ingress: [{ports: [{protocol: ICMP}]}]",
+            ),
+            np(
+                "bad-name",
+                "  podSelector: {}\n  ingress: [{ports: [{port: a-very-long-port-name}]}]",
+            ),
+            np(
+                "bad-range",
+                "  podSelector: {}\n  ingress: [{ports: [{port: 90, endPort: 80}]}]",
+            ),
+            np(
+                "bad-endport",
+                "  podSelector: {}\n  ingress: [{ports: [{endPort: 80}]}]",
+            ),
+        ]
+        .concat(),
+    );
+    w("good.yaml", &np("deny", "  podSelector: {}"));
+    w("notes.txt", "not a manifest, not read");
+    let d = dir.path().to_str().unwrap();
+    let out = ztunnel(&["policy", "check", "-f", d, "--from", "n/a", "--to", "n/b"]);
+    let err = text(&out.stderr);
+    for (name, field) in [
+        ("bad-cidr", "spec.ingress[0].from[0].ipBlock.cidr"),
+        ("bad-proto", "spec.ingress[0].ports[0].protocol"),
+        ("bad-name", "spec.ingress[0].ports[0].port"),
+        ("bad-range", "spec.ingress[0].ports[0].endPort"),
+        ("bad-endport", "spec.ingress[0].ports[0].endPort"),
+    ] {
+        let line = err
+            .lines()
+            .find(|l| l.contains(&format!("NetworkPolicy n/{name}")))
+            .unwrap_or_else(|| panic!("{name} not reported: {err}"));
+        assert!(line.contains("bad.yaml") && line.contains(field), "{line}");
+    }
+    assert!(err.contains("5 invalid object(s)"), "{err}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the valid default-deny still applies: {}",
+        text(&out.stdout)
+    );
+}
