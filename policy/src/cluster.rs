@@ -7,6 +7,8 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 use crate::labels::Labels;
 use crate::manifest::Object;
 use crate::model::{Namespace, NetworkPolicy, Node, ObjectKey, Pod};
@@ -63,6 +65,8 @@ pub struct Cluster {
     /// Node of each node address (Node objects' addresses and host-network
     /// pods' addresses); smallest node name wins on conflict.
     node_ips: BTreeMap<IpAddr, BTreeSet<(String, Option<ObjectKey>)>>,
+    /// Number of pods scheduled on each node.
+    pods_per_node: BTreeMap<String, usize>,
 }
 
 impl Cluster {
@@ -132,6 +136,9 @@ impl Cluster {
     }
 
     fn index_pod(&mut self, pod: &Pod) {
+        if let Some(node) = &pod.node {
+            *self.pods_per_node.entry(node.clone()).or_default() += 1;
+        }
         for ip in &pod.ips {
             if pod.host_network {
                 if let Some(node) = &pod.node {
@@ -147,9 +154,18 @@ impl Cluster {
     }
 
     fn remove_pod_index(&mut self, key: &ObjectKey) {
-        let Some(old_ips) = self.pod(key).map(|p| p.ips.clone()) else {
+        let Some((old_ips, old_node)) = self.pod(key).map(|p| (p.ips.clone(), p.node.clone()))
+        else {
             return;
         };
+        if let Some(node) = old_node
+            && let Some(n) = self.pods_per_node.get_mut(&node)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.pods_per_node.remove(&node);
+            }
+        }
         for ip in &old_ips {
             if let Some(set) = self.pod_ips.get_mut(ip) {
                 set.remove(key);
@@ -297,6 +313,26 @@ impl Cluster {
             .map(String::as_str)
             .chain(self.pods().filter_map(|p| p.node.as_deref()))
             .collect()
+    }
+
+    /// Whether any pod is scheduled on `node`.
+    pub fn node_has_pods(&self, node: &str) -> bool {
+        self.pods_per_node.contains_key(node)
+    }
+
+    /// Pod addresses inside `net`, with their owners, in address order.
+    pub fn pod_addresses_in(&self, net: IpNet) -> impl Iterator<Item = (IpAddr, &Pod)> {
+        self.pod_ips
+            .range(net.network()..=net.broadcast())
+            .filter_map(|(ip, owners)| owners.first().and_then(|k| self.pod(k)).map(|p| (*ip, p)))
+    }
+
+    /// Node addresses inside `net` (pod addresses excluded).
+    pub fn node_addresses_in(&self, net: IpNet) -> impl Iterator<Item = (IpAddr, &str)> {
+        self.node_ips
+            .range(net.network()..=net.broadcast())
+            .filter(|(ip, _)| !self.pod_ips.contains_key(ip))
+            .filter_map(|(ip, owners)| owners.first().map(|(n, _)| (*ip, n.as_str())))
     }
 
     /// Whether `ip` is an address of node `node`.

@@ -3,6 +3,8 @@
 //! (and the API definition implies), written out by hand; each step is also
 //! compiled and checked against the evaluator on the datapath lookup.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
+
 use std::fs;
 use std::path::{Path, PathBuf};
 

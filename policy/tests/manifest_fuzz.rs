@@ -4,6 +4,8 @@
 //! panic, every document must be accounted for (object, ignored or error),
 //! and every error must name the file.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
+
 use std::fs;
 use std::path::Path;
 

@@ -8,6 +8,8 @@
 //!    state from scratch (up to numbering);
 //! 3. the diffs, applied in order to empty tables, rebuild the tables.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 

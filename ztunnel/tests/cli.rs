@@ -1,5 +1,7 @@
 //! The `ztunnel policy` commands, run as a user runs them.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

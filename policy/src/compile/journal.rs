@@ -5,16 +5,17 @@
 
 use std::collections::BTreeMap;
 
-use ipnet::IpNet;
+use std::net::IpAddr;
 
 use super::tables::{
-    Change, EndpointId, EndpointInfo, Identity, IdentityInfo, IpInfo, NodeId, PolicyKey,
+    Change, CidrKey, EndpointId, EndpointInfo, Identity, IdentityInfo, IpInfo, NodeId, PolicyKey,
     PolicyValue, RuleId, RuleInfo, TableDiff, Tables,
 };
 
 #[derive(Debug, Default)]
 pub(crate) struct Journal {
-    ipcache: BTreeMap<IpNet, Option<IpInfo>>,
+    ipcache: BTreeMap<IpAddr, Option<IpInfo>>,
+    cidr: BTreeMap<CidrKey, Option<Identity>>,
     endpoints: BTreeMap<EndpointId, Option<EndpointInfo>>,
     policy: BTreeMap<PolicyKey, Option<PolicyValue>>,
     identities: BTreeMap<Identity, Option<IdentityInfo>>,
@@ -58,8 +59,11 @@ fn drain<K: Ord + Clone, V: Clone + PartialEq>(
 }
 
 impl Journal {
-    pub(crate) fn ipcache(&mut self, t: &mut Tables, k: IpNet, v: Option<IpInfo>) {
+    pub(crate) fn ipcache(&mut self, t: &mut Tables, k: IpAddr, v: Option<IpInfo>) {
         write(&mut t.ipcache, &mut self.ipcache, k, v);
+    }
+    pub(crate) fn cidr(&mut self, t: &mut Tables, k: CidrKey, v: Option<Identity>) {
+        write(&mut t.cidr, &mut self.cidr, k, v);
     }
     pub(crate) fn endpoint(&mut self, t: &mut Tables, k: EndpointId, v: Option<EndpointInfo>) {
         write(&mut t.endpoints, &mut self.endpoints, k, v);
@@ -83,6 +87,7 @@ impl Journal {
     pub(crate) fn finish(&mut self, t: &Tables) -> TableDiff {
         TableDiff {
             ipcache: drain(&t.ipcache, &mut self.ipcache),
+            cidr: drain(&t.cidr, &mut self.cidr),
             endpoints: drain(&t.endpoints, &mut self.endpoints),
             policy: drain(&t.policy, &mut self.policy),
             identities: drain(&t.identities, &mut self.identities),

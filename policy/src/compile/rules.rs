@@ -2,14 +2,16 @@
 //! one (endpoint, policy) pair into policy-trie entries.
 
 use std::collections::BTreeSet;
+use std::rc::Rc;
 
 use ipnet::IpNet;
 
 use super::Compiler;
 use super::ports::{PortPrefix, range_to_prefixes};
 use super::tables::{ALL_PODS, ANY, EndpointId, Identity, IdentityInfo, PolicyKey, RuleId};
+use crate::labels::Selector;
 use crate::model::{
-    Direction, NamespaceSelection, NetworkPolicy, Peer, Pod, PortMatch, Protocol, Rule,
+    Direction, IpBlock, NamespaceSelection, NetworkPolicy, Peer, Pod, PortMatch, Protocol, Rule,
 };
 
 /// A rule, compiled against the current identities.
@@ -17,8 +19,11 @@ use crate::model::{
 pub(crate) struct RuleState {
     pub(crate) id: RuleId,
     pub(crate) direction: Direction,
-    /// Identities the rule's peers select.
+    /// Identities the rule's pod peers select.
     pub(crate) peers: BTreeSet<Identity>,
+    /// The rule's `ipBlock` peers, resolved per endpoint against its cidr
+    /// trie (see [`Compiler::contribution`]).
+    pub(crate) blocks: Vec<IpBlock>,
     /// Numeric port blocks `(protocol, block)`; `(0, ANY)` when the rule has
     /// no ports.
     pub(crate) ports: Vec<(u8, PortPrefix)>,
@@ -36,26 +41,60 @@ pub(crate) fn net_contains(outer: &IpNet, inner: &IpNet) -> bool {
 
 impl Compiler {
     /// Namespaces (with an identity) that a namespace selection matches.
-    fn matching_namespaces<'s>(
-        &'s self,
-        np: &'s NetworkPolicy,
-        sel: &'s NamespaceSelection,
-    ) -> Vec<&'s str> {
+    /// Memoised per selector: many policies share one namespace selector.
+    fn matching_namespaces(&self, np: &NetworkPolicy, sel: &NamespaceSelection) -> Rc<Vec<String>> {
         match sel {
-            NamespaceSelection::Own => {
-                if self.ns_ids.contains_key(&np.key.namespace) {
-                    vec![np.key.namespace.as_str()]
-                } else {
-                    vec![]
+            NamespaceSelection::Own => Rc::new(
+                self.ns_ids
+                    .contains_key(&np.key.namespace)
+                    .then(|| np.key.namespace.clone())
+                    .into_iter()
+                    .collect(),
+            ),
+            NamespaceSelection::Matching(s) => {
+                if let Some(hit) = self.cache.borrow().namespaces.get(s) {
+                    return hit.clone();
                 }
+                let found: Rc<Vec<String>> = Rc::new(
+                    self.ns_ids
+                        .keys()
+                        .filter(|ns| s.matches(&self.cluster.namespace_labels(ns)))
+                        .cloned()
+                        .collect(),
+                );
+                self.cache
+                    .borrow_mut()
+                    .namespaces
+                    .insert(s.clone(), found.clone());
+                found
             }
-            NamespaceSelection::Matching(s) => self
-                .ns_ids
-                .keys()
-                .filter(|ns| s.matches(&self.cluster.namespace_labels(ns)))
-                .map(String::as_str)
-                .collect(),
         }
+    }
+
+    /// Label identities of one namespace that a pod selector matches
+    /// (memoised per namespace and selector).
+    fn namespace_pod_identities(&self, ns: &str, pods: &Selector) -> Rc<Vec<Identity>> {
+        if let Some(hit) = self.cache.borrow().pods.get(ns).and_then(|m| m.get(pods)) {
+            return hit.clone();
+        }
+        let found: Rc<Vec<Identity>> = Rc::new(
+            self.labels_by_ns
+                .get(ns)
+                .into_iter()
+                .flatten()
+                .filter(|id| {
+                    matches!(self.tables.identities.get(id), Some(IdentityInfo::Pods { labels, .. }) if pods.matches(labels))
+                })
+                .copied()
+                .collect(),
+        );
+        self.cache
+            .borrow_mut()
+            .pods
+            .entry(ns.to_string())
+            .or_default()
+            .insert(pods.clone(), found.clone());
+        found
     }
 
     /// Label identities of the pods a `Pods` peer selects.
@@ -63,31 +102,13 @@ impl Compiler {
         &self,
         np: &NetworkPolicy,
         namespaces: &NamespaceSelection,
-        pods: &crate::labels::Selector,
+        pods: &Selector,
     ) -> Vec<Identity> {
         let mut out = Vec::new();
-        for ns in self.matching_namespaces(np, namespaces) {
-            for id in self.labels_by_ns.get(ns).into_iter().flatten() {
-                if let Some(IdentityInfo::Pods { labels, .. }) = self.tables.identities.get(id)
-                    && pods.matches(labels)
-                {
-                    out.push(*id);
-                }
-            }
+        for ns in self.matching_namespaces(np, namespaces).iter() {
+            out.extend(self.namespace_pod_identities(ns, pods).iter().copied());
         }
         out
-    }
-
-    /// CIDR identities an `ipBlock` selects: every ipcache prefix inside the
-    /// block and inside none of its exceptions.
-    fn cidr_identities(&self, block: &crate::model::IpBlock) -> Vec<Identity> {
-        self.cidr_ids
-            .iter()
-            .filter(|(q, _)| {
-                net_contains(&block.cidr, q) && !block.except.iter().any(|e| net_contains(e, q))
-            })
-            .map(|(_, (id, _))| *id)
-            .collect()
     }
 
     fn resolve_identity_port(&self, id: Identity, name: &str, proto: Protocol) -> Option<u16> {
@@ -109,6 +130,7 @@ impl Compiler {
         id: RuleId,
     ) -> RuleState {
         let mut peers = BTreeSet::new();
+        let mut blocks = Vec::new();
         match &rule.peers {
             None => {
                 peers.insert(ANY);
@@ -123,7 +145,7 @@ impl Compiler {
                             peers.insert(ALL_PODS);
                         }
                         Peer::Pods { namespaces, pods } if pods.is_empty() => {
-                            for ns in self.matching_namespaces(np, namespaces) {
+                            for ns in self.matching_namespaces(np, namespaces).iter() {
                                 if let Some(id) = self.ns_ids.get(ns) {
                                     peers.insert(*id);
                                 }
@@ -132,7 +154,7 @@ impl Compiler {
                         Peer::Pods { namespaces, pods } => {
                             peers.extend(self.pod_identities(np, namespaces, pods))
                         }
-                        Peer::IpBlock(b) => peers.extend(self.cidr_identities(b)),
+                        Peer::IpBlock(b) => blocks.push(b.clone()),
                     }
                 }
             }
@@ -180,7 +202,7 @@ impl Compiler {
                             }
                             Peer::IpBlock(b) => addresses.extend(
                                 self.cluster
-                                    .pod_addresses()
+                                    .pod_addresses_in(b.cidr)
                                     .filter(|(ip, _)| b.contains(*ip))
                                     .map(|(ip, p)| (ip, p.clone())),
                             ),
@@ -203,10 +225,13 @@ impl Compiler {
                 }
             }
         }
+        blocks.sort();
+        blocks.dedup();
         RuleState {
             id,
             direction,
             peers,
+            blocks,
             ports,
             named,
             named_grants,
@@ -214,11 +239,13 @@ impl Compiler {
     }
 
     /// The policy-trie entries `rules` (of one policy) give endpoint `ep`
-    /// (pod `pod`).
+    /// (pod `pod`), whose cidr tries hold `prefixes` (ingress, egress).
     pub(crate) fn contribution(
+        &self,
         ep: EndpointId,
         pod: &Pod,
         rules: &[RuleState],
+        prefixes: &[BTreeSet<IpNet>; 2],
     ) -> Vec<(PolicyKey, RuleId)> {
         let mut out = Vec::new();
         for rs in rules {
@@ -229,7 +256,20 @@ impl Compiler {
                 protocol,
                 port,
             };
-            for peer in &rs.peers {
+            // A block selects the endpoint's prefixes inside it and outside
+            // its exceptions; the trie's longest match makes that exact.
+            let mut peers = rs.peers.clone();
+            for b in &rs.blocks {
+                for q in &prefixes[dir_index(rs.direction)] {
+                    if net_contains(&b.cidr, q)
+                        && !b.except.iter().any(|e| net_contains(e, q))
+                        && let Some((id, _)) = self.cidr_ids.get(q)
+                    {
+                        peers.insert(*id);
+                    }
+                }
+            }
+            for peer in &peers {
                 for (proto, pp) in &rs.ports {
                     out.push((key(*peer, *proto, *pp), rs.id));
                 }
@@ -249,6 +289,30 @@ impl Compiler {
         out.dedup();
         out
     }
+}
+
+/// Index of a direction in per-direction arrays.
+pub(crate) fn dir_index(d: Direction) -> usize {
+    match d {
+        Direction::Ingress => 0,
+        Direction::Egress => 1,
+    }
+}
+
+/// The prefixes of one direction's `ipBlock` peers of a policy.
+pub(crate) fn direction_prefixes(
+    np: &NetworkPolicy,
+    d: Direction,
+) -> impl Iterator<Item = IpNet> + '_ {
+    np.rules(d)
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r.peers.iter().flatten())
+        .filter_map(|p| match p {
+            Peer::IpBlock(b) => Some(b),
+            Peer::Pods { .. } => None,
+        })
+        .flat_map(|b| std::iter::once(b.cidr).chain(b.except.iter().copied()))
 }
 
 /// Whether a policy has a rule whose compiled peers could include the label

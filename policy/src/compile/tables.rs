@@ -3,10 +3,14 @@
 //! reference evaluator exactly as the kernel will read them).
 //!
 //! # Tables
-//! - **ipcache** (LPM trie): address or prefix → [`IpInfo`]. Pod and node
-//!   addresses are host prefixes; every prefix named by an `ipBlock` (block or
-//!   exception) is an entry of its own, so the most specific match of an
-//!   address names the most specific block containing it.
+//! - **ipcache** (hash): pod or node address → [`IpInfo`] (its identities).
+//! - **cidr** (LPM trie, per endpoint and direction): every prefix named by
+//!   an `ipBlock` (block or exception) of the policies selecting the endpoint
+//!   for that direction → that prefix's identity. The most specific match of
+//!   an address names the most specific of those prefixes containing it, and
+//!   a block allows exactly the prefixes inside it and outside its
+//!   exceptions: `except` is exact, and one endpoint's blocks never inflate
+//!   another endpoint's tables.
 //! - **endpoints** (hash): local endpoint → [`EndpointInfo`] (node, isolation).
 //! - **policy** (LPM trie): [`PolicyKey`] → [`PolicyValue`]. The key is
 //!   `endpoint | direction | peer identity | protocol | port`, matched with a
@@ -22,7 +26,8 @@
 //! 3. direction not isolated → allow;
 //! 4. look up the policy trie with each identity the peer has, in order:
 //!    label identity, address identity, namespace identity, [`ALL_PODS`]
-//!    (pods only), CIDR identity, [`ANY`]; the first hit allows. Entries only
+//!    (pods only), the CIDR identity from the endpoint's cidr trie, [`ANY`];
+//!    the first hit allows. Entries only
 //!    allow, so the order changes which rule is reported, never the verdict.
 //! 5. otherwise drop.
 
@@ -89,8 +94,6 @@ pub struct IpInfo {
     pub namespace: Identity,
     /// Per-address identity (pod addresses).
     pub address: Identity,
-    /// Identity of the most specific `ipBlock` prefix containing the address.
-    pub cidr: Identity,
     /// Node owning the address.
     pub node: NodeId,
 }
@@ -116,6 +119,18 @@ impl EndpointInfo {
             Direction::Egress => self.egress_isolated,
         }
     }
+}
+
+/// A cidr trie key: the endpoint and direction are matched exactly, the
+/// address on the prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct CidrKey {
+    /// The local endpoint.
+    pub endpoint: EndpointId,
+    /// Direction of the rules the prefix comes from.
+    pub direction: Direction,
+    /// The prefix.
+    pub prefix: IpNet,
 }
 
 /// A policy trie key (see the module docs for the matching rules).
@@ -165,7 +180,9 @@ pub enum Change<K, V> {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TableDiff {
     /// ipcache changes.
-    pub ipcache: Vec<Change<IpNet, IpInfo>>,
+    pub ipcache: Vec<Change<IpAddr, IpInfo>>,
+    /// cidr trie changes.
+    pub cidr: Vec<Change<CidrKey, Identity>>,
     /// Endpoint map changes.
     pub endpoints: Vec<Change<EndpointId, EndpointInfo>>,
     /// Policy trie changes.
@@ -182,6 +199,7 @@ impl TableDiff {
     /// Whether nothing changed.
     pub fn is_empty(&self) -> bool {
         self.ipcache.is_empty()
+            && self.cidr.is_empty()
             && self.endpoints.is_empty()
             && self.policy.is_empty()
             && self.identities.is_empty()
@@ -192,6 +210,7 @@ impl TableDiff {
     /// Number of changes.
     pub fn len(&self) -> usize {
         self.ipcache.len()
+            + self.cidr.len()
             + self.endpoints.len()
             + self.policy.len()
             + self.identities.len()
@@ -229,7 +248,9 @@ impl Decision {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Tables {
     /// ipcache.
-    pub ipcache: BTreeMap<IpNet, IpInfo>,
+    pub ipcache: BTreeMap<IpAddr, IpInfo>,
+    /// cidr trie.
+    pub cidr: BTreeMap<CidrKey, Identity>,
     /// Endpoint map.
     pub endpoints: BTreeMap<EndpointId, EndpointInfo>,
     /// Policy trie.
@@ -259,6 +280,7 @@ impl Tables {
     /// Applies a diff.
     pub fn apply(&mut self, diff: &TableDiff) {
         apply_changes(&mut self.ipcache, &diff.ipcache);
+        apply_changes(&mut self.cidr, &diff.cidr);
         apply_changes(&mut self.endpoints, &diff.endpoints);
         apply_changes(&mut self.policy, &diff.policy);
         apply_changes(&mut self.identities, &diff.identities);
@@ -266,17 +288,29 @@ impl Tables {
         apply_changes(&mut self.nodes, &diff.nodes);
     }
 
-    /// Longest-prefix match in the ipcache; all zeros when nothing matches.
+    /// The ipcache entry of an address; all zeros for an address that is
+    /// neither a pod's nor a node's.
     pub fn lookup_ip(&self, ip: IpAddr) -> IpInfo {
+        self.ipcache.get(&ip).copied().unwrap_or_default()
+    }
+
+    /// Longest-prefix match in an endpoint's cidr trie: the identity of the
+    /// most specific `ipBlock` prefix containing `ip`, or 0.
+    pub fn lookup_cidr(&self, endpoint: EndpointId, direction: Direction, ip: IpAddr) -> Identity {
         let max = if ip.is_ipv4() { 32 } else { 128 };
         for len in (0..=max).rev() {
-            if let Ok(net) = IpNet::new(ip, len)
-                && let Some(info) = self.ipcache.get(&net.trunc())
-            {
-                return *info;
+            if let Ok(net) = IpNet::new(ip, len) {
+                let key = CidrKey {
+                    endpoint,
+                    direction,
+                    prefix: net.trunc(),
+                };
+                if let Some(id) = self.cidr.get(&key) {
+                    return *id;
+                }
             }
         }
-        IpInfo::default()
+        0
     }
 
     /// Longest-prefix match in the policy trie for one peer identity.
@@ -342,13 +376,14 @@ impl Tables {
             return Decision::NotIsolated;
         }
         let port = if protocol.has_ports() { port } else { 0 };
+        let cidr = self.lookup_cidr(endpoint, direction, peer);
         let is_pod = info.identity != 0;
         let candidates = [
             (info.identity, is_pod),
             (info.address, info.address != 0),
             (info.namespace, info.namespace != 0),
             (ALL_PODS, is_pod),
-            (info.cidr, info.cidr != 0),
+            (cidr, cidr != 0),
             (ANY, true),
         ];
         for (id, present) in candidates {
@@ -414,11 +449,15 @@ impl Tables {
                         opt(v.identity),
                         opt(v.namespace),
                         opt(v.address),
-                        opt(v.cidr),
                         node(v.node),
                     ];
                     (k.to_string(), v.join(" | "))
                 })
+                .collect(),
+            cidr: self
+                .cidr
+                .iter()
+                .map(|(k, v)| ((ep(k.endpoint), k.direction, k.prefix.to_string()), id(*v)))
                 .collect(),
             endpoints: self
                 .endpoints
@@ -451,8 +490,10 @@ impl Tables {
 /// [`Tables`] with numbers replaced by names (see [`Tables::canonical`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CanonicalTables {
-    /// prefix → "endpoint | identity | namespace | address | cidr | node".
+    /// address → "endpoint | identity | namespace | address | node".
     pub ipcache: BTreeMap<String, String>,
+    /// (endpoint, direction, prefix) → identity.
+    pub cidr: BTreeMap<(String, Direction, String), String>,
     /// pod → (node, ingress isolated, egress isolated).
     pub endpoints: BTreeMap<String, (String, bool, bool)>,
     /// (endpoint, direction, peer, protocol, port) → rule.
