@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::labels::Labels;
 use crate::manifest::Object;
@@ -52,12 +53,12 @@ pub enum AddressOwner<'a> {
 /// The indexed cluster state.
 #[derive(Debug, Clone, Default)]
 pub struct Cluster {
-    namespaces: BTreeMap<String, Namespace>,
+    namespaces: HashMap<String, Namespace>,
     /// Pods by namespace, then name (lookups by namespace allocate nothing).
-    pods: BTreeMap<String, BTreeMap<String, Pod>>,
+    pods: HashMap<String, BTreeMap<String, Pod>>,
     nodes: BTreeMap<String, Node>,
     /// Policies by namespace, then name.
-    policies: BTreeMap<String, BTreeMap<String, NetworkPolicy>>,
+    policies: HashMap<String, BTreeMap<String, NetworkPolicy>>,
     /// Owners of each pod address. More than one pod can briefly claim an
     /// address (a terminating pod and its replacement); the smallest key wins
     /// so the answer does not depend on the order of events.
@@ -94,9 +95,9 @@ impl Cluster {
                 self.remove_pod_index(&pod.key);
                 self.index_pod(&pod);
                 self.pods
-                    .entry(pod.key.namespace.clone())
+                    .entry(pod.key.namespace.to_string())
                     .or_default()
-                    .insert(pod.key.name.clone(), pod);
+                    .insert(pod.key.name.to_string(), pod);
             }
             Object::Node(node) => {
                 self.remove_node_index(&node.name);
@@ -110,9 +111,9 @@ impl Cluster {
             }
             Object::NetworkPolicy(np) => {
                 self.policies
-                    .entry(np.key.namespace.clone())
+                    .entry(np.key.namespace.to_string())
                     .or_default()
-                    .insert(np.key.name.clone(), np);
+                    .insert(np.key.name.to_string(), np);
             }
         }
     }
@@ -221,12 +222,14 @@ impl Cluster {
 
     /// A pod.
     pub fn pod(&self, key: &ObjectKey) -> Option<&Pod> {
-        self.pods.get(&key.namespace).and_then(|m| m.get(&key.name))
+        self.pods
+            .get(&*key.namespace)
+            .and_then(|m| m.get(&*key.name))
     }
 
     /// All pods, ordered by key.
     pub fn pods(&self) -> impl Iterator<Item = &Pod> {
-        self.pods.values().flat_map(BTreeMap::values)
+        sorted(&self.pods).flat_map(BTreeMap::values)
     }
 
     /// Pods of one namespace.
@@ -247,13 +250,13 @@ impl Cluster {
     /// A policy.
     pub fn policy(&self, key: &ObjectKey) -> Option<&NetworkPolicy> {
         self.policies
-            .get(&key.namespace)
-            .and_then(|m| m.get(&key.name))
+            .get(&*key.namespace)
+            .and_then(|m| m.get(&*key.name))
     }
 
     /// All policies, ordered by key.
     pub fn policies(&self) -> impl Iterator<Item = &NetworkPolicy> {
-        self.policies.values().flat_map(BTreeMap::values)
+        sorted(&self.policies).flat_map(BTreeMap::values)
     }
 
     /// Policies of one namespace, ordered by name.
@@ -341,11 +344,19 @@ impl Cluster {
     }
 }
 
-fn remove_nested<V>(map: &mut BTreeMap<String, BTreeMap<String, V>>, key: &ObjectKey) -> Option<V> {
-    let inner = map.get_mut(&key.namespace)?;
-    let v = inner.remove(&key.name);
+fn remove_nested<V>(map: &mut HashMap<String, BTreeMap<String, V>>, key: &ObjectKey) -> Option<V> {
+    let inner = map.get_mut(&*key.namespace)?;
+    let v = inner.remove(&*key.name);
     if inner.is_empty() {
-        map.remove(&key.namespace);
+        map.remove(&*key.namespace);
     }
     v
+}
+
+/// The values of a namespace-keyed map in namespace order, so that listings
+/// do not depend on hashing.
+fn sorted<V>(map: &HashMap<String, V>) -> impl Iterator<Item = &V> {
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort();
+    keys.into_iter().filter_map(move |k| map.get(k))
 }

@@ -21,6 +21,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::cluster::{AddressOwner, Cluster};
+use crate::labels::Labels;
 use crate::model::{
     Direction, NamespaceSelection, NetworkPolicy, ObjectKey, Peer, Pod, PortMatch, Protocol, Rule,
 };
@@ -187,13 +188,13 @@ pub fn evaluate(
         }
     };
     let (fp, tp) = (pod_of(from)?, pod_of(to)?);
-    let addrs = |e: &Endpoint, p: Option<&Pod>| -> Vec<IpAddr> {
+    fn addrs<'e>(e: &'e Endpoint, p: Option<&'e Pod>) -> &'e [IpAddr] {
         match (e, p) {
-            (Endpoint::Ip(ip), _) => vec![*ip],
-            (_, Some(p)) => p.ips.clone(),
-            _ => vec![],
+            (Endpoint::Ip(ip), _) => std::slice::from_ref(ip),
+            (_, Some(p)) => &p.ips,
+            _ => &[],
         }
-    };
+    }
     let (fa, ta) = (addrs(from, fp), addrs(to, tp));
     let pair = if fa.is_empty() || ta.is_empty() {
         (fa.first().copied(), ta.first().copied())
@@ -287,7 +288,10 @@ fn side(
     let Some(pod) = subject.pod else {
         return SideVerdict::Allowed(Allow::NotSubject);
     };
-    if peer.pod.is_some_and(|p| p.key == pod.key) {
+    if peer
+        .pod
+        .is_some_and(|p| std::ptr::eq(p, pod) || p.key == pod.key)
+    {
         return SideVerdict::Allowed(Allow::SelfTraffic);
     }
     if let (Some(peer_node), Some(own)) = (peer.node, pod.node.as_deref())
@@ -295,6 +299,9 @@ fn side(
     {
         return SideVerdict::Allowed(Allow::NodeTraffic);
     }
+    // The peer's namespace labels are looked up once, not once per peer of
+    // every rule.
+    let peer_ns = peer.pod.map(|p| cluster.namespace_labels(&p.key.namespace));
     let mut isolated_by = Vec::new();
     for np in cluster.policies_in(&pod.key.namespace) {
         let Some(rules) = np.rules(dir) else { continue };
@@ -302,7 +309,13 @@ fn side(
             continue;
         }
         for (i, rule) in rules.iter().enumerate() {
-            if rule_matches(cluster, np, rule, peer, destination, port, protocol) {
+            let peer_ok = match &rule.peers {
+                None => true,
+                Some(peers) => peers
+                    .iter()
+                    .any(|p| peer_matches_with(np, p, peer, peer_ns.as_deref())),
+            };
+            if peer_ok && ports_match(rule, destination, port, protocol) {
                 return SideVerdict::Allowed(Allow::Rule {
                     policy: np.key.clone(),
                     rule: i,
@@ -333,9 +346,10 @@ pub fn rule_matches(
         None => true,
         Some(peers) => peers.iter().any(|p| peer_matches(cluster, np, p, peer)),
     };
-    if !peer_ok {
-        return false;
-    }
+    peer_ok && ports_match(rule, destination, port, protocol)
+}
+
+fn ports_match(rule: &Rule, destination: &Party<'_>, port: u16, protocol: Protocol) -> bool {
     match &rule.ports {
         None => true,
         Some(ports) => ports.iter().any(|pr| {
@@ -353,15 +367,27 @@ pub fn rule_matches(
 
 /// Whether one `from`/`to` entry matches a party.
 pub fn peer_matches(cluster: &Cluster, np: &NetworkPolicy, peer: &Peer, party: &Party<'_>) -> bool {
+    let ns = party
+        .pod
+        .map(|p| cluster.namespace_labels(&p.key.namespace));
+    peer_matches_with(np, peer, party, ns.as_deref())
+}
+
+/// [`peer_matches`] with the party's namespace labels already looked up.
+fn peer_matches_with(
+    np: &NetworkPolicy,
+    peer: &Peer,
+    party: &Party<'_>,
+    party_ns: Option<&Labels>,
+) -> bool {
     match peer {
         Peer::IpBlock(b) => party.ip.is_some_and(|ip| b.contains(ip)),
         Peer::Pods { namespaces, pods } => {
             let Some(p) = party.pod else { return false };
-            let ns_ok = match namespaces {
-                NamespaceSelection::Own => p.key.namespace == np.key.namespace,
-                NamespaceSelection::Matching(sel) => {
-                    sel.matches(&cluster.namespace_labels(&p.key.namespace))
-                }
+            let ns_ok = match (namespaces, party_ns) {
+                (NamespaceSelection::Own, _) => p.key.namespace == np.key.namespace,
+                (NamespaceSelection::Matching(sel), Some(labels)) => sel.matches(labels),
+                (NamespaceSelection::Matching(_), None) => false,
             };
             ns_ok && pods.matches(&p.labels)
         }

@@ -256,7 +256,7 @@ items:
         assert_eq!(p.ignored.len(), 1);
         assert_eq!(p.ignored[0].2, "Deployment");
         match &p.objects[2].1 {
-            Object::NetworkPolicy(np) => assert_eq!(np.key.namespace, "default"),
+            Object::NetworkPolicy(np) => assert_eq!(&*np.key.namespace, "default"),
             other => panic!("unexpected {other:?}"),
         }
     }

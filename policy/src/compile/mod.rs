@@ -32,11 +32,12 @@ mod rules;
 pub mod tables;
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::rc::Rc;
 
 use ipnet::IpNet;
+use rustc_hash::FxHashMap as HashMap;
 
 use self::journal::Journal;
 pub use self::ports::{PortPrefix, range_to_prefixes};
@@ -147,18 +148,18 @@ impl Compiler {
             next_endpoint: 1,
             next_rule: 1,
             next_node: 1,
-            label_ids: HashMap::new(),
+            label_ids: HashMap::default(),
             labels_by_ns: BTreeMap::new(),
-            pod_label_id: HashMap::new(),
+            pod_label_id: HashMap::default(),
             ns_ids: BTreeMap::new(),
-            addr_ids: HashMap::new(),
+            addr_ids: HashMap::default(),
             cidr_ids: BTreeMap::new(),
             node_ids: BTreeMap::new(),
-            endpoint_ids: HashMap::new(),
+            endpoint_ids: HashMap::default(),
             endpoints_by_ns: BTreeMap::new(),
-            endpoint_state: HashMap::new(),
-            entries: HashMap::new(),
-            policies: HashMap::new(),
+            endpoint_state: HashMap::default(),
+            entries: HashMap::default(),
+            policies: HashMap::default(),
             cross_ns_policies: BTreeSet::new(),
             named_ipblock_policies: BTreeSet::new(),
             dirty_policies: BTreeSet::new(),

@@ -124,7 +124,7 @@ impl Compiler {
                 Some(IpInfo {
                     endpoint: self.endpoint_ids.get(&pod).copied().unwrap_or(0),
                     identity: self.pod_label_id.get(&pod).map_or(0, |(id, _)| *id),
-                    namespace: self.ns_ids.get(&pod.namespace).copied().unwrap_or(0),
+                    namespace: self.ns_ids.get(&*pod.namespace).copied().unwrap_or(0),
                     address,
                     node: 0,
                 })
@@ -191,7 +191,7 @@ impl Compiler {
                 self.next_endpoint += 1;
                 self.endpoint_ids.insert(key.clone(), ep);
                 self.endpoints_by_ns
-                    .entry(key.namespace.clone())
+                    .entry(key.namespace.to_string())
                     .or_default()
                     .insert(ep);
                 self.endpoint_state.insert(
@@ -215,7 +215,7 @@ impl Compiler {
         // Label identity.
         let new_key: Option<LabelKey> = new.as_ref().filter(|p| p.is_policy_endpoint()).map(|p| {
             (
-                p.key.namespace.clone(),
+                p.key.namespace.to_string(),
                 p.labels.clone(),
                 p.named_ports.clone(),
             )

@@ -128,7 +128,7 @@ impl Compiler {
         }
         let selected: BTreeSet<EndpointId> = self
             .endpoints_by_ns
-            .get(&key.namespace)
+            .get(&*key.namespace)
             .into_iter()
             .flatten()
             .copied()
@@ -304,10 +304,10 @@ impl Compiler {
         }
         if let Some(pod) = state.pod {
             self.endpoint_ids.remove(&pod);
-            if let Some(set) = self.endpoints_by_ns.get_mut(&pod.namespace) {
+            if let Some(set) = self.endpoints_by_ns.get_mut(&*pod.namespace) {
                 set.remove(&ep);
                 if set.is_empty() {
-                    self.endpoints_by_ns.remove(&pod.namespace);
+                    self.endpoints_by_ns.remove(&*pod.namespace);
                 }
             }
         }
@@ -354,25 +354,28 @@ impl Compiler {
         let Some(state) = self.endpoint_state.get_mut(&ep) else {
             return;
         };
-        let old = if new.is_empty() {
-            state.contrib.remove(policy)
-        } else {
-            state.contrib.insert(policy.clone(), new.clone())
-        };
-        let old = old.unwrap_or_default();
+        let old = state.contrib.remove(policy).unwrap_or_default();
         if old == new {
+            if !new.is_empty() {
+                state.contrib.insert(policy.clone(), new);
+            }
             return;
         }
         for (k, r) in old {
             self.unref_entry(k, r);
         }
-        for (k, r) in new {
+        for &(k, r) in &new {
             let list = self.entries.entry(k).or_default();
             match list.iter_mut().find(|(id, _)| *id == r) {
                 Some((_, n)) => *n += 1,
                 None => list.push((r, 1)),
             }
             self.sync_entry(k);
+        }
+        if !new.is_empty()
+            && let Some(state) = self.endpoint_state.get_mut(&ep)
+        {
+            state.contrib.insert(policy.clone(), new);
         }
     }
 

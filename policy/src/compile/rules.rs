@@ -46,8 +46,8 @@ impl Compiler {
         match sel {
             NamespaceSelection::Own => Rc::new(
                 self.ns_ids
-                    .contains_key(&np.key.namespace)
-                    .then(|| np.key.namespace.clone())
+                    .contains_key(&*np.key.namespace)
+                    .then(|| np.key.namespace.to_string())
                     .into_iter()
                     .collect(),
             ),
@@ -258,18 +258,18 @@ impl Compiler {
             };
             // A block selects the endpoint's prefixes inside it and outside
             // its exceptions; the trie's longest match makes that exact.
-            let mut peers = rs.peers.clone();
+            let mut block_ids = Vec::new();
             for b in &rs.blocks {
                 for q in &prefixes[dir_index(rs.direction)] {
                     if net_contains(&b.cidr, q)
                         && !b.except.iter().any(|e| net_contains(e, q))
                         && let Some((id, _)) = self.cidr_ids.get(q)
                     {
-                        peers.insert(*id);
+                        block_ids.push(*id);
                     }
                 }
             }
-            for peer in &peers {
+            for peer in rs.peers.iter().chain(&block_ids) {
                 for (proto, pp) in &rs.ports {
                     out.push((key(*peer, *proto, *pp), rs.id));
                 }
@@ -339,7 +339,7 @@ pub(crate) fn may_select_identity(
                     for p in peers {
                         if let Peer::Pods { namespaces, pods } = p {
                             let ns_ok = match namespaces {
-                                NamespaceSelection::Own => np.key.namespace == ns,
+                                NamespaceSelection::Own => &*np.key.namespace == ns,
                                 NamespaceSelection::Matching(s) => s.matches(ns_labels),
                             };
                             if ns_ok && (named_egress || !pods.is_empty()) && pods.matches(labels) {
@@ -371,7 +371,7 @@ pub(crate) fn may_select_namespace(
             Peer::Pods {
                 namespaces: NamespaceSelection::Own,
                 ..
-            } => np.key.namespace == ns,
+            } => &*np.key.namespace == ns,
             Peer::Pods {
                 namespaces: NamespaceSelection::Matching(s),
                 ..

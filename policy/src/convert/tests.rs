@@ -48,7 +48,7 @@ fn missing_pod_selector_is_empty_and_namespace_defaults() {
     match &parsed.objects[0].1 {
         Object::NetworkPolicy(np) => {
             assert!(np.pod_selector.is_empty());
-            assert_eq!(np.key.namespace, "default");
+            assert_eq!(&*np.key.namespace, "default");
         }
         other => panic!("{other:?}"),
     }
@@ -230,7 +230,7 @@ status:
         panic!()
     };
     assert_eq!(
-        (p.service_account.as_str(), p.key.namespace.as_str()),
+        (p.service_account.as_str(), &*p.key.namespace),
         ("default", "default")
     );
 

@@ -157,7 +157,7 @@ fn each_rule_pairs_its_peers_with_its_own_ports_only() {
     assert!(!allowed(&c, "b/web", "a/db", "443/TCP"));
     match verdict(&c, "a/web", "a/db", "443/TCP").ingress {
         SideVerdict::Allowed(Allow::Rule { policy, rule }) => {
-            assert_eq!((policy.name.as_str(), rule), ("p", 1));
+            assert_eq!((&*policy.name, rule), ("p", 1));
         }
         other => panic!("{other:?}"),
     }
