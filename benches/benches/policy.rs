@@ -33,7 +33,9 @@ fn verdict(ok: bool) -> &'static str {
 }
 
 fn main() {
-    let small = std::env::var("ZT_BENCH_SCALE").is_ok_and(|s| s == "small");
+    // `cargo test --benches` runs this too: keep that a quick smoke run.
+    let small = std::env::var("ZT_BENCH_SCALE").is_ok_and(|s| s == "small")
+        || std::env::args().any(|a| a == "--test");
     let scale = if small { Scale::SMALL } else { Scale::TARGET };
     let objects = cluster(scale);
     let npods = objects
