@@ -351,17 +351,40 @@ impl NetworkPolicy {
         }
     }
 
-    /// The CIDR blocks this policy mentions (blocks and their exceptions).
-    pub fn prefixes(&self) -> impl Iterator<Item = IpNet> + '_ {
-        [self.ingress.as_deref(), self.egress.as_deref()]
+    /// The peers of every rule of one direction (a rule with no peers
+    /// contributes none).
+    pub fn peers(&self, dir: Direction) -> impl Iterator<Item = &Peer> + '_ {
+        self.rules(dir)
             .into_iter()
             .flatten()
-            .flatten()
             .flat_map(|r| r.peers.iter().flatten())
-            .filter_map(|p| match p {
-                Peer::IpBlock(b) => Some(b),
-                Peer::Pods { .. } => None,
-            })
-            .flat_map(|b| std::iter::once(b.cidr).chain(b.except.iter().copied()))
     }
+
+    /// The peers of every rule of both directions.
+    pub fn all_peers(&self) -> impl Iterator<Item = &Peer> + '_ {
+        self.peers(Direction::Ingress)
+            .chain(self.peers(Direction::Egress))
+    }
+
+    /// The CIDR prefixes (blocks and their exceptions) of one direction's
+    /// `ipBlock` peers.
+    pub fn prefixes_of(&self, dir: Direction) -> impl Iterator<Item = IpNet> + '_ {
+        block_prefixes(self.peers(dir))
+    }
+
+    /// The CIDR prefixes of both directions.
+    pub fn prefixes(&self) -> impl Iterator<Item = IpNet> + '_ {
+        block_prefixes(self.all_peers())
+    }
+}
+
+fn block_prefixes<'a>(
+    peers: impl Iterator<Item = &'a Peer> + 'a,
+) -> impl Iterator<Item = IpNet> + 'a {
+    peers
+        .filter_map(|p| match p {
+            Peer::IpBlock(b) => Some(b),
+            Peer::Pods { .. } => None,
+        })
+        .flat_map(|b| std::iter::once(b.cidr).chain(b.except.iter().copied()))
 }

@@ -8,7 +8,7 @@ use super::rules::{may_select_identity, may_select_namespace};
 use super::{Compiler, EndpointState, LabelKey};
 use crate::cluster::AddressOwner;
 use crate::labels::Labels;
-use crate::model::{Direction, NamespaceSelection, NetworkPolicy, ObjectKey, Peer, Pod};
+use crate::model::{NamespaceSelection, NetworkPolicy, ObjectKey, Peer, Pod};
 
 use super::tables::{Identity, IdentityInfo, IpInfo};
 
@@ -302,16 +302,11 @@ impl Compiler {
 
 /// Whether a namespace label change flips any namespace selector of a policy.
 fn namespace_selection_flips(np: &NetworkPolicy, old: &Labels, new: &Labels) -> bool {
-    np.rules(Direction::Ingress)
-        .into_iter()
-        .chain(np.rules(Direction::Egress))
-        .flatten()
-        .flat_map(|r| r.peers.iter().flatten())
-        .any(|p| match p {
-            Peer::Pods {
-                namespaces: NamespaceSelection::Matching(s),
-                ..
-            } => s.matches(old) != s.matches(new),
-            _ => false,
-        })
+    np.all_peers().any(|p| match p {
+        Peer::Pods {
+            namespaces: NamespaceSelection::Matching(s),
+            ..
+        } => s.matches(old) != s.matches(new),
+        _ => false,
+    })
 }

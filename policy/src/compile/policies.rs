@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 
-use super::rules::{dir_index, direction_prefixes, has_named_ipblock_egress, is_cross_namespace};
+use super::rules::{dir_index, has_named_ipblock_egress, is_cross_namespace};
 use super::tables::{
     CidrKey, EndpointId, EndpointInfo, IdentityInfo, PolicyKey, PolicyValue, RuleId, RuleInfo,
 };
@@ -70,15 +70,7 @@ impl Compiler {
                 };
                 let had_prefixes = state.dir_prefixes.iter().any(|s| !s.is_empty());
                 for ep in &state.selected {
-                    self.set_contribution(*ep, key, Vec::new());
-                    if let Some(es) = self.endpoint_state.get_mut(ep) {
-                        es.selected_by.remove(key);
-                    }
-                    if had_prefixes {
-                        self.dirty_endpoints.insert(*ep);
-                    } else {
-                        self.refresh_endpoint_info(*ep);
-                    }
+                    self.deselect(*ep, key, had_prefixes);
                 }
                 for r in state.rules {
                     self.journal.rule(&mut self.tables, r.id, None);
@@ -137,7 +129,7 @@ impl Compiler {
                     .is_some_and(|p| np.pod_selector.matches(&p.labels))
             })
             .collect();
-        let dir_prefixes = DIRECTIONS.map(|d| direction_prefixes(&np, d).collect::<BTreeSet<_>>());
+        let dir_prefixes = DIRECTIONS.map(|d| np.prefixes_of(d).collect::<BTreeSet<_>>());
         let (old_rules, old_selected, old_dir_prefixes) = match old {
             Some(o) => (Some(o.rules), o.selected, o.dir_prefixes),
             None => (None, BTreeSet::new(), Default::default()),
@@ -148,15 +140,7 @@ impl Compiler {
         let had_prefixes = old_dir_prefixes.iter().any(|s| !s.is_empty());
 
         for ep in old_selected.difference(&selected) {
-            self.set_contribution(*ep, key, Vec::new());
-            if let Some(es) = self.endpoint_state.get_mut(ep) {
-                es.selected_by.remove(key);
-            }
-            if had_prefixes {
-                self.dirty_endpoints.insert(*ep);
-            } else {
-                self.refresh_endpoint_info(*ep);
-            }
+            self.deselect(*ep, key, had_prefixes);
         }
         self.policies.insert(
             key.clone(),
@@ -184,6 +168,20 @@ impl Compiler {
             }
             // Policy types can change without any rule changing.
             self.refresh_endpoint_info(*ep);
+        }
+    }
+
+    /// A policy no longer selects an endpoint: drop its entries, and rebuild
+    /// the endpoint's cidr trie if the policy contributed prefixes to it.
+    fn deselect(&mut self, ep: EndpointId, policy: &ObjectKey, had_prefixes: bool) {
+        self.set_contribution(ep, policy, Vec::new());
+        if let Some(es) = self.endpoint_state.get_mut(&ep) {
+            es.selected_by.remove(policy);
+        }
+        if had_prefixes {
+            self.dirty_endpoints.insert(ep);
+        } else {
+            self.refresh_endpoint_info(ep);
         }
     }
 

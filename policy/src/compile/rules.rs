@@ -299,22 +299,6 @@ pub(crate) fn dir_index(d: Direction) -> usize {
     }
 }
 
-/// The prefixes of one direction's `ipBlock` peers of a policy.
-pub(crate) fn direction_prefixes(
-    np: &NetworkPolicy,
-    d: Direction,
-) -> impl Iterator<Item = IpNet> + '_ {
-    np.rules(d)
-        .into_iter()
-        .flatten()
-        .flat_map(|r| r.peers.iter().flatten())
-        .filter_map(|p| match p {
-            Peer::IpBlock(b) => Some(b),
-            Peer::Pods { .. } => None,
-        })
-        .flat_map(|b| std::iter::once(b.cidr).chain(b.except.iter().copied()))
-}
-
 /// Whether a policy has a rule whose compiled peers could include the label
 /// identity of pods in `ns` with `labels` (so creating or deleting that
 /// identity changes the policy's tables).
@@ -362,22 +346,17 @@ pub(crate) fn may_select_namespace(
     ns: &str,
     labels: &[&crate::labels::Labels],
 ) -> bool {
-    np.rules(Direction::Ingress)
-        .into_iter()
-        .chain(np.rules(Direction::Egress))
-        .flatten()
-        .flat_map(|r| r.peers.iter().flatten())
-        .any(|p| match p {
-            Peer::Pods {
-                namespaces: NamespaceSelection::Own,
-                ..
-            } => &*np.key.namespace == ns,
-            Peer::Pods {
-                namespaces: NamespaceSelection::Matching(s),
-                ..
-            } => labels.iter().any(|l| s.matches(l)),
-            Peer::IpBlock(_) => false,
-        })
+    np.all_peers().any(|p| match p {
+        Peer::Pods {
+            namespaces: NamespaceSelection::Own,
+            ..
+        } => &*np.key.namespace == ns,
+        Peer::Pods {
+            namespaces: NamespaceSelection::Matching(s),
+            ..
+        } => labels.iter().any(|l| s.matches(l)),
+        Peer::IpBlock(_) => false,
+    })
 }
 
 /// Whether a policy can select pods outside its own namespace: it has a
