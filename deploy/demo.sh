@@ -17,6 +17,11 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+bold "==> dependencies"
+# shellcheck source=lib/install-deps.sh
+. deploy/lib/install-deps.sh
+zt_install_deps
+
 bold "==> building ztunnel (release)"
 cargo build --release --locked -p ztunnel 2>&1 | tail -n 1
 zt=./target/release/ztunnel

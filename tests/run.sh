@@ -9,12 +9,10 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n==> %s\n' "$*"; }
 
-log "toolchain components"
-if command -v rustup >/dev/null 2>&1; then
-  rustup component add rustfmt clippy
-else
-  echo "warning: rustup not found; using the cargo fmt/clippy already installed"
-fi
+log "dependencies (apt packages, rustup components)"
+# shellcheck source=../deploy/lib/install-deps.sh
+. deploy/lib/install-deps.sh
+zt_install_deps
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

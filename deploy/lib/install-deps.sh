@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what building and testing ztunnel needs on a fresh Debian-based
+# machine: clang-19 and libbpf-dev (the eBPF datapath is compiled by
+# ebpf/build.rs), iproute2, and the rustfmt/clippy components. Idempotent:
+# installs only what is missing. Sourced by deploy/demo.sh and tests/run.sh.
+
+zt_install_deps() {
+  local pkgs=()
+  command -v clang-19 >/dev/null 2>&1 || command -v clang >/dev/null 2>&1 || pkgs+=(clang-19)
+  [ -f /usr/include/bpf/bpf_helpers.h ] || pkgs+=(libbpf-dev)
+  command -v ip >/dev/null 2>&1 || pkgs+=(iproute2)
+  if [ "${#pkgs[@]}" -gt 0 ]; then
+    echo "installing: ${pkgs[*]}"
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${pkgs[@]}" >/dev/null
+  fi
+  if command -v rustup >/dev/null 2>&1; then
+    rustup component add rustfmt clippy >/dev/null 2>&1 || echo "warning: could not add rustfmt/clippy with rustup"
+  fi
+}

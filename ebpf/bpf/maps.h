@@ -1,0 +1,137 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The one definition of every map the ztunnel datapath reads. The Rust
+ * mirrors live in ebpf/src/maps.rs; a test compares both against the BTF of
+ * the built object, so the two can never drift apart silently.
+ *
+ * All policy logic is compiled in user space (policy/src/compile); these
+ * maps hold its output and the programs only look things up. Numbers:
+ *   identity 0 = ANY (wildcard peer, any address), 1 = ALL_PODS;
+ *   endpoint 0 = none; node 0 = not a node address.
+ */
+#ifndef ZT_MAPS_H
+#define ZT_MAPS_H
+
+#include <linux/types.h>
+
+#define ZT_IDENTITY_ANY 0
+#define ZT_IDENTITY_ALL_PODS 1
+
+#define ZT_DIR_INGRESS 0
+#define ZT_DIR_EGRESS 1
+
+#define ZT_FAMILY_V4 4
+#define ZT_FAMILY_V6 6
+
+/*
+ * zt_ipcache (HASH): pod or node address -> its identities.
+ *   key:   family + address (IPv4 in addr[0], network byte order, rest zero)
+ *   value: endpoint (local endpoint owning the address, for self traffic),
+ *          identity (label identity), ns_identity, addr_identity (per pod
+ *          address), node (node owning the address, for node traffic).
+ * A miss means "not a pod, not a node": only CIDR and ANY entries can match.
+ */
+struct zt_addr {
+	__u8 family;
+	__u8 pad[3];
+	__u32 addr[4];
+};
+
+struct zt_ip_info {
+	__u32 endpoint;
+	__u32 identity;
+	__u32 ns_identity;
+	__u32 addr_identity;
+	__u32 node;
+};
+
+/*
+ * zt_endpoints (HASH): host-side interface index of a local pod -> endpoint.
+ * A packet on an interface with no entry is dropped (fail closed): programs
+ * are only attached to known pods, so a miss is a pod being set up or torn
+ * down.
+ */
+struct zt_endpoint {
+	__u32 endpoint;
+	__u32 node;
+	__u8 ingress_isolated;
+	__u8 egress_isolated;
+	__u8 pad[2];
+};
+
+/*
+ * zt_cidr4 / zt_cidr6 (LPM_TRIE): per endpoint and direction, the ipBlock
+ * prefixes of the policies selecting the endpoint -> prefix identity.
+ *   match: endpoint (32 bits) and direction + pad (32 bits) always exact,
+ *          then the address on (prefixlen - 64) bits.
+ * The longest match names the most specific prefix containing the peer;
+ * an ipBlock is compiled to the identities of the prefixes inside it and
+ * outside its exceptions, which makes `except` exact.
+ */
+struct zt_cidr4_key {
+	__u32 prefixlen;
+	__u32 endpoint;
+	__u8 direction;
+	__u8 pad[3];
+	__u32 addr;
+};
+
+struct zt_cidr6_key {
+	__u32 prefixlen;
+	__u32 endpoint;
+	__u8 direction;
+	__u8 pad[3];
+	__u32 addr[4];
+};
+
+#define ZT_CIDR_FIXED_BITS 64
+
+/*
+ * zt_policy (LPM_TRIE): per endpoint and direction, allowed
+ * (peer identity, protocol, destination port block) -> rule.
+ *   match: endpoint, peer, direction (72 bits) always exact;
+ *          protocol: prefixlen 72 = any protocol (and any port);
+ *          port (network byte order): prefixlen 80 + n matches the first n
+ *          bits, so a port range is a few entries.
+ * Lookup precedence (the program tries each identity the peer has, in this
+ * order, and the first hit allows): label identity, address identity,
+ * namespace identity, ALL_PODS (pods only), CIDR identity, ANY. Entries only
+ * allow; the order only changes which rule is reported.
+ */
+struct zt_policy_key {
+	__u32 prefixlen;
+	__u32 endpoint;
+	__u32 peer;
+	__u8 direction;
+	__u8 protocol;
+	__be16 port;
+};
+
+#define ZT_POLICY_FIXED_BITS 72
+#define ZT_POLICY_FULL_BITS 96
+
+struct zt_policy_value {
+	__u32 rule;
+};
+
+/* Verdict reasons, as reported in events and counters. */
+enum zt_reason {
+	ZT_REASON_DENIED = 0,
+	ZT_REASON_RULE = 1,
+	ZT_REASON_NOT_ISOLATED = 2,
+	ZT_REASON_SELF = 3,
+	ZT_REASON_NODE = 4,
+	ZT_REASON_UNKNOWN_ENDPOINT = 5,
+	ZT_REASON_MALFORMED = 6,
+	ZT_REASON_INFRA = 7,
+};
+
+_Static_assert(sizeof(struct zt_addr) == 20, "zt_addr layout");
+_Static_assert(sizeof(struct zt_ip_info) == 20, "zt_ip_info layout");
+_Static_assert(sizeof(struct zt_endpoint) == 12, "zt_endpoint layout");
+_Static_assert(sizeof(struct zt_cidr4_key) == 16, "zt_cidr4_key layout");
+_Static_assert(sizeof(struct zt_cidr6_key) == 28, "zt_cidr6_key layout");
+_Static_assert(sizeof(struct zt_policy_key) == 16, "zt_policy_key layout");
+_Static_assert(sizeof(struct zt_policy_value) == 4, "zt_policy_value layout");
+
+#endif

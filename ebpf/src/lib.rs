@@ -1,0 +1,34 @@
+//! # ztunnel-ebpf
+//!
+//! The kernel half of the datapath: TC classifiers for the host side of
+//! every pod veth (`bpf/datapath.c`), built by `build.rs` with clang and
+//! embedded here, and the one definition of the maps they read
+//! (`bpf/maps.h`) with its Rust mirrors ([`maps`]). The programs only look
+//! things up; every decision is precompiled by `policy::compile`.
+
+pub mod maps;
+
+/// The compiled BPF object (ELF), 8-byte aligned for the loader.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath.o"));
+
+/// Program names in the object.
+pub mod programs {
+    /// Packets a pod sends: TC ingress of its host-side veth.
+    pub const FROM_POD: &str = "zt_from_pod";
+    /// Packets delivered to a pod: TC egress of its host-side veth.
+    pub const TO_POD: &str = "zt_to_pod";
+}
+
+/// Map names in the object.
+pub mod map_names {
+    /// Address → identities.
+    pub const IPCACHE: &str = "zt_ipcache";
+    /// Interface index → endpoint.
+    pub const ENDPOINTS: &str = "zt_endpoints";
+    /// IPv4 cidr trie.
+    pub const CIDR4: &str = "zt_cidr4";
+    /// IPv6 cidr trie.
+    pub const CIDR6: &str = "zt_cidr6";
+    /// Policy trie.
+    pub const POLICY: &str = "zt_policy";
+}

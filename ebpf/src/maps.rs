@@ -1,0 +1,344 @@
+//! Rust mirrors of the map layouts in `bpf/maps.h`, and their encoding from
+//! `policy::compile` tables. Field names and order match the C structs
+//! exactly; the BTF test (`tests/layout.rs`) checks sizes and offsets against
+//! the built object. LPM trie keys are stored without their leading
+//! `prefixlen`, which aya's `lpm_trie::Key` adds.
+
+// `aya::Pod` is an unsafe marker trait: each impl below states why the type
+// qualifies (repr(C), integer fields only, explicit padding, no implicit
+// padding bytes).
+#![allow(unsafe_code)]
+
+use std::mem::{offset_of, size_of};
+use std::net::IpAddr;
+
+use policy::Direction;
+use policy::compile::{CidrKey, EndpointId, EndpointInfo, IpInfo, PolicyKey, PolicyValue};
+
+/// `struct zt_addr`: family + address (IPv4 in `addr[0]`), network order.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ZtAddr {
+    /// 4 or 6.
+    pub family: u8,
+    /// Zero.
+    pub pad: [u8; 3],
+    /// Address bytes as the packet carries them.
+    pub addr: [u32; 4],
+}
+
+/// `struct zt_ip_info`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ZtIpInfo {
+    /// Local endpoint owning the address.
+    pub endpoint: u32,
+    /// Label identity.
+    pub identity: u32,
+    /// Namespace identity.
+    pub ns_identity: u32,
+    /// Per-address identity.
+    pub addr_identity: u32,
+    /// Node owning the address.
+    pub node: u32,
+}
+
+/// `struct zt_endpoint`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ZtEndpoint {
+    /// Endpoint number (policy and cidr keys).
+    pub endpoint: u32,
+    /// Node of the endpoint.
+    pub node: u32,
+    /// 1 when ingress is isolated.
+    pub ingress_isolated: u8,
+    /// 1 when egress is isolated.
+    pub egress_isolated: u8,
+    /// Zero.
+    pub pad: [u8; 2],
+}
+
+/// `struct zt_cidr4_key` without `prefixlen`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ZtCidr4Key {
+    /// Endpoint.
+    pub endpoint: u32,
+    /// 0 ingress, 1 egress.
+    pub direction: u8,
+    /// Zero.
+    pub pad: [u8; 3],
+    /// Network-order IPv4 address.
+    pub addr: u32,
+}
+
+/// `struct zt_cidr6_key` without `prefixlen`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ZtCidr6Key {
+    /// Endpoint.
+    pub endpoint: u32,
+    /// 0 ingress, 1 egress.
+    pub direction: u8,
+    /// Zero.
+    pub pad: [u8; 3],
+    /// Network-order IPv6 address.
+    pub addr: [u32; 4],
+}
+
+/// `struct zt_policy_key` without `prefixlen`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ZtPolicyKey {
+    /// Endpoint.
+    pub endpoint: u32,
+    /// Peer identity (0 = any).
+    pub peer: u32,
+    /// 0 ingress, 1 egress.
+    pub direction: u8,
+    /// IP protocol (0 = any, with `prefixlen` 72).
+    pub protocol: u8,
+    /// Destination port, network byte order.
+    pub port: u16,
+}
+
+/// `struct zt_policy_value`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ZtPolicyValue {
+    /// Rule number.
+    pub rule: u32,
+}
+
+// SAFETY: every type is repr(C) with only integer fields and explicit
+// padding arrays, so it has no implicit padding and every bit pattern is
+// valid, which is what `Pod` requires.
+unsafe impl aya::Pod for ZtAddr {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ZtIpInfo {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ZtEndpoint {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ZtCidr4Key {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ZtCidr6Key {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ZtPolicyKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ZtPolicyValue {}
+
+/// Bits of a cidr key always matched exactly (endpoint, direction, pad).
+pub const CIDR_FIXED_BITS: u32 = 64;
+/// Bits of a policy key always matched exactly (endpoint, peer, direction).
+pub const POLICY_FIXED_BITS: u32 = 72;
+
+/// The layout of one C struct as its Rust mirror sees it: name, size, and
+/// `(field, byte offset)` in order.
+pub type Layout = (&'static str, usize, Vec<(&'static str, usize)>);
+
+/// The layout of each mirror, with `prefixlen` at 0 for trie keys (compared
+/// with the object's BTF by the layout test).
+pub fn layouts() -> Vec<Layout> {
+    macro_rules! fields {
+        ($t:ty, $shift:expr, $($f:ident),*) => {{
+            let mut v = Vec::new();
+            if $shift > 0 { v.push(("prefixlen", 0)); }
+            $( v.push((stringify!($f), offset_of!($t, $f) + $shift)); )*
+            v
+        }};
+    }
+    vec![
+        (
+            "zt_addr",
+            size_of::<ZtAddr>(),
+            fields!(ZtAddr, 0, family, pad, addr),
+        ),
+        (
+            "zt_ip_info",
+            size_of::<ZtIpInfo>(),
+            fields!(
+                ZtIpInfo,
+                0,
+                endpoint,
+                identity,
+                ns_identity,
+                addr_identity,
+                node
+            ),
+        ),
+        (
+            "zt_endpoint",
+            size_of::<ZtEndpoint>(),
+            fields!(
+                ZtEndpoint,
+                0,
+                endpoint,
+                node,
+                ingress_isolated,
+                egress_isolated,
+                pad
+            ),
+        ),
+        (
+            "zt_cidr4_key",
+            4 + size_of::<ZtCidr4Key>(),
+            fields!(ZtCidr4Key, 4, endpoint, direction, pad, addr),
+        ),
+        (
+            "zt_cidr6_key",
+            4 + size_of::<ZtCidr6Key>(),
+            fields!(ZtCidr6Key, 4, endpoint, direction, pad, addr),
+        ),
+        (
+            "zt_policy_key",
+            4 + size_of::<ZtPolicyKey>(),
+            fields!(ZtPolicyKey, 4, endpoint, peer, direction, protocol, port),
+        ),
+        (
+            "zt_policy_value",
+            size_of::<ZtPolicyValue>(),
+            fields!(ZtPolicyValue, 0, rule),
+        ),
+    ]
+}
+
+/// The wire number of a direction.
+pub fn direction(d: Direction) -> u8 {
+    match d {
+        Direction::Ingress => 0,
+        Direction::Egress => 1,
+    }
+}
+
+/// The ipcache key of an address.
+pub fn addr(ip: IpAddr) -> ZtAddr {
+    let mut a = ZtAddr::default();
+    match ip {
+        IpAddr::V4(v4) => {
+            a.family = 4;
+            a.addr[0] = u32::from_ne_bytes(v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            a.family = 6;
+            for (i, chunk) in v6.octets().chunks_exact(4).enumerate() {
+                a.addr[i] = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            }
+        }
+    }
+    a
+}
+
+/// The ipcache value.
+pub fn ip_info(i: &IpInfo) -> ZtIpInfo {
+    ZtIpInfo {
+        endpoint: i.endpoint,
+        identity: i.identity,
+        ns_identity: i.namespace,
+        addr_identity: i.address,
+        node: i.node,
+    }
+}
+
+/// The endpoint map value of an endpoint.
+pub fn endpoint(id: EndpointId, e: &EndpointInfo) -> ZtEndpoint {
+    ZtEndpoint {
+        endpoint: id,
+        node: e.node,
+        ingress_isolated: u8::from(e.ingress_isolated),
+        egress_isolated: u8::from(e.egress_isolated),
+        pad: [0; 2],
+    }
+}
+
+/// A cidr trie key with its prefix length: IPv4 keys go to `zt_cidr4`,
+/// IPv6 keys to `zt_cidr6`.
+pub enum CidrEntryKey {
+    /// For `zt_cidr4`.
+    V4(u32, ZtCidr4Key),
+    /// For `zt_cidr6`.
+    V6(u32, ZtCidr6Key),
+}
+
+/// Encodes a cidr trie key.
+pub fn cidr_key(k: &CidrKey) -> CidrEntryKey {
+    let a = addr(k.prefix.network());
+    let plen = CIDR_FIXED_BITS + u32::from(k.prefix.prefix_len());
+    let dir = direction(k.direction);
+    if k.prefix.network().is_ipv4() {
+        CidrEntryKey::V4(
+            plen,
+            ZtCidr4Key {
+                endpoint: k.endpoint,
+                direction: dir,
+                pad: [0; 3],
+                addr: a.addr[0],
+            },
+        )
+    } else {
+        CidrEntryKey::V6(
+            plen,
+            ZtCidr6Key {
+                endpoint: k.endpoint,
+                direction: dir,
+                pad: [0; 3],
+                addr: a.addr,
+            },
+        )
+    }
+}
+
+/// Encodes a policy trie key with its prefix length.
+pub fn policy_key(k: &PolicyKey) -> (u32, ZtPolicyKey) {
+    let plen = if k.protocol == 0 {
+        POLICY_FIXED_BITS
+    } else {
+        POLICY_FIXED_BITS + 8 + u32::from(k.port.len)
+    };
+    let key = ZtPolicyKey {
+        endpoint: k.endpoint,
+        peer: k.peer,
+        direction: direction(k.direction),
+        protocol: k.protocol,
+        port: k.port.port.to_be(),
+    };
+    (plen, key)
+}
+
+/// Encodes a policy trie value.
+pub fn policy_value(v: &PolicyValue) -> ZtPolicyValue {
+    ZtPolicyValue { rule: v.rule }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use policy::compile::PortPrefix;
+
+    #[test]
+    fn addresses_keep_packet_byte_order() {
+        let a = addr("10.1.2.3".parse().unwrap());
+        assert_eq!(a.family, 4);
+        assert_eq!(a.addr[0].to_ne_bytes(), [10, 1, 2, 3]);
+        assert_eq!(&a.addr[1..], &[0, 0, 0]);
+        let a = addr("fd00::1".parse().unwrap());
+        assert_eq!(a.addr[0].to_ne_bytes(), [0xfd, 0, 0, 0]);
+        assert_eq!(a.addr[3].to_ne_bytes(), [0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn policy_prefix_lengths() {
+        let key = |protocol, port| PolicyKey {
+            endpoint: 1,
+            direction: Direction::Egress,
+            peer: 7,
+            protocol,
+            port,
+        };
+        assert_eq!(policy_key(&key(0, PortPrefix::ANY)).0, 72);
+        assert_eq!(policy_key(&key(6, PortPrefix::ANY)).0, 80);
+        let (plen, k) = policy_key(&key(6, PortPrefix::single(443)));
+        assert_eq!(plen, 96);
+        assert_eq!(k.port.to_ne_bytes(), 443u16.to_be_bytes());
+    }
+}
