@@ -6,6 +6,7 @@
 //! (`bpf/maps.h`) with its Rust mirrors ([`maps`]). The programs only look
 //! things up; every decision is precompiled by `policy::compile`.
 
+pub mod loader;
 pub mod maps;
 
 /// The compiled BPF object (ELF), 8-byte aligned for the loader.

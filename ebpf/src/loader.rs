@@ -1,0 +1,234 @@
+//! Keeping the kernel maps equal to the compiled tables.
+//!
+//! [`apply_diff`] orders a [`TableDiff`] so that no intermediate state allows
+//! a packet that neither the old nor the new tables allow: every insertion
+//! (ipcache, cidr, policy entries) first, then the endpoint map (isolation
+//! flags), then every removal. Identities are never reused, so a stale entry
+//! can never match a new owner of an address.
+//!
+//! Writes go through the [`MapWriter`] trait: [`AyaMaps`] writes the real
+//! maps, tests use an in-memory fake.
+
+use policy::ObjectKey;
+use policy::compile::{Change, TableDiff};
+
+use crate::maps::{
+    self, CidrEntryKey, ZtAddr, ZtCidr4Key, ZtCidr6Key, ZtEndpoint, ZtIpInfo, ZtPolicyKey,
+    ZtPolicyValue,
+};
+
+/// A map write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The kernel refused a write (a full map reports `E2BIG`/`ENOSPC`).
+    #[error("writing map {map}: {source}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// The error.
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// The object lacks a map (built from another version of the sources).
+    #[error("map {0} not found in the loaded object")]
+    Missing(&'static str),
+}
+
+/// Writes individual entries of the datapath maps.
+pub trait MapWriter {
+    /// ipcache insert/overwrite.
+    fn put_ip(&mut self, k: ZtAddr, v: ZtIpInfo) -> Result<(), SyncError>;
+    /// ipcache delete (absent is fine).
+    fn del_ip(&mut self, k: ZtAddr) -> Result<(), SyncError>;
+    /// Endpoint map insert/overwrite, by interface index.
+    fn put_endpoint(&mut self, ifindex: u32, v: ZtEndpoint) -> Result<(), SyncError>;
+    /// Endpoint map delete.
+    fn del_endpoint(&mut self, ifindex: u32) -> Result<(), SyncError>;
+    /// IPv4 cidr trie insert/overwrite.
+    fn put_cidr4(&mut self, prefixlen: u32, k: ZtCidr4Key, id: u32) -> Result<(), SyncError>;
+    /// IPv4 cidr trie delete.
+    fn del_cidr4(&mut self, prefixlen: u32, k: ZtCidr4Key) -> Result<(), SyncError>;
+    /// IPv6 cidr trie insert/overwrite.
+    fn put_cidr6(&mut self, prefixlen: u32, k: ZtCidr6Key, id: u32) -> Result<(), SyncError>;
+    /// IPv6 cidr trie delete.
+    fn del_cidr6(&mut self, prefixlen: u32, k: ZtCidr6Key) -> Result<(), SyncError>;
+    /// Policy trie insert/overwrite.
+    fn put_policy(
+        &mut self,
+        prefixlen: u32,
+        k: ZtPolicyKey,
+        v: ZtPolicyValue,
+    ) -> Result<(), SyncError>;
+    /// Policy trie delete.
+    fn del_policy(&mut self, prefixlen: u32, k: ZtPolicyKey) -> Result<(), SyncError>;
+}
+
+/// Applies a diff in the safe order (see the module docs). `ifindex_of` maps
+/// a pod to the host-side interface its programs are attached to (pods
+/// without one yet are skipped: no program reads their entry), and
+/// `removed_ifindex` gives the interface a removed endpoint had.
+pub fn apply_diff(
+    w: &mut dyn MapWriter,
+    diff: &TableDiff,
+    ifindex_of: &dyn Fn(&ObjectKey) -> Option<u32>,
+    removed_ifindex: &dyn Fn(u32) -> Option<u32>,
+) -> Result<(), SyncError> {
+    for c in &diff.ipcache {
+        if let Change::Upsert(ip, info) = c {
+            w.put_ip(maps::addr(*ip), maps::ip_info(info))?;
+        }
+    }
+    for c in &diff.cidr {
+        if let Change::Upsert(k, id) = c {
+            match maps::cidr_key(k) {
+                CidrEntryKey::V4(p, key) => w.put_cidr4(p, key, *id)?,
+                CidrEntryKey::V6(p, key) => w.put_cidr6(p, key, *id)?,
+            }
+        }
+    }
+    for c in &diff.policy {
+        if let Change::Upsert(k, v) = c {
+            let (p, key) = maps::policy_key(k);
+            w.put_policy(p, key, maps::policy_value(v))?;
+        }
+    }
+    for c in &diff.endpoints {
+        match c {
+            Change::Upsert(id, info) => {
+                if let Some(ifindex) = ifindex_of(&info.pod) {
+                    w.put_endpoint(ifindex, maps::endpoint(*id, info))?;
+                }
+            }
+            Change::Remove(id) => {
+                if let Some(ifindex) = removed_ifindex(*id) {
+                    w.del_endpoint(ifindex)?;
+                }
+            }
+        }
+    }
+    for c in &diff.policy {
+        if let Change::Remove(k) = c {
+            let (p, key) = maps::policy_key(k);
+            w.del_policy(p, key)?;
+        }
+    }
+    for c in &diff.cidr {
+        if let Change::Remove(k) = c {
+            match maps::cidr_key(k) {
+                CidrEntryKey::V4(p, key) => w.del_cidr4(p, key)?,
+                CidrEntryKey::V6(p, key) => w.del_cidr6(p, key)?,
+            }
+        }
+    }
+    for c in &diff.ipcache {
+        if let Change::Remove(ip) = c {
+            w.del_ip(maps::addr(*ip))?;
+        }
+    }
+    Ok(())
+}
+
+/// The datapath maps of a loaded object, written with aya.
+pub struct AyaMaps {
+    ipcache: aya::maps::HashMap<aya::maps::MapData, ZtAddr, ZtIpInfo>,
+    endpoints: aya::maps::HashMap<aya::maps::MapData, u32, ZtEndpoint>,
+    cidr4: aya::maps::LpmTrie<aya::maps::MapData, ZtCidr4Key, u32>,
+    cidr6: aya::maps::LpmTrie<aya::maps::MapData, ZtCidr6Key, u32>,
+    policy: aya::maps::LpmTrie<aya::maps::MapData, ZtPolicyKey, ZtPolicyValue>,
+}
+
+fn take(bpf: &mut aya::Ebpf, name: &'static str) -> Result<aya::maps::Map, SyncError> {
+    bpf.take_map(name).ok_or(SyncError::Missing(name))
+}
+
+fn conv<T>(map: &'static str, r: Result<T, aya::maps::MapError>) -> Result<T, SyncError> {
+    r.map_err(|source| SyncError::Map { map, source })
+}
+
+/// Deleting an absent key is not an error: the goal state is reached.
+fn del_ok(map: &'static str, r: Result<(), aya::maps::MapError>) -> Result<(), SyncError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(2) => Ok(()), // ENOENT
+        other => conv(map, other),
+    }
+}
+
+impl AyaMaps {
+    /// Takes the datapath maps out of a loaded object.
+    pub fn take(bpf: &mut aya::Ebpf) -> Result<Self, SyncError> {
+        use crate::map_names::*;
+        Ok(Self {
+            ipcache: conv(IPCACHE, aya::maps::HashMap::try_from(take(bpf, IPCACHE)?))?,
+            endpoints: conv(
+                ENDPOINTS,
+                aya::maps::HashMap::try_from(take(bpf, ENDPOINTS)?),
+            )?,
+            cidr4: conv(CIDR4, aya::maps::LpmTrie::try_from(take(bpf, CIDR4)?))?,
+            cidr6: conv(CIDR6, aya::maps::LpmTrie::try_from(take(bpf, CIDR6)?))?,
+            policy: conv(POLICY, aya::maps::LpmTrie::try_from(take(bpf, POLICY)?))?,
+        })
+    }
+}
+
+impl MapWriter for AyaMaps {
+    fn put_ip(&mut self, k: ZtAddr, v: ZtIpInfo) -> Result<(), SyncError> {
+        conv("zt_ipcache", self.ipcache.insert(k, v, 0))
+    }
+    fn del_ip(&mut self, k: ZtAddr) -> Result<(), SyncError> {
+        del_ok("zt_ipcache", self.ipcache.remove(&k))
+    }
+    fn put_endpoint(&mut self, ifindex: u32, v: ZtEndpoint) -> Result<(), SyncError> {
+        conv("zt_endpoints", self.endpoints.insert(ifindex, v, 0))
+    }
+    fn del_endpoint(&mut self, ifindex: u32) -> Result<(), SyncError> {
+        del_ok("zt_endpoints", self.endpoints.remove(&ifindex))
+    }
+    fn put_cidr4(&mut self, prefixlen: u32, k: ZtCidr4Key, id: u32) -> Result<(), SyncError> {
+        conv(
+            "zt_cidr4",
+            self.cidr4
+                .insert(&aya::maps::lpm_trie::Key::new(prefixlen, k), id, 0),
+        )
+    }
+    fn del_cidr4(&mut self, prefixlen: u32, k: ZtCidr4Key) -> Result<(), SyncError> {
+        del_ok(
+            "zt_cidr4",
+            self.cidr4
+                .remove(&aya::maps::lpm_trie::Key::new(prefixlen, k)),
+        )
+    }
+    fn put_cidr6(&mut self, prefixlen: u32, k: ZtCidr6Key, id: u32) -> Result<(), SyncError> {
+        conv(
+            "zt_cidr6",
+            self.cidr6
+                .insert(&aya::maps::lpm_trie::Key::new(prefixlen, k), id, 0),
+        )
+    }
+    fn del_cidr6(&mut self, prefixlen: u32, k: ZtCidr6Key) -> Result<(), SyncError> {
+        del_ok(
+            "zt_cidr6",
+            self.cidr6
+                .remove(&aya::maps::lpm_trie::Key::new(prefixlen, k)),
+        )
+    }
+    fn put_policy(
+        &mut self,
+        prefixlen: u32,
+        k: ZtPolicyKey,
+        v: ZtPolicyValue,
+    ) -> Result<(), SyncError> {
+        conv(
+            "zt_policy",
+            self.policy
+                .insert(&aya::maps::lpm_trie::Key::new(prefixlen, k), v, 0),
+        )
+    }
+    fn del_policy(&mut self, prefixlen: u32, k: ZtPolicyKey) -> Result<(), SyncError> {
+        del_ok(
+            "zt_policy",
+            self.policy
+                .remove(&aya::maps::lpm_trie::Key::new(prefixlen, k)),
+        )
+    }
+}

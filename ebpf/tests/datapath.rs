@@ -1,0 +1,268 @@
+//! The kernel programs, run by the kernel on crafted packets
+//! (`BPF_PROG_TEST_RUN`), against the reference evaluator: the seed example
+//! cluster is compiled, written to the real maps with `apply_diff`, and every
+//! direction of every probe packet between its pods, nodes and external
+//! addresses — TCP, UDP, SCTP (this kernel has no SCTP module, so crafted
+//! packets are the only way), ICMP — must get the evaluator's verdict.
+//!
+//! Needs root (loading BPF programs). Without root the tests skip loudly;
+//! with `CI=true` a skip is a failure.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
+
+use std::fs;
+use std::net::IpAddr;
+use std::path::Path;
+
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use policy::compile::{Compiler, Scope, Tables};
+use policy::eval::evaluate_packet;
+use policy::manifest::parse_str;
+use policy::{Cluster, Direction, Protocol};
+use zt_ebpf::loader::{AyaMaps, MapWriter, apply_diff};
+use zt_ebpf::maps;
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+/// BPF_PROG_TEST_RUN runs skb programs on the loopback device.
+const TEST_IFINDEX: u32 = 1;
+
+fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Returns false (after saying so) when the test cannot run here.
+fn privileged(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    let msg = format!("SKIPPED {test}: needs root to load BPF programs");
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{msg} (CI=true turns this skip into a failure)");
+    }
+    eprintln!("{msg}");
+    false
+}
+
+fn example_cluster() -> Cluster {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    let mut objects = Vec::new();
+    for dir in ["workload", "policies"] {
+        let mut files: Vec<_> = fs::read_dir(root.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files {
+            let parsed = parse_str(&f.display().to_string(), &fs::read_to_string(&f).unwrap());
+            assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+            objects.extend(parsed.objects.into_iter().map(|(_, o)| o));
+        }
+    }
+    Cluster::from_objects(objects)
+}
+
+/// Ethernet + IP + the first bytes of the L4 header (ports, or ICMP type).
+fn packet(src: IpAddr, dst: IpAddr, proto: Protocol, dport: u16) -> Vec<u8> {
+    let mut p = vec![0u8; 12]; // MACs
+    let l4: Vec<u8> = match proto {
+        Protocol::Tcp | Protocol::Udp | Protocol::Sctp => {
+            let mut h = vec![0u8; 20];
+            h[0..2].copy_from_slice(&40000u16.to_be_bytes());
+            h[2..4].copy_from_slice(&dport.to_be_bytes());
+            if proto == Protocol::Tcp {
+                h[12] = 0x50;
+                h[13] = 0x02; // SYN
+            }
+            h
+        }
+        Protocol::Icmp => vec![8, 0, 0, 0, 0, 0, 0, 0], // echo request
+        Protocol::Icmpv6 => vec![128, 0, 0, 0, 0, 0, 0, 0], // echo request
+        Protocol::Other(_) => vec![0; 8],
+    };
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            p.extend_from_slice(&0x0800u16.to_be_bytes());
+            let total = (20 + l4.len()) as u16;
+            let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, proto.number(), 0, 0];
+            ip[2..4].copy_from_slice(&total.to_be_bytes());
+            ip.extend_from_slice(&s.octets());
+            ip.extend_from_slice(&d.octets());
+            p.extend_from_slice(&ip);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            p.extend_from_slice(&0x86ddu16.to_be_bytes());
+            let mut ip = vec![0x60, 0, 0, 0];
+            ip.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+            ip.push(proto.number());
+            ip.push(64);
+            ip.extend_from_slice(&s.octets());
+            ip.extend_from_slice(&d.octets());
+            p.extend_from_slice(&ip);
+        }
+        _ => panic!("mixed families"),
+    }
+    p.extend_from_slice(&l4);
+    p
+}
+
+struct Datapath {
+    bpf: aya::Ebpf,
+    maps: AyaMaps,
+}
+
+fn load(tables: &Tables) -> Datapath {
+    let mut bpf = aya::Ebpf::load(zt_ebpf::OBJECT).expect("load object");
+    for name in [zt_ebpf::programs::FROM_POD, zt_ebpf::programs::TO_POD] {
+        let p: &mut SchedClassifier = bpf
+            .program_mut(name)
+            .unwrap_or_else(|| panic!("program {name}"))
+            .try_into()
+            .unwrap();
+        p.load()
+            .unwrap_or_else(|e| panic!("verifier rejected {name}: {e}"));
+    }
+    let mut maps = AyaMaps::take(&mut bpf).unwrap();
+    let diff = policy::compile::diff_tables(&Tables::default(), tables);
+    apply_diff(&mut maps, &diff, &|_| None, &|_| None).unwrap();
+    Datapath { bpf, maps }
+}
+
+impl Datapath {
+    /// Runs one program for `endpoint` (mapped to the test interface).
+    fn run(&mut self, tables: &Tables, endpoint: u32, dir: Direction, pkt: &[u8]) -> u32 {
+        let info = &tables.endpoints[&endpoint];
+        self.maps
+            .put_endpoint(TEST_IFINDEX, maps::endpoint(endpoint, info))
+            .unwrap();
+        self.test_run(dir, pkt)
+    }
+
+    /// Runs one program on a packet with the maps as they are.
+    fn test_run(&self, dir: Direction, pkt: &[u8]) -> u32 {
+        let name = match dir {
+            Direction::Egress => zt_ebpf::programs::FROM_POD,
+            Direction::Ingress => zt_ebpf::programs::TO_POD,
+        };
+        let prog: &SchedClassifier = self.bpf.program(name).unwrap().try_into().unwrap();
+        let opts = TestRunOptions {
+            data_in: Some(pkt),
+            ..TestRunOptions::default()
+        };
+        prog.test_run(opts).unwrap().return_value
+    }
+}
+
+#[test]
+fn seed_cluster_verdicts_match_the_evaluator() {
+    if !privileged("seed_cluster_verdicts_match_the_evaluator") {
+        return;
+    }
+    let cluster = example_cluster();
+    let compiler = Compiler::from_cluster(Scope::Cluster, &cluster);
+    let tables = compiler.tables();
+    let mut dp = load(tables);
+
+    let mut addrs: Vec<IpAddr> = cluster.pods().flat_map(|p| p.ips.clone()).collect();
+    addrs.extend(
+        [
+            "203.0.113.10",
+            "172.16.0.10",
+            "172.16.0.40",
+            "192.168.100.1",
+            "192.168.100.2",
+            "100.64.0.9",
+            "10.0.0.77",
+        ]
+        .map(|s| s.parse::<IpAddr>().unwrap()),
+    );
+    let probes = [
+        (80, Protocol::Tcp),
+        (6379, Protocol::Tcp),
+        (443, Protocol::Tcp),
+        (53, Protocol::Udp),
+        (53, Protocol::Tcp),
+        (9, Protocol::Sctp),
+        (0, Protocol::Icmp),
+    ];
+    let (mut checked, mut denied) = (0, 0);
+    for &src in &addrs {
+        for &dst in &addrs {
+            for (port, proto) in probes {
+                let v = evaluate_packet(&cluster, src, dst, port, proto);
+                let pkt = packet(src, dst, proto, port);
+                for (subject, dir, want) in [
+                    (src, Direction::Egress, &v.egress),
+                    (dst, Direction::Ingress, &v.ingress),
+                ] {
+                    let Some(pod) = cluster.pod_by_ip(subject) else {
+                        continue;
+                    };
+                    let ep = tables.endpoint_of(&pod.key).unwrap();
+                    let got = dp.run(tables, ep, dir, &pkt);
+                    let expect = if want.allowed() {
+                        TC_ACT_OK
+                    } else {
+                        TC_ACT_SHOT
+                    };
+                    assert_eq!(
+                        got, expect,
+                        "{dir} of {}: {src} -> {dst} {port}/{proto}: evaluator says {want:?}",
+                        pod.key
+                    );
+                    checked += 1;
+                    denied += usize::from(!want.allowed());
+                }
+            }
+        }
+    }
+    eprintln!("{checked} kernel verdicts checked, {denied} of them drops");
+    assert!(
+        checked > 2000 && denied > 500,
+        "the probe set must exercise both verdicts"
+    );
+}
+
+#[test]
+fn unknown_endpoint_and_malformed_packets_are_dropped_non_ip_passes() {
+    if !privileged("unknown_endpoint_and_malformed_packets_are_dropped_non_ip_passes") {
+        return;
+    }
+    let cluster = example_cluster();
+    let compiler = Compiler::from_cluster(Scope::Cluster, &cluster);
+    let mut dp = load(compiler.tables());
+    let src: IpAddr = "10.244.2.12".parse().unwrap();
+    let dst: IpAddr = "10.244.1.10".parse().unwrap();
+    let pkt = packet(src, dst, Protocol::Tcp, 80);
+
+    // No endpoint entry for the interface: fail closed.
+    dp.maps.del_endpoint(TEST_IFINDEX).unwrap();
+    assert_eq!(dp.test_run(Direction::Egress, &pkt), TC_ACT_SHOT);
+
+    // ARP (not IP) passes even for an unknown interface.
+    let mut arp = vec![0u8; 12];
+    arp.extend_from_slice(&0x0806u16.to_be_bytes());
+    arp.extend_from_slice(&[0u8; 28]);
+    assert_eq!(dp.test_run(Direction::Egress, &arp), TC_ACT_OK);
+
+    // A truncated TCP header is dropped.
+    let truncated = &pkt[..14 + 20 + 2];
+    let ep = compiler
+        .tables()
+        .endpoint_of(&policy::ObjectKey::new("default", "test"))
+        .unwrap();
+    dp.maps
+        .put_endpoint(
+            TEST_IFINDEX,
+            maps::endpoint(ep, &compiler.tables().endpoints[&ep]),
+        )
+        .unwrap();
+    assert_eq!(dp.test_run(Direction::Egress, truncated), TC_ACT_SHOT);
+}
