@@ -65,14 +65,43 @@ struct {
 	__type(value, struct zt_policy_value);
 } zt_policy SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 524288);
+	__type(key, struct zt_ct_key);
+	__type(value, struct zt_ct_value);
+} zt_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct zt_config);
+} zt_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} zt_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 4);
+	__type(key, __u32);
+	__type(value, struct zt_counter);
+} zt_counters SEC(".maps");
+
 /* A parsed packet: the peer is the end that is not the local pod. */
 struct flow {
 	struct zt_addr src;
 	struct zt_addr dst;
 	__u8 protocol;
 	__u16 dport; /* host byte order; 0 for protocols without ports */
+	__be16 sport_be;
+	__be16 dport_be;
 	__u8 icmp6_type;
 	__u8 has_ports;
+	__u8 tcp_syn_only; /* also set for ICMP echo requests: never a reply */
 };
 
 static __always_inline int parse_l4(void *l4, void *end, struct flow *f, int first_fragment)
@@ -89,13 +118,34 @@ static __always_inline int parse_l4(void *l4, void *end, struct flow *f, int fir
 		__be16 *ports = l4;
 		if ((void *)(ports + 2) > end)
 			return -1;
+		f->sport_be = ports[0];
+		f->dport_be = ports[1];
 		f->dport = bpf_ntohs(ports[1]);
 		f->has_ports = 1;
-	} else if (f->protocol == IPPROTO_ICMPV6_) {
-		__u8 *type = l4;
-		if ((void *)(type + 1) > end)
+		if (f->protocol == IPPROTO_TCP) {
+			__u8 *flags = l4 + 13;
+			if ((void *)(flags + 1) > end)
+				return -1;
+			/* SYN set, ACK clear: the first packet of a connection. */
+			f->tcp_syn_only = (*flags & 0x12) == 0x02;
+		}
+		} else if (f->protocol == IPPROTO_ICMP || f->protocol == IPPROTO_ICMPV6_) {
+		__u8 *icmp = l4;
+		if ((void *)(icmp + 8) > end)
 			return -1;
-		f->icmp6_type = *type;
+		__u8 type = icmp[0];
+		int request = type == 8 || type == 128;
+		int echo_reply = type == 0 || type == 129;
+		if (f->protocol == IPPROTO_ICMPV6_)
+			f->icmp6_type = type;
+		if (request || echo_reply) {
+			/* Echo exchanges are tracked by their identifier, like a
+			 * port on both ends; a request always starts a new flow. */
+			__be16 id = *(__be16 *)(icmp + 4);
+			f->sport_be = id;
+			f->dport_be = id;
+			f->tcp_syn_only = request;
+		}
 	}
 	return 0;
 }
@@ -177,7 +227,7 @@ static __always_inline struct zt_policy_value *lookup_policy(__u32 endpoint, __u
 
 /* The decision for the first packet of a flow (Tables::decide). */
 static __always_inline int decide(struct zt_endpoint *ep, __u8 dir, struct zt_addr *peer, struct flow *f,
-				  __u32 *rule)
+				  __u32 *rule, __u32 *matched)
 {
 	struct zt_ip_info *info = bpf_map_lookup_elem(&zt_ipcache, peer);
 	if (info && info->endpoint != 0 && info->endpoint == ep->endpoint)
@@ -202,6 +252,7 @@ static __always_inline int decide(struct zt_endpoint *ep, __u8 dir, struct zt_ad
 		struct zt_policy_value *v = lookup_policy(ep->endpoint, dir, ids[i], f->protocol, port);
 		if (v) {
 			*rule = v->rule;
+			*matched = ids[i];
 			return ZT_REASON_RULE;
 		}
 	}
@@ -215,26 +266,151 @@ static __always_inline int is_infra(struct flow *f)
 	return f->protocol == IPPROTO_ICMPV6_ && f->icmp6_type >= 133 && f->icmp6_type <= 137;
 }
 
+static __always_inline void count(__u8 dir, int allowed, __u32 bytes)
+{
+	__u32 idx = dir * 2 + (allowed ? 1 : 0);
+	struct zt_counter *c = bpf_map_lookup_elem(&zt_counters, &idx);
+	if (c) {
+		c->packets += 1;
+		c->bytes += bytes;
+	}
+}
+
+static __always_inline void emit(__u32 endpoint, __u8 dir, struct flow *f, int reason, __u32 rule, __u32 peer_id)
+{
+	struct zt_event *e = bpf_ringbuf_reserve(&zt_events, sizeof(*e), 0);
+	if (!e)
+		return; /* full: the agent counts lost events from the counters */
+	e->ts_ns = bpf_ktime_get_ns();
+	e->endpoint = endpoint;
+	e->rule = rule;
+	e->peer_identity = peer_id;
+	e->reason = reason;
+	e->direction = dir;
+	e->protocol = f->protocol;
+	e->family = f->src.family;
+	e->allowed = reason != ZT_REASON_DENIED && reason != ZT_REASON_REVOKED;
+	e->pad[0] = e->pad[1] = e->pad[2] = 0;
+	__builtin_memcpy(e->src, f->src.addr, 16);
+	__builtin_memcpy(e->dst, f->dst.addr, 16);
+	e->sport = f->sport_be;
+	e->dport = f->dport_be;
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline void ct_key(struct zt_ct_key *k, __u32 endpoint, __u8 dir, struct flow *f, int reversed)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->endpoint = endpoint;
+	k->direction = dir;
+	k->protocol = f->protocol;
+	k->family = f->src.family;
+	if (!reversed) {
+		__builtin_memcpy(k->src, f->src.addr, 16);
+		__builtin_memcpy(k->dst, f->dst.addr, 16);
+		k->sport = f->sport_be;
+		k->dport = f->dport_be;
+	} else {
+		__builtin_memcpy(k->src, f->dst.addr, 16);
+		__builtin_memcpy(k->dst, f->src.addr, 16);
+		k->sport = f->dport_be;
+		k->dport = f->sport_be;
+	}
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	struct flow f;
 	int parsed = parse(skb, &f);
 	if (parsed == 0)
 		return TC_ACT_OK; /* not IP (ARP, ...) */
-	if (parsed < 0)
+	if (parsed < 0) {
+		count(dir, 0, skb->len);
 		return TC_ACT_SHOT;
+	}
 	if (is_infra(&f))
 		return TC_ACT_OK;
 
 	__u32 ifindex = skb->ifindex;
 	struct zt_endpoint *ep = bpf_map_lookup_elem(&zt_endpoints, &ifindex);
-	if (!ep)
+	if (!ep) {
+		count(dir, 0, skb->len);
 		return TC_ACT_SHOT;
+	}
+	__u32 zero = 0;
+	struct zt_config *cfg = bpf_map_lookup_elem(&zt_config, &zero);
+	__u32 epoch = cfg ? cfg->epoch : 0;
+	__u64 idle = cfg ? (f.protocol == IPPROTO_TCP ? cfg->tcp_idle_ns : cfg->other_idle_ns) : 0;
+	__u64 now = bpf_ktime_get_ns();
 
+	/* Tracked flow: this direction, or the reply of the other. */
+	struct zt_ct_key k;
+	ct_key(&k, ep->endpoint, dir, &f, 0);
+	struct zt_ct_value *ct = bpf_map_lookup_elem(&zt_ct, &k);
+	__u8 orig_dir = dir;
+	int reply = 0;
+		if (!ct) {
+		/* Kept apart from the test above: clang would otherwise OR the
+		 * pointer with the flag, which the verifier rejects. */
+		barrier_var(ct);
+		if (!f.tcp_syn_only) {
+			ct_key(&k, ep->endpoint, dir ^ 1, &f, 1);
+			ct = bpf_map_lookup_elem(&zt_ct, &k);
+			orig_dir = dir ^ 1;
+			reply = 1;
+		}
+	}
+	if (ct && idle && now - ct->last_seen_ns > idle) {
+		bpf_map_delete_elem(&zt_ct, &k);
+		ct = 0;
+	}
+	if (ct && !(f.tcp_syn_only && !reply)) {
+		if (ct->epoch == epoch) {
+			ct->last_seen_ns = now;
+			count(dir, 1, skb->len);
+			return TC_ACT_OK;
+		}
+		/* Policy changed since the verdict: decide the original flow
+		 * again (for a reply, with the addresses and port reversed). */
+		struct flow orig = f;
+		if (reply) {
+			orig.src = f.dst;
+			orig.dst = f.src;
+			orig.sport_be = f.dport_be;
+			orig.dport_be = f.sport_be;
+			orig.dport = bpf_ntohs(f.sport_be);
+		}
+		struct zt_addr *opeer = orig_dir == ZT_DIR_EGRESS ? &orig.dst : &orig.src;
+		__u32 rule = 0, matched = 0;
+		int reason = decide(ep, orig_dir, opeer, &orig, &rule, &matched);
+		if (reason == ZT_REASON_DENIED) {
+			bpf_map_delete_elem(&zt_ct, &k);
+			emit(ep->endpoint, orig_dir, &orig, ZT_REASON_REVOKED, 0, 0);
+			count(dir, 0, skb->len);
+			return TC_ACT_SHOT;
+		}
+		ct->epoch = epoch;
+		ct->rule = rule;
+		ct->last_seen_ns = now;
+		count(dir, 1, skb->len);
+		return TC_ACT_OK;
+	}
+
+	/* New flow. */
 	struct zt_addr *peer = dir == ZT_DIR_EGRESS ? &f.dst : &f.src;
-	__u32 rule = 0;
-	int reason = decide(ep, dir, peer, &f, &rule);
-	return reason == ZT_REASON_DENIED ? TC_ACT_SHOT : TC_ACT_OK;
+	__u32 rule = 0, matched = 0;
+	int reason = decide(ep, dir, peer, &f, &rule, &matched);
+	int allowed = reason != ZT_REASON_DENIED;
+	emit(ep->endpoint, dir, &f, reason, rule, matched);
+	count(dir, allowed, skb->len);
+	if (!allowed)
+		return TC_ACT_SHOT;
+	struct zt_ct_value v = { .last_seen_ns = now, .epoch = epoch, .rule = rule };
+	ct_key(&k, ep->endpoint, dir, &f, 0);
+	/* If the table is full the LRU evicts the oldest flow; a failed insert
+	 * only means the next packet is decided again. */
+	bpf_map_update_elem(&zt_ct, &k, &v, BPF_ANY);
+	return TC_ACT_OK;
 }
 
 SEC("classifier/from_pod")

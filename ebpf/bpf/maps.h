@@ -114,6 +114,79 @@ struct zt_policy_value {
 	__u32 rule;
 };
 
+/*
+ * zt_ct (LRU_HASH): connection tracking, per endpoint and direction.
+ *   key:   the endpoint, the direction the flow was first seen in at that
+ *          endpoint, protocol and the tuple in that original direction.
+ *   value: the policy epoch the verdict was taken under, last packet time.
+ * A packet at endpoint E in direction d passes without a policy lookup when
+ * (E, d, tuple) exists (original direction) or (E, !d, reversed tuple)
+ * exists (reply), unless:
+ *   - the entry's epoch differs from zt_config.epoch: the agent changed
+ *     policy since, so the flow's original verdict is re-decided; a revoked
+ *     flow is deleted and its packets dropped (revocation takes effect on
+ *     the flow's next packet);
+ *   - the entry is idle longer than its protocol's timeout;
+ *   - a TCP SYN without ACK: always a new connection, never a reply.
+ */
+struct zt_ct_key {
+	__u32 endpoint;
+	__u8 direction;
+	__u8 protocol;
+	__u8 family;
+	__u8 pad;
+	__u32 src[4];
+	__u32 dst[4];
+	__be16 sport;
+	__be16 dport;
+};
+
+struct zt_ct_value {
+	__u64 last_seen_ns;
+	__u32 epoch;
+	__u32 rule;
+};
+
+/*
+ * zt_config (ARRAY, 1 entry): global settings written by the agent.
+ *   epoch: bumped after every policy sync that can revoke anything.
+ */
+struct zt_config {
+	__u32 epoch;
+	__u32 pad;
+	__u64 tcp_idle_ns;
+	__u64 other_idle_ns;
+};
+
+/*
+ * zt_events (RINGBUF): one event per new flow decision (allowed or denied)
+ * and per drop of a tracked flow (revoked). Flags carry the direction.
+ */
+struct zt_event {
+	__u64 ts_ns;
+	__u32 endpoint;
+	__u32 rule;
+	__u32 peer_identity;
+	__u8 reason;
+	__u8 direction;
+	__u8 protocol;
+	__u8 family;
+	__u8 allowed;
+	__u8 pad[3];
+	__u32 src[4];
+	__u32 dst[4];
+	__be16 sport;
+	__be16 dport;
+};
+
+/*
+ * zt_counters (PERCPU_ARRAY): index = direction * 2 + allowed.
+ */
+struct zt_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
 /* Verdict reasons, as reported in events and counters. */
 enum zt_reason {
 	ZT_REASON_DENIED = 0,
@@ -124,6 +197,8 @@ enum zt_reason {
 	ZT_REASON_UNKNOWN_ENDPOINT = 5,
 	ZT_REASON_MALFORMED = 6,
 	ZT_REASON_INFRA = 7,
+	ZT_REASON_TRACKED = 8,
+	ZT_REASON_REVOKED = 9,
 };
 
 _Static_assert(sizeof(struct zt_addr) == 20, "zt_addr layout");
@@ -133,5 +208,10 @@ _Static_assert(sizeof(struct zt_cidr4_key) == 16, "zt_cidr4_key layout");
 _Static_assert(sizeof(struct zt_cidr6_key) == 28, "zt_cidr6_key layout");
 _Static_assert(sizeof(struct zt_policy_key) == 16, "zt_policy_key layout");
 _Static_assert(sizeof(struct zt_policy_value) == 4, "zt_policy_value layout");
+_Static_assert(sizeof(struct zt_ct_key) == 44, "zt_ct_key layout");
+_Static_assert(sizeof(struct zt_ct_value) == 16, "zt_ct_value layout");
+_Static_assert(sizeof(struct zt_config) == 24, "zt_config layout");
+_Static_assert(sizeof(struct zt_event) == 64, "zt_event layout");
+_Static_assert(sizeof(struct zt_counter) == 16, "zt_counter layout");
 
 #endif

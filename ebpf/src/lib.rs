@@ -32,4 +32,12 @@ pub mod map_names {
     pub const CIDR6: &str = "zt_cidr6";
     /// Policy trie.
     pub const POLICY: &str = "zt_policy";
+    /// Connection tracking.
+    pub const CT: &str = "zt_ct";
+    /// Global settings (policy epoch, timeouts).
+    pub const CONFIG: &str = "zt_config";
+    /// Verdict events.
+    pub const EVENTS: &str = "zt_events";
+    /// Per-CPU packet/byte counters.
+    pub const COUNTERS: &str = "zt_counters";
 }

@@ -111,6 +111,130 @@ pub struct ZtPolicyValue {
     pub rule: u32,
 }
 
+/// `struct zt_ct_key`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ZtCtKey {
+    /// Endpoint.
+    pub endpoint: u32,
+    /// Direction the flow was first seen in at the endpoint.
+    pub direction: u8,
+    /// IP protocol.
+    pub protocol: u8,
+    /// 4 or 6.
+    pub family: u8,
+    /// Zero.
+    pub pad: u8,
+    /// Source address of the original direction.
+    pub src: [u32; 4],
+    /// Destination address of the original direction.
+    pub dst: [u32; 4],
+    /// Source port (network order).
+    pub sport: u16,
+    /// Destination port (network order).
+    pub dport: u16,
+}
+
+/// `struct zt_ct_value`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ZtCtValue {
+    /// Monotonic time of the last packet.
+    pub last_seen_ns: u64,
+    /// Policy epoch of the verdict.
+    pub epoch: u32,
+    /// Rule that allowed the flow.
+    pub rule: u32,
+}
+
+/// `struct zt_config`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ZtConfig {
+    /// Policy epoch; bumping it makes every tracked flow re-decided.
+    pub epoch: u32,
+    /// Zero.
+    pub pad: u32,
+    /// Idle timeout of tracked TCP flows.
+    pub tcp_idle_ns: u64,
+    /// Idle timeout of other tracked flows.
+    pub other_idle_ns: u64,
+}
+
+/// `struct zt_event`, as read from the ring buffer.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ZtEvent {
+    /// Monotonic time.
+    pub ts_ns: u64,
+    /// Endpoint.
+    pub endpoint: u32,
+    /// Rule that allowed the flow (0 otherwise).
+    pub rule: u32,
+    /// Identity the allowing entry matched.
+    pub peer_identity: u32,
+    /// `enum zt_reason`.
+    pub reason: u8,
+    /// 0 ingress, 1 egress.
+    pub direction: u8,
+    /// IP protocol.
+    pub protocol: u8,
+    /// 4 or 6.
+    pub family: u8,
+    /// 1 when the packet passed.
+    pub allowed: u8,
+    /// Zero.
+    pub pad: [u8; 3],
+    /// Source address.
+    pub src: [u32; 4],
+    /// Destination address.
+    pub dst: [u32; 4],
+    /// Source port (network order).
+    pub sport: u16,
+    /// Destination port (network order).
+    pub dport: u16,
+}
+
+impl ZtEvent {
+    /// Decodes an event from ring-buffer bytes (native endianness, the
+    /// layout checked by the BTF test). `None` when the length is wrong.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() != size_of::<Self>() {
+            return None;
+        }
+        let u32_at = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let addr_at = |o: usize| [u32_at(o), u32_at(o + 4), u32_at(o + 8), u32_at(o + 12)];
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&b[0..8]);
+        Some(Self {
+            ts_ns: u64::from_ne_bytes(ts),
+            endpoint: u32_at(offset_of!(Self, endpoint)),
+            rule: u32_at(offset_of!(Self, rule)),
+            peer_identity: u32_at(offset_of!(Self, peer_identity)),
+            reason: b[offset_of!(Self, reason)],
+            direction: b[offset_of!(Self, direction)],
+            protocol: b[offset_of!(Self, protocol)],
+            family: b[offset_of!(Self, family)],
+            allowed: b[offset_of!(Self, allowed)],
+            pad: [0; 3],
+            src: addr_at(offset_of!(Self, src)),
+            dst: addr_at(offset_of!(Self, dst)),
+            sport: u16::from_ne_bytes([b[offset_of!(Self, sport)], b[offset_of!(Self, sport) + 1]]),
+            dport: u16::from_ne_bytes([b[offset_of!(Self, dport)], b[offset_of!(Self, dport) + 1]]),
+        })
+    }
+}
+
+/// `struct zt_counter` (one per CPU).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ZtCounter {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
 // SAFETY: every type is repr(C) with only integer fields and explicit
 // padding arrays, so it has no implicit padding and every bit pattern is
 // valid, which is what `Pod` requires.
@@ -127,6 +251,16 @@ unsafe impl aya::Pod for ZtCidr6Key {}
 unsafe impl aya::Pod for ZtPolicyKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ZtPolicyValue {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ZtCtKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ZtCtValue {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ZtConfig {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ZtEvent {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ZtCounter {}
 
 /// Bits of a cidr key always matched exactly (endpoint, direction, pad).
 pub const CIDR_FIXED_BITS: u32 = 64;

@@ -136,8 +136,21 @@ fn load(tables: &Tables) -> Datapath {
 }
 
 impl Datapath {
-    /// Runs one program for `endpoint` (mapped to the test interface).
+    /// Forgets every tracked connection.
+    fn clear_ct(&mut self) {
+        let mut ct: aya::maps::HashMap<_, maps::ZtCtKey, maps::ZtCtValue> =
+            aya::maps::HashMap::try_from(self.bpf.map_mut(zt_ebpf::map_names::CT).unwrap())
+                .unwrap();
+        let keys: Vec<maps::ZtCtKey> = ct.keys().map(|k| k.unwrap()).collect();
+        for k in keys {
+            ct.remove(&k).unwrap();
+        }
+    }
+
+    /// Runs one program for `endpoint` (mapped to the test interface) on
+    /// the first packet of a flow (no tracked connections).
     fn run(&mut self, tables: &Tables, endpoint: u32, dir: Direction, pkt: &[u8]) -> u32 {
+        self.clear_ct();
         let info = &tables.endpoints[&endpoint];
         self.maps
             .put_endpoint(TEST_IFINDEX, maps::endpoint(endpoint, info))
@@ -265,4 +278,134 @@ fn unknown_endpoint_and_malformed_packets_are_dropped_non_ip_passes() {
         )
         .unwrap();
     assert_eq!(dp.test_run(Direction::Egress, truncated), TC_ACT_SHOT);
+}
+
+fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Vec<u8> {
+    let mut p = packet(
+        src.parse().unwrap(),
+        dst.parse().unwrap(),
+        Protocol::Tcp,
+        dport,
+    );
+    let l4 = 14 + 20;
+    p[l4..l4 + 2].copy_from_slice(&sport.to_be_bytes());
+    p[l4 + 13] = flags;
+    p
+}
+
+fn events(dp: &mut Datapath) -> Vec<maps::ZtEvent> {
+    let mut rb =
+        aya::maps::RingBuf::try_from(dp.bpf.map_mut(zt_ebpf::map_names::EVENTS).unwrap()).unwrap();
+    let mut out = Vec::new();
+    while let Some(item) = rb.next() {
+        out.push(maps::ZtEvent::from_bytes(&item).expect("event size"));
+    }
+    out
+}
+
+#[test]
+fn conntrack_passes_replies_and_policy_changes_revoke_flows() {
+    if !privileged("conntrack_passes_replies_and_policy_changes_revoke_flows") {
+        return;
+    }
+    let cluster = example_cluster();
+    let mut compiler = Compiler::from_cluster(Scope::Cluster, &cluster);
+    let mut dp = load(compiler.tables());
+    let tables = compiler.tables().clone();
+    let db = tables
+        .endpoint_of(&policy::ObjectKey::new("default", "db"))
+        .unwrap();
+    dp.maps
+        .put_endpoint(TEST_IFINDEX, maps::endpoint(db, &tables.endpoints[&db]))
+        .unwrap();
+    let _ = events(&mut dp);
+
+    let syn = tcp("10.244.2.10", 40000, "10.244.1.11", 6379, 0x02);
+    let syn_ack = tcp("10.244.1.11", 6379, "10.244.2.10", 40000, 0x12);
+    let ack = tcp("10.244.2.10", 40000, "10.244.1.11", 6379, 0x10);
+
+    // db is egress-isolated (default-deny) with no rule towards the
+    // frontend: its SYN-ACK passes only as the reply of a tracked flow.
+    dp.clear_ct();
+    assert_eq!(
+        dp.test_run(Direction::Egress, &syn_ack),
+        TC_ACT_SHOT,
+        "untracked reply"
+    );
+    assert_eq!(
+        dp.test_run(Direction::Ingress, &syn),
+        TC_ACT_OK,
+        "frontend may open 6379"
+    );
+    assert_eq!(
+        dp.test_run(Direction::Egress, &syn_ack),
+        TC_ACT_OK,
+        "reply of a tracked flow"
+    );
+    assert_eq!(
+        dp.test_run(Direction::Ingress, &ack),
+        TC_ACT_OK,
+        "established"
+    );
+    // A SYN in the reply direction is a new connection, never a reply.
+    let reverse_syn = tcp("10.244.1.11", 6379, "10.244.2.10", 40000, 0x02);
+    assert_eq!(dp.test_run(Direction::Egress, &reverse_syn), TC_ACT_SHOT);
+
+    let evs = events(&mut dp);
+    assert!(
+        evs.iter().any(|e| e.endpoint == db
+            && e.direction == 0
+            && e.allowed == 1
+            && u16::from_be(e.dport) == 6379
+            && e.rule != 0),
+        "an allow event names the rule: {evs:?}"
+    );
+    assert!(
+        evs.iter().any(|e| e.allowed == 0),
+        "drops are reported: {evs:?}"
+    );
+
+    // Revoke: delete the policies that admit the frontend, sync the maps in
+    // order, bump the epoch. The established flow's next packet is dropped.
+    let mut diffs = Vec::new();
+    for name in ["access-demo1", "access-demo4"] {
+        diffs.push(
+            compiler.delete(&policy::ObjectRef::NetworkPolicy(policy::ObjectKey::new(
+                "default", name,
+            ))),
+        );
+    }
+    for d in &diffs {
+        apply_diff(&mut dp.maps, d, &|_| None, &|_| None).unwrap();
+    }
+    let info = &compiler.tables().endpoints[&db];
+    dp.maps
+        .put_endpoint(TEST_IFINDEX, maps::endpoint(db, info))
+        .unwrap();
+    let mut cfg: aya::maps::Array<_, maps::ZtConfig> =
+        aya::maps::Array::try_from(dp.bpf.map_mut(zt_ebpf::map_names::CONFIG).unwrap()).unwrap();
+    cfg.set(
+        0,
+        maps::ZtConfig {
+            epoch: 1,
+            ..Default::default()
+        },
+        0,
+    )
+    .unwrap();
+    assert_eq!(
+        dp.test_run(Direction::Ingress, &ack),
+        TC_ACT_SHOT,
+        "revoked flow is cut"
+    );
+    assert_eq!(
+        dp.test_run(Direction::Egress, &syn_ack),
+        TC_ACT_SHOT,
+        "and so are its replies"
+    );
+    let evs = events(&mut dp);
+    assert!(
+        evs.iter().any(|e| e.reason == 9 && e.allowed == 0),
+        "revocation is reported: {evs:?}"
+    );
 }
