@@ -232,3 +232,110 @@ impl MapWriter for AyaMaps {
         )
     }
 }
+
+/// Attaching programs failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// The object lacks a program.
+    #[error("program {0} not found in the loaded object")]
+    Missing(&'static str),
+    /// The kernel refused to load or attach.
+    #[error("{what} {program} on {interface}: {source}")]
+    Program {
+        /// load or attach.
+        what: &'static str,
+        /// Program name.
+        program: &'static str,
+        /// Interface.
+        interface: String,
+        /// The error (boxed: aya's error is large).
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+}
+
+fn prog_err(
+    what: &'static str,
+    program: &'static str,
+    interface: &str,
+) -> impl FnOnce(aya::programs::ProgramError) -> AttachError {
+    let interface = interface.to_string();
+    move |source| AttachError::Program {
+        what,
+        program,
+        interface,
+        source: Box::new(source),
+    }
+}
+
+fn classifier<'a>(
+    bpf: &'a mut aya::Ebpf,
+    name: &'static str,
+) -> Result<&'a mut aya::programs::SchedClassifier, AttachError> {
+    bpf.program_mut(name)
+        .ok_or(AttachError::Missing(name))?
+        .try_into()
+        .map_err(prog_err("load", name, ""))
+}
+
+/// Loads both classifiers into the kernel (verifier), once per object.
+pub fn load_programs(bpf: &mut aya::Ebpf) -> Result<(), AttachError> {
+    for name in [crate::programs::FROM_POD, crate::programs::TO_POD] {
+        classifier(bpf, name)?
+            .load()
+            .map_err(prog_err("load", name, ""))?;
+    }
+    Ok(())
+}
+
+/// The attachments of one pod interface.
+#[derive(Debug)]
+pub struct PodLinks {
+    from_pod: aya::programs::tc::SchedClassifierLinkId,
+    to_pod: aya::programs::tc::SchedClassifierLinkId,
+}
+
+/// Attaches the classifiers to a pod's host-side interface: `from_pod` at
+/// TC ingress (what the pod sends), `to_pod` at TC egress (what it
+/// receives). Uses TCX links where the kernel has them (6.6+), clsact
+/// otherwise. Must run in the network namespace that holds the interface.
+pub fn attach_pod(bpf: &mut aya::Ebpf, interface: &str) -> Result<PodLinks, AttachError> {
+    use aya::programs::TcAttachType;
+    let tcx = aya::util::KernelVersion::current()
+        .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+    if !tcx {
+        // clsact may already exist (another agent run, another tool): fine.
+        let _ = aya::programs::tc::qdisc_add_clsact(interface);
+    }
+    let from = crate::programs::FROM_POD;
+    let from_pod = classifier(bpf, from)?
+        .attach(interface, TcAttachType::Ingress)
+        .map_err(prog_err("attach", from, interface))?;
+    let to = crate::programs::TO_POD;
+    match classifier(bpf, to)?
+        .attach(interface, TcAttachType::Egress)
+        .map_err(prog_err("attach", to, interface))
+    {
+        Ok(to_pod) => Ok(PodLinks { from_pod, to_pod }),
+        Err(e) => {
+            // Never leave half a pod enforced: undo the first attachment.
+            let _ = classifier(bpf, from).and_then(|p| {
+                p.detach(from_pod)
+                    .map_err(prog_err("detach", from, interface))
+            });
+            Err(e)
+        }
+    }
+}
+
+/// Detaches a pod's classifiers.
+pub fn detach_pod(bpf: &mut aya::Ebpf, links: PodLinks) -> Result<(), AttachError> {
+    let (from, to) = (crate::programs::FROM_POD, crate::programs::TO_POD);
+    let a = classifier(bpf, from).and_then(|p| {
+        p.detach(links.from_pod)
+            .map_err(prog_err("detach", from, ""))
+    });
+    let b = classifier(bpf, to)
+        .and_then(|p| p.detach(links.to_pod).map_err(prog_err("detach", to, "")));
+    a.and(b)
+}

@@ -1,0 +1,315 @@
+//! Network namespaces, veths and routes, driven with `ip` (iproute2).
+
+use std::fs::File;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{Context, bail};
+use nix::sched::{CloneFlags, setns};
+
+/// A named network namespace (`ip netns add`), deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+fn run(args: &[&str]) -> anyhow::Result<Output> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("running {args:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out)
+}
+
+impl Netns {
+    /// Creates a namespace with its loopback up.
+    pub fn create(name: &str) -> anyhow::Result<Self> {
+        let _ = Command::new("ip").args(["netns", "del", name]).output(); // leftover of a killed run
+        run(&["ip", "netns", "add", name])?;
+        let ns = Self {
+            name: name.to_string(),
+        };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip ARGS` inside the namespace.
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let mut full = vec!["ip", "-n", &self.name];
+        full.extend_from_slice(args);
+        run(&full)
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn exec(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        run(&full)
+    }
+
+    /// Sets a sysctl inside the namespace.
+    pub fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        self.exec(&["sysctl", "-qw", &format!("{key}={value}")])
+            .map(|_| ())
+    }
+
+    /// Runs `f` on a thread that has entered the namespace: sockets it
+    /// creates live there.
+    pub fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> anyhow::Result<R> {
+        run_in(&self.name, f)
+    }
+
+    /// Spawns `f` on a thread inside the namespace and returns at once.
+    pub fn spawn(
+        &self,
+        f: impl FnOnce() + Send + 'static,
+    ) -> anyhow::Result<std::thread::JoinHandle<()>> {
+        let path = format!("/var/run/netns/{}", self.name);
+        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+        Ok(std::thread::spawn(move || {
+            if setns(file, CloneFlags::CLONE_NEWNET).is_ok() {
+                f();
+            }
+        }))
+    }
+}
+
+/// Runs `f` on a thread inside the namespace called `name`.
+pub fn run_in<R: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> anyhow::Result<R> {
+    let path = format!("/var/run/netns/{name}");
+    let handle = std::thread::spawn(move || -> anyhow::Result<R> {
+        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+        setns(file, CloneFlags::CLONE_NEWNET).context("setns")?;
+        Ok(f())
+    });
+    handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread in {name} panicked"))?
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// A pod of the testbed.
+#[derive(Debug)]
+pub struct PodNs {
+    /// `namespace/name` of the Kubernetes pod it stands for.
+    pub key: String,
+    /// Its network namespace.
+    pub ns: Netns,
+    /// Its address.
+    pub ip: std::net::Ipv4Addr,
+    /// Index of its node in [`Testbed::nodes`].
+    pub node: usize,
+    /// Name of the host-side veth in the node namespace.
+    pub host_if: String,
+}
+
+/// A node of the testbed.
+#[derive(Debug)]
+pub struct NodeNs {
+    /// Kubernetes node name.
+    pub name: String,
+    /// Its network namespace (the "host").
+    pub ns: Netns,
+    /// Its address on the node link.
+    pub ip: std::net::Ipv4Addr,
+}
+
+/// Nodes and pods as namespaces. Dropping it removes every namespace (and
+/// with them every veth and route).
+#[derive(Debug)]
+pub struct Testbed {
+    prefix: String,
+    /// Pods (dropped before nodes).
+    pub pods: Vec<PodNs>,
+    /// Nodes.
+    pub nodes: Vec<NodeNs>,
+    /// An "external" host outside the cluster, attached to the first node.
+    pub external: Option<PodNs>,
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+impl Testbed {
+    /// Creates `nodes` node namespaces joined by one link
+    /// (192.168.100.0/24 for two nodes). Node `i` routes pod addresses of
+    /// 10.244.(i+1).0/24 itself and the other nodes' ranges via their link
+    /// address.
+    pub fn new(node_names: &[&str]) -> anyhow::Result<Self> {
+        let prefix = format!(
+            "zt{}x{}",
+            std::process::id() % 100_000,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut tb = Testbed {
+            prefix: prefix.clone(),
+            pods: Vec::new(),
+            nodes: Vec::new(),
+            external: None,
+        };
+        for (i, name) in node_names.iter().enumerate() {
+            let ns = Netns::create(&format!("{prefix}-n{i}"))?;
+            ns.sysctl("net.ipv4.ip_forward", "1")?;
+            ns.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+            ns.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+            let ip = std::net::Ipv4Addr::new(192, 168, 100, u8::try_from(i + 1)?);
+            tb.nodes.push(NodeNs {
+                name: name.to_string(),
+                ns,
+                ip,
+            });
+        }
+        if tb.nodes.len() == 2 {
+            let (a, b) = (&tb.nodes[0], &tb.nodes[1]);
+            run(&[
+                "ip",
+                "link",
+                "add",
+                "zt-link0",
+                "netns",
+                a.ns.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "zt-link1",
+                "netns",
+                b.ns.name(),
+            ])?;
+            for (node, dev, peer, other_range) in [
+                (a, "zt-link0", b.ip, "10.244.2.0/24"),
+                (b, "zt-link1", a.ip, "10.244.1.0/24"),
+            ] {
+                node.ns
+                    .ip(&["addr", "add", &format!("{}/24", node.ip), "dev", dev])?;
+                node.ns.ip(&["link", "set", dev, "up"])?;
+                node.ns
+                    .ip(&["route", "add", other_range, "via", &peer.to_string()])?;
+            }
+        }
+        Ok(tb)
+    }
+
+    /// Adds a pod namespace on node `node` with address `ip`, Calico-style:
+    /// `eth0` holds `ip/32` with a default route via 169.254.1.1 (held by
+    /// the host side), and the node routes `ip/32` to the veth.
+    pub fn add_pod(
+        &mut self,
+        key: &str,
+        node: usize,
+        ip: std::net::Ipv4Addr,
+    ) -> anyhow::Result<&PodNs> {
+        let pod = self.make_pod(key, node, ip)?;
+        self.pods.push(pod);
+        self.pods.last().context("just pushed")
+    }
+
+    /// Adds the external host (an address outside the cluster, wired like a
+    /// pod to node 0; the other nodes route it via node 0).
+    pub fn add_external(&mut self, ip: std::net::Ipv4Addr) -> anyhow::Result<()> {
+        let ext = self.make_pod("external", 0, ip)?;
+        let via = self.nodes[0].ip.to_string();
+        for node in &self.nodes[1..] {
+            node.ns
+                .ip(&["route", "add", &format!("{ip}/32"), "via", &via])?;
+        }
+        self.external = Some(ext);
+        Ok(())
+    }
+
+    fn make_pod(&self, key: &str, node: usize, ip: std::net::Ipv4Addr) -> anyhow::Result<PodNs> {
+        let n = if key == "external" {
+            "ext".to_string()
+        } else {
+            self.pods.len().to_string()
+        };
+        let ns = Netns::create(&format!("{}-p{n}", self.prefix))?;
+        // Interface names are per namespace; only the 15-byte limit matters.
+        let host_if = format!("ztv{n}");
+        let node_ns = &self.nodes[node].ns;
+        run(&[
+            "ip",
+            "link",
+            "add",
+            &host_if,
+            "netns",
+            node_ns.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ])?;
+        ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        ns.ip(&[
+            "route",
+            "add",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ])?;
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+        ])?;
+        // The pod's gateway answers ARP because the host side holds it, as
+        // a /32 on every host-side veth.
+        node_ns.ip(&[
+            "addr",
+            "add",
+            "169.254.1.1/32",
+            "dev",
+            &host_if,
+            "scope",
+            "link",
+        ])?;
+        node_ns.ip(&["link", "set", &host_if, "up"])?;
+        node_ns.sysctl(&format!("net.ipv4.conf.{host_if}.rp_filter"), "0")?;
+        node_ns.ip(&["route", "add", &format!("{ip}/32"), "dev", &host_if])?;
+        Ok(PodNs {
+            key: key.to_string(),
+            ns,
+            ip,
+            node,
+            host_if,
+        })
+    }
+
+    /// The pod with this key.
+    pub fn pod(&self, key: &str) -> Option<&PodNs> {
+        self.pods.iter().find(|p| p.key == key)
+    }
+}
