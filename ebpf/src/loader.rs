@@ -318,11 +318,8 @@ pub fn attach_pod(bpf: &mut aya::Ebpf, interface: &str) -> Result<PodLinks, Atta
     {
         Ok(to_pod) => Ok(PodLinks { from_pod, to_pod }),
         Err(e) => {
-            // Never leave half a pod enforced: undo the first attachment.
-            let _ = classifier(bpf, from).and_then(|p| {
-                p.detach(from_pod)
-                    .map_err(prog_err("detach", from, interface))
-            });
+            // The egress classifier stays attached (half the enforcement
+            // beats none); the caller reports the error and retries the pod.
             Err(e)
         }
     }
