@@ -261,9 +261,14 @@ static __always_inline int decide(struct zt_endpoint *ep, __u8 dir, struct zt_ad
 
 static __always_inline int is_infra(struct flow *f)
 {
-	/* IPv6 neighbour discovery and router messages keep the pod's link
-	 * working; like ARP for IPv4 they are not subject to policy. */
-	return f->protocol == IPPROTO_ICMPV6_ && f->icmp6_type >= 133 && f->icmp6_type <= 137;
+	/* IPv6 link housekeeping keeps the pod's link working; like ARP for
+	 * IPv4 it is not subject to policy. */
+	if (f->protocol != IPPROTO_ICMPV6_)
+		return 0;
+	__u8 t = f->icmp6_type;
+	/* 133-137: router/neighbour discovery; 130-132, 143: multicast
+	 * listener discovery (MLD, MLDv2). */
+	return (t >= 133 && t <= 137) || (t >= 130 && t <= 132) || t == 143;
 }
 
 static __always_inline void count(__u8 dir, int allowed, __u32 bytes)

@@ -1,5 +1,6 @@
 //! The `ztunnel` binary: parse the command line, set up logging, run.
 
+mod agent;
 mod cli;
 mod manifests;
 

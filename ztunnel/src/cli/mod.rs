@@ -43,9 +43,28 @@ pub enum Output {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the node agent (needs root: loads BPF programs).
+    Run(RunArgs),
     /// Inspect NetworkPolicy decisions offline, from manifests.
     #[command(subcommand)]
     Policy(PolicyCommand),
+}
+
+/// `ztunnel run`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Local mode: a directory of Kubernetes manifests, watched for changes.
+    #[arg(long = "local", value_name = "DIR")]
+    pub local: PathBuf,
+    /// This node's name.
+    #[arg(long)]
+    pub node: String,
+    /// Write the JSON flow log here (default: stdout).
+    #[arg(long, value_name = "PATH")]
+    pub flow_log: Option<PathBuf>,
+    /// How often to look for manifest changes, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub poll_ms: u64,
 }
 
 /// `ztunnel policy ...`
@@ -104,6 +123,15 @@ pub struct MatrixArgs {
 pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let color = render::use_color(cli.color);
     match cli.command {
+        Command::Run(args) => {
+            crate::agent::run(crate::agent::Config {
+                manifests: args.local,
+                node: args.node,
+                flow_log: args.flow_log,
+                poll: std::time::Duration::from_millis(args.poll_ms),
+            })?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Policy(PolicyCommand::Check(args)) => policy_cmd::check(&args, color),
         Command::Policy(PolicyCommand::Matrix(args)) => policy_cmd::matrix_cmd(&args, color),
     }

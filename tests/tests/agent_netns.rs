@@ -1,0 +1,251 @@
+//! `ztunnel run` as a user runs it: one agent per node namespace, reading a
+//! manifest directory. Policies written to the directory take effect on new
+//! connections and cut established ones within a second or so; the flow log
+//! names pods and policies.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use policy::Cluster;
+use policy::manifest::parse_str;
+use testbed::{Testbed, probe, require_root};
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples")
+}
+
+/// The `ztunnel` binary of this build (built on demand when only this
+/// package's tests were built).
+fn ztunnel_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("ztunnel");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "ztunnel", "--bin", "ztunnel"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    bin
+}
+
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_agent(ns: &str, dir: &Path, node: &str, log: &Path) -> Agent {
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(ztunnel_bin())
+        .args(["run", "--local"])
+        .arg(dir)
+        .args(["--node", node, "--poll-ms", "100", "--flow-log"])
+        .arg(log)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            fs::File::create(log.with_extension("stderr")).unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+    Agent(child)
+}
+
+fn copy(from: &Path, to: &Path) {
+    fs::copy(from, to).unwrap();
+}
+
+/// Polls `probe` until it returns `want`, up to `limit`; returns the time it took.
+fn until(limit: Duration, want: bool, mut probe: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if probe() == want {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn agent_enforces_policy_changes_from_the_manifest_directory() {
+    if !require_root("agent_enforces_policy_changes_from_the_manifest_directory") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    fs::create_dir(&manifests).unwrap();
+    for f in ["namespaces.yaml", "nodes.yaml", "pods.yaml"] {
+        copy(&examples().join("workload").join(f), &manifests.join(f));
+    }
+    let text = fs::read_to_string(manifests.join("pods.yaml")).unwrap();
+    let cluster = Cluster::from_objects(
+        parse_str("pods.yaml", &text)
+            .objects
+            .into_iter()
+            .map(|(_, o)| o),
+    );
+
+    let nodes = ["node-1", "node-2"];
+    let mut tb = Testbed::new(&nodes).unwrap();
+    for key in ["default/apiserver", "default/frontend", "default/test"] {
+        let pod = cluster.pod(&key.parse().unwrap()).unwrap();
+        let node = nodes
+            .iter()
+            .position(|n| Some(*n) == pod.node.as_deref())
+            .unwrap();
+        let std::net::IpAddr::V4(ip) = pod.ips[0] else {
+            panic!()
+        };
+        tb.add_pod(key, node, ip).unwrap();
+    }
+    for p in &tb.pods {
+        probe::serve(&p.ns, &[80], &[]).unwrap();
+    }
+    let logs: Vec<PathBuf> = nodes
+        .iter()
+        .map(|n| dir.path().join(format!("{n}.flows.jsonl")))
+        .collect();
+    let _agents: Vec<Agent> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| start_agent(tb.nodes[i].ns.name(), &manifests, n, &logs[i]))
+        .collect();
+
+    // Wait until both agents have attached to their pods and synced.
+    let ready = until(Duration::from_secs(20), true, || {
+        let text: String = logs
+            .iter()
+            .map(|l| fs::read_to_string(l.with_extension("stderr")).unwrap_or_default())
+            .collect();
+        text.matches("attached").count() >= 3 && text.matches("policy synced").count() >= 2
+    });
+    assert!(ready.is_some(), "agents did not attach");
+
+    let api = SocketAddr::from((Ipv4Addr::new(10, 244, 1, 10), 80));
+    let (test_ns, front_ns) = (
+        tb.pod("default/test").unwrap().ns.name().to_string(),
+        tb.pod("default/frontend").unwrap().ns.name().to_string(),
+    );
+    // No policy yet: open.
+    assert!(probe::tcp(&test_ns, api), "open before any policy");
+
+    // An established connection from default/test to the API server.
+    let test_ns2 = test_ns.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<u8>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<bool>();
+    let long = testbed::netns::run_in(&test_ns2, move || {
+        std::thread::spawn(move || {
+            let mut s = TcpStream::connect_timeout(&api, Duration::from_secs(1)).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut buf = [0u8; 1];
+            for b in rx {
+                let ok = s.write_all(&[b]).is_ok() && s.read_exact(&mut buf).is_ok();
+                done_tx.send(ok).unwrap();
+            }
+        })
+    })
+    .unwrap();
+    tx.send(b'a').unwrap();
+    assert!(
+        done_rx.recv().unwrap(),
+        "the long connection works before the policy"
+    );
+
+    // Default-deny, DNS and the bookstore policies.
+    let t0 = Instant::now();
+    for f in [
+        "01-default-deny.yaml",
+        "02-allow-dns.yaml",
+        "03-bookstore.yaml",
+    ] {
+        copy(&examples().join("policies").join(f), &manifests.join(f));
+    }
+    let closed = until(Duration::from_secs(3), false, || probe::tcp(&test_ns, api));
+    assert!(
+        closed.is_some(),
+        "default/test -> apiserver still open after 3 s"
+    );
+    assert!(
+        probe::tcp(&front_ns, api),
+        "bookstore frontend keeps access"
+    );
+    let elapsed = t0.elapsed();
+    eprintln!("policy took effect on new connections within {elapsed:?} (probe included)");
+
+    // The established connection is cut too (its next packet re-checks).
+    tx.send(b'b').unwrap();
+    assert!(
+        !done_rx.recv().unwrap(),
+        "the established connection must be revoked"
+    );
+    drop(tx);
+    long.join().unwrap();
+
+    // Removing the policies opens the path again.
+    for f in [
+        "01-default-deny.yaml",
+        "02-allow-dns.yaml",
+        "03-bookstore.yaml",
+    ] {
+        fs::remove_file(manifests.join(f)).unwrap();
+    }
+    assert!(
+        until(Duration::from_secs(3), true, || probe::tcp(&test_ns, api)).is_some(),
+        "policy removal did not take effect"
+    );
+
+    // The flow log names pods, verdicts and policies.
+    std::thread::sleep(Duration::from_millis(300));
+    let lines: Vec<serde_json::Value> = logs
+        .iter()
+        .flat_map(|l| {
+            fs::read_to_string(l)
+                .unwrap_or_default()
+                .lines()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .map(|l| serde_json::from_str(&l).unwrap())
+        .collect();
+    assert!(
+        lines.iter().any(|r| r["verdict"] == "denied"
+            && r["pod"] == "default/test"
+            && r["direction"] == "egress"),
+        "a drop of default/test's egress is logged"
+    );
+    assert!(
+        lines.iter().any(|r| r["verdict"] == "allowed"
+            && r["pod"] == "default/apiserver"
+            && r["policy"] == "default/api-allow"),
+        "an allow names its policy"
+    );
+    if !lines.iter().any(|r| r["reason"] == "revoked") {
+        for l in &logs {
+            eprintln!(
+                "== {}\n{}",
+                l.display(),
+                fs::read_to_string(l.with_extension("stderr")).unwrap_or_default()
+            );
+        }
+        let revs: Vec<_> = lines
+            .iter()
+            .filter(|r| r["pod"] == "default/test")
+            .collect();
+        panic!("the revocation is not logged: {revs:#?}");
+    }
+}
