@@ -17,23 +17,11 @@ fn main() {
         Ok(c) => vec![c],
         Err(_) => vec!["clang-19".into(), "clang".into()],
     };
-    let arch_include = format!(
-        "/usr/include/{}-linux-gnu",
-        env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".into())
-    );
+    let arch_include =
+        format!("/usr/include/{}-linux-gnu", env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".into()));
     for clang in &candidates {
         let status = Command::new(clang)
-            .args([
-                "-O2",
-                "-g",
-                "-target",
-                "bpf",
-                "-Wall",
-                "-Werror",
-                "-I",
-                &arch_include,
-                "-c",
-            ])
+            .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror", "-I", &arch_include, "-c"])
             .arg(&src)
             .arg("-o")
             .arg(&out)

@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 use policy::compile::{Compiler, Scope};
 use policy::eval::{Endpoint, evaluate};
 use policy::{Cluster, Object, Protocol};
-use ztunnel_benches::{
-    CountingAlloc, Rng, Scale, cluster, live_bytes, peak_bytes, pod, policies, reset_peak,
-};
+use ztunnel_benches::{CountingAlloc, Rng, Scale, cluster, live_bytes, peak_bytes, pod, policies, reset_peak};
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -34,27 +32,16 @@ fn verdict(ok: bool) -> &'static str {
 
 fn main() {
     // `cargo test --benches` runs this too: keep that a quick smoke run.
-    let small = std::env::var("ZT_BENCH_SCALE").is_ok_and(|s| s == "small")
-        || std::env::args().any(|a| a == "--test");
+    let small = std::env::var("ZT_BENCH_SCALE").is_ok_and(|s| s == "small") || std::env::args().any(|a| a == "--test");
     let scale = if small { Scale::SMALL } else { Scale::TARGET };
     let objects = cluster(scale);
-    let npods = objects
-        .iter()
-        .filter(|o| matches!(o, Object::Pod(_)))
-        .count();
-    let npolicies = objects
-        .iter()
-        .filter(|o| matches!(o, Object::NetworkPolicy(_)))
-        .count();
+    let npods = objects.iter().filter(|o| matches!(o, Object::Pod(_))).count();
+    let npolicies = objects.iter().filter(|o| matches!(o, Object::NetworkPolicy(_))).count();
     println!(
         "policy benchmark: {} namespaces, {npods} pods, {npolicies} policies, {} nodes{}",
         scale.namespaces,
         scale.nodes,
-        if small {
-            " (small smoke run; targets apply to the full size)"
-        } else {
-            ""
-        }
+        if small { " (small smoke run; targets apply to the full size)" } else { "" }
     );
 
     if std::env::var("ZT_BENCH_PART").is_ok_and(|p| p == "evaluate") {
@@ -168,13 +155,7 @@ fn bench_evaluate(c: &Cluster, small: bool, rng: &mut Rng) {
     let pods: Vec<Endpoint> = c.pods().map(|p| Endpoint::Pod(p.key.clone())).collect();
     let n = if small { 20_000 } else { 200_000 };
     let pairs: Vec<(usize, usize, u16)> = (0..n)
-        .map(|_| {
-            (
-                rng.below(pods.len()),
-                rng.below(pods.len()),
-                [80, 443, 5432, 8080, 9000][rng.below(5)],
-            )
-        })
+        .map(|_| (rng.below(pods.len()), rng.below(pods.len()), [80, 443, 5432, 8080, 9000][rng.below(5)]))
         .collect();
     let mut rounds = Vec::new();
     let mut allowed = 0usize;

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use policy::Object;
 use policy::labels::{Labels, Requirement, Selector};
 use policy::model::{
-    IpBlock, NamedPort, Namespace, NamespaceSelection, NetworkPolicy, Node, ObjectKey, Peer, Pod,
-    PortMatch, PortRule, Protocol, Rule,
+    IpBlock, NamedPort, Namespace, NamespaceSelection, NetworkPolicy, Node, ObjectKey, Peer, Pod, PortMatch, PortRule,
+    Protocol, Rule,
 };
 
 /// A global allocator that counts live and peak bytes.
@@ -92,24 +92,13 @@ pub struct Scale {
 impl Scale {
     /// The size the targets are stated for: 1,000 namespaces, 50,000 pods,
     /// 10,000 policies.
-    pub const TARGET: Scale = Scale {
-        namespaces: 1000,
-        pods_per_namespace: 50,
-        nodes: 500,
-    };
+    pub const TARGET: Scale = Scale { namespaces: 1000, pods_per_namespace: 50, nodes: 500 };
     /// A quick size for smoke runs.
-    pub const SMALL: Scale = Scale {
-        namespaces: 40,
-        pods_per_namespace: 20,
-        nodes: 10,
-    };
+    pub const SMALL: Scale = Scale { namespaces: 40, pods_per_namespace: 20, nodes: 10 };
 }
 
 fn labels(pairs: &[(&str, String)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
 }
 
 /// Name of namespace `i`.
@@ -133,10 +122,7 @@ pub fn pod(scale: Scale, i: usize, j: usize, version: usize) -> Pod {
         ("app", format!("app{app}")),
         ("version", format!("v{version}")),
         ("role", role.to_string()),
-        (
-            "tier",
-            if app < 4 { "frontend" } else { "backend" }.to_string(),
-        ),
+        ("tier", if app < 4 { "frontend" } else { "backend" }.to_string()),
     ]);
     if i == 0 {
         l = labels(&[("k8s-app", "kube-dns".into())]);
@@ -153,21 +139,9 @@ pub fn pod(scale: Scale, i: usize, j: usize, version: usize) -> Pod {
         node: Some(format!("node-{}", idx % scale.nodes)),
         service_account: format!("app{app}"),
         named_ports: vec![
-            NamedPort {
-                name: "grpc".into(),
-                protocol: Protocol::Tcp,
-                port: 9000,
-            },
-            NamedPort {
-                name: "http".into(),
-                protocol: Protocol::Tcp,
-                port: 8080,
-            },
-            NamedPort {
-                name: "metrics".into(),
-                protocol: Protocol::Tcp,
-                port: 9090,
-            },
+            NamedPort { name: "grpc".into(), protocol: Protocol::Tcp, port: 9000 },
+            NamedPort { name: "http".into(), protocol: Protocol::Tcp, port: 8080 },
+            NamedPort { name: "metrics".into(), protocol: Protocol::Tcp, port: 9090 },
         ],
         host_network: false,
     }
@@ -178,17 +152,11 @@ fn sel(pairs: &[(&str, &str)]) -> Selector {
 }
 
 fn tcp(start: u16, end: u16) -> PortRule {
-    PortRule {
-        protocol: Protocol::Tcp,
-        port: PortMatch::Range { start, end },
-    }
+    PortRule { protocol: Protocol::Tcp, port: PortMatch::Range { start, end } }
 }
 
 fn named(n: &str) -> PortRule {
-    PortRule {
-        protocol: Protocol::Tcp,
-        port: PortMatch::Named(n.into()),
-    }
+    PortRule { protocol: Protocol::Tcp, port: PortMatch::Named(n.into()) }
 }
 
 fn pods_peer(namespaces: NamespaceSelection, pods: Selector) -> Peer {
@@ -203,8 +171,7 @@ pub fn policies(i: usize, revision: u16) -> Vec<NetworkPolicy> {
     let ns = ns_name(i);
     let key = |n: &str| ObjectKey::new(ns.clone(), n);
     let own = NamespaceSelection::Own;
-    let by_name =
-        |n: &str| NamespaceSelection::Matching(sel(&[("kubernetes.io/metadata.name", n)]));
+    let by_name = |n: &str| NamespaceSelection::Matching(sel(&[("kubernetes.io/metadata.name", n)]));
     let mut out = vec![
         NetworkPolicy {
             key: key("default-deny"),
@@ -217,15 +184,9 @@ pub fn policies(i: usize, revision: u16) -> Vec<NetworkPolicy> {
             pod_selector: Selector::everything(),
             ingress: None,
             egress: Some(vec![Rule {
-                peers: Some(vec![pods_peer(
-                    by_name("kube-system"),
-                    sel(&[("k8s-app", "kube-dns")]),
-                )]),
+                peers: Some(vec![pods_peer(by_name("kube-system"), sel(&[("k8s-app", "kube-dns")]))]),
                 ports: Some(vec![
-                    PortRule {
-                        protocol: Protocol::Udp,
-                        port: PortMatch::Range { start: 53, end: 53 },
-                    },
+                    PortRule { protocol: Protocol::Udp, port: PortMatch::Range { start: 53, end: 53 } },
                     tcp(53, 53),
                 ]),
             }]),
@@ -234,10 +195,7 @@ pub fn policies(i: usize, revision: u16) -> Vec<NetworkPolicy> {
             key: key("allow-monitoring"),
             pod_selector: Selector::everything(),
             ingress: Some(vec![Rule {
-                peers: Some(vec![pods_peer(
-                    by_name("monitoring"),
-                    Selector::everything(),
-                )]),
+                peers: Some(vec![pods_peer(by_name("monitoring"), Selector::everything())]),
                 ports: Some(vec![named("metrics")]),
             }]),
             egress: None,
@@ -273,10 +231,7 @@ pub fn policies(i: usize, revision: u16) -> Vec<NetworkPolicy> {
                 ports: Some(vec![named("http"), tcp(9000, 9000)]),
             }]),
             egress: Some(vec![Rule {
-                peers: Some(vec![pods_peer(
-                    own.clone(),
-                    sel(&[("app", &format!("app{}", k + 5))]),
-                )]),
+                peers: Some(vec![pods_peer(own.clone(), sel(&[("app", &format!("app{}", k + 5))]))]),
                 ports: Some(vec![tcp(5432, 5432), tcp(6379, 6379)]),
             }]),
         });
@@ -299,9 +254,7 @@ pub fn policies(i: usize, revision: u16) -> Vec<NetworkPolicy> {
                 },
                 Rule {
                     peers: Some(vec![Peer::IpBlock(IpBlock {
-                        cidr: format!("198.18.{}.0/24", i % 256)
-                            .parse()
-                            .unwrap_or_else(|_| unreachable!()),
+                        cidr: format!("198.18.{}.0/24", i % 256).parse().unwrap_or_else(|_| unreachable!()),
                         except: vec![],
                     })]),
                     ports: Some(vec![tcp(8443, 8443)]),
@@ -334,10 +287,7 @@ pub fn policies(i: usize, revision: u16) -> Vec<NetworkPolicy> {
 /// A namespace.
 pub fn namespace(i: usize) -> Namespace {
     let name = ns_name(i);
-    let mut l = labels(&[
-        ("team", format!("t{}", i % 100)),
-        ("env", ENVS[i % 3].to_string()),
-    ]);
+    let mut l = labels(&[("team", format!("t{}", i % 100)), ("env", ENVS[i % 3].to_string())]);
     l.extend(Namespace::default_labels(&name));
     Namespace { name, labels: l }
 }
@@ -350,10 +300,7 @@ pub fn cluster(scale: Scale) -> Vec<Object> {
     }
     for n in 0..scale.nodes {
         let ip = Ipv4Addr::from(0xC0A8_0000u32 + n as u32 + 1);
-        out.push(Object::Node(Node {
-            name: format!("node-{n}"),
-            addresses: vec![IpAddr::V4(ip)],
-        }));
+        out.push(Object::Node(Node { name: format!("node-{n}"), addresses: vec![IpAddr::V4(ip)] }));
     }
     for i in 0..scale.namespaces {
         for j in 0..scale.pods_per_namespace {

@@ -40,4 +40,6 @@ pub mod map_names {
     pub const EVENTS: &str = "zt_events";
     /// Per-CPU packet/byte counters.
     pub const COUNTERS: &str = "zt_counters";
+    /// Every map (pinned by these names).
+    pub const ALL: [&str; 9] = [IPCACHE, ENDPOINTS, CIDR4, CIDR6, POLICY, CT, CONFIG, EVENTS, COUNTERS];
 }

@@ -9,12 +9,14 @@
 //! Writes go through the [`MapWriter`] trait: [`AyaMaps`] writes the real
 //! maps, tests use an in-memory fake.
 
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+
 use policy::ObjectKey;
-use policy::compile::{Change, TableDiff};
+use policy::compile::{Change, TableDiff, Tables};
 
 use crate::maps::{
-    self, CidrEntryKey, ZtAddr, ZtCidr4Key, ZtCidr6Key, ZtEndpoint, ZtIpInfo, ZtPolicyKey,
-    ZtPolicyValue,
+    self, CidrEntryKey, ZtAddr, ZtCidr4Key, ZtCidr6Key, ZtEndpoint, ZtIpInfo, ZtPolicyKey, ZtPolicyValue,
 };
 
 /// A map write failed.
@@ -53,12 +55,7 @@ pub trait MapWriter {
     /// IPv6 cidr trie delete.
     fn del_cidr6(&mut self, prefixlen: u32, k: ZtCidr6Key) -> Result<(), SyncError>;
     /// Policy trie insert/overwrite.
-    fn put_policy(
-        &mut self,
-        prefixlen: u32,
-        k: ZtPolicyKey,
-        v: ZtPolicyValue,
-    ) -> Result<(), SyncError>;
+    fn put_policy(&mut self, prefixlen: u32, k: ZtPolicyKey, v: ZtPolicyValue) -> Result<(), SyncError>;
     /// Policy trie delete.
     fn del_policy(&mut self, prefixlen: u32, k: ZtPolicyKey) -> Result<(), SyncError>;
 }
@@ -154,16 +151,111 @@ fn del_ok(map: &'static str, r: Result<(), aya::maps::MapError>) -> Result<(), S
     }
 }
 
+/// Loads the object. With `pin_dir`, every map is pinned there by name
+/// (and an existing pin is reused: a restarted agent re-adopts the maps its
+/// predecessor left, so enforcement never starts from empty).
+pub fn load_object(pin_dir: Option<&Path>) -> Result<aya::Ebpf, aya::EbpfError> {
+    let mut loader = aya::EbpfLoader::new();
+    if let Some(dir) = pin_dir {
+        for name in crate::map_names::ALL {
+            loader.map_pin_path(name, dir.join(name));
+        }
+    }
+    loader.load(crate::OBJECT)
+}
+
+/// The largest numbers found in existing maps: (identity, endpoint, rule).
+/// A restarted agent numbers above them so that no stale entry can ever
+/// match a new identity while it replaces the old entries.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Numbers {
+    /// Largest identity.
+    pub identity: u32,
+    /// Largest endpoint.
+    pub endpoint: u32,
+    /// Largest rule.
+    pub rule: u32,
+}
+
 impl AyaMaps {
+    /// The largest numbers in the maps.
+    pub fn max_numbers(&self) -> Numbers {
+        let mut n = Numbers::default();
+        for (_, v) in self.ipcache.iter().flatten() {
+            n.identity = n.identity.max(v.identity).max(v.ns_identity).max(v.addr_identity);
+            n.endpoint = n.endpoint.max(v.endpoint);
+        }
+        for (_, v) in self.endpoints.iter().flatten() {
+            n.endpoint = n.endpoint.max(v.endpoint);
+        }
+        for (k, v) in self.cidr4.iter().flatten() {
+            n.identity = n.identity.max(v);
+            n.endpoint = n.endpoint.max(k.data().endpoint);
+        }
+        for (k, v) in self.cidr6.iter().flatten() {
+            n.identity = n.identity.max(v);
+            n.endpoint = n.endpoint.max(k.data().endpoint);
+        }
+        for (k, v) in self.policy.iter().flatten() {
+            let d = k.data();
+            n.identity = n.identity.max(d.peer);
+            n.endpoint = n.endpoint.max(d.endpoint);
+            n.rule = n.rule.max(v.rule);
+        }
+        n
+    }
+
+    /// Deletes every entry that `tables` (and the attached interfaces in
+    /// `ifindexes`) do not hold: what a previous agent left behind. Call it
+    /// after the desired entries are written.
+    pub fn prune(&mut self, tables: &Tables, ifindexes: &HashSet<u32>) -> Result<usize, SyncError> {
+        let mut removed = 0;
+        let ips: HashSet<ZtAddr> = tables.ipcache.keys().map(|ip| maps::addr(*ip)).collect();
+        let stale: Vec<ZtAddr> = self.ipcache.keys().flatten().filter(|k| !ips.contains(k)).collect();
+        for k in stale {
+            self.del_ip(k)?;
+            removed += 1;
+        }
+        let stale: Vec<u32> = self.endpoints.keys().flatten().filter(|k| !ifindexes.contains(k)).collect();
+        for k in stale {
+            self.del_endpoint(k)?;
+            removed += 1;
+        }
+        let (mut c4, mut c6) = (HashSet::new(), HashSet::new());
+        for k in tables.cidr.keys() {
+            match maps::cidr_key(k) {
+                CidrEntryKey::V4(p, key) => c4.insert((p, key)),
+                CidrEntryKey::V6(p, key) => c6.insert((p, key)),
+            };
+        }
+        let stale: Vec<(u32, ZtCidr4Key)> =
+            self.cidr4.keys().flatten().map(|k| (k.prefix_len(), k.data())).filter(|k| !c4.contains(k)).collect();
+        for (p, k) in stale {
+            self.del_cidr4(p, k)?;
+            removed += 1;
+        }
+        let stale: Vec<(u32, ZtCidr6Key)> =
+            self.cidr6.keys().flatten().map(|k| (k.prefix_len(), k.data())).filter(|k| !c6.contains(k)).collect();
+        for (p, k) in stale {
+            self.del_cidr6(p, k)?;
+            removed += 1;
+        }
+        let pol: HashSet<(u32, ZtPolicyKey)> = tables.policy.keys().map(maps::policy_key).collect();
+        let stale: Vec<(u32, ZtPolicyKey)> =
+            self.policy.keys().flatten().map(|k| (k.prefix_len(), k.data())).filter(|k| !pol.contains(k)).collect();
+        for (p, k) in stale {
+            self.del_policy(p, k)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
     /// Takes the datapath maps out of a loaded object.
     pub fn take(bpf: &mut aya::Ebpf) -> Result<Self, SyncError> {
         use crate::map_names::*;
         Ok(Self {
             ipcache: conv(IPCACHE, aya::maps::HashMap::try_from(take(bpf, IPCACHE)?))?,
-            endpoints: conv(
-                ENDPOINTS,
-                aya::maps::HashMap::try_from(take(bpf, ENDPOINTS)?),
-            )?,
+            endpoints: conv(ENDPOINTS, aya::maps::HashMap::try_from(take(bpf, ENDPOINTS)?))?,
             cidr4: conv(CIDR4, aya::maps::LpmTrie::try_from(take(bpf, CIDR4)?))?,
             cidr6: conv(CIDR6, aya::maps::LpmTrie::try_from(take(bpf, CIDR6)?))?,
             policy: conv(POLICY, aya::maps::LpmTrie::try_from(take(bpf, POLICY)?))?,
@@ -185,51 +277,22 @@ impl MapWriter for AyaMaps {
         del_ok("zt_endpoints", self.endpoints.remove(&ifindex))
     }
     fn put_cidr4(&mut self, prefixlen: u32, k: ZtCidr4Key, id: u32) -> Result<(), SyncError> {
-        conv(
-            "zt_cidr4",
-            self.cidr4
-                .insert(&aya::maps::lpm_trie::Key::new(prefixlen, k), id, 0),
-        )
+        conv("zt_cidr4", self.cidr4.insert(&aya::maps::lpm_trie::Key::new(prefixlen, k), id, 0))
     }
     fn del_cidr4(&mut self, prefixlen: u32, k: ZtCidr4Key) -> Result<(), SyncError> {
-        del_ok(
-            "zt_cidr4",
-            self.cidr4
-                .remove(&aya::maps::lpm_trie::Key::new(prefixlen, k)),
-        )
+        del_ok("zt_cidr4", self.cidr4.remove(&aya::maps::lpm_trie::Key::new(prefixlen, k)))
     }
     fn put_cidr6(&mut self, prefixlen: u32, k: ZtCidr6Key, id: u32) -> Result<(), SyncError> {
-        conv(
-            "zt_cidr6",
-            self.cidr6
-                .insert(&aya::maps::lpm_trie::Key::new(prefixlen, k), id, 0),
-        )
+        conv("zt_cidr6", self.cidr6.insert(&aya::maps::lpm_trie::Key::new(prefixlen, k), id, 0))
     }
     fn del_cidr6(&mut self, prefixlen: u32, k: ZtCidr6Key) -> Result<(), SyncError> {
-        del_ok(
-            "zt_cidr6",
-            self.cidr6
-                .remove(&aya::maps::lpm_trie::Key::new(prefixlen, k)),
-        )
+        del_ok("zt_cidr6", self.cidr6.remove(&aya::maps::lpm_trie::Key::new(prefixlen, k)))
     }
-    fn put_policy(
-        &mut self,
-        prefixlen: u32,
-        k: ZtPolicyKey,
-        v: ZtPolicyValue,
-    ) -> Result<(), SyncError> {
-        conv(
-            "zt_policy",
-            self.policy
-                .insert(&aya::maps::lpm_trie::Key::new(prefixlen, k), v, 0),
-        )
+    fn put_policy(&mut self, prefixlen: u32, k: ZtPolicyKey, v: ZtPolicyValue) -> Result<(), SyncError> {
+        conv("zt_policy", self.policy.insert(&aya::maps::lpm_trie::Key::new(prefixlen, k), v, 0))
     }
     fn del_policy(&mut self, prefixlen: u32, k: ZtPolicyKey) -> Result<(), SyncError> {
-        del_ok(
-            "zt_policy",
-            self.policy
-                .remove(&aya::maps::lpm_trie::Key::new(prefixlen, k)),
-        )
+        del_ok("zt_policy", self.policy.remove(&aya::maps::lpm_trie::Key::new(prefixlen, k)))
     }
 }
 
@@ -239,6 +302,14 @@ pub enum AttachError {
     /// The object lacks a program.
     #[error("program {0} not found in the loaded object")]
     Missing(&'static str),
+    /// A link could not be pinned on bpffs.
+    #[error("pinning {path}: {reason}")]
+    Pin {
+        /// The pin path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// The kernel refused to load or attach.
     #[error("{what} {program} on {interface}: {source}")]
     Program {
@@ -260,30 +331,20 @@ fn prog_err(
     interface: &str,
 ) -> impl FnOnce(aya::programs::ProgramError) -> AttachError {
     let interface = interface.to_string();
-    move |source| AttachError::Program {
-        what,
-        program,
-        interface,
-        source: Box::new(source),
-    }
+    move |source| AttachError::Program { what, program, interface, source: Box::new(source) }
 }
 
 fn classifier<'a>(
     bpf: &'a mut aya::Ebpf,
     name: &'static str,
 ) -> Result<&'a mut aya::programs::SchedClassifier, AttachError> {
-    bpf.program_mut(name)
-        .ok_or(AttachError::Missing(name))?
-        .try_into()
-        .map_err(prog_err("load", name, ""))
+    bpf.program_mut(name).ok_or(AttachError::Missing(name))?.try_into().map_err(prog_err("load", name, ""))
 }
 
 /// Loads both classifiers into the kernel (verifier), once per object.
 pub fn load_programs(bpf: &mut aya::Ebpf) -> Result<(), AttachError> {
     for name in [crate::programs::FROM_POD, crate::programs::TO_POD] {
-        classifier(bpf, name)?
-            .load()
-            .map_err(prog_err("load", name, ""))?;
+        classifier(bpf, name)?.load().map_err(prog_err("load", name, ""))?;
     }
     Ok(())
 }
@@ -301,21 +362,16 @@ pub struct PodLinks {
 /// otherwise. Must run in the network namespace that holds the interface.
 pub fn attach_pod(bpf: &mut aya::Ebpf, interface: &str) -> Result<PodLinks, AttachError> {
     use aya::programs::TcAttachType;
-    let tcx = aya::util::KernelVersion::current()
-        .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+    let tcx = aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
     if !tcx {
         // clsact may already exist (another agent run, another tool): fine.
         let _ = aya::programs::tc::qdisc_add_clsact(interface);
     }
     let from = crate::programs::FROM_POD;
-    let from_pod = classifier(bpf, from)?
-        .attach(interface, TcAttachType::Ingress)
-        .map_err(prog_err("attach", from, interface))?;
+    let from_pod =
+        classifier(bpf, from)?.attach(interface, TcAttachType::Ingress).map_err(prog_err("attach", from, interface))?;
     let to = crate::programs::TO_POD;
-    match classifier(bpf, to)?
-        .attach(interface, TcAttachType::Egress)
-        .map_err(prog_err("attach", to, interface))
-    {
+    match classifier(bpf, to)?.attach(interface, TcAttachType::Egress).map_err(prog_err("attach", to, interface)) {
         Ok(to_pod) => Ok(PodLinks { from_pod, to_pod }),
         Err(e) => {
             // The egress classifier stays attached (half the enforcement
@@ -328,11 +384,78 @@ pub fn attach_pod(bpf: &mut aya::Ebpf, interface: &str) -> Result<PodLinks, Atta
 /// Detaches a pod's classifiers.
 pub fn detach_pod(bpf: &mut aya::Ebpf, links: PodLinks) -> Result<(), AttachError> {
     let (from, to) = (crate::programs::FROM_POD, crate::programs::TO_POD);
-    let a = classifier(bpf, from).and_then(|p| {
-        p.detach(links.from_pod)
-            .map_err(prog_err("detach", from, ""))
-    });
-    let b = classifier(bpf, to)
-        .and_then(|p| p.detach(links.to_pod).map_err(prog_err("detach", to, "")));
+    let a = classifier(bpf, from).and_then(|p| p.detach(links.from_pod).map_err(prog_err("detach", from, "")));
+    let b = classifier(bpf, to).and_then(|p| p.detach(links.to_pod).map_err(prog_err("detach", to, "")));
     a.and(b)
+}
+
+/// A pod's classifiers attached with TCX links pinned on bpffs: they stay
+/// attached when the agent exits, and a restarted agent adopts them.
+#[derive(Debug)]
+pub struct PinnedPod {
+    from_pod: Option<aya::programs::links::PinnedLink>,
+    to_pod: Option<aya::programs::links::PinnedLink>,
+}
+
+fn link_pin(dir: &Path, ifindex: u32, which: &str) -> std::path::PathBuf {
+    dir.join(format!("{ifindex}-{which}"))
+}
+
+/// Attaches a pod's classifiers and pins both links under `dir` as
+/// `<ifindex>-from` and `<ifindex>-to`. Needs TCX (kernel 6.6+).
+pub fn attach_pod_pinned(
+    bpf: &mut aya::Ebpf,
+    interface: &str,
+    ifindex: u32,
+    dir: &Path,
+) -> Result<PinnedPod, AttachError> {
+    let links = attach_pod(bpf, interface)?;
+    let mut pin = |name: &'static str, id, which: &str| -> Result<aya::programs::links::PinnedLink, AttachError> {
+        let link = classifier(bpf, name)?.take_link(id).map_err(prog_err("pin", name, interface))?;
+        let path = link_pin(dir, ifindex, which);
+        let pin_err = |reason: String| AttachError::Pin { path: path.display().to_string(), reason };
+        let fd: aya::programs::links::FdLink =
+            link.try_into().map_err(|e: aya::programs::links::LinkError| pin_err(e.to_string()))?;
+        let _ = std::fs::remove_file(&path); // a dead pod's leftover for a reused ifindex
+        fd.pin(&path).map_err(|e| pin_err(e.to_string()))
+    };
+    let from_pod = pin(crate::programs::FROM_POD, links.from_pod, "from")?;
+    let to_pod = pin(crate::programs::TO_POD, links.to_pod, "to")?;
+    Ok(PinnedPod { from_pod: Some(from_pod), to_pod: Some(to_pod) })
+}
+
+/// The pinned pod links a previous agent left under `dir`, by ifindex.
+pub fn adopt_pinned(dir: &Path) -> BTreeMap<u32, PinnedPod> {
+    let mut out: BTreeMap<u32, PinnedPod> = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((idx, which)) = name.split_once('-') else { continue };
+        let Ok(ifindex) = idx.parse::<u32>() else { continue };
+        let Ok(link) = aya::programs::links::PinnedLink::from_pin(e.path()) else { continue };
+        let slot = out.entry(ifindex).or_insert(PinnedPod { from_pod: None, to_pod: None });
+        match which {
+            "from" => slot.from_pod = Some(link),
+            "to" => slot.to_pod = Some(link),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Whether both classifiers are attached.
+impl PinnedPod {
+    /// Both directions are attached.
+    pub fn complete(&self) -> bool {
+        self.from_pod.is_some() && self.to_pod.is_some()
+    }
+}
+
+/// Unpins and detaches a pod's classifiers.
+pub fn unpin_pod(p: PinnedPod) -> std::io::Result<()> {
+    for link in [p.from_pod, p.to_pod].into_iter().flatten() {
+        // Removing the pin and dropping the last fd detaches the program.
+        drop(link.unpin()?);
+    }
+    Ok(())
 }

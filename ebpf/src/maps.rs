@@ -29,7 +29,7 @@ pub struct ZtAddr {
 
 /// `struct zt_ip_info`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ZtIpInfo {
     /// Local endpoint owning the address.
     pub endpoint: u32,
@@ -45,7 +45,7 @@ pub struct ZtIpInfo {
 
 /// `struct zt_endpoint`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ZtEndpoint {
     /// Endpoint number (policy and cidr keys).
     pub endpoint: u32,
@@ -61,7 +61,7 @@ pub struct ZtEndpoint {
 
 /// `struct zt_cidr4_key` without `prefixlen`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ZtCidr4Key {
     /// Endpoint.
     pub endpoint: u32,
@@ -75,7 +75,7 @@ pub struct ZtCidr4Key {
 
 /// `struct zt_cidr6_key` without `prefixlen`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ZtCidr6Key {
     /// Endpoint.
     pub endpoint: u32,
@@ -89,7 +89,7 @@ pub struct ZtCidr6Key {
 
 /// `struct zt_policy_key` without `prefixlen`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ZtPolicyKey {
     /// Endpoint.
     pub endpoint: u32,
@@ -105,7 +105,7 @@ pub struct ZtPolicyKey {
 
 /// `struct zt_policy_value`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ZtPolicyValue {
     /// Rule number.
     pub rule: u32,
@@ -113,7 +113,7 @@ pub struct ZtPolicyValue {
 
 /// `struct zt_ct_key`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ZtCtKey {
     /// Endpoint.
     pub endpoint: u32,
@@ -137,7 +137,7 @@ pub struct ZtCtKey {
 
 /// `struct zt_ct_value`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ZtCtValue {
     /// Monotonic time of the last packet.
     pub last_seen_ns: u64,
@@ -149,7 +149,7 @@ pub struct ZtCtValue {
 
 /// `struct zt_config`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ZtConfig {
     /// Policy epoch; bumping it makes every tracked flow re-decided.
     pub epoch: u32,
@@ -163,7 +163,7 @@ pub struct ZtConfig {
 
 /// `struct zt_event`, as read from the ring buffer.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ZtEvent {
     /// Monotonic time.
     pub ts_ns: u64,
@@ -227,7 +227,7 @@ impl ZtEvent {
 
 /// `struct zt_counter` (one per CPU).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ZtCounter {
     /// Packets.
     pub packets: u64,
@@ -283,57 +283,25 @@ pub fn layouts() -> Vec<Layout> {
         }};
     }
     vec![
-        (
-            "zt_addr",
-            size_of::<ZtAddr>(),
-            fields!(ZtAddr, 0, family, pad, addr),
-        ),
+        ("zt_addr", size_of::<ZtAddr>(), fields!(ZtAddr, 0, family, pad, addr)),
         (
             "zt_ip_info",
             size_of::<ZtIpInfo>(),
-            fields!(
-                ZtIpInfo,
-                0,
-                endpoint,
-                identity,
-                ns_identity,
-                addr_identity,
-                node
-            ),
+            fields!(ZtIpInfo, 0, endpoint, identity, ns_identity, addr_identity, node),
         ),
         (
             "zt_endpoint",
             size_of::<ZtEndpoint>(),
-            fields!(
-                ZtEndpoint,
-                0,
-                endpoint,
-                node,
-                ingress_isolated,
-                egress_isolated,
-                pad
-            ),
+            fields!(ZtEndpoint, 0, endpoint, node, ingress_isolated, egress_isolated, pad),
         ),
-        (
-            "zt_cidr4_key",
-            4 + size_of::<ZtCidr4Key>(),
-            fields!(ZtCidr4Key, 4, endpoint, direction, pad, addr),
-        ),
-        (
-            "zt_cidr6_key",
-            4 + size_of::<ZtCidr6Key>(),
-            fields!(ZtCidr6Key, 4, endpoint, direction, pad, addr),
-        ),
+        ("zt_cidr4_key", 4 + size_of::<ZtCidr4Key>(), fields!(ZtCidr4Key, 4, endpoint, direction, pad, addr)),
+        ("zt_cidr6_key", 4 + size_of::<ZtCidr6Key>(), fields!(ZtCidr6Key, 4, endpoint, direction, pad, addr)),
         (
             "zt_policy_key",
             4 + size_of::<ZtPolicyKey>(),
             fields!(ZtPolicyKey, 4, endpoint, peer, direction, protocol, port),
         ),
-        (
-            "zt_policy_value",
-            size_of::<ZtPolicyValue>(),
-            fields!(ZtPolicyValue, 0, rule),
-        ),
+        ("zt_policy_value", size_of::<ZtPolicyValue>(), fields!(ZtPolicyValue, 0, rule)),
     ]
 }
 
@@ -400,35 +368,15 @@ pub fn cidr_key(k: &CidrKey) -> CidrEntryKey {
     let plen = CIDR_FIXED_BITS + u32::from(k.prefix.prefix_len());
     let dir = direction(k.direction);
     if k.prefix.network().is_ipv4() {
-        CidrEntryKey::V4(
-            plen,
-            ZtCidr4Key {
-                endpoint: k.endpoint,
-                direction: dir,
-                pad: [0; 3],
-                addr: a.addr[0],
-            },
-        )
+        CidrEntryKey::V4(plen, ZtCidr4Key { endpoint: k.endpoint, direction: dir, pad: [0; 3], addr: a.addr[0] })
     } else {
-        CidrEntryKey::V6(
-            plen,
-            ZtCidr6Key {
-                endpoint: k.endpoint,
-                direction: dir,
-                pad: [0; 3],
-                addr: a.addr,
-            },
-        )
+        CidrEntryKey::V6(plen, ZtCidr6Key { endpoint: k.endpoint, direction: dir, pad: [0; 3], addr: a.addr })
     }
 }
 
 /// Encodes a policy trie key with its prefix length.
 pub fn policy_key(k: &PolicyKey) -> (u32, ZtPolicyKey) {
-    let plen = if k.protocol == 0 {
-        POLICY_FIXED_BITS
-    } else {
-        POLICY_FIXED_BITS + 8 + u32::from(k.port.len)
-    };
+    let plen = if k.protocol == 0 { POLICY_FIXED_BITS } else { POLICY_FIXED_BITS + 8 + u32::from(k.port.len) };
     let key = ZtPolicyKey {
         endpoint: k.endpoint,
         peer: k.peer,
@@ -462,13 +410,7 @@ mod tests {
 
     #[test]
     fn policy_prefix_lengths() {
-        let key = |protocol, port| PolicyKey {
-            endpoint: 1,
-            direction: Direction::Egress,
-            peer: 7,
-            protocol,
-            port,
-        };
+        let key = |protocol, port| PolicyKey { endpoint: 1, direction: Direction::Egress, peer: 7, protocol, port };
         assert_eq!(policy_key(&key(0, PortPrefix::ANY)).0, 72);
         assert_eq!(policy_key(&key(6, PortPrefix::ANY)).0, 80);
         let (plen, k) = policy_key(&key(6, PortPrefix::single(443)));

@@ -30,11 +30,7 @@ const TEST_IFINDEX: u32 = 1;
 fn is_root() -> bool {
     fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
         .unwrap_or(false)
 }
 
@@ -55,10 +51,7 @@ fn example_cluster() -> Cluster {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
     let mut objects = Vec::new();
     for dir in ["workload", "policies"] {
-        let mut files: Vec<_> = fs::read_dir(root.join(dir))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
+        let mut files: Vec<_> = fs::read_dir(root.join(dir)).unwrap().map(|e| e.unwrap().path()).collect();
         files.sort();
         for f in files {
             let parsed = parse_str(&f.display().to_string(), &fs::read_to_string(&f).unwrap());
@@ -121,13 +114,9 @@ struct Datapath {
 fn load(tables: &Tables) -> Datapath {
     let mut bpf = aya::Ebpf::load(zt_ebpf::OBJECT).expect("load object");
     for name in [zt_ebpf::programs::FROM_POD, zt_ebpf::programs::TO_POD] {
-        let p: &mut SchedClassifier = bpf
-            .program_mut(name)
-            .unwrap_or_else(|| panic!("program {name}"))
-            .try_into()
-            .unwrap();
-        p.load()
-            .unwrap_or_else(|e| panic!("verifier rejected {name}: {e}"));
+        let p: &mut SchedClassifier =
+            bpf.program_mut(name).unwrap_or_else(|| panic!("program {name}")).try_into().unwrap();
+        p.load().unwrap_or_else(|e| panic!("verifier rejected {name}: {e}"));
     }
     let mut maps = AyaMaps::take(&mut bpf).unwrap();
     let diff = policy::compile::diff_tables(&Tables::default(), tables);
@@ -139,8 +128,7 @@ impl Datapath {
     /// Forgets every tracked connection.
     fn clear_ct(&mut self) {
         let mut ct: aya::maps::HashMap<_, maps::ZtCtKey, maps::ZtCtValue> =
-            aya::maps::HashMap::try_from(self.bpf.map_mut(zt_ebpf::map_names::CT).unwrap())
-                .unwrap();
+            aya::maps::HashMap::try_from(self.bpf.map_mut(zt_ebpf::map_names::CT).unwrap()).unwrap();
         let keys: Vec<maps::ZtCtKey> = ct.keys().map(|k| k.unwrap()).collect();
         for k in keys {
             ct.remove(&k).unwrap();
@@ -152,9 +140,7 @@ impl Datapath {
     fn run(&mut self, tables: &Tables, endpoint: u32, dir: Direction, pkt: &[u8]) -> u32 {
         self.clear_ct();
         let info = &tables.endpoints[&endpoint];
-        self.maps
-            .put_endpoint(TEST_IFINDEX, maps::endpoint(endpoint, info))
-            .unwrap();
+        self.maps.put_endpoint(TEST_IFINDEX, maps::endpoint(endpoint, info)).unwrap();
         self.test_run(dir, pkt)
     }
 
@@ -165,10 +151,7 @@ impl Datapath {
             Direction::Ingress => zt_ebpf::programs::TO_POD,
         };
         let prog: &SchedClassifier = self.bpf.program(name).unwrap().try_into().unwrap();
-        let opts = TestRunOptions {
-            data_in: Some(pkt),
-            ..TestRunOptions::default()
-        };
+        let opts = TestRunOptions { data_in: Some(pkt), ..TestRunOptions::default() };
         prog.test_run(opts).unwrap().return_value
     }
 }
@@ -185,16 +168,8 @@ fn seed_cluster_verdicts_match_the_evaluator() {
 
     let mut addrs: Vec<IpAddr> = cluster.pods().flat_map(|p| p.ips.clone()).collect();
     addrs.extend(
-        [
-            "203.0.113.10",
-            "172.16.0.10",
-            "172.16.0.40",
-            "192.168.100.1",
-            "192.168.100.2",
-            "100.64.0.9",
-            "10.0.0.77",
-        ]
-        .map(|s| s.parse::<IpAddr>().unwrap()),
+        ["203.0.113.10", "172.16.0.10", "172.16.0.40", "192.168.100.1", "192.168.100.2", "100.64.0.9", "10.0.0.77"]
+            .map(|s| s.parse::<IpAddr>().unwrap()),
     );
     let probes = [
         (80, Protocol::Tcp),
@@ -211,20 +186,14 @@ fn seed_cluster_verdicts_match_the_evaluator() {
             for (port, proto) in probes {
                 let v = evaluate_packet(&cluster, src, dst, port, proto);
                 let pkt = packet(src, dst, proto, port);
-                for (subject, dir, want) in [
-                    (src, Direction::Egress, &v.egress),
-                    (dst, Direction::Ingress, &v.ingress),
-                ] {
+                for (subject, dir, want) in [(src, Direction::Egress, &v.egress), (dst, Direction::Ingress, &v.ingress)]
+                {
                     let Some(pod) = cluster.pod_by_ip(subject) else {
                         continue;
                     };
                     let ep = tables.endpoint_of(&pod.key).unwrap();
                     let got = dp.run(tables, ep, dir, &pkt);
-                    let expect = if want.allowed() {
-                        TC_ACT_OK
-                    } else {
-                        TC_ACT_SHOT
-                    };
+                    let expect = if want.allowed() { TC_ACT_OK } else { TC_ACT_SHOT };
                     assert_eq!(
                         got, expect,
                         "{dir} of {}: {src} -> {dst} {port}/{proto}: evaluator says {want:?}",
@@ -237,10 +206,7 @@ fn seed_cluster_verdicts_match_the_evaluator() {
         }
     }
     eprintln!("{checked} kernel verdicts checked, {denied} of them drops");
-    assert!(
-        checked > 2000 && denied > 500,
-        "the probe set must exercise both verdicts"
-    );
+    assert!(checked > 2000 && denied > 500, "the probe set must exercise both verdicts");
 }
 
 #[test]
@@ -267,26 +233,13 @@ fn unknown_endpoint_and_malformed_packets_are_dropped_non_ip_passes() {
 
     // A truncated TCP header is dropped.
     let truncated = &pkt[..14 + 20 + 2];
-    let ep = compiler
-        .tables()
-        .endpoint_of(&policy::ObjectKey::new("default", "test"))
-        .unwrap();
-    dp.maps
-        .put_endpoint(
-            TEST_IFINDEX,
-            maps::endpoint(ep, &compiler.tables().endpoints[&ep]),
-        )
-        .unwrap();
+    let ep = compiler.tables().endpoint_of(&policy::ObjectKey::new("default", "test")).unwrap();
+    dp.maps.put_endpoint(TEST_IFINDEX, maps::endpoint(ep, &compiler.tables().endpoints[&ep])).unwrap();
     assert_eq!(dp.test_run(Direction::Egress, truncated), TC_ACT_SHOT);
 }
 
 fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Vec<u8> {
-    let mut p = packet(
-        src.parse().unwrap(),
-        dst.parse().unwrap(),
-        Protocol::Tcp,
-        dport,
-    );
+    let mut p = packet(src.parse().unwrap(), dst.parse().unwrap(), Protocol::Tcp, dport);
     let l4 = 14 + 20;
     p[l4..l4 + 2].copy_from_slice(&sport.to_be_bytes());
     p[l4 + 13] = flags;
@@ -294,8 +247,7 @@ fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Vec<u8> {
 }
 
 fn events(dp: &mut Datapath) -> Vec<maps::ZtEvent> {
-    let mut rb =
-        aya::maps::RingBuf::try_from(dp.bpf.map_mut(zt_ebpf::map_names::EVENTS).unwrap()).unwrap();
+    let mut rb = aya::maps::RingBuf::try_from(dp.bpf.map_mut(zt_ebpf::map_names::EVENTS).unwrap()).unwrap();
     let mut out = Vec::new();
     while let Some(item) = rb.next() {
         out.push(maps::ZtEvent::from_bytes(&item).expect("event size"));
@@ -312,12 +264,8 @@ fn conntrack_passes_replies_and_policy_changes_revoke_flows() {
     let mut compiler = Compiler::from_cluster(Scope::Cluster, &cluster);
     let mut dp = load(compiler.tables());
     let tables = compiler.tables().clone();
-    let db = tables
-        .endpoint_of(&policy::ObjectKey::new("default", "db"))
-        .unwrap();
-    dp.maps
-        .put_endpoint(TEST_IFINDEX, maps::endpoint(db, &tables.endpoints[&db]))
-        .unwrap();
+    let db = tables.endpoint_of(&policy::ObjectKey::new("default", "db")).unwrap();
+    dp.maps.put_endpoint(TEST_IFINDEX, maps::endpoint(db, &tables.endpoints[&db])).unwrap();
     let _ = events(&mut dp);
 
     let syn = tcp("10.244.2.10", 40000, "10.244.1.11", 6379, 0x02);
@@ -327,26 +275,10 @@ fn conntrack_passes_replies_and_policy_changes_revoke_flows() {
     // db is egress-isolated (default-deny) with no rule towards the
     // frontend: its SYN-ACK passes only as the reply of a tracked flow.
     dp.clear_ct();
-    assert_eq!(
-        dp.test_run(Direction::Egress, &syn_ack),
-        TC_ACT_SHOT,
-        "untracked reply"
-    );
-    assert_eq!(
-        dp.test_run(Direction::Ingress, &syn),
-        TC_ACT_OK,
-        "frontend may open 6379"
-    );
-    assert_eq!(
-        dp.test_run(Direction::Egress, &syn_ack),
-        TC_ACT_OK,
-        "reply of a tracked flow"
-    );
-    assert_eq!(
-        dp.test_run(Direction::Ingress, &ack),
-        TC_ACT_OK,
-        "established"
-    );
+    assert_eq!(dp.test_run(Direction::Egress, &syn_ack), TC_ACT_SHOT, "untracked reply");
+    assert_eq!(dp.test_run(Direction::Ingress, &syn), TC_ACT_OK, "frontend may open 6379");
+    assert_eq!(dp.test_run(Direction::Egress, &syn_ack), TC_ACT_OK, "reply of a tracked flow");
+    assert_eq!(dp.test_run(Direction::Ingress, &ack), TC_ACT_OK, "established");
     // A SYN in the reply direction is a new connection, never a reply.
     let reverse_syn = tcp("10.244.1.11", 6379, "10.244.2.10", 40000, 0x02);
     assert_eq!(dp.test_run(Direction::Egress, &reverse_syn), TC_ACT_SHOT);
@@ -360,52 +292,24 @@ fn conntrack_passes_replies_and_policy_changes_revoke_flows() {
             && e.rule != 0),
         "an allow event names the rule: {evs:?}"
     );
-    assert!(
-        evs.iter().any(|e| e.allowed == 0),
-        "drops are reported: {evs:?}"
-    );
+    assert!(evs.iter().any(|e| e.allowed == 0), "drops are reported: {evs:?}");
 
     // Revoke: delete the policies that admit the frontend, sync the maps in
     // order, bump the epoch. The established flow's next packet is dropped.
     let mut diffs = Vec::new();
     for name in ["access-demo1", "access-demo4"] {
-        diffs.push(
-            compiler.delete(&policy::ObjectRef::NetworkPolicy(policy::ObjectKey::new(
-                "default", name,
-            ))),
-        );
+        diffs.push(compiler.delete(&policy::ObjectRef::NetworkPolicy(policy::ObjectKey::new("default", name))));
     }
     for d in &diffs {
         apply_diff(&mut dp.maps, d, &|_| None, &|_| None).unwrap();
     }
     let info = &compiler.tables().endpoints[&db];
-    dp.maps
-        .put_endpoint(TEST_IFINDEX, maps::endpoint(db, info))
-        .unwrap();
+    dp.maps.put_endpoint(TEST_IFINDEX, maps::endpoint(db, info)).unwrap();
     let mut cfg: aya::maps::Array<_, maps::ZtConfig> =
         aya::maps::Array::try_from(dp.bpf.map_mut(zt_ebpf::map_names::CONFIG).unwrap()).unwrap();
-    cfg.set(
-        0,
-        maps::ZtConfig {
-            epoch: 1,
-            ..Default::default()
-        },
-        0,
-    )
-    .unwrap();
-    assert_eq!(
-        dp.test_run(Direction::Ingress, &ack),
-        TC_ACT_SHOT,
-        "revoked flow is cut"
-    );
-    assert_eq!(
-        dp.test_run(Direction::Egress, &syn_ack),
-        TC_ACT_SHOT,
-        "and so are its replies"
-    );
+    cfg.set(0, maps::ZtConfig { epoch: 1, ..Default::default() }, 0).unwrap();
+    assert_eq!(dp.test_run(Direction::Ingress, &ack), TC_ACT_SHOT, "revoked flow is cut");
+    assert_eq!(dp.test_run(Direction::Egress, &syn_ack), TC_ACT_SHOT, "and so are its replies");
     let evs = events(&mut dp);
-    assert!(
-        evs.iter().any(|e| e.reason == 9 && e.allowed == 0),
-        "revocation is reported: {evs:?}"
-    );
+    assert!(evs.iter().any(|e| e.reason == 9 && e.allowed == 0), "revocation is reported: {evs:?}");
 }

@@ -18,11 +18,7 @@ fn u32_at(b: &[u8], off: usize) -> u32 {
 
 /// A minimal reader of the BTF type section: enough to list structs.
 fn btf_structs(btf: &[u8]) -> Structs {
-    assert_eq!(
-        u16::from_le_bytes([btf[0], btf[1]]),
-        0xeb9f,
-        "BTF magic (little-endian object)"
-    );
+    assert_eq!(u16::from_le_bytes([btf[0], btf[1]]), 0xeb9f, "BTF magic (little-endian object)");
     let hdr_len = u32_at(btf, 4) as usize;
     let (type_off, type_len) = (u32_at(btf, 8) as usize, u32_at(btf, 12) as usize);
     let str_off = u32_at(btf, 16) as usize;
@@ -69,14 +65,11 @@ fn btf_structs(btf: &[u8]) -> Structs {
 #[test]
 fn rust_mirrors_match_the_objects_btf() {
     let obj = object::File::parse(zt_ebpf::OBJECT).unwrap();
-    let btf = obj
-        .section_by_name(".BTF")
-        .expect("the object carries BTF (built with -g)");
+    let btf = obj.section_by_name(".BTF").expect("the object carries BTF (built with -g)");
     let structs = btf_structs(btf.data().unwrap());
     for (name, size, fields) in zt_ebpf::maps::layouts() {
-        let (c_size, c_fields) = structs
-            .get(name)
-            .unwrap_or_else(|| panic!("struct {name} not in BTF: {:?}", structs.keys()));
+        let (c_size, c_fields) =
+            structs.get(name).unwrap_or_else(|| panic!("struct {name} not in BTF: {:?}", structs.keys()));
         assert_eq!(*c_size, size, "size of {name}");
         let c: Vec<(&str, usize)> = c_fields.iter().map(|(n, o)| (n.as_str(), *o)).collect();
         assert_eq!(c, fields, "fields of {name}");
@@ -87,21 +80,10 @@ fn rust_mirrors_match_the_objects_btf() {
 fn object_has_both_programs_and_all_maps() {
     let obj = object::File::parse(zt_ebpf::OBJECT).unwrap();
     let sections: Vec<&str> = obj.sections().filter_map(|s| s.name().ok()).collect();
-    assert!(
-        sections.contains(&"classifier/from_pod") && sections.contains(&"classifier/to_pod"),
-        "{sections:?}"
-    );
-    let symbols: Vec<String> = obj
-        .symbols()
-        .filter_map(|s| object::ObjectSymbol::name(&s).ok().map(String::from))
-        .collect();
-    for m in [
-        "zt_ipcache",
-        "zt_endpoints",
-        "zt_cidr4",
-        "zt_cidr6",
-        "zt_policy",
-    ] {
+    assert!(sections.contains(&"classifier/from_pod") && sections.contains(&"classifier/to_pod"), "{sections:?}");
+    let symbols: Vec<String> =
+        obj.symbols().filter_map(|s| object::ObjectSymbol::name(&s).ok().map(String::from)).collect();
+    for m in ["zt_ipcache", "zt_endpoints", "zt_cidr4", "zt_cidr6", "zt_policy"] {
         assert!(symbols.iter().any(|s| s == m), "map {m} missing");
     }
 }

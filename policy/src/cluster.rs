@@ -94,26 +94,17 @@ impl Cluster {
             Object::Pod(pod) => {
                 self.remove_pod_index(&pod.key);
                 self.index_pod(&pod);
-                self.pods
-                    .entry(pod.key.namespace.to_string())
-                    .or_default()
-                    .insert(pod.key.name.to_string(), pod);
+                self.pods.entry(pod.key.namespace.to_string()).or_default().insert(pod.key.name.to_string(), pod);
             }
             Object::Node(node) => {
                 self.remove_node_index(&node.name);
                 for ip in &node.addresses {
-                    self.node_ips
-                        .entry(*ip)
-                        .or_default()
-                        .insert((node.name.clone(), None));
+                    self.node_ips.entry(*ip).or_default().insert((node.name.clone(), None));
                 }
                 self.nodes.insert(node.name.clone(), node);
             }
             Object::NetworkPolicy(np) => {
-                self.policies
-                    .entry(np.key.namespace.to_string())
-                    .or_default()
-                    .insert(np.key.name.to_string(), np);
+                self.policies.entry(np.key.namespace.to_string()).or_default().insert(np.key.name.to_string(), np);
             }
         }
     }
@@ -130,9 +121,7 @@ impl Cluster {
                 self.remove_node_index(n);
                 self.nodes.remove(n).map(Object::Node)
             }
-            ObjectRef::NetworkPolicy(k) => {
-                remove_nested(&mut self.policies, k).map(Object::NetworkPolicy)
-            }
+            ObjectRef::NetworkPolicy(k) => remove_nested(&mut self.policies, k).map(Object::NetworkPolicy),
         }
     }
 
@@ -143,10 +132,7 @@ impl Cluster {
         for ip in &pod.ips {
             if pod.host_network {
                 if let Some(node) = &pod.node {
-                    self.node_ips
-                        .entry(*ip)
-                        .or_default()
-                        .insert((node.clone(), Some(pod.key.clone())));
+                    self.node_ips.entry(*ip).or_default().insert((node.clone(), Some(pod.key.clone())));
                 }
             } else {
                 self.pod_ips.entry(*ip).or_default().insert(pod.key.clone());
@@ -155,8 +141,7 @@ impl Cluster {
     }
 
     fn remove_pod_index(&mut self, key: &ObjectKey) {
-        let Some((old_ips, old_node)) = self.pod(key).map(|p| (p.ips.clone(), p.node.clone()))
-        else {
+        let Some((old_ips, old_node)) = self.pod(key).map(|p| (p.ips.clone(), p.node.clone())) else {
             return;
         };
         if let Some(node) = old_node
@@ -213,18 +198,12 @@ impl Cluster {
 
     /// Names of every namespace that has an object or a pod.
     pub fn namespace_names(&self) -> BTreeSet<&str> {
-        self.namespaces
-            .keys()
-            .chain(self.pods.keys())
-            .map(String::as_str)
-            .collect()
+        self.namespaces.keys().chain(self.pods.keys()).map(String::as_str).collect()
     }
 
     /// A pod.
     pub fn pod(&self, key: &ObjectKey) -> Option<&Pod> {
-        self.pods
-            .get(&*key.namespace)
-            .and_then(|m| m.get(&*key.name))
+        self.pods.get(&*key.namespace).and_then(|m| m.get(&*key.name))
     }
 
     /// All pods, ordered by key.
@@ -249,9 +228,7 @@ impl Cluster {
 
     /// A policy.
     pub fn policy(&self, key: &ObjectKey) -> Option<&NetworkPolicy> {
-        self.policies
-            .get(&*key.namespace)
-            .and_then(|m| m.get(&*key.name))
+        self.policies.get(&*key.namespace).and_then(|m| m.get(&*key.name))
     }
 
     /// All policies, ordered by key.
@@ -266,18 +243,12 @@ impl Cluster {
 
     /// The pod that owns `ip`, if a (non-host-network) pod does.
     pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&Pod> {
-        self.pod_ips
-            .get(&ip)
-            .and_then(|s| s.first())
-            .and_then(|k| self.pod(k))
+        self.pod_ips.get(&ip).and_then(|s| s.first()).and_then(|k| self.pod(k))
     }
 
     /// The node that owns `ip`, if it is a node address.
     pub fn node_by_ip(&self, ip: IpAddr) -> Option<&str> {
-        self.node_ips
-            .get(&ip)
-            .and_then(|s| s.first())
-            .map(|(n, _)| n.as_str())
+        self.node_ips.get(&ip).and_then(|s| s.first()).map(|(n, _)| n.as_str())
     }
 
     /// Who owns an address. A pod address takes precedence over a node
@@ -295,9 +266,7 @@ impl Cluster {
 
     /// Every pod address with its owner, ordered by address.
     pub fn pod_addresses(&self) -> impl Iterator<Item = (IpAddr, &Pod)> {
-        self.pod_ips
-            .iter()
-            .filter_map(|(ip, owners)| owners.first().and_then(|k| self.pod(k)).map(|p| (*ip, p)))
+        self.pod_ips.iter().filter_map(|(ip, owners)| owners.first().and_then(|k| self.pod(k)).map(|p| (*ip, p)))
     }
 
     /// Every node address with its node, ordered by address (pod addresses
@@ -311,11 +280,7 @@ impl Cluster {
 
     /// The names of every node that has a Node object or a pod scheduled on it.
     pub fn node_names(&self) -> BTreeSet<&str> {
-        self.nodes
-            .keys()
-            .map(String::as_str)
-            .chain(self.pods().filter_map(|p| p.node.as_deref()))
-            .collect()
+        self.nodes.keys().map(String::as_str).chain(self.pods().filter_map(|p| p.node.as_deref())).collect()
     }
 
     /// Whether any pod is scheduled on `node`.

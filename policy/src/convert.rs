@@ -13,8 +13,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use crate::error::{FieldError, NsName, ObjectError};
 use crate::labels::{Labels, Selector, validate_label_key, validate_label_value};
 use crate::model::{
-    IpBlock, NAMESPACE_NAME_LABEL, NamedPort, Namespace, NamespaceSelection, NetworkPolicy, Node,
-    ObjectKey, Peer, Pod, PortMatch, PortRule, Protocol, Rule,
+    IpBlock, NAMESPACE_NAME_LABEL, NamedPort, Namespace, NamespaceSelection, NetworkPolicy, Node, ObjectKey, Peer, Pod,
+    PortMatch, PortRule, Protocol, Rule,
 };
 
 /// The namespace of an object that does not name one (as `kubectl apply`).
@@ -26,17 +26,11 @@ fn name_of(
 ) -> Result<String, ObjectError> {
     match meta.name.as_deref() {
         Some(n) if !n.is_empty() => Ok(n.to_string()),
-        _ => Err(ObjectError::new(
-            kind,
-            "<unnamed>",
-            FieldError::new("metadata.name", "required value"),
-        )),
+        _ => Err(ObjectError::new(kind, "<unnamed>", FieldError::new("metadata.name", "required value"))),
     }
 }
 
-fn labels_of(
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> Result<Labels, FieldError> {
+fn labels_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Result<Labels, FieldError> {
     let mut out = Labels::new();
     for (k, v) in meta.labels.iter().flatten() {
         validate_label_key(k).map_err(|r| FieldError::new("metadata.labels", r))?;
@@ -51,11 +45,7 @@ fn key_of(
     kind: &str,
 ) -> Result<ObjectKey, ObjectError> {
     let name = name_of(meta, kind)?;
-    let namespace = meta
-        .namespace
-        .clone()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+    let namespace = meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| DEFAULT_NAMESPACE.into());
     Ok(ObjectKey::new(namespace, name))
 }
 
@@ -63,8 +53,7 @@ fn key_of(
 /// API server sets on every namespace.
 pub fn namespace(ns: &core::Namespace) -> Result<Namespace, ObjectError> {
     let name = name_of(&ns.metadata, "Namespace")?;
-    let mut labels =
-        labels_of(&ns.metadata).map_err(|e| ObjectError::new("Namespace", &name, e))?;
+    let mut labels = labels_of(&ns.metadata).map_err(|e| ObjectError::new("Namespace", &name, e))?;
     labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.clone());
     Ok(Namespace { name, labels })
 }
@@ -98,28 +87,18 @@ pub fn node(n: &core::Node) -> Result<Node, ObjectError> {
 /// An IANA service name: at most 15 lowercase alphanumerics or '-', at least
 /// one letter, no leading, trailing or doubled '-'.
 pub fn validate_port_name(name: &str) -> Result<(), String> {
-    let ok_chars = name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let ok_chars = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if name.is_empty() || name.len() > 15 {
-        return Err(format!(
-            "port name {name:?} must be 1 to 15 characters (IANA_SVC_NAME)"
-        ));
+        return Err(format!("port name {name:?} must be 1 to 15 characters (IANA_SVC_NAME)"));
     }
     if !ok_chars {
-        return Err(format!(
-            "port name {name:?} must contain only lowercase alphanumerics and '-'"
-        ));
+        return Err(format!("port name {name:?} must contain only lowercase alphanumerics and '-'"));
     }
     if !name.chars().any(|c| c.is_ascii_lowercase()) {
-        return Err(format!(
-            "port name {name:?} must contain at least one letter"
-        ));
+        return Err(format!("port name {name:?} must contain at least one letter"));
     }
     if name.starts_with('-') || name.ends_with('-') || name.contains("--") {
-        return Err(format!(
-            "port name {name:?} must not begin or end with '-' or contain '--'"
-        ));
+        return Err(format!("port name {name:?} must not begin or end with '-' or contain '--'"));
     }
     Ok(())
 }
@@ -135,10 +114,7 @@ fn protocol(p: Option<&str>, field: &str) -> Result<Protocol, FieldError> {
     match p {
         None => Ok(Protocol::Tcp),
         Some(s) => Protocol::from_k8s(s).ok_or_else(|| {
-            FieldError::new(
-                field,
-                format!("unsupported protocol {s:?}: must be one of TCP, UDP, SCTP"),
-            )
+            FieldError::new(field, format!("unsupported protocol {s:?}: must be one of TCP, UDP, SCTP"))
         }),
     }
 }
@@ -151,19 +127,14 @@ pub fn pod(p: &core::Pod) -> Result<Pod, ObjectError> {
     let labels = labels_of(&p.metadata).map_err(err)?;
     let spec = p.spec.as_ref();
     let status = p.status.as_ref();
-    let terminated = matches!(
-        status.and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    );
+    let terminated = matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
 
     let mut ips: Vec<IpAddr> = Vec::new();
     if !terminated {
         let listed: Vec<(String, &str)> = match status.and_then(|s| s.pod_ips.as_ref()) {
-            Some(list) if !list.is_empty() => list
-                .iter()
-                .enumerate()
-                .map(|(i, a)| (format!("status.podIPs[{i}].ip"), a.ip.as_str()))
-                .collect(),
+            Some(list) if !list.is_empty() => {
+                list.iter().enumerate().map(|(i, a)| (format!("status.podIPs[{i}].ip"), a.ip.as_str())).collect()
+            }
             _ => status
                 .and_then(|s| s.pod_ip.as_deref())
                 .filter(|s| !s.is_empty())
@@ -171,12 +142,8 @@ pub fn pod(p: &core::Pod) -> Result<Pod, ObjectError> {
                 .unwrap_or_default(),
         };
         for (field, s) in listed {
-            let ip: IpAddr = s.parse().map_err(|_| {
-                err(FieldError::new(
-                    field,
-                    format!("{s:?} is not an IP address"),
-                ))
-            })?;
+            let ip: IpAddr =
+                s.parse().map_err(|_| err(FieldError::new(field, format!("{s:?} is not an IP address"))))?;
             if !ips.contains(&ip) {
                 ips.push(ip);
             }
@@ -194,37 +161,20 @@ pub fn pod(p: &core::Pod) -> Result<Pod, ObjectError> {
             .enumerate()
             .filter(|(_, c)| c.restart_policy.as_deref() == Some("Always"))
             .map(|(i, c)| (format!("spec.initContainers[{i}]"), c));
-        let containers = spec
-            .containers
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (format!("spec.containers[{i}]"), c));
+        let containers = spec.containers.iter().enumerate().map(|(i, c)| (format!("spec.containers[{i}]"), c));
         for (cpath, c) in containers.chain(sidecars) {
             for (j, port) in c.ports.iter().flatten().enumerate() {
                 let path = format!("{cpath}.ports[{j}]");
-                let number = port_number(port.container_port, &format!("{path}.containerPort"))
-                    .map_err(err)?;
-                let proto =
-                    protocol(port.protocol.as_deref(), &format!("{path}.protocol")).map_err(err)?;
+                let number = port_number(port.container_port, &format!("{path}.containerPort")).map_err(err)?;
+                let proto = protocol(port.protocol.as_deref(), &format!("{path}.protocol")).map_err(err)?;
                 let Some(name) = port.name.as_deref() else {
                     continue;
                 };
-                validate_port_name(name)
-                    .map_err(|r| err(FieldError::new(format!("{path}.name"), r)))?;
+                validate_port_name(name).map_err(|r| err(FieldError::new(format!("{path}.name"), r)))?;
                 if named.contains_key(name) {
-                    return Err(err(FieldError::new(
-                        format!("{path}.name"),
-                        format!("duplicate port name {name:?}"),
-                    )));
+                    return Err(err(FieldError::new(format!("{path}.name"), format!("duplicate port name {name:?}"))));
                 }
-                named.insert(
-                    name.to_string(),
-                    NamedPort {
-                        name: name.to_string(),
-                        protocol: proto,
-                        port: number,
-                    },
-                );
+                named.insert(name.to_string(), NamedPort { name: name.to_string(), protocol: proto, port: number });
             }
         }
     }
@@ -232,15 +182,9 @@ pub fn pod(p: &core::Pod) -> Result<Pod, ObjectError> {
     Ok(Pod {
         labels,
         ips,
-        node: spec
-            .and_then(|s| s.node_name.clone())
-            .filter(|n| !n.is_empty()),
+        node: spec.and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty()),
         service_account: spec
-            .and_then(|s| {
-                s.service_account_name
-                    .clone()
-                    .or_else(|| s.service_account.clone())
-            })
+            .and_then(|s| s.service_account_name.clone().or_else(|| s.service_account.clone()))
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "default".into()),
         named_ports: named.into_values().collect(),
@@ -252,10 +196,7 @@ pub fn pod(p: &core::Pod) -> Result<Pod, ObjectError> {
 /// Parses a CIDR the way the API server does (`ParseCIDRSloppy`): host bits
 /// may be set and are cleared.
 pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
-    let net: IpNet = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a valid CIDR"))?;
+    let net: IpNet = s.trim().parse().map_err(|_| format!("{s:?} is not a valid CIDR"))?;
     Ok(net.trunc())
 }
 
@@ -267,10 +208,7 @@ fn ip_block(b: &net::IPBlock, path: &str) -> Result<IpBlock, FieldError> {
         let ex = parse_cidr(e).map_err(|r| FieldError::new(&field, r))?;
         let strict_subset = cidr.contains(&ex) && ex.prefix_len() > cidr.prefix_len();
         if !strict_subset {
-            return Err(FieldError::new(
-                field,
-                format!("{ex} must be a strict subset of `cidr` {cidr}"),
-            ));
+            return Err(FieldError::new(field, format!("{ex} must be a strict subset of `cidr` {cidr}")));
         }
         if !except.contains(&ex) {
             except.push(ex);
@@ -282,13 +220,12 @@ fn ip_block(b: &net::IPBlock, path: &str) -> Result<IpBlock, FieldError> {
 
 fn peer(p: &net::NetworkPolicyPeer, path: &str) -> Result<Peer, FieldError> {
     match (&p.pod_selector, &p.namespace_selector, &p.ip_block) {
-        (None, None, None) => Err(FieldError::new(
-            path,
-            "must specify a peer (podSelector, namespaceSelector or ipBlock)",
-        )),
-        (_, _, Some(_)) if p.pod_selector.is_some() || p.namespace_selector.is_some() => Err(
-            FieldError::new(path, "may not specify both ipBlock and another peer"),
-        ),
+        (None, None, None) => {
+            Err(FieldError::new(path, "must specify a peer (podSelector, namespaceSelector or ipBlock)"))
+        }
+        (_, _, Some(_)) if p.pod_selector.is_some() || p.namespace_selector.is_some() => {
+            Err(FieldError::new(path, "may not specify both ipBlock and another peer"))
+        }
         (_, _, Some(b)) => Ok(Peer::IpBlock(ip_block(b, &format!("{path}.ipBlock"))?)),
         (pods, nss, None) => {
             let pods = match pods {
@@ -296,10 +233,7 @@ fn peer(p: &net::NetworkPolicyPeer, path: &str) -> Result<Peer, FieldError> {
                 None => Selector::everything(),
             };
             let namespaces = match nss {
-                Some(s) => NamespaceSelection::Matching(Selector::from_k8s(
-                    s,
-                    &format!("{path}.namespaceSelector"),
-                )?),
+                Some(s) => NamespaceSelection::Matching(Selector::from_k8s(s, &format!("{path}.namespaceSelector"))?),
                 None => NamespaceSelection::Own,
             };
             Ok(Peer::Pods { namespaces, pods })
@@ -380,13 +314,7 @@ fn rule(
 /// protocols (TCP).
 pub fn network_policy(np: &net::NetworkPolicy) -> Result<NetworkPolicy, ObjectError> {
     let key = key_of(&np.metadata, "NetworkPolicy")?;
-    let err = |e: FieldError| {
-        ObjectError::new(
-            "NetworkPolicy",
-            NsName(Some(&key.namespace), &key.name).to_string(),
-            e,
-        )
-    };
+    let err = |e: FieldError| ObjectError::new("NetworkPolicy", NsName(Some(&key.namespace), &key.name).to_string(), e);
     let spec = np.spec.clone().unwrap_or_default();
     let pod_selector = match &spec.pod_selector {
         Some(s) => Selector::from_k8s(s, "spec.podSelector").map_err(err)?,
@@ -397,10 +325,7 @@ pub fn network_policy(np: &net::NetworkPolicy) -> Result<NetworkPolicy, ObjectEr
     match &spec.policy_types {
         Some(types) if !types.is_empty() => {
             if types.len() > 2 {
-                return Err(err(FieldError::new(
-                    "spec.policyTypes",
-                    "may not have more than 2 entries",
-                )));
+                return Err(err(FieldError::new("spec.policyTypes", "may not have more than 2 entries")));
             }
             for (i, t) in types.iter().enumerate() {
                 match t.as_str() {
@@ -428,14 +353,7 @@ pub fn network_policy(np: &net::NetworkPolicy) -> Result<NetworkPolicy, ObjectEr
         .iter()
         .flatten()
         .enumerate()
-        .map(|(i, r)| {
-            rule(
-                r.from.as_ref(),
-                r.ports.as_ref(),
-                &format!("spec.ingress[{i}]"),
-                "from",
-            )
-        })
+        .map(|(i, r)| rule(r.from.as_ref(), r.ports.as_ref(), &format!("spec.ingress[{i}]"), "from"))
         .collect::<Result<Vec<_>, _>>()
         .map_err(err)?;
     let egress = spec
@@ -443,14 +361,7 @@ pub fn network_policy(np: &net::NetworkPolicy) -> Result<NetworkPolicy, ObjectEr
         .iter()
         .flatten()
         .enumerate()
-        .map(|(i, r)| {
-            rule(
-                r.to.as_ref(),
-                r.ports.as_ref(),
-                &format!("spec.egress[{i}]"),
-                "to",
-            )
-        })
+        .map(|(i, r)| rule(r.to.as_ref(), r.ports.as_ref(), &format!("spec.egress[{i}]"), "to"))
         .collect::<Result<Vec<_>, _>>()
         .map_err(err)?;
 

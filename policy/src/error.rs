@@ -16,10 +16,7 @@ pub struct FieldError {
 impl FieldError {
     /// Builds a field error.
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        Self { field: field.into(), reason: reason.into() }
     }
 }
 
@@ -37,11 +34,7 @@ pub struct ObjectError {
 
 impl ObjectError {
     pub(crate) fn new(kind: &str, object: impl Into<String>, error: FieldError) -> Self {
-        Self {
-            kind: kind.to_string(),
-            object: object.into(),
-            error,
-        }
+        Self { kind: kind.to_string(), object: object.into(), error }
     }
 }
 

@@ -22,9 +22,7 @@ use serde::Serialize;
 
 use crate::cluster::{AddressOwner, Cluster};
 use crate::labels::Labels;
-use crate::model::{
-    Direction, NamespaceSelection, NetworkPolicy, ObjectKey, Peer, Pod, PortMatch, Protocol, Rule,
-};
+use crate::model::{Direction, NamespaceSelection, NetworkPolicy, ObjectKey, Peer, Pod, PortMatch, Protocol, Rule};
 
 /// One end of a flow, as given to the evaluator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,21 +48,9 @@ impl<'a> Party<'a> {
     /// Resolves an address.
     pub fn from_ip(cluster: &'a Cluster, ip: IpAddr) -> Self {
         match cluster.owner(ip) {
-            AddressOwner::Pod(p) => Party {
-                ip: Some(ip),
-                pod: Some(p),
-                node: None,
-            },
-            AddressOwner::Node(n) => Party {
-                ip: Some(ip),
-                pod: None,
-                node: Some(n),
-            },
-            AddressOwner::External => Party {
-                ip: Some(ip),
-                pod: None,
-                node: None,
-            },
+            AddressOwner::Pod(p) => Party { ip: Some(ip), pod: Some(p), node: None },
+            AddressOwner::Node(n) => Party { ip: Some(ip), pod: None, node: Some(n) },
+            AddressOwner::External => Party { ip: Some(ip), pod: None, node: None },
         }
     }
 
@@ -72,17 +58,9 @@ impl<'a> Party<'a> {
     pub fn from_pod(cluster: &'a Cluster, pod: &'a Pod, ip: Option<IpAddr>) -> Self {
         let _ = cluster;
         if pod.host_network {
-            return Party {
-                ip,
-                pod: None,
-                node: pod.node.as_deref(),
-            };
+            return Party { ip, pod: None, node: pod.node.as_deref() };
         }
-        Party {
-            ip,
-            pod: Some(pod),
-            node: None,
-        }
+        Party { ip, pod: Some(pod), node: None }
     }
 }
 
@@ -180,10 +158,7 @@ pub fn evaluate(
 ) -> Result<Verdict, EvalError> {
     let pod_of = |e: &Endpoint| -> Result<Option<&Pod>, EvalError> {
         match e {
-            Endpoint::Pod(k) => cluster
-                .pod(k)
-                .map(Some)
-                .ok_or_else(|| EvalError::NoSuchPod(k.clone())),
+            Endpoint::Pod(k) => cluster.pod(k).map(Some).ok_or_else(|| EvalError::NoSuchPod(k.clone())),
             Endpoint::Ip(_) => Ok(None),
         }
     };
@@ -208,10 +183,7 @@ pub fn evaluate(
                 }
             }
         }
-        found.ok_or_else(|| EvalError::NoCommonFamily {
-            from: describe(from),
-            to: describe(to),
-        })?
+        found.ok_or_else(|| EvalError::NoCommonFamily { from: describe(from), to: describe(to) })?
     };
     let (src, dst) = (party(cluster, fp, pair.0), party(cluster, tp, pair.1));
     Ok(evaluate_parties(cluster, src, dst, port, protocol))
@@ -221,29 +193,13 @@ fn party<'a>(cluster: &'a Cluster, pod: Option<&'a Pod>, ip: Option<IpAddr>) -> 
     match (pod, ip) {
         (Some(p), ip) => Party::from_pod(cluster, p, ip),
         (None, Some(ip)) => Party::from_ip(cluster, ip),
-        (None, None) => Party {
-            ip: None,
-            pod: None,
-            node: None,
-        },
+        (None, None) => Party { ip: None, pod: None, node: None },
     }
 }
 
 /// Evaluates a packet between two addresses.
-pub fn evaluate_packet(
-    cluster: &Cluster,
-    src: IpAddr,
-    dst: IpAddr,
-    port: u16,
-    protocol: Protocol,
-) -> Verdict {
-    evaluate_parties(
-        cluster,
-        Party::from_ip(cluster, src),
-        Party::from_ip(cluster, dst),
-        port,
-        protocol,
-    )
+pub fn evaluate_packet(cluster: &Cluster, src: IpAddr, dst: IpAddr, port: u16, protocol: Protocol) -> Verdict {
+    evaluate_parties(cluster, Party::from_ip(cluster, src), Party::from_ip(cluster, dst), port, protocol)
 }
 
 /// The verdict on a packet travelling in the reply direction of a connection
@@ -255,24 +211,10 @@ pub fn evaluate_reply(forward: &Verdict) -> bool {
 }
 
 /// Evaluates a packet between two resolved parties.
-pub fn evaluate_parties(
-    cluster: &Cluster,
-    src: Party<'_>,
-    dst: Party<'_>,
-    port: u16,
-    protocol: Protocol,
-) -> Verdict {
+pub fn evaluate_parties(cluster: &Cluster, src: Party<'_>, dst: Party<'_>, port: u16, protocol: Protocol) -> Verdict {
     Verdict {
         egress: side(cluster, Direction::Egress, &src, &dst, &dst, port, protocol),
-        ingress: side(
-            cluster,
-            Direction::Ingress,
-            &dst,
-            &src,
-            &dst,
-            port,
-            protocol,
-        ),
+        ingress: side(cluster, Direction::Ingress, &dst, &src, &dst, port, protocol),
     }
 }
 
@@ -288,10 +230,7 @@ fn side(
     let Some(pod) = subject.pod else {
         return SideVerdict::Allowed(Allow::NotSubject);
     };
-    if peer
-        .pod
-        .is_some_and(|p| std::ptr::eq(p, pod) || p.key == pod.key)
-    {
+    if peer.pod.is_some_and(|p| std::ptr::eq(p, pod) || p.key == pod.key) {
         return SideVerdict::Allowed(Allow::SelfTraffic);
     }
     if let (Some(peer_node), Some(own)) = (peer.node, pod.node.as_deref())
@@ -311,24 +250,15 @@ fn side(
         for (i, rule) in rules.iter().enumerate() {
             let peer_ok = match &rule.peers {
                 None => true,
-                Some(peers) => peers
-                    .iter()
-                    .any(|p| peer_matches_with(np, p, peer, peer_ns.as_deref())),
+                Some(peers) => peers.iter().any(|p| peer_matches_with(np, p, peer, peer_ns.as_deref())),
             };
             if peer_ok && ports_match(rule, destination, port, protocol) {
-                return SideVerdict::Allowed(Allow::Rule {
-                    policy: np.key.clone(),
-                    rule: i,
-                });
+                return SideVerdict::Allowed(Allow::Rule { policy: np.key.clone(), rule: i });
             }
         }
         isolated_by.push(np.key.clone());
     }
-    if isolated_by.is_empty() {
-        SideVerdict::Allowed(Allow::NotIsolated)
-    } else {
-        SideVerdict::Denied { isolated_by }
-    }
+    if isolated_by.is_empty() { SideVerdict::Allowed(Allow::NotIsolated) } else { SideVerdict::Denied { isolated_by } }
 }
 
 /// Whether `rule` of `np` matches a packet whose other end is `peer` and
@@ -367,19 +297,12 @@ fn ports_match(rule: &Rule, destination: &Party<'_>, port: u16, protocol: Protoc
 
 /// Whether one `from`/`to` entry matches a party.
 pub fn peer_matches(cluster: &Cluster, np: &NetworkPolicy, peer: &Peer, party: &Party<'_>) -> bool {
-    let ns = party
-        .pod
-        .map(|p| cluster.namespace_labels(&p.key.namespace));
+    let ns = party.pod.map(|p| cluster.namespace_labels(&p.key.namespace));
     peer_matches_with(np, peer, party, ns.as_deref())
 }
 
 /// [`peer_matches`] with the party's namespace labels already looked up.
-fn peer_matches_with(
-    np: &NetworkPolicy,
-    peer: &Peer,
-    party: &Party<'_>,
-    party_ns: Option<&Labels>,
-) -> bool {
+fn peer_matches_with(np: &NetworkPolicy, peer: &Peer, party: &Party<'_>, party_ns: Option<&Labels>) -> bool {
     match peer {
         Peer::IpBlock(b) => party.ip.is_some_and(|ip| b.contains(ip)),
         Peer::Pods { namespaces, pods } => {

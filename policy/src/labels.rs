@@ -52,9 +52,7 @@ impl Requirement {
     pub fn matches(&self, labels: &Labels) -> bool {
         match self {
             Requirement::In { key, values } => labels.get(key).is_some_and(|v| values.contains(v)),
-            Requirement::NotIn { key, values } => {
-                labels.get(key).is_none_or(|v| !values.contains(v))
-            }
+            Requirement::NotIn { key, values } => labels.get(key).is_none_or(|v| !values.contains(v)),
             Requirement::Exists { key } => labels.contains_key(key),
             Requirement::DoesNotExist { key } => !labels.contains_key(key),
         }
@@ -78,14 +76,9 @@ impl Selector {
     }
 
     /// A selector with only `matchLabels`.
-    pub fn from_labels<K: Into<String>, V: Into<String>>(
-        pairs: impl IntoIterator<Item = (K, V)>,
-    ) -> Self {
+    pub fn from_labels<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
         Self {
-            match_labels: pairs
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
+            match_labels: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
             match_expressions: Vec::new(),
         }
     }
@@ -97,9 +90,7 @@ impl Selector {
 
     /// Whether `labels` satisfy every term of the selector.
     pub fn matches(&self, labels: &Labels) -> bool {
-        self.match_labels
-            .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
             && self.match_expressions.iter().all(|r| r.matches(labels))
     }
 
@@ -110,8 +101,7 @@ impl Selector {
         let mut match_labels = Labels::new();
         for (k, v) in sel.match_labels.iter().flatten() {
             validate_label_key(k).map_err(|r| FieldError::new(format!("{path}.matchLabels"), r))?;
-            validate_label_value(v)
-                .map_err(|r| FieldError::new(format!("{path}.matchLabels.{k}"), r))?;
+            validate_label_value(v).map_err(|r| FieldError::new(format!("{path}.matchLabels.{k}"), r))?;
             match_labels.insert(k.clone(), v.clone());
         }
         let mut match_expressions = Vec::new();
@@ -133,10 +123,7 @@ impl Selector {
                 "Exists" | "DoesNotExist" if !values.is_empty() => {
                     return Err(FieldError::new(
                         format!("{p}.values"),
-                        format!(
-                            "may not be specified when `operator` is '{}'",
-                            expr.operator
-                        ),
+                        format!("may not be specified when `operator` is '{}'", expr.operator),
                     ));
                 }
                 "In" => Requirement::In { key, values },
@@ -146,18 +133,13 @@ impl Selector {
                 other => {
                     return Err(FieldError::new(
                         format!("{p}.operator"),
-                        format!(
-                            "unsupported operator {other:?}: must be one of In, NotIn, Exists, DoesNotExist"
-                        ),
+                        format!("unsupported operator {other:?}: must be one of In, NotIn, Exists, DoesNotExist"),
                     ));
                 }
             };
             match_expressions.push(req);
         }
-        Ok(Self {
-            match_labels,
-            match_expressions,
-        })
+        Ok(Self { match_labels, match_expressions })
     }
 }
 
@@ -168,11 +150,7 @@ impl fmt::Display for Selector {
         if self.is_empty() {
             return f.write_str("<all>");
         }
-        let mut parts: Vec<String> = self
-            .match_labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let mut parts: Vec<String> = self.match_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         for r in &self.match_expressions {
             let join = |vs: &BTreeSet<String>| vs.iter().cloned().collect::<Vec<_>>().join(",");
             parts.push(match r {
@@ -197,13 +175,9 @@ fn validate_name_segment(s: &str) -> Result<(), String> {
         return Err("name part must be non-empty".into());
     }
     if s.len() > 63 {
-        return Err(format!(
-            "name part {s:?} must be no more than 63 characters"
-        ));
+        return Err(format!("name part {s:?} must be no more than 63 characters"));
     }
-    let ok_chars = s
-        .chars()
-        .all(|c| is_alnum(c) || matches!(c, '-' | '_' | '.'));
+    let ok_chars = s.chars().all(|c| is_alnum(c) || matches!(c, '-' | '_' | '.'));
     let ok_ends = s.starts_with(is_alnum) && s.ends_with(is_alnum);
     if !ok_chars || !ok_ends {
         return Err(format!(
@@ -219,15 +193,10 @@ fn validate_name_segment(s: &str) -> Result<(), String> {
 pub(crate) fn validate_dns_subdomain(s: &str) -> Result<(), String> {
     let ok = !s.is_empty()
         && s.len() <= 253
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
         && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
         && s.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit());
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("{s:?} is not a valid DNS-1123 subdomain"))
-    }
+    if ok { Ok(()) } else { Err(format!("{s:?} is not a valid DNS-1123 subdomain")) }
 }
 
 /// Label keys are `[prefix/]name` where prefix is a DNS subdomain.
@@ -255,21 +224,14 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn expr(key: &str, op: &str, values: &[&str]) -> LabelSelectorRequirement {
         LabelSelectorRequirement {
             key: key.into(),
             operator: op.into(),
-            values: if values.is_empty() {
-                None
-            } else {
-                Some(values.iter().map(|s| s.to_string()).collect())
-            },
+            values: if values.is_empty() { None } else { Some(values.iter().map(|s| s.to_string()).collect()) },
         }
     }
 
@@ -296,25 +258,16 @@ mod tests {
     #[test]
     fn notin_and_doesnotexist_match_missing_key() {
         let notin = Selector::from_k8s(
-            &LabelSelector {
-                match_expressions: Some(vec![expr("env", "NotIn", &["prod"])]),
-                ..Default::default()
-            },
+            &LabelSelector { match_expressions: Some(vec![expr("env", "NotIn", &["prod"])]), ..Default::default() },
             "x",
         )
         .unwrap();
-        assert!(
-            notin.matches(&Labels::new()),
-            "NotIn matches objects lacking the key"
-        );
+        assert!(notin.matches(&Labels::new()), "NotIn matches objects lacking the key");
         assert!(notin.matches(&labels(&[("env", "dev")])));
         assert!(!notin.matches(&labels(&[("env", "prod")])));
 
         let dne = Selector::from_k8s(
-            &LabelSelector {
-                match_expressions: Some(vec![expr("env", "DoesNotExist", &[])]),
-                ..Default::default()
-            },
+            &LabelSelector { match_expressions: Some(vec![expr("env", "DoesNotExist", &[])]), ..Default::default() },
             "x",
         )
         .unwrap();
@@ -322,10 +275,7 @@ mod tests {
         assert!(!dne.matches(&labels(&[("env", "")])));
 
         let ex = Selector::from_k8s(
-            &LabelSelector {
-                match_expressions: Some(vec![expr("env", "Exists", &[])]),
-                ..Default::default()
-            },
+            &LabelSelector { match_expressions: Some(vec![expr("env", "Exists", &[])]), ..Default::default() },
             "x",
         )
         .unwrap();
@@ -335,35 +285,24 @@ mod tests {
 
     #[test]
     fn invalid_selectors_are_rejected_with_field_path() {
-        let bad_op = LabelSelector {
-            match_expressions: Some(vec![expr("a", "Gt", &["1"])]),
-            ..Default::default()
-        };
+        let bad_op = LabelSelector { match_expressions: Some(vec![expr("a", "Gt", &["1"])]), ..Default::default() };
         let e = Selector::from_k8s(&bad_op, "spec.podSelector").unwrap_err();
         assert_eq!(e.field, "spec.podSelector.matchExpressions[0].operator");
 
-        let in_without_values = LabelSelector {
-            match_expressions: Some(vec![expr("a", "In", &[])]),
-            ..Default::default()
-        };
+        let in_without_values =
+            LabelSelector { match_expressions: Some(vec![expr("a", "In", &[])]), ..Default::default() };
         let e = Selector::from_k8s(&in_without_values, "s").unwrap_err();
         assert_eq!(e.field, "s.matchExpressions[0].values");
 
-        let exists_with_values = LabelSelector {
-            match_expressions: Some(vec![expr("a", "Exists", &["x"])]),
-            ..Default::default()
-        };
+        let exists_with_values =
+            LabelSelector { match_expressions: Some(vec![expr("a", "Exists", &["x"])]), ..Default::default() };
         assert!(Selector::from_k8s(&exists_with_values, "s").is_err());
 
-        let bad_key = LabelSelector {
-            match_labels: Some([("-bad".to_string(), "v".to_string())].into()),
-            ..Default::default()
-        };
+        let bad_key =
+            LabelSelector { match_labels: Some([("-bad".to_string(), "v".to_string())].into()), ..Default::default() };
         assert!(Selector::from_k8s(&bad_key, "s").is_err());
-        let bad_value = LabelSelector {
-            match_labels: Some([("k".to_string(), "a b".to_string())].into()),
-            ..Default::default()
-        };
+        let bad_value =
+            LabelSelector { match_labels: Some([("k".to_string(), "a b".to_string())].into()), ..Default::default() };
         assert!(Selector::from_k8s(&bad_value, "s").is_err());
     }
 
@@ -371,10 +310,7 @@ mod tests {
     fn label_key_syntax() {
         assert!(validate_label_key("app").is_ok());
         assert!(validate_label_key("kubernetes.io/metadata.name").is_ok());
-        assert!(
-            validate_label_key("Example.com/x").is_err(),
-            "prefix must be lowercase"
-        );
+        assert!(validate_label_key("Example.com/x").is_err(), "prefix must be lowercase");
         assert!(validate_label_key(&"a".repeat(64)).is_err());
         assert!(validate_label_key("a/b/c").is_err());
         assert!(validate_label_value("").is_ok());

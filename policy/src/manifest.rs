@@ -58,11 +58,7 @@ impl RawObject {
     pub fn decode<T: DeserializeOwned>(&self, file: &str) -> Result<T, ManifestError> {
         serde_path_to_error::deserialize(self.value.clone()).map_err(|e| {
             let path = e.path().to_string();
-            let field = if path == "." {
-                "<document>".to_string()
-            } else {
-                path
-            };
+            let field = if path == "." { "<document>".to_string() } else { path };
             ManifestError::Object {
                 file: file.to_string(),
                 document: self.document,
@@ -108,30 +104,16 @@ pub fn split_documents(file: &str, text: &str) -> (Vec<RawObject>, Vec<ManifestE
     (out, errors)
 }
 
-fn collect(
-    file: &str,
-    document: usize,
-    value: Value,
-    out: &mut Vec<RawObject>,
-    errors: &mut Vec<ManifestError>,
-) {
+fn collect(file: &str, document: usize, value: Value, out: &mut Vec<RawObject>, errors: &mut Vec<ManifestError>) {
     if value.is_null() {
         return; // empty document (e.g. a trailing `---`)
     }
-    let syntax = |reason: &str| ManifestError::Syntax {
-        file: file.into(),
-        document,
-        reason: reason.into(),
-    };
+    let syntax = |reason: &str| ManifestError::Syntax { file: file.into(), document, reason: reason.into() };
     if !value.is_mapping() {
-        errors.push(syntax(
-            "not a Kubernetes object (expected a mapping with apiVersion and kind)",
-        ));
+        errors.push(syntax("not a Kubernetes object (expected a mapping with apiVersion and kind)"));
         return;
     }
-    let (Some(kind), Some(api_version)) =
-        (str_at(&value, &["kind"]), str_at(&value, &["apiVersion"]))
-    else {
+    let (Some(kind), Some(api_version)) = (str_at(&value, &["kind"]), str_at(&value, &["apiVersion"])) else {
         errors.push(syntax("missing `apiVersion` or `kind`"));
         return;
     };
@@ -152,13 +134,7 @@ fn collect(
         str_at(&value, &["metadata", "name"]).unwrap_or("<unnamed>"),
     )
     .to_string();
-    out.push(RawObject {
-        document,
-        api_version,
-        kind,
-        display_name,
-        value,
-    });
+    out.push(RawObject { document, api_version, kind, display_name, value });
 }
 
 /// The result of parsing one file.
@@ -176,18 +152,11 @@ pub struct Parsed {
 /// Parses and validates every NetworkPolicy-relevant object in `text`.
 pub fn parse_str(file: &str, text: &str) -> Parsed {
     let (docs, errors) = split_documents(file, text);
-    let mut parsed = Parsed {
-        errors,
-        ..Default::default()
-    };
+    let mut parsed = Parsed { errors, ..Default::default() };
     for raw in docs {
         match decode_object(file, &raw) {
             Ok(Some(obj)) => parsed.objects.push((raw.document, obj)),
-            Ok(None) => {
-                parsed
-                    .ignored
-                    .push((raw.document, raw.api_version, raw.kind, raw.display_name))
-            }
+            Ok(None) => parsed.ignored.push((raw.document, raw.api_version, raw.kind, raw.display_name)),
             Err(e) => parsed.errors.push(e),
         }
     }
@@ -205,18 +174,14 @@ pub fn decode_object(file: &str, raw: &RawObject) -> Result<Option<Object>, Mani
         error: Box::new(error),
     };
     let obj = match (raw.api_version.as_str(), raw.kind.as_str()) {
-        ("v1", "Namespace") => Object::Namespace(
-            convert::namespace(&raw.decode::<core::Namespace>(file)?).map_err(invalid)?,
-        ),
-        ("v1", "Pod") => {
-            Object::Pod(convert::pod(&raw.decode::<core::Pod>(file)?).map_err(invalid)?)
+        ("v1", "Namespace") => {
+            Object::Namespace(convert::namespace(&raw.decode::<core::Namespace>(file)?).map_err(invalid)?)
         }
-        ("v1", "Node") => {
-            Object::Node(convert::node(&raw.decode::<core::Node>(file)?).map_err(invalid)?)
+        ("v1", "Pod") => Object::Pod(convert::pod(&raw.decode::<core::Pod>(file)?).map_err(invalid)?),
+        ("v1", "Node") => Object::Node(convert::node(&raw.decode::<core::Node>(file)?).map_err(invalid)?),
+        ("networking.k8s.io/v1", "NetworkPolicy") => {
+            Object::NetworkPolicy(convert::network_policy(&raw.decode::<net::NetworkPolicy>(file)?).map_err(invalid)?)
         }
-        ("networking.k8s.io/v1", "NetworkPolicy") => Object::NetworkPolicy(
-            convert::network_policy(&raw.decode::<net::NetworkPolicy>(file)?).map_err(invalid)?,
-        ),
         _ => return Ok(None),
     };
     Ok(Some(obj))
@@ -294,10 +259,7 @@ spec: {podSelector: {}}
         assert!(msg.contains("dir/policies.yaml"), "{msg}");
         assert!(msg.contains("document 1"), "{msg}");
         assert!(msg.contains("NetworkPolicy ns1/bad"), "{msg}");
-        assert!(
-            msg.contains("spec.ingress[0].from[0].ipBlock.cidr"),
-            "{msg}"
-        );
+        assert!(msg.contains("spec.ingress[0].from[0].ipBlock.cidr"), "{msg}");
         let msg = p.errors[1].to_string();
         assert!(msg.contains("NetworkPolicy ns1/badtype"), "{msg}");
         assert!(msg.contains("spec.ingress[0].ports[0].port"), "{msg}");

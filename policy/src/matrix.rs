@@ -42,14 +42,7 @@ impl Matrix {
 
     /// The matrix as rows of `1`/`0` strings, for compact assertions.
     pub fn bits(&self) -> Vec<String> {
-        self.cells
-            .iter()
-            .map(|row| {
-                row.iter()
-                    .map(|c| if c.allowed { '1' } else { '0' })
-                    .collect()
-            })
-            .collect()
+        self.cells.iter().map(|row| row.iter().map(|c| if c.allowed { '1' } else { '0' }).collect()).collect()
     }
 }
 
@@ -65,25 +58,14 @@ pub fn default_endpoints(cluster: &Cluster, external: &[IpAddr]) -> Vec<Endpoint
 }
 
 /// Computes the matrix over `endpoints` for `port`/`protocol`.
-pub fn matrix(
-    cluster: &Cluster,
-    endpoints: &[Endpoint],
-    port: u16,
-    protocol: Protocol,
-) -> Result<Matrix, EvalError> {
+pub fn matrix(cluster: &Cluster, endpoints: &[Endpoint], port: u16, protocol: Protocol) -> Result<Matrix, EvalError> {
     let mut cells = Vec::with_capacity(endpoints.len());
     for from in endpoints {
         let mut row = Vec::with_capacity(endpoints.len());
         for to in endpoints {
             let cell = match evaluate(cluster, from, to, port, protocol) {
-                Ok(v) => Cell {
-                    allowed: v.allowed(),
-                    verdict: Some(v),
-                },
-                Err(EvalError::NoCommonFamily { .. }) => Cell {
-                    allowed: false,
-                    verdict: None,
-                },
+                Ok(v) => Cell { allowed: v.allowed(), verdict: Some(v) },
+                Err(EvalError::NoCommonFamily { .. }) => Cell { allowed: false, verdict: None },
                 Err(e) => return Err(e),
             };
             row.push(cell);
@@ -97,10 +79,5 @@ pub fn matrix(
             Endpoint::Ip(ip) => ip.to_string(),
         })
         .collect();
-    Ok(Matrix {
-        port,
-        protocol,
-        endpoints: names,
-        cells,
-    })
+    Ok(Matrix { port, protocol, endpoints: names, cells })
 }

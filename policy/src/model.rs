@@ -28,10 +28,7 @@ pub struct ObjectKey {
 impl ObjectKey {
     /// Builds a key.
     pub fn new(namespace: impl Into<Arc<str>>, name: impl Into<Arc<str>>) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
+        Self { namespace: namespace.into(), name: name.into() }
     }
 }
 
@@ -47,9 +44,7 @@ impl FromStr for ObjectKey {
     /// with `kubectl`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_once('/') {
-            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-                Ok(Self::new(ns, name))
-            }
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => Ok(Self::new(ns, name)),
             None if !s.is_empty() => Ok(Self::new("default", s)),
             _ => Err(format!("{s:?} is not of the form namespace/name")),
         }
@@ -149,9 +144,10 @@ impl FromStr for Protocol {
             "SCTP" => Ok(Protocol::Sctp),
             "ICMP" => Ok(Protocol::Icmp),
             "ICMPV6" => Ok(Protocol::Icmpv6),
-            other => other.parse::<u8>().map(Protocol::from_number).map_err(|_| {
-                format!("unknown protocol {s:?} (TCP, UDP, SCTP, ICMP, ICMPv6 or a number)")
-            }),
+            other => other
+                .parse::<u8>()
+                .map(Protocol::from_number)
+                .map_err(|_| format!("unknown protocol {s:?} (TCP, UDP, SCTP, ICMP, ICMPv6 or a number)")),
         }
     }
 }
@@ -213,10 +209,7 @@ impl Pod {
     /// Resolves a named port for `protocol`: the name must exist with the same
     /// protocol.
     pub fn resolve_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
-        self.named_ports
-            .iter()
-            .find(|p| p.name == name && p.protocol == protocol)
-            .map(|p| p.port)
+        self.named_ports.iter().find(|p| p.name == name && p.protocol == protocol).map(|p| p.port)
     }
 
     /// Whether NetworkPolicy applies to this pod (it is not host-networked).
@@ -354,16 +347,12 @@ impl NetworkPolicy {
     /// The peers of every rule of one direction (a rule with no peers
     /// contributes none).
     pub fn peers(&self, dir: Direction) -> impl Iterator<Item = &Peer> + '_ {
-        self.rules(dir)
-            .into_iter()
-            .flatten()
-            .flat_map(|r| r.peers.iter().flatten())
+        self.rules(dir).into_iter().flatten().flat_map(|r| r.peers.iter().flatten())
     }
 
     /// The peers of every rule of both directions.
     pub fn all_peers(&self) -> impl Iterator<Item = &Peer> + '_ {
-        self.peers(Direction::Ingress)
-            .chain(self.peers(Direction::Egress))
+        self.peers(Direction::Ingress).chain(self.peers(Direction::Egress))
     }
 
     /// The CIDR prefixes (blocks and their exceptions) of one direction's
@@ -378,9 +367,7 @@ impl NetworkPolicy {
     }
 }
 
-fn block_prefixes<'a>(
-    peers: impl Iterator<Item = &'a Peer> + 'a,
-) -> impl Iterator<Item = IpNet> + 'a {
+fn block_prefixes<'a>(peers: impl Iterator<Item = &'a Peer> + 'a) -> impl Iterator<Item = IpNet> + 'a {
     peers
         .filter_map(|p| match p {
             Peer::IpBlock(b) => Some(b),

@@ -25,9 +25,7 @@ pub(crate) fn pod(ns: &str, name: &str, labels: &str, ip: &str, node: &str) -> S
 
 /// A namespace manifest.
 pub(crate) fn ns(name: &str, labels: &str) -> String {
-    format!(
-        "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{{labels}}}}}\n"
-    )
+    format!("---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{{labels}}}}}\n")
 }
 
 /// A NetworkPolicy manifest with the given spec (YAML flow or block, indented
@@ -41,10 +39,7 @@ pub(crate) fn np(ns: &str, name: &str, spec: &str) -> String {
 /// Parses `80/TCP`.
 pub(crate) fn port(s: &str) -> (u16, Protocol) {
     let (p, proto) = s.split_once('/').unwrap_or((s, "TCP"));
-    (
-        p.parse().unwrap_or(0),
-        proto.parse().unwrap_or(Protocol::Tcp),
-    )
+    (p.parse().unwrap_or(0), proto.parse().unwrap_or(Protocol::Tcp))
 }
 
 /// `ns/name` or an IP address.
@@ -68,30 +63,14 @@ pub(crate) fn allowed(c: &Cluster, from: &str, to: &str, p: &str) -> bool {
 
 /// A model pod built directly.
 #[allow(dead_code)]
-pub(crate) fn model_pod(
-    ns: &str,
-    name: &str,
-    labels: &[(&str, &str)],
-    ips: &[&str],
-    node: &str,
-) -> Pod {
+pub(crate) fn model_pod(ns: &str, name: &str, labels: &[(&str, &str)], ips: &[&str], node: &str) -> Pod {
     Pod {
         key: ObjectKey::new(ns, name),
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ips: ips
-            .iter()
-            .map(|s| s.parse().unwrap_or_else(|e| panic!("{s}: {e}")))
-            .collect(),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ips: ips.iter().map(|s| s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))).collect(),
         node: Some(node.to_string()),
         service_account: "default".into(),
-        named_ports: vec![NamedPort {
-            name: "http".into(),
-            protocol: Protocol::Tcp,
-            port: 8080,
-        }],
+        named_ports: vec![NamedPort { name: "http".into(), protocol: Protocol::Tcp, port: 8080 }],
         host_network: false,
     }
 }

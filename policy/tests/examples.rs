@@ -18,10 +18,7 @@ fn examples() -> PathBuf {
 }
 
 fn read_dir_objects(dir: &Path) -> Vec<Object> {
-    let mut files: Vec<PathBuf> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut files: Vec<PathBuf> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     files.iter().flat_map(|f| read_file_objects(f)).collect()
 }
@@ -37,10 +34,8 @@ fn read_file_objects(f: &Path) -> Vec<Object> {
 /// The cluster after applying policy files 01..=step.
 fn step(n: usize) -> Cluster {
     let mut objects = read_dir_objects(&examples().join("workload"));
-    let mut files: Vec<PathBuf> = fs::read_dir(examples().join("policies"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut files: Vec<PathBuf> =
+        fs::read_dir(examples().join("policies")).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     assert_eq!(files.len(), 9, "{files:?}");
     for f in files.iter().take(n) {
@@ -62,14 +57,7 @@ type Case = (&'static str, &'static str, &'static str, bool);
 fn check(c: &Cluster, cases: &[Case]) {
     for (from, to, port, want) in cases {
         let (p, proto) = port.split_once('/').unwrap();
-        let v = evaluate(
-            c,
-            &ep(from),
-            &ep(to),
-            p.parse().unwrap(),
-            proto.parse::<Protocol>().unwrap(),
-        )
-        .unwrap();
+        let v = evaluate(c, &ep(from), &ep(to), p.parse().unwrap(), proto.parse::<Protocol>().unwrap()).unwrap();
         assert_eq!(v.allowed(), *want, "{from} -> {to} {port}: {v:?}");
     }
     check_compiled(c);
@@ -80,23 +68,12 @@ fn check(c: &Cluster, cases: &[Case]) {
 fn check_compiled(c: &Cluster) {
     let tables: Vec<(String, Compiler)> = ["node-1", "node-2"]
         .iter()
-        .map(|n| {
-            (
-                n.to_string(),
-                Compiler::from_cluster(Scope::Node(n.to_string()), c),
-            )
-        })
+        .map(|n| (n.to_string(), Compiler::from_cluster(Scope::Node(n.to_string()), c)))
         .collect();
     let mut addrs: Vec<std::net::IpAddr> = c.pods().flat_map(|p| p.ips.clone()).collect();
     addrs.extend(
-        [
-            "203.0.113.10",
-            "172.16.0.10",
-            "172.16.0.40",
-            "192.168.100.1",
-            "100.64.0.9",
-        ]
-        .map(|s| s.parse::<std::net::IpAddr>().unwrap()),
+        ["203.0.113.10", "172.16.0.10", "172.16.0.40", "192.168.100.1", "100.64.0.9"]
+            .map(|s| s.parse::<std::net::IpAddr>().unwrap()),
     );
     for src in &addrs {
         for dst in &addrs {
@@ -108,21 +85,15 @@ fn check_compiled(c: &Cluster) {
                 (0, Protocol::Icmp),
             ] {
                 let v = policy::evaluate_packet(c, *src, *dst, port, proto);
-                for (subject, dir, peer, want) in [
-                    (src, Direction::Egress, dst, &v.egress),
-                    (dst, Direction::Ingress, src, &v.ingress),
-                ] {
+                for (subject, dir, peer, want) in
+                    [(src, Direction::Egress, dst, &v.egress), (dst, Direction::Ingress, src, &v.ingress)]
+                {
                     let Some(pod) = c.pod_by_ip(*subject) else {
                         continue;
                     };
-                    let (_, comp) = tables
-                        .iter()
-                        .find(|(n, _)| Some(n) == pod.node.as_ref())
-                        .unwrap();
+                    let (_, comp) = tables.iter().find(|(n, _)| Some(n) == pod.node.as_ref()).unwrap();
                     let t = comp.tables();
-                    let got = t
-                        .decide(t.endpoint_of(&pod.key).unwrap(), dir, *peer, proto, port)
-                        .allowed();
+                    let got = t.decide(t.endpoint_of(&pod.key).unwrap(), dir, *peer, proto, port).allowed();
                     assert_eq!(got, want.allowed(), "{dir} {src} -> {dst} {port}/{proto}");
                 }
             }

@@ -17,10 +17,7 @@ fn corpus() -> Vec<Value> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
     let mut docs = Vec::new();
     for dir in ["workload", "policies"] {
-        let mut files: Vec<_> = fs::read_dir(root.join(dir))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
+        let mut files: Vec<_> = fs::read_dir(root.join(dir)).unwrap().map(|e| e.unwrap().path()).collect();
         files.sort();
         for f in files {
             let text = fs::read_to_string(&f).unwrap();
@@ -63,11 +60,8 @@ fn value() -> impl Strategy<Value = Value> {
     scalar().prop_recursive(3, 16, 4, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Sequence),
-            prop::collection::vec(("[a-zA-Z]{1,8}", inner), 0..4).prop_map(|kv| Value::Mapping(
-                kv.into_iter()
-                    .map(|(k, v)| (Value::String(k), v))
-                    .collect::<Mapping>()
-            )),
+            prop::collection::vec(("[a-zA-Z]{1,8}", inner), 0..4)
+                .prop_map(|kv| Value::Mapping(kv.into_iter().map(|(k, v)| (Value::String(k), v)).collect::<Mapping>())),
         ]
     })
 }
@@ -83,9 +77,7 @@ fn mutate(v: &mut Value, path: &[usize], new: Value) {
         Value::Mapping(m) if !m.is_empty() => {
             let i = first % m.len();
             let key = m.keys().nth(i).cloned().unwrap();
-            if rest.is_empty()
-                || !matches!(m.get(&key), Some(Value::Mapping(_) | Value::Sequence(_)))
-            {
+            if rest.is_empty() || !matches!(m.get(&key), Some(Value::Mapping(_) | Value::Sequence(_))) {
                 m.insert(key, new);
             } else if let Some(child) = m.get_mut(&key) {
                 mutate(child, rest, new);

@@ -19,8 +19,8 @@ use policy::compile::{Compiler, Scope, Tables};
 use policy::eval::evaluate_packet;
 use policy::labels::{Labels, Requirement, Selector};
 use policy::model::{
-    IpBlock, NamedPort, Namespace, NamespaceSelection, NetworkPolicy, Node, ObjectKey, Peer, Pod,
-    PortMatch, PortRule, Protocol, Rule,
+    IpBlock, NamedPort, Namespace, NamespaceSelection, NetworkPolicy, Node, ObjectKey, Peer, Pod, PortMatch, PortRule,
+    Protocol, Rule,
 };
 use policy::{Direction, Object, ObjectRef};
 use proptest::prelude::*;
@@ -30,22 +30,13 @@ const NAMESPACES: [&str; 3] = ["a", "b", "c"];
 const NODES: [&str; 2] = ["n1", "n2"];
 
 fn labels() -> impl Strategy<Value = Labels> {
-    proptest::collection::btree_map(
-        select(vec!["app", "env", "tier"]),
-        select(vec!["x", "y", "z"]),
-        0..3,
-    )
-    .prop_map(|m| {
-        m.into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    })
+    proptest::collection::btree_map(select(vec!["app", "env", "tier"]), select(vec!["x", "y", "z"]), 0..3)
+        .prop_map(|m| m.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
 }
 
 fn requirement() -> impl Strategy<Value = Requirement> {
     let key = select(vec!["app", "env", "tier", "team"]).prop_map(String::from);
-    let values =
-        proptest::collection::btree_set(select(vec!["x", "y", "z"]).prop_map(String::from), 1..3);
+    let values = proptest::collection::btree_set(select(vec!["x", "y", "z"]).prop_map(String::from), 1..3);
     prop_oneof![
         (key.clone(), values.clone()).prop_map(|(key, values)| Requirement::In { key, values }),
         (key.clone(), values).prop_map(|(key, values)| Requirement::NotIn { key, values }),
@@ -82,11 +73,7 @@ fn pod_ips() -> impl Strategy<Value = Vec<IpAddr>> {
 }
 
 fn named_ports() -> impl Strategy<Value = Vec<NamedPort>> {
-    let np = |name: &str, protocol, port| NamedPort {
-        name: name.into(),
-        protocol,
-        port,
-    };
+    let np = |name: &str, protocol, port| NamedPort { name: name.into(), protocol, port };
     (
         select(vec![
             None,
@@ -94,11 +81,7 @@ fn named_ports() -> impl Strategy<Value = Vec<NamedPort>> {
             Some(np("http", Protocol::Tcp, 9090)),
             Some(np("http", Protocol::Udp, 80)),
         ]),
-        select(vec![
-            None,
-            Some(np("dns", Protocol::Udp, 53)),
-            Some(np("dns", Protocol::Tcp, 53)),
-        ]),
+        select(vec![None, Some(np("dns", Protocol::Udp, 53)), Some(np("dns", Protocol::Tcp, 53))]),
         select(vec![None, Some(np("metrics", Protocol::Tcp, 1005))]),
     )
         .prop_map(|(a, b, c)| {
@@ -118,26 +101,19 @@ fn pod() -> impl Strategy<Value = Pod> {
         named_ports(),
         prop::bool::weighted(0.1),
     )
-        .prop_map(
-            |(i, ns, labels, ips, node, named_ports, host_network)| Pod {
-                key: ObjectKey::new(ns, format!("p{i}")),
-                labels,
-                ips: if host_network && node.is_some() {
-                    vec![IpAddr::from([
-                        192,
-                        168,
-                        0,
-                        if node == Some("n1") { 1 } else { 2 },
-                    ])]
-                } else {
-                    ips
-                },
-                node: node.map(String::from),
-                service_account: "default".into(),
-                named_ports,
-                host_network,
+        .prop_map(|(i, ns, labels, ips, node, named_ports, host_network)| Pod {
+            key: ObjectKey::new(ns, format!("p{i}")),
+            labels,
+            ips: if host_network && node.is_some() {
+                vec![IpAddr::from([192, 168, 0, if node == Some("n1") { 1 } else { 2 }])]
+            } else {
+                ips
             },
-        )
+            node: node.map(String::from),
+            service_account: "default".into(),
+            named_ports,
+            host_network,
+        })
 }
 
 fn cidr_pool() -> Vec<&'static str> {
@@ -161,55 +137,35 @@ fn cidr_pool() -> Vec<&'static str> {
 }
 
 fn ip_block() -> impl Strategy<Value = IpBlock> {
-    (
-        select(cidr_pool()),
-        proptest::collection::vec(select(cidr_pool()), 0..3),
-    )
-        .prop_map(|(c, ex)| {
-            let cidr: IpNet = c.parse().unwrap();
-            let mut except: Vec<IpNet> = ex
-                .into_iter()
-                .map(|e| e.parse::<IpNet>().unwrap())
-                .filter(|e| cidr.contains(&e.network()) && e.prefix_len() > cidr.prefix_len())
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            except.sort();
-            IpBlock { cidr, except }
-        })
+    (select(cidr_pool()), proptest::collection::vec(select(cidr_pool()), 0..3)).prop_map(|(c, ex)| {
+        let cidr: IpNet = c.parse().unwrap();
+        let mut except: Vec<IpNet> = ex
+            .into_iter()
+            .map(|e| e.parse::<IpNet>().unwrap())
+            .filter(|e| cidr.contains(&e.network()) && e.prefix_len() > cidr.prefix_len())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        except.sort();
+        IpBlock { cidr, except }
+    })
 }
 
 fn peer() -> impl Strategy<Value = Peer> {
     prop_oneof![
-        (selector(), any::<bool>()).prop_map(|(pods, _)| Peer::Pods {
-            namespaces: NamespaceSelection::Own,
-            pods
-        }),
-        (selector(), selector()).prop_map(|(ns, pods)| Peer::Pods {
-            namespaces: NamespaceSelection::Matching(ns),
-            pods
-        }),
+        (selector(), any::<bool>()).prop_map(|(pods, _)| Peer::Pods { namespaces: NamespaceSelection::Own, pods }),
+        (selector(), selector())
+            .prop_map(|(ns, pods)| Peer::Pods { namespaces: NamespaceSelection::Matching(ns), pods }),
         ip_block().prop_map(Peer::IpBlock),
     ]
 }
 
 fn port_rule() -> impl Strategy<Value = PortRule> {
-    let proto = select(vec![
-        Protocol::Tcp,
-        Protocol::Tcp,
-        Protocol::Udp,
-        Protocol::Sctp,
-    ]);
+    let proto = select(vec![Protocol::Tcp, Protocol::Tcp, Protocol::Udp, Protocol::Sctp]);
     let port = prop_oneof![
         Just(PortMatch::Any),
-        (
-            select(vec![53u16, 80, 1000, 8080]),
-            select(vec![0u16, 0, 10, 1100])
-        )
-            .prop_map(|(s, w)| PortMatch::Range {
-                start: s,
-                end: s.saturating_add(w)
-            }),
+        (select(vec![53u16, 80, 1000, 8080]), select(vec![0u16, 0, 10, 1100]))
+            .prop_map(|(s, w)| PortMatch::Range { start: s, end: s.saturating_add(w) }),
         select(vec!["http", "dns", "metrics", "nosuch"]).prop_map(|n| PortMatch::Named(n.into())),
     ];
     (proto, port).prop_map(|(protocol, port)| PortRule { protocol, port })
@@ -245,15 +201,9 @@ fn namespace() -> impl Strategy<Value = Namespace> {
         proptest::collection::btree_map(select(vec!["team", "env"]), select(vec!["x", "y"]), 0..3),
     )
         .prop_map(|(name, m)| {
-            let mut labels: Labels = m
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
+            let mut labels: Labels = m.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
             labels.extend(Namespace::default_labels(name));
-            Namespace {
-                name: name.into(),
-                labels,
-            }
+            Namespace { name: name.into(), labels }
         })
 }
 
@@ -268,10 +218,7 @@ fn node() -> impl Strategy<Value = Node> {
             // A node claiming a pod-range address: pods take precedence.
             addresses.push(IpAddr::from([10, 0, 0, n]));
         }
-        Node {
-            name: name.into(),
-            addresses,
-        }
+        Node { name: name.into(), addresses }
     })
 }
 
@@ -324,12 +271,7 @@ fn check_against_evaluator(
     ports: &[(u16, Protocol)],
 ) -> Result<(), TestCaseError> {
     let addrs = probe_addresses(c);
-    let decide = |subject: IpAddr,
-                  dir: Direction,
-                  peer: IpAddr,
-                  proto: Protocol,
-                  port: u16|
-     -> Option<bool> {
+    let decide = |subject: IpAddr, dir: Direction, peer: IpAddr, proto: Protocol, port: u16| -> Option<bool> {
         let AddressOwner::Pod(p) = c.owner(subject) else {
             return None;
         };
@@ -338,15 +280,10 @@ fn check_against_evaluator(
             if scope.is_some() && scope.as_ref() != p.node.as_ref() {
                 continue;
             }
-            let ep = t
-                .endpoint_of(&p.key)
-                .unwrap_or_else(|| panic!("{} has no endpoint in {scope:?}", p.key));
+            let ep = t.endpoint_of(&p.key).unwrap_or_else(|| panic!("{} has no endpoint in {scope:?}", p.key));
             verdicts.push(t.decide(ep, dir, peer, proto, port).allowed());
         }
-        assert!(
-            verdicts.windows(2).all(|w| w[0] == w[1]),
-            "scopes disagree: {verdicts:?}"
-        );
+        assert!(verdicts.windows(2).all(|w| w[0] == w[1]), "scopes disagree: {verdicts:?}");
         verdicts.first().copied()
     };
     for &src in &addrs {
@@ -401,11 +338,7 @@ fn probe_ports() -> impl Strategy<Value = Vec<(u16, Protocol)>> {
 }
 
 fn run(ops: &[Op], ports: &[(u16, Protocol)]) -> Result<(), TestCaseError> {
-    let scopes = [
-        Scope::Cluster,
-        Scope::Node("n1".into()),
-        Scope::Node("n2".into()),
-    ];
+    let scopes = [Scope::Cluster, Scope::Node("n1".into()), Scope::Node("n2".into())];
     let mut compilers: Vec<Compiler> = scopes.iter().cloned().map(Compiler::new).collect();
     let mut replayed: Vec<Tables> = vec![Tables::default(); scopes.len()];
     for op in ops {
@@ -419,12 +352,7 @@ fn run(ops: &[Op], ports: &[(u16, Protocol)]) -> Result<(), TestCaseError> {
     }
     let mut by_scope = BTreeMap::new();
     for (c, r) in compilers.iter().zip(&replayed) {
-        prop_assert_eq!(
-            r,
-            c.tables(),
-            "diffs must rebuild the tables ({:?})",
-            c.scope()
-        );
+        prop_assert_eq!(r, c.tables(), "diffs must rebuild the tables ({:?})", c.scope());
         let scratch = Compiler::from_cluster(c.scope().clone(), c.cluster());
         prop_assert_eq!(
             scratch.tables().canonical(),

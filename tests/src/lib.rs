@@ -18,11 +18,7 @@ pub use netns::{Netns, Testbed};
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
         .unwrap_or(false)
 }
 
@@ -34,10 +30,7 @@ pub fn require_root(test: &str) -> bool {
         return true;
     }
     let msg = format!("SKIPPED {test}: needs root (network namespaces, BPF)");
-    assert!(
-        !std::env::var("CI").is_ok_and(|v| v == "true"),
-        "{msg} (CI=true turns this skip into a failure)"
-    );
+    assert!(!std::env::var("CI").is_ok_and(|v| v == "true"), "{msg} (CI=true turns this skip into a failure)");
     eprintln!("{msg}");
     false
 }

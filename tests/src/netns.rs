@@ -14,15 +14,9 @@ pub struct Netns {
 }
 
 fn run(args: &[&str]) -> anyhow::Result<Output> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .with_context(|| format!("running {args:?}"))?;
+    let out = Command::new(args[0]).args(&args[1..]).output().with_context(|| format!("running {args:?}"))?;
     if !out.status.success() {
-        bail!(
-            "{args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(out)
 }
@@ -32,9 +26,7 @@ impl Netns {
     pub fn create(name: &str) -> anyhow::Result<Self> {
         let _ = Command::new("ip").args(["netns", "del", name]).output(); // leftover of a killed run
         run(&["ip", "netns", "add", name])?;
-        let ns = Self {
-            name: name.to_string(),
-        };
+        let ns = Self { name: name.to_string() };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -60,24 +52,17 @@ impl Netns {
 
     /// Sets a sysctl inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
-        self.exec(&["sysctl", "-qw", &format!("{key}={value}")])
-            .map(|_| ())
+        self.exec(&["sysctl", "-qw", &format!("{key}={value}")]).map(|_| ())
     }
 
     /// Runs `f` on a thread that has entered the namespace: sockets it
     /// creates live there.
-    pub fn run<R: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> R + Send + 'static,
-    ) -> anyhow::Result<R> {
+    pub fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> anyhow::Result<R> {
         run_in(&self.name, f)
     }
 
     /// Spawns `f` on a thread inside the namespace and returns at once.
-    pub fn spawn(
-        &self,
-        f: impl FnOnce() + Send + 'static,
-    ) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    pub fn spawn(&self, f: impl FnOnce() + Send + 'static) -> anyhow::Result<std::thread::JoinHandle<()>> {
         let path = format!("/var/run/netns/{}", self.name);
         let file = File::open(&path).with_context(|| format!("opening {path}"))?;
         Ok(std::thread::spawn(move || {
@@ -89,26 +74,19 @@ impl Netns {
 }
 
 /// Runs `f` on a thread inside the namespace called `name`.
-pub fn run_in<R: Send + 'static>(
-    name: &str,
-    f: impl FnOnce() -> R + Send + 'static,
-) -> anyhow::Result<R> {
+pub fn run_in<R: Send + 'static>(name: &str, f: impl FnOnce() -> R + Send + 'static) -> anyhow::Result<R> {
     let path = format!("/var/run/netns/{name}");
     let handle = std::thread::spawn(move || -> anyhow::Result<R> {
         let file = File::open(&path).with_context(|| format!("opening {path}"))?;
         setns(file, CloneFlags::CLONE_NEWNET).context("setns")?;
         Ok(f())
     });
-    handle
-        .join()
-        .map_err(|_| anyhow::anyhow!("thread in {name} panicked"))?
+    handle.join().map_err(|_| anyhow::anyhow!("thread in {name} panicked"))?
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
     }
 }
 
@@ -159,28 +137,15 @@ impl Testbed {
     /// 10.244.(i+1).0/24 itself and the other nodes' ranges via their link
     /// address.
     pub fn new(node_names: &[&str]) -> anyhow::Result<Self> {
-        let prefix = format!(
-            "zt{}x{}",
-            std::process::id() % 100_000,
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut tb = Testbed {
-            prefix: prefix.clone(),
-            pods: Vec::new(),
-            nodes: Vec::new(),
-            external: None,
-        };
+        let prefix = format!("zt{}x{}", std::process::id() % 100_000, COUNTER.fetch_add(1, Ordering::Relaxed));
+        let mut tb = Testbed { prefix: prefix.clone(), pods: Vec::new(), nodes: Vec::new(), external: None };
         for (i, name) in node_names.iter().enumerate() {
             let ns = Netns::create(&format!("{prefix}-n{i}"))?;
             ns.sysctl("net.ipv4.ip_forward", "1")?;
             ns.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
             ns.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
             let ip = std::net::Ipv4Addr::new(192, 168, 100, u8::try_from(i + 1)?);
-            tb.nodes.push(NodeNs {
-                name: name.to_string(),
-                ns,
-                ip,
-            });
+            tb.nodes.push(NodeNs { name: name.to_string(), ns, ip });
         }
         if tb.nodes.len() == 2 {
             let (a, b) = (&tb.nodes[0], &tb.nodes[1]);
@@ -199,15 +164,12 @@ impl Testbed {
                 "netns",
                 b.ns.name(),
             ])?;
-            for (node, dev, peer, other_range) in [
-                (a, "zt-link0", b.ip, "10.244.2.0/24"),
-                (b, "zt-link1", a.ip, "10.244.1.0/24"),
-            ] {
-                node.ns
-                    .ip(&["addr", "add", &format!("{}/24", node.ip), "dev", dev])?;
+            for (node, dev, peer, other_range) in
+                [(a, "zt-link0", b.ip, "10.244.2.0/24"), (b, "zt-link1", a.ip, "10.244.1.0/24")]
+            {
+                node.ns.ip(&["addr", "add", &format!("{}/24", node.ip), "dev", dev])?;
                 node.ns.ip(&["link", "set", dev, "up"])?;
-                node.ns
-                    .ip(&["route", "add", other_range, "via", &peer.to_string()])?;
+                node.ns.ip(&["route", "add", other_range, "via", &peer.to_string()])?;
             }
         }
         Ok(tb)
@@ -216,12 +178,7 @@ impl Testbed {
     /// Adds a pod namespace on node `node` with address `ip`, Calico-style:
     /// `eth0` holds `ip/32` with a default route via 169.254.1.1 (held by
     /// the host side), and the node routes `ip/32` to the veth.
-    pub fn add_pod(
-        &mut self,
-        key: &str,
-        node: usize,
-        ip: std::net::Ipv4Addr,
-    ) -> anyhow::Result<&PodNs> {
+    pub fn add_pod(&mut self, key: &str, node: usize, ip: std::net::Ipv4Addr) -> anyhow::Result<&PodNs> {
         let pod = self.make_pod(key, node, ip)?;
         self.pods.push(pod);
         self.pods.last().context("just pushed")
@@ -233,19 +190,14 @@ impl Testbed {
         let ext = self.make_pod("external", 0, ip)?;
         let via = self.nodes[0].ip.to_string();
         for node in &self.nodes[1..] {
-            node.ns
-                .ip(&["route", "add", &format!("{ip}/32"), "via", &via])?;
+            node.ns.ip(&["route", "add", &format!("{ip}/32"), "via", &via])?;
         }
         self.external = Some(ext);
         Ok(())
     }
 
     fn make_pod(&self, key: &str, node: usize, ip: std::net::Ipv4Addr) -> anyhow::Result<PodNs> {
-        let n = if key == "external" {
-            "ext".to_string()
-        } else {
-            self.pods.len().to_string()
-        };
+        let n = if key == "external" { "ext".to_string() } else { self.pods.len().to_string() };
         let ns = Netns::create(&format!("{}-p{n}", self.prefix))?;
         // Interface names are per namespace; only the 15-byte limit matters.
         let host_if = format!("ztv{n}");
@@ -267,45 +219,15 @@ impl Testbed {
         ])?;
         ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
         ns.ip(&["link", "set", "eth0", "up"])?;
-        ns.ip(&[
-            "route",
-            "add",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-            "scope",
-            "link",
-        ])?;
-        ns.ip(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-        ])?;
+        ns.ip(&["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"])?;
+        ns.ip(&["route", "add", "default", "via", "169.254.1.1", "dev", "eth0"])?;
         // The pod's gateway answers ARP because the host side holds it, as
         // a /32 on every host-side veth.
-        node_ns.ip(&[
-            "addr",
-            "add",
-            "169.254.1.1/32",
-            "dev",
-            &host_if,
-            "scope",
-            "link",
-        ])?;
+        node_ns.ip(&["addr", "add", "169.254.1.1/32", "dev", &host_if, "scope", "link"])?;
         node_ns.ip(&["link", "set", &host_if, "up"])?;
         node_ns.sysctl(&format!("net.ipv4.conf.{host_if}.rp_filter"), "0")?;
         node_ns.ip(&["route", "add", &format!("{ip}/32"), "dev", &host_if])?;
-        Ok(PodNs {
-            key: key.to_string(),
-            ns,
-            ip,
-            node,
-            host_if,
-        })
+        Ok(PodNs { key: key.to_string(), ns, ip, node, host_if })
     }
 
     /// The pod with this key.

@@ -64,9 +64,7 @@ pub fn udp(ns: &str, to: SocketAddr) -> bool {
         };
         let _ = s.set_read_timeout(Some(PROBE_TIMEOUT));
         let mut buf = [0u8; 8];
-        s.send_to(b"z", to).is_ok()
-            && s.recv_from(&mut buf)
-                .is_ok_and(|(n, _)| n == 1 && buf[0] == b'z')
+        s.send_to(b"z", to).is_ok() && s.recv_from(&mut buf).is_ok_and(|(n, _)| n == 1 && buf[0] == b'z')
     })
     .unwrap_or(false)
 }

@@ -28,10 +28,7 @@ fn ztunnel_bin() -> PathBuf {
     let bin = dir.join("ztunnel");
     if !bin.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "ztunnel", "--bin", "ztunnel"])
-            .status()
-            .unwrap();
+        let status = Command::new(cargo).args(["build", "-p", "ztunnel", "--bin", "ztunnel"]).status().unwrap();
         assert!(status.success());
     }
     bin
@@ -46,18 +43,19 @@ impl Drop for Agent {
     }
 }
 
-fn start_agent(ns: &str, dir: &Path, node: &str, log: &Path) -> Agent {
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .arg(ztunnel_bin())
-        .args(["run", "--local"])
-        .arg(dir)
-        .args(["--node", node, "--poll-ms", "100", "--flow-log"])
-        .arg(log)
+fn start_agent(ns: &str, dir: &Path, node: &str, log: &Path, pins: Option<&Path>) -> Agent {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).arg(ztunnel_bin()).args(["run", "--local"]).arg(dir);
+    cmd.args(["--node", node, "--poll-ms", "100", "--flow-log"]).arg(log);
+    match pins {
+        Some(p) => cmd.arg("--bpffs").arg(p),
+        None => cmd.arg("--no-pin"),
+    };
+    let child = cmd
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::from(
-            fs::File::create(log.with_extension("stderr")).unwrap(),
+            fs::OpenOptions::new().create(true).append(true).open(log.with_extension("stderr")).unwrap(),
         ))
         .spawn()
         .unwrap();
@@ -92,45 +90,30 @@ fn agent_enforces_policy_changes_from_the_manifest_directory() {
         copy(&examples().join("workload").join(f), &manifests.join(f));
     }
     let text = fs::read_to_string(manifests.join("pods.yaml")).unwrap();
-    let cluster = Cluster::from_objects(
-        parse_str("pods.yaml", &text)
-            .objects
-            .into_iter()
-            .map(|(_, o)| o),
-    );
+    let cluster = Cluster::from_objects(parse_str("pods.yaml", &text).objects.into_iter().map(|(_, o)| o));
 
     let nodes = ["node-1", "node-2"];
     let mut tb = Testbed::new(&nodes).unwrap();
     for key in ["default/apiserver", "default/frontend", "default/test"] {
         let pod = cluster.pod(&key.parse().unwrap()).unwrap();
-        let node = nodes
-            .iter()
-            .position(|n| Some(*n) == pod.node.as_deref())
-            .unwrap();
-        let std::net::IpAddr::V4(ip) = pod.ips[0] else {
-            panic!()
-        };
+        let node = nodes.iter().position(|n| Some(*n) == pod.node.as_deref()).unwrap();
+        let std::net::IpAddr::V4(ip) = pod.ips[0] else { panic!() };
         tb.add_pod(key, node, ip).unwrap();
     }
     for p in &tb.pods {
         probe::serve(&p.ns, &[80], &[]).unwrap();
     }
-    let logs: Vec<PathBuf> = nodes
-        .iter()
-        .map(|n| dir.path().join(format!("{n}.flows.jsonl")))
-        .collect();
+    let logs: Vec<PathBuf> = nodes.iter().map(|n| dir.path().join(format!("{n}.flows.jsonl"))).collect();
     let _agents: Vec<Agent> = nodes
         .iter()
         .enumerate()
-        .map(|(i, n)| start_agent(tb.nodes[i].ns.name(), &manifests, n, &logs[i]))
+        .map(|(i, n)| start_agent(tb.nodes[i].ns.name(), &manifests, n, &logs[i], None))
         .collect();
 
     // Wait until both agents have attached to their pods and synced.
     let ready = until(Duration::from_secs(20), true, || {
-        let text: String = logs
-            .iter()
-            .map(|l| fs::read_to_string(l.with_extension("stderr")).unwrap_or_default())
-            .collect();
+        let text: String =
+            logs.iter().map(|l| fs::read_to_string(l.with_extension("stderr")).unwrap_or_default()).collect();
         text.matches("attached").count() >= 3 && text.matches("policy synced").count() >= 2
     });
     assert!(ready.is_some(), "agents did not attach");
@@ -150,8 +133,7 @@ fn agent_enforces_policy_changes_from_the_manifest_directory() {
     let long = testbed::netns::run_in(&test_ns2, move || {
         std::thread::spawn(move || {
             let mut s = TcpStream::connect_timeout(&api, Duration::from_secs(1)).unwrap();
-            s.set_read_timeout(Some(Duration::from_millis(300)))
-                .unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
             let mut buf = [0u8; 1];
             for b in rx {
                 let ok = s.write_all(&[b]).is_ok() && s.read_exact(&mut buf).is_ok();
@@ -161,47 +143,27 @@ fn agent_enforces_policy_changes_from_the_manifest_directory() {
     })
     .unwrap();
     tx.send(b'a').unwrap();
-    assert!(
-        done_rx.recv().unwrap(),
-        "the long connection works before the policy"
-    );
+    assert!(done_rx.recv().unwrap(), "the long connection works before the policy");
 
     // Default-deny, DNS and the bookstore policies.
     let t0 = Instant::now();
-    for f in [
-        "01-default-deny.yaml",
-        "02-allow-dns.yaml",
-        "03-bookstore.yaml",
-    ] {
+    for f in ["01-default-deny.yaml", "02-allow-dns.yaml", "03-bookstore.yaml"] {
         copy(&examples().join("policies").join(f), &manifests.join(f));
     }
     let closed = until(Duration::from_secs(3), false, || probe::tcp(&test_ns, api));
-    assert!(
-        closed.is_some(),
-        "default/test -> apiserver still open after 3 s"
-    );
-    assert!(
-        probe::tcp(&front_ns, api),
-        "bookstore frontend keeps access"
-    );
+    assert!(closed.is_some(), "default/test -> apiserver still open after 3 s");
+    assert!(probe::tcp(&front_ns, api), "bookstore frontend keeps access");
     let elapsed = t0.elapsed();
     eprintln!("policy took effect on new connections within {elapsed:?} (probe included)");
 
     // The established connection is cut too (its next packet re-checks).
     tx.send(b'b').unwrap();
-    assert!(
-        !done_rx.recv().unwrap(),
-        "the established connection must be revoked"
-    );
+    assert!(!done_rx.recv().unwrap(), "the established connection must be revoked");
     drop(tx);
     long.join().unwrap();
 
     // Removing the policies opens the path again.
-    for f in [
-        "01-default-deny.yaml",
-        "02-allow-dns.yaml",
-        "03-bookstore.yaml",
-    ] {
+    for f in ["01-default-deny.yaml", "02-allow-dns.yaml", "03-bookstore.yaml"] {
         fs::remove_file(manifests.join(f)).unwrap();
     }
     assert!(
@@ -213,19 +175,11 @@ fn agent_enforces_policy_changes_from_the_manifest_directory() {
     std::thread::sleep(Duration::from_millis(300));
     let lines: Vec<serde_json::Value> = logs
         .iter()
-        .flat_map(|l| {
-            fs::read_to_string(l)
-                .unwrap_or_default()
-                .lines()
-                .map(String::from)
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|l| fs::read_to_string(l).unwrap_or_default().lines().map(String::from).collect::<Vec<_>>())
         .map(|l| serde_json::from_str(&l).unwrap())
         .collect();
     assert!(
-        lines.iter().any(|r| r["verdict"] == "denied"
-            && r["pod"] == "default/test"
-            && r["direction"] == "egress"),
+        lines.iter().any(|r| r["verdict"] == "denied" && r["pod"] == "default/test" && r["direction"] == "egress"),
         "a drop of default/test's egress is logged"
     );
     assert!(
@@ -236,16 +190,100 @@ fn agent_enforces_policy_changes_from_the_manifest_directory() {
     );
     if !lines.iter().any(|r| r["reason"] == "revoked") {
         for l in &logs {
-            eprintln!(
-                "== {}\n{}",
-                l.display(),
-                fs::read_to_string(l.with_extension("stderr")).unwrap_or_default()
-            );
+            eprintln!("== {}\n{}", l.display(), fs::read_to_string(l.with_extension("stderr")).unwrap_or_default());
         }
-        let revs: Vec<_> = lines
-            .iter()
-            .filter(|r| r["pod"] == "default/test")
-            .collect();
+        let revs: Vec<_> = lines.iter().filter(|r| r["pod"] == "default/test").collect();
         panic!("the revocation is not logged: {revs:#?}");
     }
+}
+
+/// A bpffs mounted for the test, unmounted (dropping every pin) on drop.
+struct BpfFs(PathBuf);
+
+impl BpfFs {
+    fn mount(dir: &Path) -> Self {
+        fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount").args(["-t", "bpf", "bpf"]).arg(dir).output().unwrap();
+        assert!(out.status.success(), "mount bpffs: {}", String::from_utf8_lossy(&out.stderr));
+        BpfFs(dir.to_path_buf())
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).output();
+    }
+}
+
+fn wait_for(logs: &[PathBuf], needle: &str, count: usize) -> bool {
+    until(Duration::from_secs(20), true, || {
+        let text: String =
+            logs.iter().map(|l| fs::read_to_string(l.with_extension("stderr")).unwrap_or_default()).collect();
+        text.matches(needle).count() >= count
+    })
+    .is_some()
+}
+
+#[test]
+fn enforcement_survives_agent_kill_and_restart() {
+    if !require_root("enforcement_survives_agent_kill_and_restart") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    fs::create_dir(&manifests).unwrap();
+    for f in ["namespaces.yaml", "nodes.yaml", "pods.yaml"] {
+        copy(&examples().join("workload").join(f), &manifests.join(f));
+    }
+    for f in ["01-default-deny.yaml", "02-allow-dns.yaml", "03-bookstore.yaml"] {
+        copy(&examples().join("policies").join(f), &manifests.join(f));
+    }
+    let bpffs = BpfFs::mount(&dir.path().join("bpf"));
+    let nodes = ["node-1", "node-2"];
+    let mut tb = Testbed::new(&nodes).unwrap();
+    tb.add_pod("default/apiserver", 0, Ipv4Addr::new(10, 244, 1, 10)).unwrap();
+    tb.add_pod("default/frontend", 1, Ipv4Addr::new(10, 244, 2, 10)).unwrap();
+    tb.add_pod("default/test", 1, Ipv4Addr::new(10, 244, 2, 12)).unwrap();
+    for p in &tb.pods {
+        probe::serve(&p.ns, &[80], &[]).unwrap();
+    }
+    let logs: Vec<PathBuf> = nodes.iter().map(|n| dir.path().join(format!("{n}.flows.jsonl"))).collect();
+    let start = |tb: &Testbed| -> Vec<Agent> {
+        nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| start_agent(tb.nodes[i].ns.name(), &manifests, n, &logs[i], Some(&bpffs.0.join(n))))
+            .collect()
+    };
+    let api = SocketAddr::from((Ipv4Addr::new(10, 244, 1, 10), 80));
+    let test_ns = tb.pod("default/test").unwrap().ns.name().to_string();
+    let front_ns = tb.pod("default/frontend").unwrap().ns.name().to_string();
+    let check = |when: &str| {
+        assert!(!probe::tcp(&test_ns, api), "{when}: default/test must be denied");
+        assert!(probe::tcp(&front_ns, api), "{when}: the frontend must be allowed");
+    };
+
+    let agents = start(&tb);
+    assert!(wait_for(&logs, "attached", 3), "agents did not attach");
+    check("agents running");
+
+    // kill -9: the pinned links and maps keep enforcing.
+    for mut a in agents {
+        let _ = a.0.kill();
+        let _ = a.0.wait();
+        std::mem::forget(a);
+    }
+    check("agents killed");
+
+    // Restart: the new agents re-adopt the links and maps, without a gap.
+    let agents = start(&tb);
+    assert!(wait_for(&logs, "re-adopted", 3), "restarted agents did not re-adopt");
+    check("agents restarted");
+
+    // And they still apply changes.
+    for f in ["01-default-deny.yaml", "02-allow-dns.yaml", "03-bookstore.yaml"] {
+        fs::remove_file(manifests.join(f)).unwrap();
+    }
+    assert!(until(Duration::from_secs(3), true, || probe::tcp(&test_ns, api)).is_some(), "changes after restart");
+    drop(agents);
 }

@@ -24,10 +24,7 @@ fn objects(dirs: &[&str]) -> Vec<Object> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
     let mut out = Vec::new();
     for dir in dirs {
-        let mut files: Vec<_> = fs::read_dir(root.join(dir))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
+        let mut files: Vec<_> = fs::read_dir(root.join(dir)).unwrap().map(|e| e.unwrap().path()).collect();
         files.sort();
         for f in files {
             let parsed = parse_str(&f.display().to_string(), &fs::read_to_string(&f).unwrap());
@@ -46,12 +43,8 @@ struct NodeDatapath {
 }
 
 fn start_node(tb: &Testbed, node: usize, tables: Tables) -> NodeDatapath {
-    let ifaces: BTreeMap<String, String> = tb
-        .pods
-        .iter()
-        .filter(|p| p.node == node)
-        .map(|p| (p.key.clone(), p.host_if.clone()))
-        .collect();
+    let ifaces: BTreeMap<String, String> =
+        tb.pods.iter().filter(|p| p.node == node).map(|p| (p.key.clone(), p.host_if.clone())).collect();
     tb.nodes[node]
         .ns
         .run(move || {
@@ -60,30 +53,12 @@ fn start_node(tb: &Testbed, node: usize, tables: Tables) -> NodeDatapath {
             let mut maps = AyaMaps::take(&mut bpf).unwrap();
             let index: BTreeMap<String, u32> = ifaces
                 .iter()
-                .map(|(k, ifname)| {
-                    (
-                        k.clone(),
-                        nix::net::if_::if_nametoindex(ifname.as_str()).unwrap(),
-                    )
-                })
+                .map(|(k, ifname)| (k.clone(), nix::net::if_::if_nametoindex(ifname.as_str()).unwrap()))
                 .collect();
             let diff = diff_tables(&Tables::default(), &tables);
-            apply_diff(
-                &mut maps,
-                &diff,
-                &|pod: &ObjectKey| index.get(&pod.to_string()).copied(),
-                &|_| None,
-            )
-            .unwrap();
-            let links = ifaces
-                .values()
-                .map(|ifname| attach_pod(&mut bpf, ifname).unwrap())
-                .collect();
-            NodeDatapath {
-                _bpf: bpf,
-                _maps: maps,
-                _links: links,
-            }
+            apply_diff(&mut maps, &diff, &|pod: &ObjectKey| index.get(&pod.to_string()).copied(), &|_| None).unwrap();
+            let links = ifaces.values().map(|ifname| attach_pod(&mut bpf, ifname).unwrap()).collect();
+            NodeDatapath { _bpf: bpf, _maps: maps, _links: links }
         })
         .unwrap()
 }
@@ -98,13 +73,8 @@ fn seed_scenarios_on_real_traffic_match_the_evaluator() {
     let node_names = ["node-1", "node-2"];
     let mut tb = Testbed::new(&node_names).unwrap();
     for pod in cluster.pods() {
-        let node = node_names
-            .iter()
-            .position(|n| Some(*n) == pod.node.as_deref())
-            .unwrap();
-        let IpAddr::V4(ip) = pod.ips[0] else {
-            panic!("v4 workload")
-        };
+        let node = node_names.iter().position(|n| Some(*n) == pod.node.as_deref()).unwrap();
+        let IpAddr::V4(ip) = pod.ips[0] else { panic!("v4 workload") };
         tb.add_pod(&pod.key.to_string(), node, ip).unwrap();
     }
     let external = Ipv4Addr::new(203, 0, 113, 10);
@@ -116,36 +86,20 @@ fn seed_scenarios_on_real_traffic_match_the_evaluator() {
     let _datapaths: Vec<NodeDatapath> = node_names
         .iter()
         .enumerate()
-        .map(|(i, n)| {
-            start_node(
-                &tb,
-                i,
-                Compiler::from_cluster(Scope::Node(n.to_string()), &cluster)
-                    .tables()
-                    .clone(),
-            )
-        })
+        .map(|(i, n)| start_node(&tb, i, Compiler::from_cluster(Scope::Node(n.to_string()), &cluster).tables().clone()))
         .collect();
 
     // Every pod and the external host against every other, on TCP 80,
     // TCP 6379 and UDP 53, concurrently (a dropped probe costs a timeout).
     let mut cases = Vec::new();
-    let ends: Vec<(String, Ipv4Addr)> = tb
-        .pods
-        .iter()
-        .map(|p| (p.key.clone(), p.ip))
-        .chain([("external".to_string(), external)])
-        .collect();
+    let ends: Vec<(String, Ipv4Addr)> =
+        tb.pods.iter().map(|p| (p.key.clone(), p.ip)).chain([("external".to_string(), external)]).collect();
     for (from, _) in &ends {
         for (to, to_ip) in &ends {
             if from == to {
                 continue;
             }
-            for (port, proto) in [
-                (80, Protocol::Tcp),
-                (6379, Protocol::Tcp),
-                (53, Protocol::Udp),
-            ] {
+            for (port, proto) in [(80, Protocol::Tcp), (6379, Protocol::Tcp), (53, Protocol::Udp)] {
                 cases.push((from.clone(), to.clone(), *to_ip, port, proto));
             }
         }
@@ -160,15 +114,8 @@ fn seed_scenarios_on_real_traffic_match_the_evaluator() {
         let handles: Vec<_> = chunk
             .iter()
             .map(|(from, to, to_ip, port, proto)| {
-                let ns_name = tb
-                    .pods
-                    .iter()
-                    .chain(tb.external.iter())
-                    .find(|p| &p.key == from)
-                    .unwrap()
-                    .ns
-                    .name()
-                    .to_string();
+                let ns_name =
+                    tb.pods.iter().chain(tb.external.iter()).find(|p| &p.key == from).unwrap().ns.name().to_string();
                 let (to_ip, port, proto) = (*to_ip, *port, *proto);
                 let h = std::thread::spawn(move || {
                     let addr = SocketAddr::from((to_ip, port));
@@ -182,26 +129,14 @@ fn seed_scenarios_on_real_traffic_match_the_evaluator() {
             .collect();
         for (from, to, port, proto, h) in handles {
             let got = h.join().unwrap();
-            let want = evaluate(&cluster, &endpoint(&from), &endpoint(&to), port, proto)
-                .unwrap()
-                .allowed();
+            let want = evaluate(&cluster, &endpoint(&from), &endpoint(&to), port, proto).unwrap().allowed();
             if got != want {
-                failures.push(format!(
-                    "{from} -> {to} {port}/{proto}: datapath {got}, evaluator {want}"
-                ));
+                failures.push(format!("{from} -> {to} {port}/{proto}: datapath {got}, evaluator {want}"));
             }
             if want { allowed += 1 } else { denied += 1 }
         }
     }
-    eprintln!(
-        "{} probes: {allowed} allowed, {denied} denied by the evaluator",
-        cases.len()
-    );
-    assert!(
-        failures.is_empty(),
-        "{} mismatches:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    eprintln!("{} probes: {allowed} allowed, {denied} denied by the evaluator", cases.len());
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
     assert!(allowed > 50 && denied > 50, "both outcomes exercised");
 }

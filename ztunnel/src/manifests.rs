@@ -28,10 +28,7 @@ impl Loaded {
 }
 
 fn is_manifest(p: &Path) -> bool {
-    matches!(
-        p.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml" | "json")
-    )
+    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
 }
 
 /// Lists the manifest files under `path` (a file is returned as is).
@@ -41,9 +38,7 @@ pub fn manifest_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
         return Ok(vec![path.to_path_buf()]);
     }
     let mut out = Vec::new();
-    let mut entries: Vec<PathBuf> = fs::read_dir(path)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
+    let mut entries: Vec<PathBuf> = fs::read_dir(path)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
     entries.sort();
     for p in entries {
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -80,9 +75,7 @@ pub fn load(paths: &[PathBuf]) -> Loaded {
             match fs::read_to_string(&file) {
                 Ok(text) => {
                     let parsed = parse_str(&name, &text);
-                    loaded
-                        .objects
-                        .extend(parsed.objects.into_iter().map(|(_, o)| o));
+                    loaded.objects.extend(parsed.objects.into_iter().map(|(_, o)| o));
                     loaded.errors.extend(parsed.errors);
                 }
                 Err(e) => loaded.errors.push(ManifestError::Syntax {

@@ -10,11 +10,7 @@ fn examples() -> PathBuf {
 }
 
 fn ztunnel(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ztunnel"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run ztunnel")
+    Command::new(env!("CARGO_BIN_EXE_ztunnel")).args(args).env("NO_COLOR", "1").output().expect("run ztunnel")
 }
 
 fn text(b: &[u8]) -> String {
@@ -39,42 +35,15 @@ fn check_explains_and_sets_exit_code() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let s = text(&out.stdout);
-    assert!(
-        s.starts_with("ALLOWED default/frontend -> default/db 6379/TCP"),
-        "{s}"
-    );
-    assert!(
-        s.contains("allowed by NetworkPolicy default/access-demo1, rule 0"),
-        "{s}"
-    );
+    assert!(s.starts_with("ALLOWED default/frontend -> default/db 6379/TCP"), "{s}");
+    assert!(s.contains("allowed by NetworkPolicy default/access-demo1, rule 0"), "{s}");
 
-    let out = ztunnel(&[
-        "policy",
-        "check",
-        "-f",
-        ex,
-        "--from",
-        "default/test",
-        "--to",
-        "default/apiserver",
-    ]);
+    let out = ztunnel(&["policy", "check", "-f", ex, "--from", "default/test", "--to", "default/apiserver"]);
     assert_eq!(out.status.code(), Some(1));
     let s = text(&out.stdout);
-    assert!(
-        s.contains("DENIED") && s.contains("isolated by default/api-allow, default/default-deny"),
-        "{s}"
-    );
+    assert!(s.contains("DENIED") && s.contains("isolated by default/api-allow, default/default-deny"), "{s}");
 
-    let out = ztunnel(&[
-        "policy",
-        "check",
-        "-f",
-        ex,
-        "--from",
-        "default/nope",
-        "--to",
-        "default/db",
-    ]);
+    let out = ztunnel(&["policy", "check", "-f", ex, "--from", "default/nope", "--to", "default/db"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("pod default/nope not found"));
 }
@@ -97,12 +66,7 @@ fn matrix_json_matches_the_seed_expectations() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let m = &v[0];
-    let names: Vec<&str> = m["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e.as_str().unwrap())
-        .collect();
+    let names: Vec<&str> = m["endpoints"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
     let idx = |n: &str| names.iter().position(|x| *x == n).unwrap();
     let cell = |a: &str, b: &str| m["cells"][idx(a)][idx(b)]["allowed"].as_bool().unwrap();
     assert!(cell("default/frontend", "default/db"));
@@ -119,11 +83,7 @@ fn matrix_text_is_a_table() {
     assert!(out.status.success());
     let s = text(&out.stdout);
     assert!(s.starts_with("Reachability on 80/TCP"), "{s}");
-    assert!(
-        s.lines()
-            .any(|l| l.contains("default/apiserver") && l.contains('✓') && l.contains('✗')),
-        "{s}"
-    );
+    assert!(s.lines().any(|l| l.contains("default/apiserver") && l.contains('✓') && l.contains('✗')), "{s}");
     assert!(!s.contains("\u{1b}["), "NO_COLOR disables colour");
 }
 
@@ -143,26 +103,11 @@ fn invalid_manifests_are_reported_and_the_rest_still_counts() {
     w(
         "bad.yaml",
         &[
-            np(
-                "bad-cidr",
-                "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/40}}]}]",
-            ),
-            np(
-                "bad-proto",
-                "  podSelector: {}\n  ingress: [{ports: [{protocol: ICMP}]}]",
-            ),
-            np(
-                "bad-name",
-                "  podSelector: {}\n  ingress: [{ports: [{port: a-very-long-port-name}]}]",
-            ),
-            np(
-                "bad-range",
-                "  podSelector: {}\n  ingress: [{ports: [{port: 90, endPort: 80}]}]",
-            ),
-            np(
-                "bad-endport",
-                "  podSelector: {}\n  ingress: [{ports: [{endPort: 80}]}]",
-            ),
+            np("bad-cidr", "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/40}}]}]"),
+            np("bad-proto", "  podSelector: {}\n  ingress: [{ports: [{protocol: ICMP}]}]"),
+            np("bad-name", "  podSelector: {}\n  ingress: [{ports: [{port: a-very-long-port-name}]}]"),
+            np("bad-range", "  podSelector: {}\n  ingress: [{ports: [{port: 90, endPort: 80}]}]"),
+            np("bad-endport", "  podSelector: {}\n  ingress: [{ports: [{endPort: 80}]}]"),
         ]
         .concat(),
     );
@@ -185,10 +130,5 @@ fn invalid_manifests_are_reported_and_the_rest_still_counts() {
         assert!(line.contains("bad.yaml") && line.contains(field), "{line}");
     }
     assert!(err.contains("5 invalid object(s)"), "{err}");
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "the valid default-deny still applies: {}",
-        text(&out.stdout)
-    );
+    assert_eq!(out.status.code(), Some(1), "the valid default-deny still applies: {}", text(&out.stdout));
 }

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::tables::{
-    Change, CidrKey, EndpointId, EndpointInfo, Identity, IdentityInfo, IpInfo, NodeId, PolicyKey,
-    PolicyValue, RuleId, RuleInfo, TableDiff, Tables,
+    Change, CidrKey, EndpointId, EndpointInfo, Identity, IdentityInfo, IpInfo, NodeId, PolicyKey, PolicyValue, RuleId,
+    RuleInfo, TableDiff, Tables,
 };
 
 #[derive(Debug, Default)]
@@ -23,12 +23,7 @@ pub(crate) struct Journal {
     nodes: BTreeMap<NodeId, Option<String>>,
 }
 
-fn write<K: Ord + Clone, V: Clone>(
-    map: &mut BTreeMap<K, V>,
-    log: &mut BTreeMap<K, Option<V>>,
-    k: K,
-    v: Option<V>,
-) {
+fn write<K: Ord + Clone, V: Clone>(map: &mut BTreeMap<K, V>, log: &mut BTreeMap<K, Option<V>>, k: K, v: Option<V>) {
     log.entry(k.clone()).or_insert_with(|| map.get(&k).cloned());
     match v {
         Some(v) => {

@@ -194,6 +194,15 @@ impl Compiler {
         diff_tables(&before, &self.tables)
     }
 
+    /// Makes every number allocated from now on larger than the given ones.
+    /// A restarted agent calls this with the largest numbers found in the
+    /// maps its predecessor left, so no stale entry can match a new number.
+    pub fn reserve_numbers(&mut self, identity: Identity, endpoint: EndpointId, rule: RuleId) {
+        self.next_identity = self.next_identity.max(identity.saturating_add(1)).max(FIRST_ALLOCATED);
+        self.next_endpoint = self.next_endpoint.max(endpoint.saturating_add(1));
+        self.next_rule = self.next_rule.max(rule.saturating_add(1));
+    }
+
     /// The compiled tables.
     pub fn tables(&self) -> &Tables {
         &self.tables
@@ -220,11 +229,7 @@ impl Compiler {
             }
             Object::Node(n) => {
                 let name = n.name.clone();
-                let old = self
-                    .cluster
-                    .node(&name)
-                    .map(|n| n.addresses.clone())
-                    .unwrap_or_default();
+                let old = self.cluster.node(&name).map(|n| n.addresses.clone()).unwrap_or_default();
                 self.cluster.apply(Object::Node(n));
                 self.node_changed(&name, old);
             }
@@ -252,11 +257,7 @@ impl Compiler {
                 self.namespace_changed(name, &old);
             }
             ObjectRef::Node(name) => {
-                let old = self
-                    .cluster
-                    .node(name)
-                    .map(|n| n.addresses.clone())
-                    .unwrap_or_default();
+                let old = self.cluster.node(name).map(|n| n.addresses.clone()).unwrap_or_default();
                 self.cluster.delete(r);
                 self.node_changed(name, old);
             }
@@ -299,20 +300,10 @@ impl Compiler {
 
 /// The diff between two table sets.
 pub fn diff_tables(before: &Tables, after: &Tables) -> TableDiff {
-    fn d<K: Ord + Clone, V: PartialEq + Clone>(
-        a: &BTreeMap<K, V>,
-        b: &BTreeMap<K, V>,
-    ) -> Vec<Change<K, V>> {
-        let mut out: Vec<Change<K, V>> = a
-            .keys()
-            .filter(|k| !b.contains_key(*k))
-            .map(|k| Change::Remove(k.clone()))
-            .collect();
-        out.extend(
-            b.iter()
-                .filter(|(k, v)| a.get(*k) != Some(*v))
-                .map(|(k, v)| Change::Upsert(k.clone(), v.clone())),
-        );
+    fn d<K: Ord + Clone, V: PartialEq + Clone>(a: &BTreeMap<K, V>, b: &BTreeMap<K, V>) -> Vec<Change<K, V>> {
+        let mut out: Vec<Change<K, V>> =
+            a.keys().filter(|k| !b.contains_key(*k)).map(|k| Change::Remove(k.clone())).collect();
+        out.extend(b.iter().filter(|(k, v)| a.get(*k) != Some(*v)).map(|(k, v)| Change::Upsert(k.clone(), v.clone())));
         out
     }
     TableDiff {

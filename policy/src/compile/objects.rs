@@ -15,8 +15,7 @@ use super::tables::{Identity, IdentityInfo, IpInfo};
 impl Compiler {
     /// Creates or frees the namespace identity; returns whether it did.
     fn sync_namespace(&mut self, ns: &str) -> bool {
-        let wanted =
-            self.cluster.namespace(ns).is_some() || self.cluster.pods_in(ns).next().is_some();
+        let wanted = self.cluster.namespace(ns).is_some() || self.cluster.pods_in(ns).next().is_some();
         match (self.ns_ids.get(ns).copied(), wanted) {
             (None, true) => {
                 let id = self.alloc_identity(IdentityInfo::Namespace(ns.to_string()));
@@ -40,11 +39,7 @@ impl Compiler {
         self.namespace_effects(ns, old, existence_changed);
         if existence_changed {
             // Pods' ipcache entries carry the namespace identity.
-            let ips: Vec<IpAddr> = self
-                .cluster
-                .pods_in(ns)
-                .flat_map(|p| p.ips.clone())
-                .collect();
+            let ips: Vec<IpAddr> = self.cluster.pods_in(ns).flat_map(|p| p.ips.clone()).collect();
             for ip in ips {
                 self.refresh_address(ip);
             }
@@ -55,12 +50,8 @@ impl Compiler {
     /// namespace's identity appeared or disappeared, or its labels changed.
     fn namespace_effects(&mut self, ns: &str, old: &Labels, existence_changed: bool) {
         let new = self.cluster.namespace_labels(ns).into_owned();
-        let candidates: Vec<ObjectKey> = self
-            .cross_ns_policies
-            .iter()
-            .cloned()
-            .chain(self.cluster.policies_in(ns).map(|p| p.key.clone()))
-            .collect();
+        let candidates: Vec<ObjectKey> =
+            self.cross_ns_policies.iter().cloned().chain(self.cluster.policies_in(ns).map(|p| p.key.clone())).collect();
         for key in candidates {
             let Some(np) = self.cluster.policy(&key) else {
                 continue;
@@ -80,8 +71,7 @@ impl Compiler {
                 let id = self.next_node;
                 self.next_node += 1;
                 self.node_ids.insert(name.to_string(), id);
-                self.journal
-                    .node(&mut self.tables, id, Some(name.to_string()));
+                self.journal.node(&mut self.tables, id, Some(name.to_string()));
             }
             (Some(id), false) => {
                 self.node_ids.remove(name);
@@ -93,11 +83,7 @@ impl Compiler {
 
     pub(super) fn node_changed(&mut self, name: &str, old_addresses: Vec<IpAddr>) {
         self.sync_node(name);
-        let new = self
-            .cluster
-            .node(name)
-            .map(|n| n.addresses.clone())
-            .unwrap_or_default();
+        let new = self.cluster.node(name).map(|n| n.addresses.clone()).unwrap_or_default();
         for ip in old_addresses.into_iter().chain(new) {
             self.refresh_address(ip);
         }
@@ -131,10 +117,7 @@ impl Compiler {
             }
             Some(Err(node)) => {
                 self.free_address(ip);
-                Some(IpInfo {
-                    node: self.node_ids.get(&node).copied().unwrap_or(0),
-                    ..IpInfo::default()
-                })
+                Some(IpInfo { node: self.node_ids.get(&node).copied().unwrap_or(0), ..IpInfo::default() })
             }
             None => {
                 self.free_address(ip);
@@ -143,17 +126,12 @@ impl Compiler {
         };
         let before = self.tables.ipcache.get(&ip).copied();
         self.journal.ipcache(&mut self.tables, ip, desired);
-        let owner_changed =
-            before.map(|b| (b.identity, b.address)) != desired.map(|d| (d.identity, d.address));
+        let owner_changed = before.map(|b| (b.identity, b.address)) != desired.map(|d| (d.identity, d.address));
         if owner_changed && !self.named_ipblock_policies.is_empty() {
             let keys: Vec<ObjectKey> = self
                 .named_ipblock_policies
                 .iter()
-                .filter(|k| {
-                    self.cluster
-                        .policy(k)
-                        .is_some_and(|np| np.prefixes().any(|p| p.contains(&ip)))
-                })
+                .filter(|k| self.cluster.policy(k).is_some_and(|np| np.prefixes().any(|p| p.contains(&ip))))
                 .cloned()
                 .collect();
             self.dirty_policies.extend(keys);
@@ -173,11 +151,7 @@ impl Compiler {
             let labels = self.cluster.namespace_labels(&key.namespace).into_owned();
             self.namespace_effects(&key.namespace, &labels, true);
         }
-        let nodes: BTreeSet<String> = old
-            .iter()
-            .chain(new.iter())
-            .filter_map(|p| p.node.clone())
-            .collect();
+        let nodes: BTreeSet<String> = old.iter().chain(new.iter()).filter_map(|p| p.node.clone()).collect();
         for n in nodes {
             self.sync_node(&n);
         }
@@ -190,17 +164,8 @@ impl Compiler {
                 let ep = self.next_endpoint;
                 self.next_endpoint += 1;
                 self.endpoint_ids.insert(key.clone(), ep);
-                self.endpoints_by_ns
-                    .entry(key.namespace.to_string())
-                    .or_default()
-                    .insert(ep);
-                self.endpoint_state.insert(
-                    ep,
-                    EndpointState {
-                        pod: Some(key.clone()),
-                        ..Default::default()
-                    },
-                );
+                self.endpoints_by_ns.entry(key.namespace.to_string()).or_default().insert(ep);
+                self.endpoint_state.insert(ep, EndpointState { pod: Some(key.clone()), ..Default::default() });
                 self.dirty_endpoints.insert(ep);
             }
             (Some(ep), true) => {
@@ -213,13 +178,10 @@ impl Compiler {
         }
 
         // Label identity.
-        let new_key: Option<LabelKey> = new.as_ref().filter(|p| p.is_policy_endpoint()).map(|p| {
-            (
-                p.key.namespace.to_string(),
-                p.labels.clone(),
-                p.named_ports.clone(),
-            )
-        });
+        let new_key: Option<LabelKey> = new
+            .as_ref()
+            .filter(|p| p.is_policy_endpoint())
+            .map(|p| (p.key.namespace.to_string(), p.labels.clone(), p.named_ports.clone()));
         let old_key = self.pod_label_id.get(key).map(|(_, k)| k.clone());
         if old_key != new_key {
             if let Some(k) = old_key {
@@ -233,11 +195,7 @@ impl Compiler {
         }
 
         // Addresses.
-        let ips: BTreeSet<IpAddr> = old
-            .iter()
-            .chain(new.iter())
-            .flat_map(|p| p.ips.iter().copied())
-            .collect();
+        let ips: BTreeSet<IpAddr> = old.iter().chain(new.iter()).flat_map(|p| p.ips.iter().copied()).collect();
         for ip in ips {
             self.refresh_address(ip);
         }
@@ -290,11 +248,7 @@ impl Compiler {
             .iter()
             .cloned()
             .chain(self.cluster.policies_in(&k.0).map(|p| p.key.clone()))
-            .filter(|key| {
-                self.cluster
-                    .policy(key)
-                    .is_some_and(|np| may_select_identity(np, &k.0, &ns_labels, &k.1))
-            })
+            .filter(|key| self.cluster.policy(key).is_some_and(|np| may_select_identity(np, &k.0, &ns_labels, &k.1)))
             .collect();
         self.dirty_policies.extend(candidates);
     }
@@ -303,10 +257,7 @@ impl Compiler {
 /// Whether a namespace label change flips any namespace selector of a policy.
 fn namespace_selection_flips(np: &NetworkPolicy, old: &Labels, new: &Labels) -> bool {
     np.all_peers().any(|p| match p {
-        Peer::Pods {
-            namespaces: NamespaceSelection::Matching(s),
-            ..
-        } => s.matches(old) != s.matches(new),
+        Peer::Pods { namespaces: NamespaceSelection::Matching(s), .. } => s.matches(old) != s.matches(new),
         _ => false,
     })
 }

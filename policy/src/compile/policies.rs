@@ -6,9 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use ipnet::IpNet;
 
 use super::rules::{dir_index, has_named_ipblock_egress, is_cross_namespace};
-use super::tables::{
-    CidrKey, EndpointId, EndpointInfo, IdentityInfo, PolicyKey, PolicyValue, RuleId, RuleInfo,
-};
+use super::tables::{CidrKey, EndpointId, EndpointInfo, IdentityInfo, PolicyKey, PolicyValue, RuleId, RuleInfo};
 use super::{Compiler, PolicyState};
 use crate::model::{Direction, ObjectKey, Pod};
 
@@ -17,11 +15,7 @@ const DIRECTIONS: [Direction; 2] = [Direction::Ingress, Direction::Egress];
 impl Compiler {
     pub(super) fn policy_changed(&mut self, key: &ObjectKey) {
         let new = self.cluster.policy(key).cloned();
-        let old_prefixes = self
-            .policies
-            .get(key)
-            .map(|s| s.prefixes.clone())
-            .unwrap_or_default();
+        let old_prefixes = self.policies.get(key).map(|s| s.prefixes.clone()).unwrap_or_default();
         let new_prefixes: BTreeSet<IpNet> = new.iter().flat_map(|np| np.prefixes()).collect();
 
         self.cross_ns_policies.remove(key);
@@ -106,11 +100,7 @@ impl Compiler {
                         id
                     }
                 };
-                let info = RuleInfo {
-                    policy: key.clone(),
-                    direction: dir,
-                    index: i,
-                };
+                let info = RuleInfo { policy: key.clone(), direction: dir, index: i };
                 self.journal.rule(&mut self.tables, id, Some(info));
                 rules.push(self.compile_rule(&np, dir, rule, id));
             }
@@ -124,10 +114,7 @@ impl Compiler {
             .into_iter()
             .flatten()
             .copied()
-            .filter(|ep| {
-                self.endpoint_pod(*ep)
-                    .is_some_and(|p| np.pod_selector.matches(&p.labels))
-            })
+            .filter(|ep| self.endpoint_pod(*ep).is_some_and(|p| np.pod_selector.matches(&p.labels)))
             .collect();
         let dir_prefixes = DIRECTIONS.map(|d| np.prefixes_of(d).collect::<BTreeSet<_>>());
         let (old_rules, old_selected, old_dir_prefixes) = match old {
@@ -186,18 +173,11 @@ impl Compiler {
     }
 
     pub(super) fn endpoint_pod(&self, ep: EndpointId) -> Option<&Pod> {
-        self.endpoint_state
-            .get(&ep)
-            .and_then(|s| s.pod.as_ref())
-            .and_then(|k| self.cluster.pod(k))
+        self.endpoint_state.get(&ep).and_then(|s| s.pod.as_ref()).and_then(|k| self.cluster.pod(k))
     }
 
     fn recompute_contribution(&mut self, ep: EndpointId, policy: &ObjectKey) {
-        let contrib = match (
-            self.endpoint_pod(ep),
-            self.policies.get(policy),
-            self.endpoint_state.get(&ep),
-        ) {
+        let contrib = match (self.endpoint_pod(ep), self.policies.get(policy), self.endpoint_state.get(&ep)) {
             (Some(pod), Some(ps), Some(es)) => self.contribution(ep, pod, &ps.rules, &es.prefixes),
             _ => Vec::new(),
         };
@@ -225,36 +205,17 @@ impl Compiler {
             }
         }
         let (before, old_prefixes) = match self.endpoint_state.get_mut(&ep) {
-            Some(s) => (
-                s.selected_by.clone(),
-                std::mem::replace(&mut s.prefixes, prefixes.clone()),
-            ),
+            Some(s) => (s.selected_by.clone(), std::mem::replace(&mut s.prefixes, prefixes.clone())),
             None => return,
         };
         for d in DIRECTIONS {
             let i = dir_index(d);
             for q in old_prefixes[i].difference(&prefixes[i]) {
-                self.journal.cidr(
-                    &mut self.tables,
-                    CidrKey {
-                        endpoint: ep,
-                        direction: d,
-                        prefix: *q,
-                    },
-                    None,
-                );
+                self.journal.cidr(&mut self.tables, CidrKey { endpoint: ep, direction: d, prefix: *q }, None);
             }
             for q in &prefixes[i] {
                 let id = self.cidr_ids.get(q).map(|(id, _)| *id);
-                self.journal.cidr(
-                    &mut self.tables,
-                    CidrKey {
-                        endpoint: ep,
-                        direction: d,
-                        prefix: *q,
-                    },
-                    id,
-                );
+                self.journal.cidr(&mut self.tables, CidrKey { endpoint: ep, direction: d, prefix: *q }, id);
             }
         }
         for p in before.difference(&now) {
@@ -289,15 +250,7 @@ impl Compiler {
         }
         for d in DIRECTIONS {
             for q in &state.prefixes[dir_index(d)] {
-                self.journal.cidr(
-                    &mut self.tables,
-                    CidrKey {
-                        endpoint: ep,
-                        direction: d,
-                        prefix: *q,
-                    },
-                    None,
-                );
+                self.journal.cidr(&mut self.tables, CidrKey { endpoint: ep, direction: d, prefix: *q }, None);
             }
         }
         if let Some(pod) = state.pod {
@@ -330,11 +283,7 @@ impl Compiler {
         };
         let info = EndpointInfo {
             pod: pod.key.clone(),
-            node: pod
-                .node
-                .as_ref()
-                .and_then(|n| self.node_ids.get(n).copied())
-                .unwrap_or(0),
+            node: pod.node.as_ref().and_then(|n| self.node_ids.get(n).copied()).unwrap_or(0),
             ingress_isolated: isolated(Direction::Ingress),
             egress_isolated: isolated(Direction::Egress),
         };
@@ -343,12 +292,7 @@ impl Compiler {
 
     /// Replaces the entries one policy gives one endpoint, adjusting the
     /// reference counts of the shared trie keys.
-    pub(super) fn set_contribution(
-        &mut self,
-        ep: EndpointId,
-        policy: &ObjectKey,
-        new: Vec<(PolicyKey, RuleId)>,
-    ) {
+    pub(super) fn set_contribution(&mut self, ep: EndpointId, policy: &ObjectKey, new: Vec<(PolicyKey, RuleId)>) {
         let Some(state) = self.endpoint_state.get_mut(&ep) else {
             return;
         };

@@ -21,21 +21,13 @@ impl PortPrefix {
 
     /// Whether `port` falls in the block.
     pub fn contains(self, port: u16) -> bool {
-        let mask = if self.len == 0 {
-            0
-        } else {
-            u16::MAX << (16 - u32::from(self.len))
-        };
+        let mask = if self.len == 0 { 0 } else { u16::MAX << (16 - u32::from(self.len)) };
         port & mask == self.port & mask
     }
 
     /// The inclusive range the block covers.
     pub fn range(self) -> (u16, u16) {
-        let span = if self.len == 0 {
-            u32::from(u16::MAX)
-        } else {
-            (1u32 << (16 - u32::from(self.len))) - 1
-        };
+        let span = if self.len == 0 { u32::from(u16::MAX) } else { (1u32 << (16 - u32::from(self.len))) - 1 };
         let last = u32::from(self.port) + span;
         (self.port, u16::try_from(last).unwrap_or(u16::MAX))
     }
@@ -51,20 +43,13 @@ pub fn range_to_prefixes(start: u16, end: u16) -> Vec<PortPrefix> {
     let (mut lo, hi) = (u32::from(start), u32::from(end));
     while lo <= hi {
         // Largest block aligned at `lo` that does not pass `hi`.
-        let mut size = if lo == 0 {
-            1u32 << 16
-        } else {
-            1u32 << lo.trailing_zeros().min(16)
-        };
+        let mut size = if lo == 0 { 1u32 << 16 } else { 1u32 << lo.trailing_zeros().min(16) };
         while lo + size - 1 > hi {
             size >>= 1;
         }
         let len = 16 - size.trailing_zeros();
         // `lo` is at most `hi` <= 65535 here.
-        out.push(PortPrefix {
-            port: u16::try_from(lo).unwrap_or(u16::MAX),
-            len: len as u8,
-        });
+        out.push(PortPrefix { port: u16::try_from(lo).unwrap_or(u16::MAX), len: len as u8 });
         lo += size;
     }
     out
@@ -82,16 +67,7 @@ mod tests {
         assert_eq!(range_to_prefixes(1, 65535).len(), 16);
         assert_eq!(
             range_to_prefixes(32000, 32767),
-            vec![
-                PortPrefix {
-                    port: 32000,
-                    len: 8
-                },
-                PortPrefix {
-                    port: 32256,
-                    len: 7
-                }
-            ]
+            vec![PortPrefix { port: 32000, len: 8 }, PortPrefix { port: 32256, len: 7 }]
         );
         assert!(range_to_prefixes(5, 4).is_empty());
     }

@@ -10,9 +10,7 @@ use super::Compiler;
 use super::ports::{PortPrefix, range_to_prefixes};
 use super::tables::{ALL_PODS, ANY, EndpointId, Identity, IdentityInfo, PolicyKey, RuleId};
 use crate::labels::Selector;
-use crate::model::{
-    Direction, IpBlock, NamespaceSelection, NetworkPolicy, Peer, Pod, PortMatch, Protocol, Rule,
-};
+use crate::model::{Direction, IpBlock, NamespaceSelection, NetworkPolicy, Peer, Pod, PortMatch, Protocol, Rule};
 
 /// A rule, compiled against the current identities.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,16 +54,9 @@ impl Compiler {
                     return hit.clone();
                 }
                 let found: Rc<Vec<String>> = Rc::new(
-                    self.ns_ids
-                        .keys()
-                        .filter(|ns| s.matches(&self.cluster.namespace_labels(ns)))
-                        .cloned()
-                        .collect(),
+                    self.ns_ids.keys().filter(|ns| s.matches(&self.cluster.namespace_labels(ns))).cloned().collect(),
                 );
-                self.cache
-                    .borrow_mut()
-                    .namespaces
-                    .insert(s.clone(), found.clone());
+                self.cache.borrow_mut().namespaces.insert(s.clone(), found.clone());
                 found
             }
         }
@@ -88,22 +79,12 @@ impl Compiler {
                 .copied()
                 .collect(),
         );
-        self.cache
-            .borrow_mut()
-            .pods
-            .entry(ns.to_string())
-            .or_default()
-            .insert(pods.clone(), found.clone());
+        self.cache.borrow_mut().pods.entry(ns.to_string()).or_default().insert(pods.clone(), found.clone());
         found
     }
 
     /// Label identities of the pods a `Pods` peer selects.
-    fn pod_identities(
-        &self,
-        np: &NetworkPolicy,
-        namespaces: &NamespaceSelection,
-        pods: &Selector,
-    ) -> Vec<Identity> {
+    fn pod_identities(&self, np: &NetworkPolicy, namespaces: &NamespaceSelection, pods: &Selector) -> Vec<Identity> {
         let mut out = Vec::new();
         for ns in self.matching_namespaces(np, namespaces).iter() {
             out.extend(self.namespace_pod_identities(ns, pods).iter().copied());
@@ -113,22 +94,15 @@ impl Compiler {
 
     fn resolve_identity_port(&self, id: Identity, name: &str, proto: Protocol) -> Option<u16> {
         match self.tables.identities.get(&id) {
-            Some(IdentityInfo::Pods { named_ports, .. }) => named_ports
-                .iter()
-                .find(|p| p.name == name && p.protocol == proto)
-                .map(|p| p.port),
+            Some(IdentityInfo::Pods { named_ports, .. }) => {
+                named_ports.iter().find(|p| p.name == name && p.protocol == proto).map(|p| p.port)
+            }
             _ => None,
         }
     }
 
     /// Compiles one rule.
-    pub(crate) fn compile_rule(
-        &self,
-        np: &NetworkPolicy,
-        direction: Direction,
-        rule: &Rule,
-        id: RuleId,
-    ) -> RuleState {
+    pub(crate) fn compile_rule(&self, np: &NetworkPolicy, direction: Direction, rule: &Rule, id: RuleId) -> RuleState {
         let mut peers = BTreeSet::new();
         let mut blocks = Vec::new();
         match &rule.peers {
@@ -138,10 +112,9 @@ impl Compiler {
             Some(list) => {
                 for peer in list {
                     match peer {
-                        Peer::Pods {
-                            namespaces: NamespaceSelection::Matching(s),
-                            pods,
-                        } if s.is_empty() && pods.is_empty() => {
+                        Peer::Pods { namespaces: NamespaceSelection::Matching(s), pods }
+                            if s.is_empty() && pods.is_empty() =>
+                        {
                             peers.insert(ALL_PODS);
                         }
                         Peer::Pods { namespaces, pods } if pods.is_empty() => {
@@ -151,9 +124,7 @@ impl Compiler {
                                 }
                             }
                         }
-                        Peer::Pods { namespaces, pods } => {
-                            peers.extend(self.pod_identities(np, namespaces, pods))
-                        }
+                        Peer::Pods { namespaces, pods } => peers.extend(self.pod_identities(np, namespaces, pods)),
                         Peer::IpBlock(b) => blocks.push(b.clone()),
                     }
                 }
@@ -169,11 +140,7 @@ impl Compiler {
                     match &pr.port {
                         PortMatch::Any => ports.push((proto, PortPrefix::ANY)),
                         PortMatch::Range { start, end } => {
-                            ports.extend(
-                                range_to_prefixes(*start, *end)
-                                    .into_iter()
-                                    .map(|p| (proto, p)),
-                            );
+                            ports.extend(range_to_prefixes(*start, *end).into_iter().map(|p| (proto, p)));
                         }
                         PortMatch::Named(n) => named.push((pr.protocol, n.clone())),
                     }
@@ -217,9 +184,7 @@ impl Compiler {
                     }
                 }
                 for (ip, pod) in &addresses {
-                    if let (Some(port), Some(aid)) =
-                        (pod.resolve_port(name, *proto), self.addr_ids.get(ip))
-                    {
+                    if let (Some(port), Some(aid)) = (pod.resolve_port(name, *proto), self.addr_ids.get(ip)) {
                         named_grants.insert((*aid, proto.number(), port));
                     }
                 }
@@ -227,15 +192,7 @@ impl Compiler {
         }
         blocks.sort();
         blocks.dedup();
-        RuleState {
-            id,
-            direction,
-            peers,
-            blocks,
-            ports,
-            named,
-            named_grants,
-        }
+        RuleState { id, direction, peers, blocks, ports, named, named_grants }
     }
 
     /// The policy-trie entries `rules` (of one policy) give endpoint `ep`
@@ -249,13 +206,7 @@ impl Compiler {
     ) -> Vec<(PolicyKey, RuleId)> {
         let mut out = Vec::new();
         for rs in rules {
-            let key = |peer, protocol, port| PolicyKey {
-                endpoint: ep,
-                direction: rs.direction,
-                peer,
-                protocol,
-                port,
-            };
+            let key = |peer, protocol, port| PolicyKey { endpoint: ep, direction: rs.direction, peer, protocol, port };
             // A block selects the endpoint's prefixes inside it and outside
             // its exceptions; the trie's longest match makes that exact.
             let mut block_ids = Vec::new();
@@ -310,12 +261,8 @@ pub(crate) fn may_select_identity(
 ) -> bool {
     for dir in [Direction::Ingress, Direction::Egress] {
         for rule in np.rules(dir).into_iter().flatten() {
-            let named_egress = dir == Direction::Egress
-                && rule
-                    .ports
-                    .iter()
-                    .flatten()
-                    .any(|p| matches!(p.port, PortMatch::Named(_)));
+            let named_egress =
+                dir == Direction::Egress && rule.ports.iter().flatten().any(|p| matches!(p.port, PortMatch::Named(_)));
             match &rule.peers {
                 None if named_egress => return true,
                 None => {}
@@ -341,20 +288,10 @@ pub(crate) fn may_select_identity(
 /// Whether a policy has a namespace-level peer (a `Pods` peer with an empty
 /// pod selector) whose namespace selection matches `ns` under any of
 /// `labels`.
-pub(crate) fn may_select_namespace(
-    np: &NetworkPolicy,
-    ns: &str,
-    labels: &[&crate::labels::Labels],
-) -> bool {
+pub(crate) fn may_select_namespace(np: &NetworkPolicy, ns: &str, labels: &[&crate::labels::Labels]) -> bool {
     np.all_peers().any(|p| match p {
-        Peer::Pods {
-            namespaces: NamespaceSelection::Own,
-            ..
-        } => &*np.key.namespace == ns,
-        Peer::Pods {
-            namespaces: NamespaceSelection::Matching(s),
-            ..
-        } => labels.iter().any(|l| s.matches(l)),
+        Peer::Pods { namespaces: NamespaceSelection::Own, .. } => &*np.key.namespace == ns,
+        Peer::Pods { namespaces: NamespaceSelection::Matching(s), .. } => labels.iter().any(|l| s.matches(l)),
         Peer::IpBlock(_) => false,
     })
 }
@@ -362,13 +299,11 @@ pub(crate) fn may_select_namespace(
 /// Whether a policy can select pods outside its own namespace: it has a
 /// `namespaceSelector` peer, or an egress rule on a named port to every peer.
 pub(crate) fn is_cross_namespace(np: &NetworkPolicy) -> bool {
-    let named_egress_any = np.rules(Direction::Egress).into_iter().flatten().any(|r| {
-        r.peers.is_none()
-            && r.ports
-                .iter()
-                .flatten()
-                .any(|p| matches!(p.port, PortMatch::Named(_)))
-    });
+    let named_egress_any = np
+        .rules(Direction::Egress)
+        .into_iter()
+        .flatten()
+        .any(|r| r.peers.is_none() && r.ports.iter().flatten().any(|p| matches!(p.port, PortMatch::Named(_))));
     named_egress_any
         || np
             .rules(Direction::Ingress)
@@ -376,28 +311,14 @@ pub(crate) fn is_cross_namespace(np: &NetworkPolicy) -> bool {
             .chain(np.rules(Direction::Egress))
             .flatten()
             .flat_map(|r| r.peers.iter().flatten())
-            .any(|p| {
-                matches!(
-                    p,
-                    Peer::Pods {
-                        namespaces: NamespaceSelection::Matching(_),
-                        ..
-                    }
-                )
-            })
+            .any(|p| matches!(p, Peer::Pods { namespaces: NamespaceSelection::Matching(_), .. }))
 }
 
 /// Whether a policy has egress rules that combine `ipBlock` peers with
 /// named ports (the only rules that depend on individual pod addresses).
 pub(crate) fn has_named_ipblock_egress(np: &NetworkPolicy) -> bool {
     np.rules(Direction::Egress).into_iter().flatten().any(|r| {
-        r.ports
-            .iter()
-            .flatten()
-            .any(|p| matches!(p.port, PortMatch::Named(_)))
-            && r.peers
-                .iter()
-                .flatten()
-                .any(|p| matches!(p, Peer::IpBlock(_)))
+        r.ports.iter().flatten().any(|p| matches!(p.port, PortMatch::Named(_)))
+            && r.peers.iter().flatten().any(|p| matches!(p, Peer::IpBlock(_)))
     })
 }

@@ -300,11 +300,7 @@ impl Tables {
         let max = if ip.is_ipv4() { 32 } else { 128 };
         for len in (0..=max).rev() {
             if let Ok(net) = IpNet::new(ip, len) {
-                let key = CidrKey {
-                    endpoint,
-                    direction,
-                    prefix: net.trunc(),
-                };
+                let key = CidrKey { endpoint, direction, prefix: net.trunc() };
                 if let Some(id) = self.cidr.get(&key) {
                     return *id;
                 }
@@ -322,27 +318,11 @@ impl Tables {
         protocol: u8,
         port: u16,
     ) -> Option<PolicyValue> {
-        let key = |protocol, port| PolicyKey {
-            endpoint,
-            direction,
-            peer,
-            protocol,
-            port,
-        };
+        let key = |protocol, port| PolicyKey { endpoint, direction, peer, protocol, port };
         if protocol != 0 {
             for len in (0..=16u8).rev() {
-                let mask = if len == 0 {
-                    0
-                } else {
-                    u16::MAX << (16 - u32::from(len))
-                };
-                if let Some(v) = self.policy.get(&key(
-                    protocol,
-                    PortPrefix {
-                        port: port & mask,
-                        len,
-                    },
-                )) {
+                let mask = if len == 0 { 0 } else { u16::MAX << (16 - u32::from(len)) };
+                if let Some(v) = self.policy.get(&key(protocol, PortPrefix { port: port & mask, len })) {
                     return Some(*v);
                 }
             }
@@ -387,10 +367,7 @@ impl Tables {
             (ANY, true),
         ];
         for (id, present) in candidates {
-            if present
-                && let Some(v) =
-                    self.lookup_policy(endpoint, direction, id, protocol.number(), port)
-            {
+            if present && let Some(v) = self.lookup_policy(endpoint, direction, id, protocol.number(), port) {
                 return Decision::Allowed(v.rule);
             }
         }
@@ -399,10 +376,7 @@ impl Tables {
 
     /// The endpoint number of a pod, if it is a local endpoint.
     pub fn endpoint_of(&self, pod: &ObjectKey) -> Option<EndpointId> {
-        self.endpoints
-            .iter()
-            .find(|(_, e)| &e.pod == pod)
-            .map(|(id, _)| *id)
+        self.endpoints.iter().find(|(_, e)| &e.pod == pod).map(|(id, _)| *id)
     }
 
     /// The tables with every number replaced by what it names, for comparing
@@ -413,29 +387,19 @@ impl Tables {
             match i {
                 ANY => "any".into(),
                 ALL_PODS => "all-pods".into(),
-                i => self
-                    .identities
-                    .get(&i)
-                    .map_or_else(|| format!("dangling-identity-{i}"), |d| format!("{d:?}")),
+                i => self.identities.get(&i).map_or_else(|| format!("dangling-identity-{i}"), |d| format!("{d:?}")),
             }
         };
         let ep = |e: EndpointId| -> String {
             match e {
                 0 => "-".into(),
-                e => self
-                    .endpoints
-                    .get(&e)
-                    .map_or_else(|| format!("dangling-endpoint-{e}"), |x| x.pod.to_string()),
+                e => self.endpoints.get(&e).map_or_else(|| format!("dangling-endpoint-{e}"), |x| x.pod.to_string()),
             }
         };
         let node = |n: NodeId| -> String {
             match n {
                 0 => "-".into(),
-                n => self
-                    .nodes
-                    .get(&n)
-                    .cloned()
-                    .unwrap_or_else(|| format!("dangling-node-{n}")),
+                n => self.nodes.get(&n).cloned().unwrap_or_else(|| format!("dangling-node-{n}")),
             }
         };
         let opt = |i: Identity| if i == 0 { "-".to_string() } else { id(i) };
@@ -444,13 +408,7 @@ impl Tables {
                 .ipcache
                 .iter()
                 .map(|(k, v)| {
-                    let v = [
-                        ep(v.endpoint),
-                        opt(v.identity),
-                        opt(v.namespace),
-                        opt(v.address),
-                        node(v.node),
-                    ];
+                    let v = [ep(v.endpoint), opt(v.identity), opt(v.namespace), opt(v.address), node(v.node)];
                     (k.to_string(), v.join(" | "))
                 })
                 .collect(),
@@ -462,12 +420,7 @@ impl Tables {
             endpoints: self
                 .endpoints
                 .values()
-                .map(|e| {
-                    (
-                        e.pod.to_string(),
-                        (node(e.node), e.ingress_isolated, e.egress_isolated),
-                    )
-                })
+                .map(|e| (e.pod.to_string(), (node(e.node), e.ingress_isolated, e.egress_isolated)))
                 .collect(),
             policy: self
                 .policy
@@ -477,10 +430,7 @@ impl Tables {
                         || format!("dangling-rule-{}", v.rule),
                         |r| format!("{}/{}[{}]", r.policy, r.direction, r.index),
                     );
-                    (
-                        (ep(k.endpoint), k.direction, id(k.peer), k.protocol, k.port),
-                        rule,
-                    )
+                    ((ep(k.endpoint), k.direction, id(k.peer), k.protocol, k.port), rule)
                 })
                 .collect(),
         }

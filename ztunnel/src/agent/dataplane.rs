@@ -2,13 +2,15 @@
 //! maps kept equal to the compiled tables, and the classifiers attached to
 //! every local pod's host-side interface.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use policy::ObjectKey;
 use policy::compile::{EndpointId, TableDiff, Tables};
 use zt_ebpf::loader::{
-    AyaMaps, MapWriter, PodLinks, apply_diff, attach_pod, detach_pod, load_programs,
+    AyaMaps, MapWriter, Numbers, PinnedPod, PodLinks, adopt_pinned, apply_diff, attach_pod, attach_pod_pinned,
+    detach_pod, load_object, load_programs, unpin_pod,
 };
 use zt_ebpf::maps::{self, ZtConfig, ZtEvent};
 
@@ -18,11 +20,19 @@ const TCP_IDLE_NS: u64 = 3600 * 1_000_000_000;
 const OTHER_IDLE_NS: u64 = 120 * 1_000_000_000;
 
 #[derive(Debug)]
+enum Links {
+    /// Pinned TCX links: they outlive the agent.
+    Pinned(PinnedPod),
+    /// Links that live as long as the process (no bpffs, or no TCX).
+    Process(PodLinks),
+}
+
+#[derive(Debug)]
 struct Attached {
     ifindex: u32,
     interface: String,
     endpoint: EndpointId,
-    links: PodLinks,
+    links: Links,
 }
 
 /// The loaded datapath.
@@ -32,77 +42,96 @@ pub struct Dataplane {
     config: aya::maps::Array<aya::maps::MapData, ZtConfig>,
     events: aya::maps::RingBuf<aya::maps::MapData>,
     attached: BTreeMap<ObjectKey, Attached>,
+    /// Links a previous agent pinned, not yet claimed by a pod.
+    adopted: BTreeMap<u32, PinnedPod>,
+    links_dir: Option<PathBuf>,
     epoch: u32,
+    pruned: bool,
+}
+
+/// The bpffs magic number (`BPF_FS_MAGIC`).
+const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
+
+fn on_bpffs(p: &Path) -> bool {
+    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as u64 == BPF_FS_MAGIC)
+}
+
+/// Makes `dir` a directory on a bpffs, mounting one there if needed.
+fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if on_bpffs(dir) {
+        return Ok(());
+    }
+    nix::mount::mount(Some("bpf"), dir, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>).with_context(
+        || format!("{0} is not on a bpffs and mounting one there failed (mount -t bpf bpf {0})", dir.display()),
+    )?;
+    Ok(())
+}
+
+fn config(epoch: u32) -> ZtConfig {
+    ZtConfig { epoch, pad: 0, tcp_idle_ns: TCP_IDLE_NS, other_idle_ns: OTHER_IDLE_NS }
 }
 
 impl Dataplane {
-    /// Loads the object and its programs (the verifier runs here).
-    pub fn load() -> anyhow::Result<Self> {
-        let mut bpf = aya::Ebpf::load(zt_ebpf::OBJECT).context("loading the BPF object")?;
+    /// Loads the object and its programs (the verifier runs here). With
+    /// `pin_dir`, maps and links are pinned there and whatever a previous
+    /// agent pinned is re-adopted; returns the largest numbers already in
+    /// use so the compiler can number above them.
+    pub fn load(pin_dir: Option<&Path>) -> anyhow::Result<(Self, Numbers)> {
+        let (maps_dir, links_dir) = match pin_dir {
+            Some(d) => {
+                ensure_bpffs(d)?;
+                let (m, l) = (d.join("maps"), d.join("links"));
+                std::fs::create_dir_all(&m).with_context(|| format!("creating {}", m.display()))?;
+                std::fs::create_dir_all(&l).with_context(|| format!("creating {}", l.display()))?;
+                (Some(m), Some(l))
+            }
+            None => (None, None),
+        };
+        let mut bpf = load_object(maps_dir.as_deref()).context(
+            "loading the BPF object (if maps pinned by an incompatible version are in the way, remove the pin directory)",
+        )?;
         load_programs(&mut bpf)?;
         let maps = AyaMaps::take(&mut bpf)?;
-        let config_map = bpf
-            .take_map(zt_ebpf::map_names::CONFIG)
-            .context("map zt_config")?;
-        let mut config = aya::maps::Array::try_from(config_map)?;
-        config.set(
-            0,
-            ZtConfig {
-                epoch: 0,
-                pad: 0,
-                tcp_idle_ns: TCP_IDLE_NS,
-                other_idle_ns: OTHER_IDLE_NS,
-            },
-            0,
-        )?;
-        let events_map = bpf
-            .take_map(zt_ebpf::map_names::EVENTS)
-            .context("map zt_events")?;
+        let numbers = maps.max_numbers();
+        let config_map = bpf.take_map(zt_ebpf::map_names::CONFIG).context("map zt_config")?;
+        let mut config_array: aya::maps::Array<_, ZtConfig> = aya::maps::Array::try_from(config_map)?;
+        // Continue the predecessor's epoch, so tracked flows re-check
+        // against this agent's tables.
+        let epoch = config_array.get(&0, 0).map(|c| c.epoch).unwrap_or(0).wrapping_add(1);
+        config_array.set(0, config(epoch), 0)?;
+        let events_map = bpf.take_map(zt_ebpf::map_names::EVENTS).context("map zt_events")?;
         let events = aya::maps::RingBuf::try_from(events_map)?;
-        Ok(Self {
+        let adopted = links_dir.as_deref().map(adopt_pinned).unwrap_or_default();
+        if !adopted.is_empty() {
+            tracing::info!(interfaces = adopted.len(), "found pinned attachments of a previous agent");
+        }
+        let dp = Self {
             bpf,
             maps,
-            config,
+            config: config_array,
             events,
             attached: BTreeMap::new(),
-            epoch: 0,
-        })
+            adopted,
+            links_dir,
+            epoch,
+            pruned: false,
+        };
+        Ok((dp, numbers))
     }
 
     /// Writes one diff to the maps (safe order, see `apply_diff`).
     pub fn sync(&mut self, diff: &TableDiff) -> anyhow::Result<()> {
-        let index: BTreeMap<ObjectKey, u32> = self
-            .attached
-            .iter()
-            .map(|(k, a)| (k.clone(), a.ifindex))
-            .collect();
-        let by_endpoint: BTreeMap<EndpointId, u32> = self
-            .attached
-            .values()
-            .map(|a| (a.endpoint, a.ifindex))
-            .collect();
-        apply_diff(
-            &mut self.maps,
-            diff,
-            &|pod| index.get(pod).copied(),
-            &|ep| by_endpoint.get(&ep).copied(),
-        )?;
+        let index: BTreeMap<ObjectKey, u32> = self.attached.iter().map(|(k, a)| (k.clone(), a.ifindex)).collect();
+        let by_endpoint: BTreeMap<EndpointId, u32> = self.attached.values().map(|a| (a.endpoint, a.ifindex)).collect();
+        apply_diff(&mut self.maps, diff, &|pod| index.get(pod).copied(), &|ep| by_endpoint.get(&ep).copied())?;
         Ok(())
     }
 
     /// Makes every tracked flow re-check its verdict on its next packet.
     pub fn bump_epoch(&mut self) -> anyhow::Result<()> {
         self.epoch = self.epoch.wrapping_add(1);
-        self.config.set(
-            0,
-            ZtConfig {
-                epoch: self.epoch,
-                pad: 0,
-                tcp_idle_ns: TCP_IDLE_NS,
-                other_idle_ns: OTHER_IDLE_NS,
-            },
-            0,
-        )?;
+        self.config.set(0, config(self.epoch), 0)?;
         Ok(())
     }
 
@@ -123,9 +152,7 @@ impl Dataplane {
                     .ipcache
                     .iter()
                     .filter(|(_, i)| i.endpoint == *id)
-                    .find_map(|(ip, _)| {
-                        super::routes::interface_for(&routes, *ip).map(String::from)
-                    });
+                    .find_map(|(ip, _)| super::routes::interface_for(&routes, *ip).map(String::from));
                 (info.pod.clone(), (*id, iface))
             })
             .collect();
@@ -134,15 +161,17 @@ impl Dataplane {
             .attached
             .iter()
             .filter(|(k, a)| {
-                wanted.get(*k).is_none_or(|(id, i)| {
-                    i.as_deref() != Some(a.interface.as_str()) || *id != a.endpoint
-                })
+                wanted.get(*k).is_none_or(|(id, i)| i.as_deref() != Some(a.interface.as_str()) || *id != a.endpoint)
             })
             .map(|(k, _)| k.clone())
             .collect();
         for k in stale {
             if let Some(a) = self.attached.remove(&k) {
-                if let Err(e) = detach_pod(&mut self.bpf, a.links) {
+                let res = match a.links {
+                    Links::Pinned(p) => unpin_pod(p).map_err(|e| e.to_string()),
+                    Links::Process(l) => detach_pod(&mut self.bpf, l).map_err(|e| e.to_string()),
+                };
+                if let Err(e) = res {
                     problems.push(format!("detaching {k} from {}: {e}", a.interface));
                 }
                 if let Err(e) = self.maps.del_endpoint(a.ifindex) {
@@ -164,30 +193,54 @@ impl Dataplane {
             let Some(info) = tables.endpoints.get(&endpoint) else {
                 continue;
             };
-            if let Err(e) = self
-                .maps
-                .put_endpoint(ifindex, maps::endpoint(endpoint, info))
-            {
+            if let Err(e) = self.maps.put_endpoint(ifindex, maps::endpoint(endpoint, info)) {
                 problems.push(format!("endpoint entry for {pod}: {e}"));
                 continue;
             }
-            match attach_pod(&mut self.bpf, &iface) {
+            // A previous agent's pinned links on this interface keep
+            // enforcing with the same maps: claim them instead of attaching.
+            if let Some(p) = self.adopted.remove(&ifindex) {
+                if p.complete() {
+                    tracing::info!(pod = %pod, interface = %iface, ifindex, "re-adopted");
+                    let links = Links::Pinned(p);
+                    self.attached.insert(pod, Attached { ifindex, interface: iface, endpoint, links });
+                    continue;
+                }
+                let _ = unpin_pod(p);
+            }
+            let links = match &self.links_dir {
+                Some(dir) => attach_pod_pinned(&mut self.bpf, &iface, ifindex, dir).map(Links::Pinned),
+                None => attach_pod(&mut self.bpf, &iface).map(Links::Process),
+            };
+            match links {
                 Ok(links) => {
                     tracing::info!(pod = %pod, interface = %iface, ifindex, "attached");
-                    self.attached.insert(
-                        pod,
-                        Attached {
-                            ifindex,
-                            interface: iface,
-                            endpoint,
-                            links,
-                        },
-                    );
+                    self.attached.insert(pod, Attached { ifindex, interface: iface, endpoint, links });
                 }
                 Err(e) => problems.push(format!("attaching to {pod} ({iface}): {e}")),
             }
         }
         problems
+    }
+
+    /// After the first full sync: detach adopted links no pod claimed, and
+    /// delete every map entry the current tables do not hold (what a
+    /// previous agent left). Runs once.
+    pub fn prune_once(&mut self, tables: &Tables) -> anyhow::Result<()> {
+        if self.pruned {
+            return Ok(());
+        }
+        for (ifindex, p) in std::mem::take(&mut self.adopted) {
+            tracing::info!(ifindex, "detaching a stale pinned attachment");
+            let _ = unpin_pod(p);
+        }
+        let ifindexes: HashSet<u32> = self.attached.values().map(|a| a.ifindex).collect();
+        let removed = self.maps.prune(tables, &ifindexes)?;
+        if removed > 0 {
+            tracing::info!(removed, "removed stale map entries");
+        }
+        self.pruned = true;
+        Ok(())
     }
 
     /// Drains the verdict events.

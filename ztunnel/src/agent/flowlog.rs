@@ -62,9 +62,7 @@ fn reason(r: u8) -> &'static str {
 }
 
 fn rfc3339_now() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = now.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -77,13 +75,7 @@ fn rfc3339_now() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        now.subsec_millis()
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, now.subsec_millis())
 }
 
 /// Builds the record of an event, naming pods and policies from the tables.
@@ -91,29 +83,17 @@ pub fn record(e: &ZtEvent, tables: &Tables) -> Record {
     let proto = Protocol::from_number(e.protocol);
     let (src, dst) = (addr(e.family, e.src), addr(e.family, e.dst));
     let port = |p: u16| {
-        if proto.has_ports() {
-            format!(":{}", u16::from_be(p))
-        } else {
-            String::new()
-        }
+        if proto.has_ports() { format!(":{}", u16::from_be(p)) } else { String::new() }
     };
     let rule = (e.rule != 0).then(|| tables.rules.get(&e.rule)).flatten();
     let fmt = |ip: IpAddr, p: String| {
-        if ip.is_ipv6() && !p.is_empty() {
-            format!("[{ip}]{p}")
-        } else {
-            format!("{ip}{p}")
-        }
+        if ip.is_ipv6() && !p.is_empty() { format!("[{ip}]{p}") } else { format!("{ip}{p}") }
     };
     Record {
         time: rfc3339_now(),
         verdict: if e.allowed == 1 { "allowed" } else { "denied" },
         reason: reason(e.reason),
-        direction: if e.direction == 0 {
-            "ingress"
-        } else {
-            "egress"
-        },
+        direction: if e.direction == 0 { "ingress" } else { "egress" },
         pod: tables.endpoints.get(&e.endpoint).map(|x| x.pod.to_string()),
         src: fmt(src, port(e.sport)),
         dst: fmt(dst, port(e.dport)),
@@ -154,27 +134,14 @@ mod tests {
 
     #[test]
     fn records_name_addresses_ports_and_reason() {
-        let mut e = ZtEvent {
-            family: 4,
-            protocol: 6,
-            allowed: 0,
-            reason: 0,
-            direction: 1,
-            ..Default::default()
-        };
+        let mut e = ZtEvent { family: 4, protocol: 6, allowed: 0, reason: 0, direction: 1, ..Default::default() };
         e.src[0] = u32::from_ne_bytes([10, 0, 0, 1]);
         e.dst[0] = u32::from_ne_bytes([10, 0, 0, 2]);
         e.sport = 40000u16.to_be();
         e.dport = 443u16.to_be();
         let r = record(&e, &Tables::default());
-        assert_eq!(
-            (r.src.as_str(), r.dst.as_str()),
-            ("10.0.0.1:40000", "10.0.0.2:443")
-        );
-        assert_eq!(
-            (r.verdict, r.reason, r.direction, r.protocol.as_str()),
-            ("denied", "denied", "egress", "TCP")
-        );
+        assert_eq!((r.src.as_str(), r.dst.as_str()), ("10.0.0.1:40000", "10.0.0.2:443"));
+        assert_eq!((r.verdict, r.reason, r.direction, r.protocol.as_str()), ("denied", "denied", "egress", "TCP"));
         assert!(r.policy.is_none() && r.pod.is_none());
         assert!(r.time.ends_with('Z') && r.time.len() == 24, "{}", r.time);
     }

@@ -33,16 +33,15 @@ pub struct Config {
     pub flow_log: Option<PathBuf>,
     /// How often to look for changes.
     pub poll: Duration,
+    /// Where maps and links are pinned (a bpffs directory); `None` keeps
+    /// them with the process.
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl Config {
     /// Checks the configuration before anything is loaded.
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.manifests.is_dir(),
-            "--local {}: not a directory",
-            self.manifests.display()
-        );
+        anyhow::ensure!(self.manifests.is_dir(), "--local {}: not a directory", self.manifests.display());
         anyhow::ensure!(!self.node.is_empty(), "--node must not be empty");
         anyhow::ensure!(
             self.poll >= Duration::from_millis(10) && self.poll <= Duration::from_secs(10),
@@ -66,8 +65,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         None => Box::new(std::io::stdout()),
     };
     let mut flowlog = FlowLog::new(out);
-    let mut dp = Dataplane::load()?;
+    let (mut dp, numbers) = Dataplane::load(cfg.pin_dir.as_deref())?;
     let mut compiler = Compiler::new(Scope::Node(cfg.node.clone()));
+    compiler.reserve_numbers(numbers.identity, numbers.endpoint, numbers.rule);
     let mut source = DirSource::new(&cfg.manifests);
     tracing::info!(node = %cfg.node, manifests = %cfg.manifests.display(), "agent started");
     let mut last_problems: Vec<String> = Vec::new();
@@ -99,6 +99,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             }
             last_problems = problems;
         }
+        dp.prune_once(compiler.tables())?;
         if changed {
             dp.bump_epoch()?;
             tracing::info!(

@@ -26,23 +26,16 @@ pub fn parse_ipv4(text: &str) -> Vec<Route> {
         if f.len() < 8 {
             continue;
         }
-        let (Ok(dest), Ok(gw), Ok(mask)) = (
-            u32::from_str_radix(f[1], 16),
-            u32::from_str_radix(f[2], 16),
-            u32::from_str_radix(f[7], 16),
-        ) else {
+        let (Ok(dest), Ok(gw), Ok(mask)) =
+            (u32::from_str_radix(f[1], 16), u32::from_str_radix(f[2], 16), u32::from_str_radix(f[7], 16))
+        else {
             continue;
         };
         // The file prints the in-memory (network order) value as a native
         // integer: its native-endian bytes are the address bytes.
         let dest = Ipv4Addr::from(dest.to_ne_bytes());
         let prefix_len = u8::try_from(mask.count_ones()).unwrap_or(0);
-        out.push(Route {
-            dest: IpAddr::V4(dest),
-            prefix_len,
-            via_gateway: gw != 0,
-            interface: f[0].to_string(),
-        });
+        out.push(Route { dest: IpAddr::V4(dest), prefix_len, via_gateway: gw != 0, interface: f[0].to_string() });
     }
     out
 }
@@ -55,11 +48,9 @@ pub fn parse_ipv6(text: &str) -> Vec<Route> {
         if f.len() < 10 || f[0].len() != 32 {
             continue;
         }
-        let (Ok(dest), Ok(plen), Ok(gw)) = (
-            u128::from_str_radix(f[0], 16),
-            u8::from_str_radix(f[1], 16),
-            u128::from_str_radix(f[4], 16),
-        ) else {
+        let (Ok(dest), Ok(plen), Ok(gw)) =
+            (u128::from_str_radix(f[0], 16), u8::from_str_radix(f[1], 16), u128::from_str_radix(f[4], 16))
+        else {
             continue;
         };
         out.push(Route {
@@ -111,10 +102,7 @@ mod tests {
         );
         let v6 = "fd000000000000000000000000000005 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000400 00000001 00000000 00000001     ztv7\n";
         let routes = parse_ipv6(v6);
-        assert_eq!(
-            interface_for(&routes, "fd00::5".parse().unwrap()),
-            Some("ztv7")
-        );
+        assert_eq!(interface_for(&routes, "fd00::5".parse().unwrap()), Some("ztv7"));
     }
 
     #[test]

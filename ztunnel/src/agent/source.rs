@@ -67,11 +67,7 @@ fn rank(o: &ObjectRef) -> u8 {
 impl DirSource {
     /// A source for `dir` (nothing read yet).
     pub fn new(dir: &Path) -> Self {
-        Self {
-            dir: dir.to_path_buf(),
-            files: BTreeMap::new(),
-            current: BTreeMap::new(),
-        }
+        Self { dir: dir.to_path_buf(), files: BTreeMap::new(), current: BTreeMap::new() }
     }
 
     /// Reads what changed since the last poll.
@@ -86,17 +82,12 @@ impl DirSource {
                     document: 0,
                     reason: format!("cannot list: {e}"),
                 });
-                return Poll {
-                    changes: Vec::new(),
-                    errors,
-                };
+                return Poll { changes: Vec::new(), errors };
             }
         };
         self.files.retain(|f, _| listed.contains(f));
         for file in listed {
-            let stamp = std::fs::metadata(&file)
-                .ok()
-                .and_then(|m| Some((m.len(), m.modified().ok()?)));
+            let stamp = std::fs::metadata(&file).ok().and_then(|m| Some((m.len(), m.modified().ok()?)));
             let state = self.files.entry(file.clone()).or_default();
             if stamp.is_some() && state.stamp == stamp {
                 continue;
@@ -105,20 +96,13 @@ impl DirSource {
             let text = match std::fs::read_to_string(&file) {
                 Ok(t) => t,
                 Err(e) => {
-                    errors.push(ManifestError::Syntax {
-                        file: name,
-                        document: 0,
-                        reason: format!("cannot read: {e}"),
-                    });
+                    errors.push(ManifestError::Syntax { file: name, document: 0, reason: format!("cannot read: {e}") });
                     continue; // keep the file's previous objects
                 }
             };
             let parsed = parse_str(&name, &text);
-            let mut objects: BTreeMap<ObjectRef, Object> = parsed
-                .objects
-                .into_iter()
-                .map(|(_, o)| (o.reference(), o))
-                .collect();
+            let mut objects: BTreeMap<ObjectRef, Object> =
+                parsed.objects.into_iter().map(|(_, o)| (o.reference(), o)).collect();
             for e in &parsed.errors {
                 // Keep the last good version of an object whose document is
                 // now invalid.
@@ -152,19 +136,11 @@ impl DirSource {
             Change::Apply(o) => rank(&o.reference()),
             Change::Delete(r) => rank(r),
         });
-        let mut deletes: Vec<ObjectRef> = self
-            .current
-            .keys()
-            .filter(|r| !merged.contains_key(*r))
-            .cloned()
-            .collect();
+        let mut deletes: Vec<ObjectRef> = self.current.keys().filter(|r| !merged.contains_key(*r)).cloned().collect();
         deletes.sort_by_key(|r| std::cmp::Reverse(rank(r)));
         applies.extend(deletes.into_iter().map(Change::Delete));
         self.current = merged;
-        Poll {
-            changes: applies,
-            errors,
-        }
+        Poll { changes: applies, errors }
     }
 }
 
@@ -194,11 +170,7 @@ mod tests {
         let p = src.poll();
         assert!(p.changes.is_empty(), "{:?}", p.changes);
         assert_eq!(p.errors.len(), 1);
-        assert!(
-            p.errors[0].to_string().contains("NetworkPolicy a/one"),
-            "{}",
-            p.errors[0]
-        );
+        assert!(p.errors[0].to_string().contains("NetworkPolicy a/one"), "{}", p.errors[0]);
 
         // A second file adds an object; removing the first deletes it.
         std::fs::write(dir.path().join("q.yaml"), np("two", "")).unwrap();
@@ -206,11 +178,6 @@ mod tests {
         assert_eq!(p.changes.len(), 1);
         std::fs::remove_file(&f).unwrap();
         let p = src.poll();
-        assert_eq!(
-            p.changes,
-            vec![Change::Delete(ObjectRef::NetworkPolicy(
-                policy::ObjectKey::new("a", "one")
-            ))]
-        );
+        assert_eq!(p.changes, vec![Change::Delete(ObjectRef::NetworkPolicy(policy::ObjectKey::new("a", "one")))]);
     }
 }

@@ -65,6 +65,13 @@ pub struct RunArgs {
     /// How often to look for manifest changes, in milliseconds.
     #[arg(long, default_value_t = 200)]
     pub poll_ms: u64,
+    /// Pin maps and program links in this bpffs directory so enforcement
+    /// survives agent restarts (default: /sys/fs/bpf/ztunnel/NODE).
+    #[arg(long, value_name = "DIR")]
+    pub bpffs: Option<PathBuf>,
+    /// Do not pin: programs are detached when the agent exits.
+    #[arg(long, conflicts_with = "bpffs")]
+    pub no_pin: bool,
 }
 
 /// `ztunnel policy ...`
@@ -124,11 +131,13 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let color = render::use_color(cli.color);
     match cli.command {
         Command::Run(args) => {
+            let default_pins = PathBuf::from("/sys/fs/bpf/ztunnel").join(&args.node);
             crate::agent::run(crate::agent::Config {
                 manifests: args.local,
                 node: args.node,
                 flow_log: args.flow_log,
                 poll: std::time::Duration::from_millis(args.poll_ms),
+                pin_dir: if args.no_pin { None } else { Some(args.bpffs.unwrap_or(default_pins)) },
             })?;
             Ok(std::process::ExitCode::SUCCESS)
         }

@@ -20,12 +20,8 @@ pub fn parse_port(s: &str) -> anyhow::Result<(u16, Protocol)> {
         None if s.chars().all(|c| c.is_ascii_digit()) => (s, "TCP"),
         None => ("0", s),
     };
-    let protocol: Protocol = proto
-        .parse()
-        .map_err(|e: String| anyhow::anyhow!("--port {s:?}: {e}"))?;
-    let port: u16 = port
-        .parse()
-        .with_context(|| format!("--port {s:?}: {port:?} is not a port number"))?;
+    let protocol: Protocol = proto.parse().map_err(|e: String| anyhow::anyhow!("--port {s:?}: {e}"))?;
+    let port: u16 = port.parse().with_context(|| format!("--port {s:?}: {port:?} is not a port number"))?;
     if protocol.has_ports() && port == 0 {
         bail!("--port {s:?}: {protocol} needs a port between 1 and 65535");
     }
@@ -36,9 +32,7 @@ fn parse_endpoint(s: &str, flag: &str) -> anyhow::Result<Endpoint> {
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Ok(Endpoint::Ip(ip));
     }
-    let key: ObjectKey = s
-        .parse()
-        .map_err(|e: String| anyhow::anyhow!("{flag}: {e}"))?;
+    let key: ObjectKey = s.parse().map_err(|e: String| anyhow::anyhow!("{flag}: {e}"))?;
     Ok(Endpoint::Pod(key))
 }
 
@@ -50,10 +44,7 @@ fn load_reporting(paths: &[std::path::PathBuf]) -> Loaded {
         eprintln!("warning: {e}");
     }
     if !loaded.errors.is_empty() {
-        eprintln!(
-            "warning: {} invalid object(s) or file(s) ignored; the rest is used",
-            loaded.errors.len()
-        );
+        eprintln!("warning: {} invalid object(s) or file(s) ignored; the rest is used", loaded.errors.len());
     }
     loaded
 }
@@ -68,11 +59,7 @@ pub fn check(args: &CheckArgs, color: bool) -> anyhow::Result<ExitCode> {
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&verdict)?),
         Output::Text => {
-            let word = if verdict.allowed() {
-                "ALLOWED"
-            } else {
-                "DENIED"
-            };
+            let word = if verdict.allowed() { "ALLOWED" } else { "DENIED" };
             println!(
                 "{} {} -> {} {}",
                 paint(word, verdict.allowed(), color),
@@ -84,34 +71,20 @@ pub fn check(args: &CheckArgs, color: bool) -> anyhow::Result<ExitCode> {
             println!("  ingress ({}): {}", args.to, explain(&verdict.ingress));
         }
     }
-    Ok(if verdict.allowed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if verdict.allowed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn port_label(port: u16, protocol: Protocol) -> String {
-    if protocol.has_ports() {
-        format!("{port}/{protocol}")
-    } else {
-        protocol.to_string()
-    }
+    if protocol.has_ports() { format!("{port}/{protocol}") } else { protocol.to_string() }
 }
 
 /// `policy matrix`.
 pub fn matrix_cmd(args: &MatrixArgs, color: bool) -> anyhow::Result<ExitCode> {
-    let ports = args
-        .ports
-        .iter()
-        .map(|p| parse_port(p))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let ports = args.ports.iter().map(|p| parse_port(p)).collect::<anyhow::Result<Vec<_>>>()?;
     let cluster = load_reporting(&args.sources.paths).cluster();
     let endpoints = default_endpoints(&cluster, &args.external);
-    let matrices = ports
-        .iter()
-        .map(|(port, proto)| matrix(&cluster, &endpoints, *port, *proto))
-        .collect::<Result<Vec<_>, _>>()?;
+    let matrices =
+        ports.iter().map(|(port, proto)| matrix(&cluster, &endpoints, *port, *proto)).collect::<Result<Vec<_>, _>>()?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&matrices)?),
         Output::Text => {
@@ -146,11 +119,7 @@ pub fn render_matrix(m: &Matrix, color: bool) -> String {
     for (i, name) in m.endpoints.iter().enumerate() {
         let _ = write!(out, "{:>num$}  {:width$} ", i + 1, name);
         for cell in &m.cells[i] {
-            let mark = if cell.allowed {
-                paint("  ✓", true, color)
-            } else {
-                paint("  ✗", false, color)
-            };
+            let mark = if cell.allowed { paint("  ✓", true, color) } else { paint("  ✗", false, color) };
             out.push_str(&mark);
         }
         out.push('\n');
