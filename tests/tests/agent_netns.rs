@@ -171,6 +171,32 @@ fn agent_enforces_policy_changes_from_the_manifest_directory() {
         "policy removal did not take effect"
     );
 
+    // The admin endpoint reports readiness and the datapath's counters.
+    let metrics = testbed::netns::run_in(tb.nodes[1].ns.name(), || {
+        let get = |path: &str| {
+            let mut s = TcpStream::connect("127.0.0.1:15021").unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes()).unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        };
+        (get("/ready"), get("/metrics"))
+    })
+    .unwrap();
+    assert!(metrics.0.starts_with("HTTP/1.0 200"), "{}", metrics.0);
+    let count = |needle: &str| -> u64 {
+        metrics
+            .1
+            .lines()
+            .filter(|l| l.starts_with(needle))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert!(count("ztunnel_flows_total{direction=\"egress\",verdict=\"denied\"") > 0, "{}", metrics.1);
+    assert!(count("ztunnel_datapath_packets_total{direction=\"egress\",verdict=\"dropped\"}") > 0, "{}", metrics.1);
+    assert!(count("ztunnel_datapath_packets_total{direction=\"ingress\",verdict=\"allowed\"}") > 0, "{}", metrics.1);
+    assert_eq!(count("ztunnel_attached_pods"), 2, "{}", metrics.1);
+
     // The flow log names pods, verdicts and policies.
     std::thread::sleep(Duration::from_millis(300));
     let lines: Vec<serde_json::Value> = logs

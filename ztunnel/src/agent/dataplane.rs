@@ -41,6 +41,7 @@ pub struct Dataplane {
     maps: AyaMaps,
     config: aya::maps::Array<aya::maps::MapData, ZtConfig>,
     events: aya::maps::RingBuf<aya::maps::MapData>,
+    counters: aya::maps::PerCpuArray<aya::maps::MapData, maps::ZtCounter>,
     attached: BTreeMap<ObjectKey, Attached>,
     /// Links a previous agent pinned, not yet claimed by a pod.
     adopted: BTreeMap<u32, PinnedPod>,
@@ -102,6 +103,8 @@ impl Dataplane {
         config_array.set(0, config(epoch), 0)?;
         let events_map = bpf.take_map(zt_ebpf::map_names::EVENTS).context("map zt_events")?;
         let events = aya::maps::RingBuf::try_from(events_map)?;
+        let counters_map = bpf.take_map(zt_ebpf::map_names::COUNTERS).context("map zt_counters")?;
+        let counters = aya::maps::PerCpuArray::try_from(counters_map)?;
         let adopted = links_dir.as_deref().map(adopt_pinned).unwrap_or_default();
         if !adopted.is_empty() {
             tracing::info!(interfaces = adopted.len(), "found pinned attachments of a previous agent");
@@ -111,6 +114,7 @@ impl Dataplane {
             maps,
             config: config_array,
             events,
+            counters,
             attached: BTreeMap::new(),
             adopted,
             links_dir,
@@ -241,6 +245,27 @@ impl Dataplane {
         }
         self.pruned = true;
         Ok(())
+    }
+
+    /// Packet and byte totals per (direction, allowed), summed over CPUs:
+    /// index `direction * 2 + allowed`.
+    pub fn counters(&self) -> [(u64, u64); 4] {
+        let mut out = [(0, 0); 4];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let Ok(i) = u32::try_from(i) else { continue };
+            if let Ok(per_cpu) = self.counters.get(&i, 0) {
+                for c in per_cpu.iter() {
+                    slot.0 += c.packets;
+                    slot.1 += c.bytes;
+                }
+            }
+        }
+        out
+    }
+
+    /// Number of pods with classifiers attached.
+    pub fn attached_count(&self) -> usize {
+        self.attached.len()
     }
 
     /// Drains the verdict events.

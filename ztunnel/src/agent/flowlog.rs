@@ -114,9 +114,9 @@ impl FlowLog {
         Self { out }
     }
 
-    /// Writes one event. IO errors are logged, never fatal: enforcement
-    /// does not depend on the log.
-    pub fn write(&mut self, e: &ZtEvent, tables: &Tables) {
+    /// Writes one event and returns its record. IO errors are logged,
+    /// never fatal: enforcement does not depend on the log.
+    pub fn write(&mut self, e: &ZtEvent, tables: &Tables) -> Record {
         let rec = record(e, tables);
         let res = serde_json::to_writer(&mut self.out, &rec)
             .map_err(std::io::Error::other)
@@ -125,6 +125,7 @@ impl FlowLog {
         if let Err(err) = res {
             tracing::warn!(error = %err, "writing the flow log");
         }
+        rec
     }
 }
 

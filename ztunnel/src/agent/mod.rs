@@ -7,17 +7,21 @@
 //! re-check their verdicts), attach/detach classifiers as pods' interfaces
 //! appear and go, and turn verdict events into flow-log lines.
 
+pub mod admin;
 pub mod dataplane;
 pub mod flowlog;
 pub mod routes;
 pub mod source;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use policy::compile::{Compiler, Scope};
 
+use self::admin::{FlowLabels, Metrics, PacketLabels};
 use self::dataplane::Dataplane;
 use self::flowlog::FlowLog;
 use self::source::{Change, DirSource};
@@ -36,6 +40,8 @@ pub struct Config {
     /// Where maps and links are pinned (a bpffs directory); `None` keeps
     /// them with the process.
     pub pin_dir: Option<PathBuf>,
+    /// Admin endpoint (`/ready`, `/metrics`); `None` disables it.
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -65,6 +71,15 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         None => Box::new(std::io::stdout()),
     };
     let mut flowlog = FlowLog::new(out);
+    let metrics = Arc::new(Metrics::default());
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let state = Arc::new(admin::State { ready: AtomicBool::new(false), registry: Mutex::new(registry) });
+    if let Some(addr) = cfg.admin {
+        let bound = admin::serve(addr, state.clone()).with_context(|| format!("--admin {addr}"))?;
+        tracing::info!(%bound, "admin endpoint listening");
+    }
+    let mut last_counters = [(0u64, 0u64); 4];
     let (mut dp, numbers) = Dataplane::load(cfg.pin_dir.as_deref())?;
     let mut compiler = Compiler::new(Scope::Node(cfg.node.clone()));
     compiler.reserve_numbers(numbers.identity, numbers.endpoint, numbers.rule);
@@ -76,6 +91,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         for e in &poll.errors {
             tracing::warn!(error = %e, "rejected manifest");
         }
+        metrics.rejected_objects.inc_by(poll.errors.len() as u64);
         let mut changed = false;
         for change in poll.changes {
             let diff = match &change {
@@ -86,7 +102,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 continue;
             }
             changed = true;
+            metrics.syncs.inc();
             if let Err(e) = dp.sync(&diff) {
+                metrics.sync_errors.inc();
                 // A full or failing map: the affected entries are missing,
                 // which only ever denies (no entry opens traffic).
                 tracing::error!(error = %e, "map sync failed; affected traffic is denied");
@@ -109,7 +127,29 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             );
         }
         let tables = compiler.tables();
-        dp.drain_events(|e| flowlog.write(&e, tables));
+        dp.drain_events(|e| {
+            let rec = flowlog.write(&e, tables);
+            metrics
+                .flows
+                .get_or_create(&FlowLabels {
+                    direction: rec.direction.to_string(),
+                    verdict: rec.verdict.to_string(),
+                    reason: rec.reason.to_string(),
+                })
+                .inc();
+        });
+        let now = dp.counters();
+        for (i, ((p, b), (lp, lb))) in now.iter().zip(last_counters.iter()).enumerate() {
+            let labels = PacketLabels {
+                direction: if i / 2 == 0 { "ingress" } else { "egress" }.to_string(),
+                verdict: if i % 2 == 1 { "allowed" } else { "dropped" }.to_string(),
+            };
+            metrics.packets.get_or_create(&labels).inc_by(p.saturating_sub(*lp));
+            metrics.bytes.get_or_create(&labels).inc_by(b.saturating_sub(*lb));
+        }
+        last_counters = now;
+        metrics.attached_pods.set(i64::try_from(dp.attached_count()).unwrap_or(i64::MAX));
+        state.ready.store(true, Ordering::Relaxed);
         std::thread::sleep(cfg.poll);
     }
 }

@@ -72,6 +72,9 @@ pub struct RunArgs {
     /// Do not pin: programs are detached when the agent exits.
     #[arg(long, conflicts_with = "bpffs")]
     pub no_pin: bool,
+    /// Admin endpoint address (`/ready`, `/metrics`).
+    #[arg(long, default_value = "127.0.0.1:15021")]
+    pub admin: std::net::SocketAddr,
 }
 
 /// `ztunnel policy ...`
@@ -138,6 +141,7 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 flow_log: args.flow_log,
                 poll: std::time::Duration::from_millis(args.poll_ms),
                 pin_dir: if args.no_pin { None } else { Some(args.bpffs.unwrap_or(default_pins)) },
+                admin: Some(args.admin),
             })?;
             Ok(std::process::ExitCode::SUCCESS)
         }
