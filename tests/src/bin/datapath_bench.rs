@@ -1,0 +1,261 @@
+//! Datapath benchmark: the cost of the classifiers on real traffic between
+//! two pods on two nodes, measured in one run against a baseline without
+//! programs.
+//!
+//! Modes: (a) no programs; (b) programs with one policy selecting both pods;
+//! (c) programs with the generated 1,000-namespace cluster (10,000 policies,
+//! 50,000 pods' addresses and identities in the maps) plus the same pods.
+//! Per mode: iperf3 single stream and `-P 4` throughput, request/response
+//! round trips (1-byte echo, p50/p99) and new TCP connections per second.
+//! Prints ratios against (a). Needs root and iperf3 (`benches/datapath.sh`
+//! installs it).
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use policy::compile::{Compiler, Scope, Tables, diff_tables};
+use policy::labels::Selector;
+use policy::model::{NamedPort, NetworkPolicy, ObjectKey, Pod, Protocol, Rule};
+use policy::{Cluster, Object};
+use testbed::{Testbed, probe, require_root};
+use zt_ebpf::loader::{AyaMaps, PodLinks, apply_diff, attach_pod, load_programs};
+
+struct Loaded {
+    _bpf: aya::Ebpf,
+    _maps: AyaMaps,
+    _links: Vec<PodLinks>,
+}
+
+fn pod(ns: &str, name: &str, ip: Ipv4Addr, node: &str) -> Pod {
+    Pod {
+        key: ObjectKey::new(ns, name),
+        labels: [("app".to_string(), name.to_string())].into(),
+        ips: vec![ip.into()],
+        node: Some(node.into()),
+        service_account: "default".into(),
+        named_ports: vec![NamedPort { name: "iperf".into(), protocol: Protocol::Tcp, port: 5201 }],
+        host_network: false,
+    }
+}
+
+fn load(tb: &Testbed, node: usize, tables: Tables) -> anyhow::Result<Loaded> {
+    let ifaces: Vec<(String, String)> =
+        tb.pods.iter().filter(|p| p.node == node).map(|p| (p.key.clone(), p.host_if.clone())).collect();
+    tb.nodes[node].ns.run(move || -> anyhow::Result<Loaded> {
+        let mut bpf = aya::Ebpf::load(zt_ebpf::OBJECT)?;
+        load_programs(&mut bpf)?;
+        let mut maps = AyaMaps::take(&mut bpf)?;
+        let index: std::collections::BTreeMap<String, u32> = ifaces
+            .iter()
+            .map(|(k, i)| Ok((k.clone(), nix::net::if_::if_nametoindex(i.as_str())?)))
+            .collect::<anyhow::Result<_>>()?;
+        apply_diff(
+            &mut maps,
+            &diff_tables(&Tables::default(), &tables),
+            &|p| index.get(&p.to_string()).copied(),
+            &|_| None,
+        )?;
+        let links = ifaces.iter().map(|(_, i)| attach_pod(&mut bpf, i)).collect::<Result<Vec<_>, _>>()?;
+        Ok(Loaded { _bpf: bpf, _maps: maps, _links: links })
+    })?
+}
+
+fn iperf(client_ns: &str, server: Ipv4Addr, parallel: u32) -> anyhow::Result<f64> {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            client_ns,
+            "iperf3",
+            "-c",
+            &server.to_string(),
+            "-t",
+            "4",
+            "-J",
+            "-P",
+            &parallel.to_string(),
+        ])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "iperf3: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "sum_received": {... "bits_per_second": N ...}
+    let i = text.find("\"sum_received\"").context("iperf3 output")?;
+    let j = text[i..].find("\"bits_per_second\"").context("iperf3 output")? + i;
+    let num: String = text[j + 18..]
+        .chars()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+')
+        .collect();
+    Ok(num.parse::<f64>()? / 1e9)
+}
+
+fn rr(client_ns: &str, to: SocketAddr, n: usize) -> anyhow::Result<(Duration, Duration)> {
+    testbed::netns::run_in(client_ns, move || -> anyhow::Result<(Duration, Duration)> {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+        s.set_nodelay(true)?;
+        let mut buf = [0u8; 1];
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            s.write_all(b"x")?;
+            s.read_exact(&mut buf)?;
+            times.push(t.elapsed());
+        }
+        times.sort();
+        Ok((times[n / 2], times[n * 99 / 100]))
+    })?
+}
+
+fn conns_per_sec(client_ns: &str, to: SocketAddr, secs: f64) -> anyhow::Result<f64> {
+    testbed::netns::run_in(client_ns, move || -> anyhow::Result<f64> {
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed().as_secs_f64() < secs {
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+            s.write_all(b"x")?;
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b)?;
+            n += 1;
+        }
+        Ok(n as f64 / start.elapsed().as_secs_f64())
+    })?
+}
+
+struct Measured {
+    name: &'static str,
+    single: f64,
+    multi: f64,
+    p50: Duration,
+    p99: Duration,
+    cps: f64,
+}
+
+fn measure(name: &'static str, client: &str, server: Ipv4Addr) -> anyhow::Result<Measured> {
+    let echo = SocketAddr::from((server, 80));
+    let single = iperf(client, server, 1)?;
+    let multi = iperf(client, server, 4)?;
+    let (p50, p99) = rr(client, echo, 20_000)?;
+    let cps = conns_per_sec(client, echo, 3.0)?;
+    if std::env::var("ZT_BENCH_DEBUG").is_ok() {
+        let out = Command::new("ip")
+            .args(["netns", "exec", client, "nstat", "-az", "TcpExtTCPSynRetrans", "TcpRetransSegs", "TcpActiveOpens"])
+            .output()?;
+        eprintln!("{name}: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    Ok(Measured { name, single, multi, p50, p99, cps })
+}
+
+fn main() -> anyhow::Result<()> {
+    if !require_root("datapath benchmark") {
+        return Ok(());
+    }
+    let (client_ip, server_ip) = (Ipv4Addr::new(10, 244, 1, 50), Ipv4Addr::new(10, 244, 2, 50));
+    let mut tb = Testbed::new(&["bench-1", "bench-2"])?;
+    tb.add_pod("bench/client", 0, client_ip)?;
+    tb.add_pod("bench/server", 1, server_ip)?;
+    let server_ns = tb.pod("bench/server").context("server")?.ns.name().to_string();
+    let client_ns = tb.pod("bench/client").context("client")?.ns.name().to_string();
+    probe::serve(&tb.pod("bench/server").context("server")?.ns, &[80], &[])?;
+    // The connection-rate loop leaves thousands of TIME_WAIT sockets; let
+    // the client reuse them and widen its port range, or each later mode
+    // would measure the kernel's ephemeral-port search, not the datapath.
+    let client_pod = &tb.pod("bench/client").context("client")?.ns;
+    client_pod.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+    client_pod.sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
+    let mut iperf_srv: Child = Command::new("ip")
+        .args(["netns", "exec", &server_ns, "iperf3", "-s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+
+    let ours = [
+        Object::Pod(pod("bench", "client", client_ip, "bench-1")),
+        Object::Pod(pod("bench", "server", server_ip, "bench-2")),
+        Object::NetworkPolicy(NetworkPolicy {
+            key: ObjectKey::new("bench", "allow"),
+            pod_selector: Selector::everything(),
+            ingress: Some(vec![Rule::default()]),
+            egress: Some(vec![Rule::default()]),
+        }),
+    ];
+    let tables =
+        |cluster: &Cluster, node: &str| Compiler::from_cluster(Scope::Node(node.into()), cluster).tables().clone();
+
+    // The three modes, interleaved over rounds (drift on a shared VM hits
+    // every mode alike); each number reported is the median over rounds.
+    let small = Cluster::from_objects(ours.iter().cloned());
+    let mut objs = ztunnel_benches::cluster(ztunnel_benches::Scale::TARGET);
+    objs.extend(ours.iter().cloned());
+    let big = Cluster::from_objects(objs);
+    let small_tables = (tables(&small, "bench-1"), tables(&small, "bench-2"));
+    let big_tables = (tables(&big, "bench-1"), tables(&big, "bench-2"));
+    eprintln!(
+        "(c) maps per node: {} ipcache entries, {} identities",
+        big_tables.0.ipcache.len(),
+        big_tables.0.identities.len()
+    );
+    let rounds: usize = std::env::var("ZT_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    let names = ["(a) no programs", "(b) programs, 1 policy", "(c) programs, 10k policies"];
+    let mut runs: Vec<Vec<Measured>> = (0..3).map(|_| Vec::new()).collect();
+    for _ in 0..rounds {
+        runs[0].push(measure(names[0], &client_ns, server_ip)?);
+        for (i, t) in [(1, &small_tables), (2, &big_tables)] {
+            let _l = (load(&tb, 0, t.0.clone())?, load(&tb, 1, t.1.clone())?);
+            runs[i].push(measure(names[i], &client_ns, server_ip)?);
+        }
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let results: Vec<Measured> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Measured {
+            name: names[i],
+            single: med(&mut r.iter().map(|m| m.single).collect()),
+            multi: med(&mut r.iter().map(|m| m.multi).collect()),
+            p50: Duration::from_secs_f64(med(&mut r.iter().map(|m| m.p50.as_secs_f64()).collect())),
+            p99: Duration::from_secs_f64(med(&mut r.iter().map(|m| m.p99.as_secs_f64()).collect())),
+            cps: med(&mut r.iter().map(|m| m.cps).collect()),
+        })
+        .collect();
+    let _ = iperf_srv.kill();
+    let _ = iperf_srv.wait();
+
+    let base = &results[0];
+    println!(
+        "datapath benchmark: pod to pod across two nodes (veth + node link), median of {rounds} interleaved rounds"
+    );
+    println!(
+        "{:<28} {:>12} {:>12} {:>10} {:>10} {:>12}",
+        "mode", "1 stream", "4 streams", "rr p50", "rr p99", "conn/s"
+    );
+    for r in &results {
+        println!(
+            "{:<28} {:>7.2} Gb/s {:>7.2} Gb/s {:>8.1}µs {:>8.1}µs {:>12.0}",
+            r.name,
+            r.single,
+            r.multi,
+            r.p50.as_secs_f64() * 1e6,
+            r.p99.as_secs_f64() * 1e6,
+            r.cps
+        );
+    }
+    for r in &results[1..] {
+        println!(
+            "{:<28} {:>11.1}% {:>11.1}% {:>9.1}% {:>9.1}% {:>11.1}%   (ratio to (a))",
+            r.name,
+            100.0 * r.single / base.single,
+            100.0 * r.multi / base.multi,
+            100.0 * r.p50.as_secs_f64() / base.p50.as_secs_f64(),
+            100.0 * r.p99.as_secs_f64() / base.p99.as_secs_f64(),
+            100.0 * r.cps / base.cps
+        );
+    }
+    Ok(())
+}
