@@ -66,6 +66,16 @@ fn copy(from: &Path, to: &Path) {
     fs::copy(from, to).unwrap();
 }
 
+/// A manifest directory under `root` holding the example workload.
+fn workload_dir(root: &Path) -> PathBuf {
+    let manifests = root.join("manifests");
+    fs::create_dir(&manifests).unwrap();
+    for f in ["namespaces.yaml", "nodes.yaml", "pods.yaml"] {
+        copy(&examples().join("workload").join(f), &manifests.join(f));
+    }
+    manifests
+}
+
 /// Polls `probe` until it returns `want`, up to `limit`; returns the time it took.
 fn until(limit: Duration, want: bool, mut probe: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
@@ -84,11 +94,7 @@ fn agent_enforces_policy_changes_from_the_manifest_directory() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let manifests = dir.path().join("manifests");
-    fs::create_dir(&manifests).unwrap();
-    for f in ["namespaces.yaml", "nodes.yaml", "pods.yaml"] {
-        copy(&examples().join("workload").join(f), &manifests.join(f));
-    }
+    let manifests = workload_dir(dir.path());
     let text = fs::read_to_string(manifests.join("pods.yaml")).unwrap();
     let cluster = Cluster::from_objects(parse_str("pods.yaml", &text).objects.into_iter().map(|(_, o)| o));
 
@@ -256,11 +262,7 @@ fn enforcement_survives_agent_kill_and_restart() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let manifests = dir.path().join("manifests");
-    fs::create_dir(&manifests).unwrap();
-    for f in ["namespaces.yaml", "nodes.yaml", "pods.yaml"] {
-        copy(&examples().join("workload").join(f), &manifests.join(f));
-    }
+    let manifests = workload_dir(dir.path());
     for f in ["01-default-deny.yaml", "02-allow-dns.yaml", "03-bookstore.yaml"] {
         copy(&examples().join("policies").join(f), &manifests.join(f));
     }
