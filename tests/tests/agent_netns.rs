@@ -168,6 +168,23 @@ fn agent_enforces_policy_changes_from_the_manifest_directory() {
     drop(tx);
     long.join().unwrap();
 
+    // Relabelling the pod while traffic runs: app=bookstore is admitted by
+    // api-allow and may send through allow-bookstore-egress.
+    let pods = manifests.join("pods.yaml");
+    let original = fs::read_to_string(&pods).unwrap();
+    let plain = "  name: test\n  namespace: default\n";
+    assert!(original.contains(plain));
+    fs::write(&pods, original.replace(plain, "  name: test\n  namespace: default\n  labels:\n    app: bookstore\n"))
+        .unwrap();
+    let opened = until(Duration::from_secs(3), true, || probe::tcp(&test_ns, api));
+    assert!(opened.is_some(), "relabel to app=bookstore did not open the path");
+    eprintln!("relabel took effect within {:?}", opened.unwrap_or_default());
+    fs::write(&pods, &original).unwrap();
+    assert!(
+        until(Duration::from_secs(3), false, || probe::tcp(&test_ns, api)).is_some(),
+        "relabel back did not close it"
+    );
+
     // Removing the policies opens the path again.
     for f in ["01-default-deny.yaml", "02-allow-dns.yaml", "03-bookstore.yaml"] {
         fs::remove_file(manifests.join(f)).unwrap();
