@@ -148,18 +148,21 @@ impl Dataplane {
             Ok(r) => r,
             Err(e) => return vec![format!("reading routes: {e}")],
         };
-        let wanted: BTreeMap<ObjectKey, (EndpointId, Option<String>)> = tables
-            .endpoints
-            .iter()
-            .map(|(id, info)| {
-                let iface = tables
-                    .ipcache
-                    .iter()
-                    .filter(|(_, i)| i.endpoint == *id)
-                    .find_map(|(ip, _)| super::routes::interface_for(&routes, *ip).map(String::from));
-                (info.pod.clone(), (*id, iface))
-            })
-            .collect();
+        // One pass over the routes and one over the ipcache (which holds
+        // every address of the cluster), not one scan per endpoint: this
+        // runs every poll.
+        let host_routes = super::routes::host_routes(&routes);
+        let mut iface_of: BTreeMap<EndpointId, String> = BTreeMap::new();
+        for (ip, info) in &tables.ipcache {
+            if info.endpoint != 0
+                && !iface_of.contains_key(&info.endpoint)
+                && let Some(iface) = host_routes.get(ip)
+            {
+                iface_of.insert(info.endpoint, (*iface).to_string());
+            }
+        }
+        let wanted: BTreeMap<ObjectKey, (EndpointId, Option<String>)> =
+            tables.endpoints.iter().map(|(id, info)| (info.pod.clone(), (*id, iface_of.remove(id)))).collect();
         // Detach what is gone or moved to another interface.
         let stale: Vec<ObjectKey> = self
             .attached

@@ -63,13 +63,20 @@ pub fn parse_ipv6(text: &str) -> Vec<Route> {
     out
 }
 
-/// The interface of the host route (full-length prefix, no gateway) to `ip`.
-pub fn interface_for(routes: &[Route], ip: IpAddr) -> Option<&str> {
-    let full = if ip.is_ipv4() { 32 } else { 128 };
-    routes
-        .iter()
-        .find(|r| r.dest == ip && r.prefix_len == full && !r.via_gateway && r.interface != "lo")
-        .map(|r| r.interface.as_str())
+/// Whether a route is a host route to a pod: full-length prefix, no
+/// gateway, not loopback.
+fn is_pod_route(r: &Route) -> bool {
+    let full = if r.dest.is_ipv4() { 32 } else { 128 };
+    r.prefix_len == full && !r.via_gateway && r.interface != "lo"
+}
+
+/// Every host route, by destination (the first one wins).
+pub fn host_routes(routes: &[Route]) -> std::collections::HashMap<IpAddr, &str> {
+    let mut out = std::collections::HashMap::new();
+    for r in routes.iter().filter(|r| is_pod_route(r)) {
+        out.entry(r.dest).or_insert(r.interface.as_str());
+    }
+    out
 }
 
 /// Reads both routing tables of the current network namespace.
@@ -94,15 +101,14 @@ mod tests {
         let routes = parse_ipv4(v4);
         assert_eq!(routes.len(), 3);
         let pod: IpAddr = "10.244.1.10".parse().unwrap();
-        assert_eq!(interface_for(&routes, pod), Some("ztv3"));
-        assert_eq!(
-            interface_for(&routes, "10.244.2.10".parse().unwrap()),
-            None,
-            "a /24 via a gateway is not a pod route"
-        );
+        let index = host_routes(&routes);
+        assert_eq!(index.get(&pod), Some(&"ztv3"));
+        let other: IpAddr = "10.244.2.10".parse().unwrap();
+        assert_eq!(index.get(&other), None, "a /24 via a gateway is not a pod route");
+        assert_eq!(index.len(), 1);
         let v6 = "fd000000000000000000000000000005 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000400 00000001 00000000 00000001     ztv7\n";
         let routes = parse_ipv6(v6);
-        assert_eq!(interface_for(&routes, "fd00::5".parse().unwrap()), Some("ztv7"));
+        assert_eq!(host_routes(&routes).get(&"fd00::5".parse().unwrap()), Some(&"ztv7"));
     }
 
     #[test]
