@@ -47,15 +47,6 @@ pub struct Poll {
     pub errors: Vec<ManifestError>,
 }
 
-fn describe_ref(r: &ObjectRef) -> String {
-    match r {
-        ObjectRef::Namespace(n) => format!("Namespace {n}"),
-        ObjectRef::Pod(k) => format!("Pod {k}"),
-        ObjectRef::Node(n) => format!("Node {n}"),
-        ObjectRef::NetworkPolicy(k) => format!("NetworkPolicy {k}"),
-    }
-}
-
 fn rank(o: &ObjectRef) -> u8 {
     match o {
         ObjectRef::Namespace(_) | ObjectRef::Node(_) => 0,
@@ -109,7 +100,7 @@ impl DirSource {
                 if let ManifestError::Object { error, .. } = e {
                     let named = format!("{} {}", error.kind, error.object);
                     for (r, o) in &state.objects {
-                        if describe_ref(r) == named && !objects.contains_key(r) {
+                        if o.describe() == named && !objects.contains_key(r) {
                             objects.insert(r.clone(), o.clone());
                         }
                     }
