@@ -55,8 +55,7 @@ impl<'a> Party<'a> {
     }
 
     /// A pod with one of its addresses (or none).
-    pub fn from_pod(cluster: &'a Cluster, pod: &'a Pod, ip: Option<IpAddr>) -> Self {
-        let _ = cluster;
+    pub fn from_pod(pod: &'a Pod, ip: Option<IpAddr>) -> Self {
         if pod.host_network {
             return Party { ip, pod: None, node: pod.node.as_deref() };
         }
@@ -191,7 +190,7 @@ pub fn evaluate(
 
 fn party<'a>(cluster: &'a Cluster, pod: Option<&'a Pod>, ip: Option<IpAddr>) -> Party<'a> {
     match (pod, ip) {
-        (Some(p), ip) => Party::from_pod(cluster, p, ip),
+        (Some(p), ip) => Party::from_pod(p, ip),
         (None, Some(ip)) => Party::from_ip(cluster, ip),
         (None, None) => Party { ip: None, pod: None, node: None },
     }
