@@ -219,7 +219,12 @@ impl Authority {
 
     /// Replaces the intermediate with a new one under the same root (needs
     /// the root key). The trust bundle does not change.
-    pub fn renew_intermediate(&self, td: &TrustDomain, now: OffsetDateTime, validity: Duration) -> Result<Self, CaError> {
+    pub fn renew_intermediate(
+        &self,
+        td: &TrustDomain,
+        now: OffsetDateTime,
+        validity: Duration,
+    ) -> Result<Self, CaError> {
         let Some(root_key) = &self.root_key else {
             return Err(CaError::Material(format!(
                 "authority {} has no root key (imported offline root): import a new intermediate instead",
@@ -270,8 +275,7 @@ impl Authority {
         }
         let key = load_key(key_pem, "key")?;
         let root_der = pem_to_der(root_pem, "root")?;
-        let (_, root) =
-            X509Certificate::from_der(&root_der).map_err(|e| CaError::Material(format!("root: {e}")))?;
+        let (_, root) = X509Certificate::from_der(&root_der).map_err(|e| CaError::Material(format!("root: {e}")))?;
         check_ca(&root, "root", now)?;
         if root.subject() != root.issuer() || root.verify_signature(None).is_err() {
             return Err(CaError::Material("root: not self-signed".into()));
@@ -282,14 +286,8 @@ impl Authority {
             if key.public_key_raw() != root.public_key().subject_public_key.data.as_ref() {
                 return Err(CaError::Material("key: does not match the root certificate".into()));
             }
-            let (intermediate_pem, intermediate_key) = Self::sign_intermediate(
-                &id,
-                td,
-                root_pem,
-                &key,
-                now,
-                params.intermediate_validity,
-            )?;
+            let (intermediate_pem, intermediate_key) =
+                Self::sign_intermediate(&id, td, root_pem, &key, now, params.intermediate_validity)?;
             return Ok(Self {
                 id,
                 root_pem: root_pem.clone(),
@@ -355,7 +353,10 @@ fn same_cert(a: &str, b: &str) -> bool {
 fn check_ca(c: &X509Certificate<'_>, what: &str, now: OffsetDateTime) -> Result<(), CaError> {
     let is_ca = c.basic_constraints().ok().flatten().is_some_and(|b| b.value.ca);
     if !is_ca {
-        return Err(CaError::Material(format!("{what} ({}): not a CA certificate (basicConstraints CA:TRUE missing)", c.subject())));
+        return Err(CaError::Material(format!(
+            "{what} ({}): not a CA certificate (basicConstraints CA:TRUE missing)",
+            c.subject()
+        )));
     }
     let v = c.validity();
     if now < v.not_before.to_datetime() || now > v.not_after.to_datetime() {

@@ -141,9 +141,8 @@ impl Signer {
         let uri = authorised.to_string();
         let mut p = CertificateParams::default();
         p.distinguished_name = DistinguishedName::new();
-        p.subject_alt_names = vec![SanType::URI(
-            uri.clone().try_into().map_err(|e| CaError::Material(format!("identity {uri}: {e}")))?,
-        )];
+        p.subject_alt_names =
+            vec![SanType::URI(uri.clone().try_into().map_err(|e| CaError::Material(format!("identity {uri}: {e}")))?)];
         p.is_ca = IsCa::ExplicitNoCa;
         p.key_usages = match csr.key {
             KeyKind::Rsa(_) => vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment],

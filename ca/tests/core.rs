@@ -65,7 +65,8 @@ fn accepts_der_input() {
 #[test]
 fn rejects_every_bad_request_with_its_reason() {
     let key = p256();
-    let cases: Vec<(&str, Vec<u8>, fn(&CsrError) -> bool)> = vec![
+    type Check = fn(&CsrError) -> bool;
+    let cases: Vec<(&str, Vec<u8>, Check)> = vec![
         ("empty", b"".to_vec(), |e| matches!(e, CsrError::Empty)),
         ("garbage DER", b"\x30\x03\x02\x01".to_vec(), |e| matches!(e, CsrError::Der(_))),
         ("random text", b"hello world".to_vec(), |e| matches!(e, CsrError::Der(_))),
@@ -74,13 +75,14 @@ fn rejects_every_bad_request_with_its_reason() {
         }),
         ("oversized", vec![b'A'; 20_000], |e| matches!(e, CsrError::TooLarge(_))),
         ("no SAN", csr_with(&key, vec![], false).into_bytes(), |e| matches!(e, CsrError::NoIdentity)),
-        ("two URIs", csr_with(&key, vec![uri(API), uri("spiffe://cluster.local/ns/a/sa/b")], false).into_bytes(), |e| {
-            matches!(e, CsrError::ManyIdentities(2))
-        }),
+        (
+            "two URIs",
+            csr_with(&key, vec![uri(API), uri("spiffe://cluster.local/ns/a/sa/b")], false).into_bytes(),
+            |e| matches!(e, CsrError::ManyIdentities(2)),
+        ),
         (
             "extra DNS SAN",
-            csr_with(&key, vec![uri(API), SanType::DnsName("api.example.com".try_into().unwrap())], false)
-                .into_bytes(),
+            csr_with(&key, vec![uri(API), SanType::DnsName("api.example.com".try_into().unwrap())], false).into_bytes(),
             |e| matches!(e, CsrError::OtherSan(_)),
         ),
         (
@@ -89,18 +91,22 @@ fn rejects_every_bad_request_with_its_reason() {
             |e| matches!(e, CsrError::OtherSan(_)),
         ),
         ("CA:true", csr_with(&key, vec![uri(API)], true).into_bytes(), |e| matches!(e, CsrError::CaRequested)),
-        ("foreign domain", csr_with(&key, vec![uri("spiffe://evil.example/ns/bookstore/sa/api")], false).into_bytes(), |e| {
-            matches!(e, CsrError::ForeignTrustDomain { .. })
-        }),
+        (
+            "foreign domain",
+            csr_with(&key, vec![uri("spiffe://evil.example/ns/bookstore/sa/api")], false).into_bytes(),
+            |e| matches!(e, CsrError::ForeignTrustDomain { .. }),
+        ),
         ("not SPIFFE", csr_with(&key, vec![uri("https://cluster.local/ns/a/sa/b")], false).into_bytes(), |e| {
             matches!(e, CsrError::Identity(_))
         }),
         ("bad path", csr_with(&key, vec![uri("spiffe://cluster.local/ns/a")], false).into_bytes(), |e| {
             matches!(e, CsrError::Identity(_))
         }),
-        ("certificate not CSR", Authority::generate(&td(), NOW, AuthorityParams::default()).unwrap().root_pem.into_bytes(), |e| {
-            matches!(e, CsrError::Pem(_))
-        }),
+        (
+            "certificate not CSR",
+            Authority::generate(&td(), NOW, AuthorityParams::default()).unwrap().root_pem.into_bytes(),
+            |e| matches!(e, CsrError::Pem(_)),
+        ),
     ];
     for (name, input, check) in cases {
         let err = validate_csr(&input, &td()).expect_err(name);
@@ -202,8 +208,8 @@ fn import_checks_the_material() {
     let b = Authority::generate(&td(), NOW, AuthorityParams::default()).unwrap();
     let p = AuthorityParams::default();
     // cert-manager / Istio plug-in layout: root, intermediate chain, key.
-    let imported = Authority::import(&td(), &a.root_pem, &a.intermediate_pem, a.intermediate_key.expose(), NOW, p)
-        .unwrap();
+    let imported =
+        Authority::import(&td(), &a.root_pem, &a.intermediate_pem, a.intermediate_key.expose(), NOW, p).unwrap();
     assert!(imported.root_key.is_none());
     assert_eq!(imported.intermediate_pem, a.intermediate_pem);
     // A chain file that ends with the root.
@@ -221,7 +227,12 @@ fn import_checks_the_material() {
         ("key of another CA", &a.root_pem, &a.intermediate_pem, b.intermediate_key.expose()),
         ("intermediate of another root", &a.root_pem, &b.intermediate_pem, b.intermediate_key.expose()),
         ("garbage root", &"not a cert".to_string(), &a.intermediate_pem, a.intermediate_key.expose()),
-        ("garbage key", &a.root_pem, &a.intermediate_pem, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"),
+        (
+            "garbage key",
+            &a.root_pem,
+            &a.intermediate_pem,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        ),
     ] {
         assert!(Authority::import(&td(), root, chain, key, NOW, p).is_err(), "{what} accepted");
     }
@@ -231,8 +242,8 @@ fn import_checks_the_material() {
     assert!(err.to_string().contains("not a CA"), "{err}");
     // Expired material.
     let later = NOW + Duration::days(400);
-    let err = Authority::import(&td(), &a.root_pem, &a.intermediate_pem, a.intermediate_key.expose(), later, p)
-        .unwrap_err();
+    let err =
+        Authority::import(&td(), &a.root_pem, &a.intermediate_pem, a.intermediate_key.expose(), later, p).unwrap_err();
     assert!(err.to_string().contains("not valid now"), "{err}");
 }
 
@@ -306,7 +317,12 @@ fn full_rotation_with_preconditions_and_idempotence() {
 
 #[test]
 fn forced_steps_skip_the_wait_and_say_so() {
-    let mut s = CaState::new(td(), Authority::generate(&td(), NOW, AuthorityParams::default()).unwrap(), IssuePolicy::default(), NOW);
+    let mut s = CaState::new(
+        td(),
+        Authority::generate(&td(), NOW, AuthorityParams::default()).unwrap(),
+        IssuePolicy::default(),
+        NOW,
+    );
     s.prepare(NOW, || Authority::generate(&td(), NOW, AuthorityParams::default())).unwrap();
     s.propagate(NOW).unwrap();
     s.switch(NOW, true).unwrap();
@@ -317,7 +333,12 @@ fn forced_steps_skip_the_wait_and_say_so() {
 
 #[test]
 fn abort_from_every_stage_returns_to_the_old_signer() {
-    let base = CaState::new(td(), Authority::generate(&td(), NOW, AuthorityParams::default()).unwrap(), IssuePolicy::default(), NOW);
+    let base = CaState::new(
+        td(),
+        Authority::generate(&td(), NOW, AuthorityParams::default()).unwrap(),
+        IssuePolicy::default(),
+        NOW,
+    );
     let old_id = base.active.id.clone();
     for steps in 1..=3 {
         let mut s = base.clone();
@@ -348,7 +369,12 @@ fn abort_from_every_stage_returns_to_the_old_signer() {
 
 #[test]
 fn prepare_with_imported_material_is_idempotent_and_exclusive() {
-    let mut s = CaState::new(td(), Authority::generate(&td(), NOW, AuthorityParams::default()).unwrap(), IssuePolicy::default(), NOW);
+    let mut s = CaState::new(
+        td(),
+        Authority::generate(&td(), NOW, AuthorityParams::default()).unwrap(),
+        IssuePolicy::default(),
+        NOW,
+    );
     let a = Authority::generate(&td(), NOW, AuthorityParams::default()).unwrap();
     let b = Authority::generate(&td(), NOW, AuthorityParams::default()).unwrap();
     assert_eq!(s.prepare_with(NOW, a.clone()).unwrap(), Outcome::Changed);
@@ -358,7 +384,12 @@ fn prepare_with_imported_material_is_idempotent_and_exclusive() {
 
 #[test]
 fn intermediate_renewal_keeps_the_root() {
-    let mut s = CaState::new(td(), Authority::generate(&td(), NOW, AuthorityParams::default()).unwrap(), IssuePolicy::default(), NOW);
+    let mut s = CaState::new(
+        td(),
+        Authority::generate(&td(), NOW, AuthorityParams::default()).unwrap(),
+        IssuePolicy::default(),
+        NOW,
+    );
     let before = s.active.clone();
     s.renew_intermediate(NOW, Duration::days(30)).unwrap();
     assert_eq!(s.active.root_pem, before.root_pem);
