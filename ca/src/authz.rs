@@ -29,7 +29,7 @@ pub struct Denied {
 }
 
 /// Decides whether `node` may obtain `id`.
-pub fn authorize(index: &impl WorkloadIndex, node: &str, id: &SpiffeId) -> Result<(), Denied> {
+pub fn authorize(index: &(impl WorkloadIndex + ?Sized), node: &str, id: &SpiffeId) -> Result<(), Denied> {
     if index.runs_on(node, id.namespace(), id.service_account()) {
         return Ok(());
     }

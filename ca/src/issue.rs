@@ -172,3 +172,39 @@ impl Signer {
         })
     }
 }
+
+impl Signer {
+    /// A TLS server certificate for the CA's own API endpoint: DNS and IP
+    /// SANs only, serverAuth only, so it can never pass as a workload.
+    /// Returns the chain (leaf first) in PEM.
+    pub fn issue_server(
+        &self,
+        dns_names: &[String],
+        ips: &[std::net::IpAddr],
+        public: &impl rcgen::PublicKeyData,
+        ttl: Duration,
+        now: OffsetDateTime,
+    ) -> Result<Vec<String>, CaError> {
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(rcgen::DnType::CommonName, dns_names.first().map_or("ztunnel-ca", String::as_str));
+        p.distinguished_name = dn;
+        for n in dns_names {
+            p.subject_alt_names.push(SanType::DnsName(
+                n.clone().try_into().map_err(|e| CaError::Material(format!("server name {n:?}: {e}")))?,
+            ));
+        }
+        p.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        p.serial_number = Some(random_serial::<16>()?);
+        p.not_before = (now - Duration::minutes(5)).max(self.intermediate.not_before);
+        p.not_after = (now + ttl).min(self.intermediate.not_after);
+        p.use_authority_key_identifier_extension = true;
+        let leaf = p.signed_by(public, &self.issuer).map_err(|e| CaError::Crypto(format!("signing: {e}")))?;
+        let mut chain = vec![leaf.pem()];
+        chain.extend(self.chain_tail.iter().cloned());
+        Ok(chain)
+    }
+}

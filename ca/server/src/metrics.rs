@@ -1,0 +1,87 @@
+//! Prometheus metrics of the CA server.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+/// Label: why a request was denied.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// `unauthenticated`, `bad_request`, `bad_csr`, `denied`, `internal`.
+    pub reason: String,
+}
+
+/// Label: a CA certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CertLabel {
+    /// Authority id.
+    pub authority: String,
+    /// `root` or `intermediate`.
+    pub kind: String,
+}
+
+/// All metrics.
+pub struct Metrics {
+    /// Registry to encode.
+    pub registry: Registry,
+    /// Certificates issued.
+    pub issued: Counter,
+    /// Requests refused, by reason.
+    pub denied: Family<ReasonLabel, Counter>,
+    /// Time to answer a sign request.
+    pub sign_seconds: Histogram,
+    /// Seconds until each CA certificate expires.
+    pub expiry_seconds: Family<CertLabel, Gauge<f64, AtomicU64>>,
+    /// Current bundle version.
+    pub bundle_version: Gauge,
+    /// Failed reloads of the CA state (the previous state keeps serving).
+    pub reload_errors: Counter,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ztunnel_ca");
+        let issued = Counter::default();
+        registry.register("certificates_issued", "Workload certificates issued", issued.clone());
+        let denied = Family::<ReasonLabel, Counter>::default();
+        registry.register("requests_denied", "Sign requests refused, by reason", denied.clone());
+        let sign_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register("sign_duration_seconds", "Time to answer a sign request", sign_seconds.clone());
+        let expiry_seconds = Family::<CertLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "certificate_expiry_seconds",
+            "Seconds until a CA certificate expires",
+            expiry_seconds.clone(),
+        );
+        let bundle_version = Gauge::default();
+        registry.register("bundle_version", "Version of the trust bundle being served", bundle_version.clone());
+        let reload_errors = Counter::default();
+        registry.register("reload_errors", "Failed reloads of the CA state", reload_errors.clone());
+        Self { registry, issued, denied, sign_seconds, expiry_seconds, bundle_version, reload_errors }
+    }
+
+    /// Counts a refusal.
+    pub fn deny(&self, reason: &str) {
+        self.denied.get_or_create(&ReasonLabel { reason: reason.to_string() }).inc();
+    }
+
+    /// Prometheus text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
