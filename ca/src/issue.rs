@@ -44,7 +44,12 @@ impl Default for IssuePolicy {
 impl IssuePolicy {
     /// The TTL granted for a request of `requested`.
     pub fn ttl(&self, requested: Option<Duration>) -> Duration {
-        requested.unwrap_or(self.default_ttl).clamp(self.min_ttl, self.max_ttl.max(self.min_ttl))
+        requested.unwrap_or(self.default_ttl).clamp(self.min_ttl, self.longest())
+    }
+
+    /// The longest TTL ever granted (`max_ttl`, or `min_ttl` if larger).
+    pub fn longest(&self) -> Duration {
+        self.max_ttl.max(self.min_ttl)
     }
 }
 

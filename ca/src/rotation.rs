@@ -196,6 +196,12 @@ pub struct CaState {
 
 const HISTORY_LIMIT: usize = 100;
 
+/// RFC 3339 to the second, for messages.
+fn ts(t: OffsetDateTime) -> String {
+    let t = t.replace_nanosecond(0).unwrap_or(t);
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
 impl CaState {
     /// A new CA around `active`.
     pub fn new(trust_domain: TrustDomain, active: Authority, policy: IssuePolicy, now: OffsetDateTime) -> Self {
@@ -348,8 +354,9 @@ impl CaState {
             return Err(RotationError::NotYet {
                 step: "switch",
                 why: format!(
-                    "the new root has been in the trust bundle for less than {} s; allowed from {ready}",
-                    self.min_propagation.whole_seconds()
+                    "the new root has been in the trust bundle for less than {} s; allowed from {}",
+                    self.min_propagation.whole_seconds(),
+                    ts(ready)
                 ),
             }
             .into());
@@ -367,7 +374,7 @@ impl CaState {
     /// `Switched`): the switch time plus the longest TTL ever granted.
     pub fn retire_ready_at(&self) -> Option<OffsetDateTime> {
         match &self.stage {
-            Stage::Switched { at, .. } => Some(*at + self.policy.max_ttl),
+            Stage::Switched { at, .. } => Some(*at + self.policy.longest()),
             _ => None,
         }
     }
@@ -386,7 +393,7 @@ impl CaState {
         {
             return Err(RotationError::NotYet {
                 step: "retire",
-                why: format!("certificates signed under the old root may be valid until {ready}"),
+                why: format!("certificates signed under the old root may be valid until {}", ts(ready)),
             }
             .into());
         }
@@ -409,12 +416,12 @@ impl CaState {
             }
             Stage::Switched { previous, .. } => {
                 let abandoned = std::mem::replace(&mut self.active, *previous);
-                let until = now + self.policy.max_ttl;
+                let until = now + self.policy.longest();
                 let id = abandoned.id.clone();
                 self.retained.push(Retained { authority: id.clone(), root_pem: abandoned.root_pem, until });
                 Ok(self.changed(
                     now,
-                    format!("aborted: {} signs again; root of {id} trusted until {until}", self.active.id),
+                    format!("aborted: {} signs again; root of {id} trusted until {}", self.active.id, ts(until)),
                 ))
             }
         }
@@ -463,14 +470,14 @@ impl CaState {
             Stage::Propagated { next, .. } => {
                 authorities.push(describe(next, "trusted, not yet signing")?);
                 match self.switch_ready_at() {
-                    Some(t) if t > now => format!("switch (allowed from {t})"),
+                    Some(t) if t > now => format!("switch (allowed from {})", ts(t)),
                     _ => "switch".to_string(),
                 }
             }
             Stage::Switched { previous, .. } => {
                 authorities.push(describe(previous, "trusted, no longer signing")?);
                 match self.retire_ready_at() {
-                    Some(t) if t > now => format!("retire (allowed from {t})"),
+                    Some(t) if t > now => format!("retire (allowed from {})", ts(t)),
                     _ => "retire".to_string(),
                 }
             }

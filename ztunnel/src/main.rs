@@ -1,6 +1,7 @@
 //! The `ztunnel` binary: parse the command line, set up logging, run.
 
 mod agent;
+mod ca_index;
 mod cli;
 mod manifests;
 

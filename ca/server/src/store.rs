@@ -83,7 +83,10 @@ impl DirStore {
 
     /// Takes the directory's write lock (blocks while another writer holds it).
     pub fn lock(&self) -> Result<Lock, StoreError> {
-        fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        if !self.dir.exists() {
+            fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+            fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700)).map_err(io(&self.dir))?;
+        }
         let path = self.dir.join(".lock");
         let f =
             OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path).map_err(io(&path))?;

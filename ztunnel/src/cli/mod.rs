@@ -1,6 +1,7 @@
 //! Command-line interface: argument types and dispatch. Each command is thin;
 //! the logic lives in the library crates.
 
+mod ca_cmd;
 mod policy_cmd;
 mod render;
 
@@ -48,6 +49,150 @@ pub enum Command {
     /// Inspect NetworkPolicy decisions offline, from manifests.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Operate the certificate authority: init, status, rotation, serve.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+/// The CA directory (local mode).
+#[derive(Debug, Args)]
+pub struct CaDir {
+    /// CA directory: state with keys (0600), node tokens, bundle.pem.
+    #[arg(long = "dir", env = "ZTUNNEL_CA_DIR", default_value_os_t = ca_cmd::default_dir())]
+    pub dir: PathBuf,
+}
+
+/// `ztunnel ca ...`
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a new CA (root + intermediate) and node tokens.
+    Init(InitArgs),
+    /// Import an operator-supplied root/intermediate: initialises a new CA,
+    /// or prepares a rotation to it if a CA exists.
+    Import(ImportArgs),
+    /// Create (or replace) a node's bootstrap token; prints its path.
+    Token {
+        #[command(flatten)]
+        dir: CaDir,
+        /// Node name.
+        #[arg(long)]
+        node: String,
+    },
+    /// Roots, intermediates, expiries, rotation stage and next step.
+    Status {
+        #[command(flatten)]
+        dir: CaDir,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// One step of a root rotation (prepare → propagate → switch → retire,
+    /// or abort), or `intermediate` to renew the intermediate alone.
+    Rotate {
+        /// The step.
+        #[arg(value_enum)]
+        step: RotateStep,
+        #[command(flatten)]
+        dir: CaDir,
+        /// Skip the waiting precondition of `switch` or `retire`.
+        #[arg(long)]
+        force: bool,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Serve the CA API (local mode: pods from a manifest directory).
+    Serve(ServeArgs),
+}
+
+/// Rotation steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RotateStep {
+    /// Generate the next root and intermediate (not trusted yet).
+    Prepare,
+    /// Add the new root to the trust bundle.
+    Propagate,
+    /// Sign with the new intermediate; workloads renew.
+    Switch,
+    /// Remove the old root from the bundle.
+    Retire,
+    /// Return to the previous authority.
+    Abort,
+    /// Renew the intermediate under the same root.
+    Intermediate,
+}
+
+/// `ztunnel ca init`
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub dir: CaDir,
+    /// SPIFFE trust domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Root validity in days.
+    #[arg(long, default_value_t = 3650)]
+    pub root_validity_days: i64,
+    /// Intermediate validity in days.
+    #[arg(long, default_value_t = 365)]
+    pub intermediate_validity_days: i64,
+    /// Default workload certificate TTL in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    pub default_ttl_secs: u64,
+    /// Longest workload certificate TTL in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    pub max_ttl_secs: u64,
+    /// Seconds a new root must be in the bundle before `switch`.
+    #[arg(long, default_value_t = 30)]
+    pub min_propagation_secs: u64,
+    /// Create a bootstrap token for this node; repeatable.
+    #[arg(long = "node")]
+    pub nodes: Vec<String>,
+}
+
+/// `ztunnel ca import`
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub dir: CaDir,
+    /// Directory with ca.crt/tls.crt/tls.key or root-cert.pem/cert-chain.pem/ca-key.pem.
+    #[arg(long, conflicts_with_all = ["root", "cert_chain", "key"])]
+    pub from: Option<PathBuf>,
+    /// Root certificate (PEM).
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// Signing certificate, optionally followed by intermediates (PEM).
+    #[arg(long)]
+    pub cert_chain: Option<PathBuf>,
+    /// Key of the signing certificate (or of the root, without --cert-chain).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Trust domain (only when initialising).
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+}
+
+/// `ztunnel ca serve`
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub dir: CaDir,
+    /// Manifest directory with the pods (authorisation: a node gets only
+    /// identities of pods scheduled on it).
+    #[arg(long = "local", value_name = "DIR")]
+    pub local: PathBuf,
+    /// HTTPS API address.
+    #[arg(long, default_value = "127.0.0.1:15012")]
+    pub listen: std::net::SocketAddr,
+    /// Plain-HTTP admin address (`/metrics`, `/ready`).
+    #[arg(long, default_value = "127.0.0.1:15022")]
+    pub admin: std::net::SocketAddr,
+    /// DNS name in the API certificate; repeatable.
+    #[arg(long = "server-name", default_values_t = ["localhost".to_string(), "ztunnel-ca".to_string(), "ztunnel-ca.ztunnel-system.svc".to_string()])]
+    pub server_names: Vec<String>,
+    /// How often to look for CA state and manifest changes, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    pub poll_ms: u64,
 }
 
 /// `ztunnel run`
@@ -147,5 +292,6 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Policy(PolicyCommand::Check(args)) => policy_cmd::check(&args, color),
         Command::Policy(PolicyCommand::Matrix(args)) => policy_cmd::matrix_cmd(&args, color),
+        Command::Ca(cmd) => ca_cmd::run(cmd, color),
     }
 }
