@@ -86,6 +86,8 @@ pub struct CaClient {
     server_name: ServerName<'static>,
     token: Option<String>,
     roots: Mutex<Arc<RootCertStore>>,
+    /// Version of the bundle `roots` came from (none: the bootstrap bundle).
+    trusted_version: std::sync::atomic::AtomicU64,
     conn: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
     timeout: Duration,
 }
@@ -119,17 +121,24 @@ impl CaClient {
             server_name,
             token,
             roots: Mutex::new(Arc::new(store(bundle_pem)?)),
+            trusted_version: std::sync::atomic::AtomicU64::new(0),
             conn: tokio::sync::Mutex::new(None),
             timeout: Duration::from_secs(10),
         })
     }
 
-    /// Trusts `bundle` for future connections.
+    /// Trusts `bundle` for future connections (a no-op for the version
+    /// already trusted, so answers that repeat the bundle cost nothing).
     pub fn trust(&self, bundle: &TrustBundle) {
+        use std::sync::atomic::Ordering;
+        if self.trusted_version.load(Ordering::Relaxed) == bundle.version {
+            return;
+        }
         if let Ok(s) = store(&bundle.pem())
             && let Ok(mut r) = self.roots.lock()
         {
             *r = Arc::new(s);
+            self.trusted_version.store(bundle.version, Ordering::Relaxed);
         }
     }
 
