@@ -150,27 +150,33 @@ fn main() {
     // Latency at half the measured API rate, open loop.
     let rate = (api / 2.0).max(1.0);
     let n = ((rate * secs) as usize).max(20);
-    let latencies = client_rt.block_on(async {
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        for k in 0..n {
-            let at = start + Duration::from_secs_f64(k as f64 / rate);
-            let (c, pool) = (clients[k % clients.len()].clone(), shared_pool.clone());
-            tasks.push(tokio::spawn(async move {
-                tokio::time::sleep_until(at.into()).await;
-                let t = Instant::now();
-                c.sign(&pool[k % pool.len()], None).await.unwrap();
-                t.elapsed()
-            }));
-        }
-        let mut v = Vec::new();
-        for t in tasks {
-            v.push(t.await.unwrap());
-        }
-        v
-    });
-    let mut l = latencies;
-    let (p50, p99) = (pct(&mut l, 0.50), pct(&mut l, 0.99));
+    // Latency is measured from each request's scheduled start, so a stall
+    // counts against every request it delays (no coordinated omission).
+    let latency_round = || {
+        let mut v = client_rt.block_on(async {
+            let start = Instant::now();
+            let mut tasks = Vec::new();
+            for k in 0..n {
+                let at = start + Duration::from_secs_f64(k as f64 / rate);
+                let (c, pool) = (clients[k % clients.len()].clone(), shared_pool.clone());
+                tasks.push(tokio::spawn(async move {
+                    tokio::time::sleep_until(at.into()).await;
+                    c.sign(&pool[k % pool.len()], None).await.unwrap();
+                    at.elapsed()
+                }));
+            }
+            let mut v = Vec::new();
+            for t in tasks {
+                v.push(t.await.unwrap());
+            }
+            v
+        });
+        (pct(&mut v, 0.50), pct(&mut v, 0.99))
+    };
+    let mut lat: Vec<(Duration, Duration)> = (0..rounds.min(3)).map(|_| latency_round()).collect();
+    lat.sort_by_key(|x| x.1);
+    let all_p99: Vec<String> = lat.iter().map(|x| format!("{:.2}", x.1.as_secs_f64() * 1e3)).collect();
+    let (p50, p99) = lat[lat.len() / 2];
     let goal = 0.5 * 2.0 * raw;
     let ok = |b: bool| if b { "ok" } else { "MISSED" };
     println!(
@@ -183,9 +189,10 @@ fn main() {
         ok(api >= goal)
     );
     println!(
-        "  latency at {rate:.0}/s (half load)   p50 {:.2} ms  p99 {:.2} ms  (goal p99 < 20 ms)  {}",
+        "  latency at {rate:.0}/s (half load)   p50 {:.2} ms  p99 {:.2} ms (median round; rounds: {} ms)  (goal p99 < 20 ms)  {}",
         p50.as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3,
+        all_p99.join(", "),
         ok(p99 < Duration::from_millis(20))
     );
     drop(client_rt);
