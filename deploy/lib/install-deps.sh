@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing ztunnel needs on a fresh Debian-based
 # machine: clang-19 and libbpf-dev (the eBPF datapath is compiled by
-# ebpf/build.rs), iproute2, and the rustfmt/clippy components. Idempotent:
+# ebpf/build.rs), iproute2, openssl (CA tests), and the rustfmt/clippy
+# components. Idempotent:
 # installs only what is missing. Sourced by deploy/demo.sh and tests/run.sh.
 
 zt_install_deps() {
@@ -9,6 +10,8 @@ zt_install_deps() {
   command -v clang-19 >/dev/null 2>&1 || command -v clang >/dev/null 2>&1 || pkgs+=(clang-19)
   [ -f /usr/include/bpf/bpf_helpers.h ] || pkgs+=(libbpf-dev)
   command -v ip >/dev/null 2>&1 || pkgs+=(iproute2)
+  # The CA tests check issued chains with an independent implementation.
+  command -v openssl >/dev/null 2>&1 || pkgs+=(openssl)
   if [ "${#pkgs[@]}" -gt 0 ]; then
     echo "installing: ${pkgs[*]}"
     local sudo=()
