@@ -9,6 +9,7 @@
 //! - [`authz`]: a node may obtain only identities of pods it runs.
 //! - [`rotation`]: the persisted CA state, its trust bundle and the staged
 //!   root rotation state machine.
+//! - [`peer`]: the workload identity in a peer's certificate.
 //! - [`api`]: the JSON wire types of the CA server.
 
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@ pub mod authz;
 pub mod csr;
 pub mod error;
 pub mod issue;
+pub mod peer;
 pub mod rotation;
 pub mod spiffe;
 

@@ -3,6 +3,8 @@
 mod agent;
 mod ca_index;
 mod cli;
+mod identity;
+mod proxy;
 mod manifests;
 
 use std::process::ExitCode;

@@ -1,0 +1,17 @@
+//! The node proxy: HBONE tunnels (HTTP/2 CONNECT over mTLS, port 15008)
+//! carrying permitted TCP flows between nodes with the source workload's
+//! identity.
+//!
+//! - [`tls`]: certificates and verifiers reading the secret cache per
+//!   handshake.
+//! - [`inbound`]: the 15008 listener: verifies the peer, checks that it owns
+//!   the claimed source address, re-evaluates ingress policy, connects to
+//!   the destination pod and copies bytes.
+//! - [`outbound`]: pooled tunnels to peer nodes.
+
+pub mod inbound;
+pub mod outbound;
+pub mod tls;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,321 @@
+//! In-process HBONE tests: a fake CA, two proxies' secret caches, the
+//! inbound listener on loopback and the outbound client. Every rejection
+//! case is a real connection that fails the way a user would see it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ca::api::SignResponse;
+use ca::{Authority, AuthorityParams, CaState, IssuePolicy, Signer, SpiffeId, TrustDomain, validate_csr};
+use time::OffsetDateTime;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::inbound::{Inbound, InboundConfig, Workload, Workloads};
+use super::outbound::{Outbound, OutboundError};
+use crate::identity::manager::{new_csr, workload_cert};
+use crate::identity::{Bundle, SecretCache, WorkloadCert};
+
+struct Pki {
+    state: CaState,
+}
+
+impl Pki {
+    fn new(td: &str) -> Self {
+        let td = TrustDomain::new(td).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let a = Authority::generate(&td, now - time::Duration::days(3), AuthorityParams::default()).unwrap();
+        Self { state: CaState::new(td, a, IssuePolicy::default(), now) }
+    }
+
+    fn id(&self, ns: &str, sa: &str) -> SpiffeId {
+        SpiffeId::new(&self.state.trust_domain, ns, sa).unwrap()
+    }
+
+    /// A certificate for `id` issued at `now + shift` for `ttl`.
+    fn cert(&self, id: &SpiffeId, shift: time::Duration, ttl: time::Duration) -> WorkloadCert {
+        let (key, csr) = new_csr(id).unwrap();
+        let v = validate_csr(csr.as_bytes(), &self.state.trust_domain).unwrap();
+        let at = OffsetDateTime::now_utc() + shift;
+        let policy = IssuePolicy { min_ttl: ttl, max_ttl: ttl, backdate: time::Duration::ZERO, ..IssuePolicy::default() };
+        let i = Signer::new(&self.state.active).unwrap().issue(&v, id, Some(ttl), &policy, at).unwrap();
+        let r = SignResponse {
+            identity: i.identity,
+            chain: i.chain,
+            serial: i.serial,
+            not_before: i.not_before,
+            not_after: i.not_after,
+            bundle: self.state.bundle(at),
+        };
+        workload_cert(id, &key, &r).unwrap()
+    }
+
+    fn bundle(&self) -> Bundle {
+        Bundle::new(self.state.bundle(OffsetDateTime::now_utc())).unwrap()
+    }
+}
+
+const HOUR: time::Duration = time::Duration::hours(1);
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Pods: frontend (sa bookstore) and other (sa other) on node-a; db (sa db)
+/// on node-b. Ingress to db:6380 is denied by policy `default/deny-6380`.
+struct Cluster(HashMap<IpAddr, Workload>);
+
+impl Workloads for Cluster {
+    fn by_ip(&self, ip: IpAddr) -> Option<Workload> {
+        self.0.get(&ip).cloned()
+    }
+    fn ingress(&self, _src: IpAddr, _dst: IpAddr, port: u16) -> Result<(), String> {
+        if port % 2 == 0 { Err("isolated by default/deny-even-ports".into()) } else { Ok(()) }
+    }
+}
+
+fn w(name: &str, sa: &str, node: &str) -> Workload {
+    Workload { name: format!("default/{name}"), namespace: "default".into(), service_account: sa.into(), node: Some(node.into()) }
+}
+
+fn cluster() -> Arc<Cluster> {
+    Arc::new(Cluster(HashMap::from([
+        (ip("127.0.0.10"), w("frontend", "bookstore", "node-a")),
+        (ip("127.0.0.12"), w("other", "other", "node-a")),
+        (ip("127.0.0.11"), w("db", "db", "node-b")),
+    ])))
+}
+
+/// An echo server standing for the db pod on 127.0.0.11 (odd port).
+async fn echo_pod() -> SocketAddr {
+    loop {
+        let l = TcpListener::bind("127.0.0.11:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        if addr.port() % 2 == 1 {
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut s, _)) = l.accept().await else { return };
+                    tokio::spawn(async move {
+                        let (mut r, mut w) = s.split();
+                        let _ = tokio::io::copy(&mut r, &mut w).await;
+                    });
+                }
+            });
+            return addr;
+        }
+    }
+}
+
+struct Mesh {
+    pki: Pki,
+    a: Arc<SecretCache>,
+    b: Arc<SecretCache>,
+    proxy_b: SocketAddr,
+    out: Outbound,
+    frontend: SpiffeId,
+    db: SpiffeId,
+}
+
+async fn mesh() -> Mesh {
+    let pki = Pki::new("cluster.local");
+    let (frontend, db) = (pki.id("default", "bookstore"), pki.id("default", "db"));
+    let (a, b) = (Arc::new(SecretCache::new()), Arc::new(SecretCache::new()));
+    a.put_bundle(pki.bundle());
+    b.put_bundle(pki.bundle());
+    a.put_cert(pki.cert(&frontend, time::Duration::ZERO, HOUR));
+    b.put_cert(pki.cert(&db, time::Duration::ZERO, HOUR));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_b = listener.local_addr().unwrap();
+    let config = InboundConfig {
+        node: "node-b".into(),
+        transparent: false,
+        connect_timeout: Duration::from_secs(2),
+        handshake_timeout: Duration::from_secs(2),
+    };
+    tokio::spawn(Arc::new(Inbound::new(b.clone(), cluster(), config)).serve(listener));
+    let out = Outbound::new(a.clone());
+    Mesh { pki, a, b, proxy_b, out, frontend, db }
+}
+
+async fn roundtrip(io: &mut (impl AsyncReadExt + AsyncWriteExt + Unpin), msg: &[u8]) -> Vec<u8> {
+    io.write_all(msg).await.unwrap();
+    let mut buf = vec![0u8; msg.len()];
+    io.read_exact(&mut buf).await.unwrap();
+    buf
+}
+
+fn src(port: u16) -> SocketAddr {
+    SocketAddr::new(ip("127.0.0.10"), port)
+}
+
+#[tokio::test]
+async fn tunnel_carries_bytes_and_connections_are_pooled() {
+    let m = mesh().await;
+    let pod = echo_pod().await;
+    let mut t1 = m.out.connect(&m.frontend, src(40000), &m.db, pod, m.proxy_b).await.unwrap();
+    assert_eq!(roundtrip(&mut t1, b"hello db").await, b"hello db");
+    let mut t2 = m.out.connect(&m.frontend, src(40001), &m.db, pod, m.proxy_b).await.unwrap();
+    assert_eq!(roundtrip(&mut t2, &[7u8; 300_000]).await, vec![7u8; 300_000]);
+    assert_eq!(m.out.pool_size().await, 1, "two flows, one connection");
+    // Half-close: the pod sees EOF and closes its side; we read EOF.
+    t1.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), t1.read_to_end(&mut rest)).await.unwrap().unwrap();
+    assert!(rest.is_empty());
+}
+
+#[tokio::test]
+async fn spoofed_and_unknown_sources_and_policy_denials_are_refused() {
+    let m = mesh().await;
+    let pod = echo_pod().await;
+    // frontend's certificate, but the source address belongs to `other`.
+    let r = m.out.connect(&m.frontend, SocketAddr::new(ip("127.0.0.12"), 1), &m.db, pod, m.proxy_b).await;
+    assert!(matches!(r, Err(OutboundError::Refused(s)) if s == 403), "{r:?}");
+    // An address no workload owns.
+    let r = m.out.connect(&m.frontend, SocketAddr::new(ip("127.0.0.99"), 1), &m.db, pod, m.proxy_b).await;
+    assert!(matches!(r, Err(OutboundError::Refused(s)) if s == 403), "{r:?}");
+    // Ingress policy: even ports are denied.
+    let denied = SocketAddr::new(pod.ip(), pod.port() + 1);
+    let r = m.out.connect(&m.frontend, src(2), &m.db, denied, m.proxy_b).await;
+    assert!(matches!(r, Err(OutboundError::Refused(s)) if s == 403), "{r:?}");
+    // A destination not on node-b.
+    let r = m.out.connect(&m.frontend, src(3), &m.db, SocketAddr::new(ip("127.0.0.12"), 81), m.proxy_b).await;
+    assert!(matches!(r, Err(OutboundError::Refused(s)) if s == 404), "{r:?}");
+    // Nothing listening at the destination: 503.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.11:0").unwrap();
+        let mut a = l.local_addr().unwrap();
+        drop(l);
+        if a.port() % 2 == 0 {
+            a.set_port(a.port() - 1);
+        }
+        a
+    };
+    let r = m.out.connect(&m.frontend, src(4), &m.db, closed, m.proxy_b).await;
+    assert!(matches!(r, Err(OutboundError::Refused(s)) if s == 503), "{r:?}");
+    // The proxy still serves after all that.
+    let mut t = m.out.connect(&m.frontend, src(5), &m.db, pod, m.proxy_b).await.unwrap();
+    assert_eq!(roundtrip(&mut t, b"ok").await, b"ok");
+}
+
+#[tokio::test]
+async fn certificates_that_must_not_be_accepted_are_not() {
+    let m = mesh().await;
+    let pod = echo_pod().await;
+    // A foreign CA in another trust domain: node-b rejects the handshake.
+    let foreign = Pki::new("evil.example");
+    let evil = foreign.id("default", "bookstore");
+    let c = Arc::new(SecretCache::new());
+    c.put_bundle(m.pki.bundle());
+    c.put_cert(foreign.cert(&evil, time::Duration::ZERO, HOUR));
+    let r = Outbound::new(c).connect(&evil, src(1), &m.db, pod, m.proxy_b).await;
+    assert!(matches!(r, Err(OutboundError::Tls(..) | OutboundError::Http(_))), "{r:?}");
+    // A foreign CA in *our* trust domain: the chain does not verify.
+    let rogue = Pki::new("cluster.local");
+    let c = Arc::new(SecretCache::new());
+    c.put_bundle(m.pki.bundle());
+    c.put_cert(rogue.cert(&m.frontend, time::Duration::ZERO, HOUR));
+    let r = Outbound::new(c).connect(&m.frontend, src(1), &m.db, pod, m.proxy_b).await;
+    assert!(matches!(r, Err(OutboundError::Tls(..) | OutboundError::Http(_))), "{r:?}");
+    // Expired, and not yet valid.
+    for (shift, what) in [(-HOUR * 3, "expired"), (HOUR * 2, "not yet valid")] {
+        let c = Arc::new(SecretCache::new());
+        c.put_bundle(m.pki.bundle());
+        c.put_cert(m.pki.cert(&m.frontend, shift, HOUR));
+        let r = Outbound::new(c).connect(&m.frontend, src(1), &m.db, pod, m.proxy_b).await;
+        assert!(matches!(r, Err(OutboundError::Tls(..) | OutboundError::Http(_))), "{what}: {r:?}");
+    }
+    // No certificate for the source identity: fails closed before dialling.
+    let c = Arc::new(SecretCache::new());
+    c.put_bundle(m.pki.bundle());
+    let r = Outbound::new(c).connect(&m.frontend, src(1), &m.db, pod, m.proxy_b).await;
+    assert!(matches!(r, Err(OutboundError::NoCertificate(_))), "{r:?}");
+    // The client refuses a server that is not the expected identity: node-b
+    // holds no certificate for `other`, so it cannot prove it.
+    let other = m.pki.id("default", "other");
+    let r = m.out.connect(&m.frontend, src(1), &other, pod, m.proxy_b).await;
+    assert!(r.is_err(), "{r:?}");
+    // Still serving the legitimate client.
+    let mut t = m.out.connect(&m.frontend, src(2), &m.db, SocketAddr::new(pod.ip(), pod.port()), m.proxy_b).await;
+    let t = t.as_mut().unwrap();
+    assert_eq!(roundtrip(t, b"x").await, b"x");
+}
+
+#[tokio::test]
+async fn garbage_and_non_connect_requests_are_rejected_without_harm() {
+    let m = mesh().await;
+    let pod = echo_pod().await;
+    for junk in [&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..], &[0u8; 1000][..], b"\x16\x03\x01\x00\x01\x00"] {
+        let mut s = tokio::net::TcpStream::connect(m.proxy_b).await.unwrap();
+        let _ = s.write_all(junk).await;
+        let mut buf = [0u8; 64];
+        let _ = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
+    }
+    // A mutually authenticated HTTP/2 GET instead of CONNECT: 405.
+    let config = super::tls::client_config(&m.a, &m.frontend, &m.db).unwrap();
+    let tcp = tokio::net::TcpStream::connect(m.proxy_b).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from(super::tls::sni_for(&m.db)).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(format!("https://{pod}/"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 405);
+    // CONNECT without a source address: 400.
+    let req = http::Request::builder()
+        .method("CONNECT")
+        .uri(pod.to_string())
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 400);
+    let mut t = m.out.connect(&m.frontend, src(9), &m.db, pod, m.proxy_b).await.unwrap();
+    assert_eq!(roundtrip(&mut t, b"still fine").await, b"still fine");
+}
+
+#[tokio::test]
+async fn renewal_and_bundle_change_take_effect_on_new_handshakes_only() {
+    let m = mesh().await;
+    let pod = echo_pod().await;
+    let mut long = m.out.connect(&m.frontend, src(100), &m.db, pod, m.proxy_b).await.unwrap();
+    assert_eq!(roundtrip(&mut long, b"before").await, b"before");
+    let old_serial = m.b.cert(&m.db).unwrap().serial.clone();
+
+    // Rotate to a new root: both nodes get the new bundle (old + new roots),
+    // then node-b's certificate is renewed under the new authority.
+    let mut pki = m.pki;
+    let now = OffsetDateTime::now_utc();
+    let td = pki.state.trust_domain.clone();
+    pki.state.prepare(now, || Authority::generate(&td, now - time::Duration::days(1), AuthorityParams::default())).unwrap();
+    pki.state.propagate(now).unwrap();
+    pki.state.switch(now, true).unwrap();
+    m.a.put_bundle(pki.bundle());
+    m.b.put_bundle(pki.bundle());
+    m.b.put_cert(pki.cert(&m.db, time::Duration::ZERO, HOUR));
+    let new_serial = m.b.cert(&m.db).unwrap().serial.clone();
+    assert_ne!(old_serial, new_serial);
+
+    // The established tunnel is untouched.
+    assert_eq!(roundtrip(&mut long, b"during").await, b"during");
+    // A fresh client handshakes and sees the new serial.
+    let config = super::tls::client_config(&m.a, &m.frontend, &m.db).unwrap();
+    let tcp = tokio::net::TcpStream::connect(m.proxy_b).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from(super::tls::sni_for(&m.db)).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap();
+    let presented = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let (_, cert) = x509_parser::parse_x509_certificate(&presented).unwrap();
+    assert_eq!(cert.raw_serial_as_string().replace(':', ""), new_serial);
+    // And new tunnels work across the rotation.
+    let out = Outbound::new(m.a.clone());
+    let mut t = out.connect(&m.frontend, src(101), &m.db, pod, m.proxy_b).await.unwrap();
+    assert_eq!(roundtrip(&mut t, b"after").await, b"after");
+    assert_eq!(roundtrip(&mut long, b"still").await, b"still");
+}
