@@ -4,8 +4,8 @@ mod agent;
 mod ca_index;
 mod cli;
 mod identity;
-mod proxy;
 mod manifests;
+mod proxy;
 
 use std::process::ExitCode;
 

@@ -76,6 +76,9 @@ pub struct State {
     pub ready: AtomicBool,
     /// The registry.
     pub registry: Mutex<Registry>,
+    /// Workload certificates for `/config_dump` (serials and expiries,
+    /// never keys), when the mTLS side runs.
+    pub certs: Mutex<Option<Arc<crate::identity::SecretCache>>>,
 }
 
 const MAX_REQUEST: usize = 8 * 1024;
@@ -142,6 +145,19 @@ fn handle(mut s: TcpStream, state: &State) -> std::io::Result<()> {
                 respond(&mut s, "500 Internal Server Error", "text/plain", "encoding failed\n")
             }
         }
+        "/config_dump" => {
+            let certs = state.certs.lock().ok().and_then(|c| c.clone());
+            let body = serde_json::json!({
+                "secret_cache_version": certs.as_ref().map(|c| c.version()),
+                "certificates": certs.as_ref().map(|c| c.summary()).unwrap_or_default(),
+                "trust_bundle": certs.as_ref().and_then(|c| c.bundle()).map(|b| serde_json::json!({
+                    "version": b.bundle.version,
+                    "signer": b.bundle.signer,
+                    "roots": b.bundle.roots.iter().map(|r| r.authority.clone()).collect::<Vec<_>>(),
+                })),
+            });
+            respond(&mut s, "200 OK", "application/json", &format!("{body:#}\n"))
+        }
         _ => respond(&mut s, "404 Not Found", "text/plain", "not found\n"),
     }
 }
@@ -172,7 +188,8 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let mut registry = Registry::default();
         metrics.register(&mut registry);
-        let state = Arc::new(State { ready: AtomicBool::new(false), registry: Mutex::new(registry) });
+        let state =
+            Arc::new(State { ready: AtomicBool::new(false), registry: Mutex::new(registry), certs: Mutex::new(None) });
         let addr = serve("127.0.0.1:0".parse().unwrap(), state.clone()).unwrap();
         assert!(get(addr, b"GET /ready HTTP/1.1\r\n\r\n").starts_with("HTTP/1.0 503"));
         state.ready.store(true, Ordering::Relaxed);

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod dataplane;
 pub mod flowlog;
+pub mod mesh;
 pub mod routes;
 pub mod source;
 
@@ -42,6 +43,9 @@ pub struct Config {
     pub pin_dir: Option<PathBuf>,
     /// Admin endpoint (`/ready`, `/metrics`); `None` disables it.
     pub admin: Option<std::net::SocketAddr>,
+    /// The mTLS side (CA connection, HBONE listener); `None` runs policy
+    /// enforcement only.
+    pub mesh: Option<mesh::MeshConfig>,
 }
 
 impl Config {
@@ -74,7 +78,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
-    let state = Arc::new(admin::State { ready: AtomicBool::new(false), registry: Mutex::new(registry) });
+    let state = Arc::new(admin::State {
+        ready: AtomicBool::new(false),
+        registry: Mutex::new(registry),
+        certs: Mutex::new(None),
+    });
     if let Some(addr) = cfg.admin {
         let bound = admin::serve(addr, state.clone()).with_context(|| format!("--admin {addr}"))?;
         tracing::info!(%bound, "admin endpoint listening");
@@ -83,6 +91,16 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let (mut dp, numbers) = Dataplane::load(cfg.pin_dir.as_deref())?;
     let mut compiler = Compiler::new(Scope::Node(cfg.node.clone()));
     compiler.reserve_numbers(numbers.identity, numbers.endpoint, numbers.rule);
+    let mesh = match &cfg.mesh {
+        Some(m) => {
+            let mesh = mesh::Mesh::start(m, &cfg.node)?;
+            if let Ok(mut c) = state.certs.lock() {
+                *c = Some(mesh.cache.clone());
+            }
+            Some(mesh)
+        }
+        None => None,
+    };
     let mut source = DirSource::new(&cfg.manifests);
     tracing::info!(node = %cfg.node, manifests = %cfg.manifests.display(), "agent started");
     let mut last_problems: Vec<String> = Vec::new();
@@ -93,6 +111,14 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         }
         metrics.rejected_objects.inc_by(poll.errors.len() as u64);
         let mut changed = false;
+        if let Some(m) = &mesh {
+            for change in &poll.changes {
+                m.apply(change);
+            }
+            if !poll.changes.is_empty() {
+                m.refresh_identities();
+            }
+        }
         for change in poll.changes {
             let diff = match &change {
                 Change::Apply(o) => compiler.apply(o.clone()),

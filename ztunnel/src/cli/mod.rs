@@ -220,6 +220,28 @@ pub struct RunArgs {
     /// Admin endpoint address (`/ready`, `/metrics`).
     #[arg(long, default_value = "127.0.0.1:15021")]
     pub admin: std::net::SocketAddr,
+    /// CA API address: enables the mTLS side (workload certificates and the
+    /// HBONE listener).
+    #[arg(long, value_name = "HOST:PORT", requires_all = ["ca_bundle", "ca_token"])]
+    pub ca_address: Option<String>,
+    /// Name in the CA's certificate.
+    #[arg(long, default_value = "localhost")]
+    pub ca_server_name: String,
+    /// Bootstrap trust bundle (the CA directory's bundle.pem).
+    #[arg(long, value_name = "PATH")]
+    pub ca_bundle: Option<PathBuf>,
+    /// This node's CA token file.
+    #[arg(long, value_name = "PATH")]
+    pub ca_token: Option<PathBuf>,
+    /// Trust domain of workload identities.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// HBONE listen address.
+    #[arg(long, default_value = "0.0.0.0:15008")]
+    pub hbone: std::net::SocketAddr,
+    /// Connect to pods from the original source address (IP_TRANSPARENT).
+    #[arg(long)]
+    pub transparent: bool,
 }
 
 /// `ztunnel policy ...`
@@ -287,6 +309,18 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 poll: std::time::Duration::from_millis(args.poll_ms),
                 pin_dir: if args.no_pin { None } else { Some(args.bpffs.unwrap_or(default_pins)) },
                 admin: Some(args.admin),
+                mesh: match (args.ca_address, args.ca_bundle, args.ca_token) {
+                    (Some(ca_address), Some(ca_bundle), Some(ca_token)) => Some(crate::agent::mesh::MeshConfig {
+                        ca_address,
+                        ca_server_name: args.ca_server_name,
+                        ca_bundle,
+                        ca_token,
+                        trust_domain: args.trust_domain,
+                        hbone: args.hbone,
+                        transparent: args.transparent,
+                    }),
+                    _ => None,
+                },
             })?;
             Ok(std::process::ExitCode::SUCCESS)
         }

@@ -1,6 +1,5 @@
 //! The secret cache: per resource (a workload identity's certificate, the
-//! trust bundle) the current value and a version, with change
-//! notification.
+//! trust bundle) the current value, and a version bumped on every change.
 //!
 //! rustls resolvers and verifiers look the current value up on every
 //! handshake, so a renewed certificate or a new bundle takes effect on the
@@ -19,8 +18,8 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use time::OffsetDateTime;
-use tokio::sync::watch;
 
 /// A workload certificate ready for rustls.
 pub struct WorkloadCert {
@@ -121,12 +120,12 @@ pub struct CertSummary {
 pub struct SecretCache {
     certs: RwLock<HashMap<SpiffeId, Arc<WorkloadCert>>>,
     bundle: RwLock<Option<Arc<Bundle>>>,
-    changes: watch::Sender<u64>,
+    version: AtomicU64,
 }
 
 impl std::fmt::Debug for SecretCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SecretCache").field("version", &*self.changes.borrow()).finish()
+        f.debug_struct("SecretCache").field("version", &self.version()).finish()
     }
 }
 
@@ -146,11 +145,16 @@ fn read<T: Clone>(l: &RwLock<T>) -> T {
 impl SecretCache {
     /// An empty cache.
     pub fn new() -> Self {
-        Self { certs: RwLock::new(HashMap::new()), bundle: RwLock::new(None), changes: watch::channel(0).0 }
+        Self { certs: RwLock::new(HashMap::new()), bundle: RwLock::new(None), version: AtomicU64::new(0) }
     }
 
     fn bump(&self) {
-        self.changes.send_modify(|v| *v += 1);
+        self.version.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Bumped on every change of any resource.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Relaxed)
     }
 
     /// The current certificate of `id`.
@@ -193,11 +197,6 @@ impl SecretCache {
             Err(e) => *e.into_inner() = Some(b),
         }
         self.bump();
-    }
-
-    /// Notified on every change.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
     }
 
     /// Identities with a certificate, and their details (no keys).

@@ -257,3 +257,161 @@ impl Drop for IdentityManager {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::collections::BTreeSet;
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use ca::{Authority, AuthorityParams, CaState, IssuePolicy, SpiffeId, TrustDomain, WorkloadIndex};
+    use ca_server::{CaClient, Config, DirStore, Server, SystemClock};
+
+    use super::{IdentityManager, Timing};
+    use crate::identity::SecretCache;
+
+    struct Node1;
+    impl WorkloadIndex for Node1 {
+        fn runs_on(&self, node: &str, _ns: &str, _sa: &str) -> bool {
+            node == "node-1"
+        }
+    }
+
+    /// A runtime shut down without waiting when dropped (from async code).
+    struct CaRt(Option<tokio::runtime::Runtime>);
+
+    impl Drop for CaRt {
+        fn drop(&mut self) {
+            if let Some(rt) = self.0.take() {
+                rt.shutdown_background();
+            }
+        }
+    }
+
+    /// A CA server on its own runtime (dropping it kills every connection).
+    fn ca(store: &DirStore, addr: SocketAddr) -> (CaRt, SocketAddr) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let bound = rt.block_on(async {
+            let config = Config { listen: addr, reload: Duration::from_millis(100), ..Config::default() };
+            let s =
+                Server::bind(config, Box::new(store.clone()), Arc::new(Node1), Arc::new(SystemClock)).await.unwrap();
+            let a = s.local_addr().unwrap();
+            tokio::spawn(s.serve(std::future::pending()));
+            a
+        });
+        (CaRt(Some(rt)), bound)
+    }
+
+    fn init(dir: &std::path::Path) -> DirStore {
+        let td = TrustDomain::new("cluster.local").unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let policy = IssuePolicy {
+            max_ttl: time::Duration::seconds(4),
+            min_ttl: time::Duration::seconds(1),
+            default_ttl: time::Duration::seconds(4),
+            ..IssuePolicy::default()
+        };
+        let state =
+            CaState::new(td.clone(), Authority::generate(&td, now, AuthorityParams::default()).unwrap(), policy, now);
+        let store = DirStore::new(dir);
+        let lock = store.lock().unwrap();
+        store.create(&state, &lock).unwrap();
+        store.create_token("node-1", &lock).unwrap();
+        store
+    }
+
+    async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !f() {
+            assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn timing() -> Timing {
+        Timing {
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(400),
+            ttl: None,
+            bundle_wait: Duration::from_secs(1),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn renews_at_half_life_and_when_the_signer_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = init(dir.path());
+        let (_ca_rt, addr) = tokio::task::block_in_place(|| ca(&store, "127.0.0.1:0".parse().unwrap()));
+        let bundle = store.load().unwrap().bundle(time::OffsetDateTime::now_utc()).pem();
+        let token = store.tokens().unwrap()["node-1"].clone();
+        let client = CaClient::new(&addr.to_string(), "localhost", &bundle, Some(token)).unwrap();
+        let cache = Arc::new(SecretCache::new());
+        let m = IdentityManager::start(cache.clone(), Arc::new(client), timing());
+        let id = SpiffeId::parse("spiffe://cluster.local/ns/default/sa/db").unwrap();
+        m.set_wanted(&BTreeSet::from([id.clone()]));
+        wait_for("a certificate", Duration::from_secs(10), || cache.cert(&id).is_some()).await;
+        let first = cache.cert(&id).unwrap();
+        // Lifetime 4 s: renewed after ~2 s, well before expiry.
+        wait_for("renewal at half-life", Duration::from_secs(5), || {
+            cache.cert(&id).is_some_and(|c| c.serial != first.serial)
+        })
+        .await;
+        assert!(time::OffsetDateTime::now_utc() < first.not_after, "renewed before expiry");
+
+        // Root rotation up to `switch`: the new bundle arrives by long-poll
+        // and the certificate is re-issued by the new signer at once.
+        let lock = store.lock().unwrap();
+        let mut s = store.load().unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let td = s.trust_domain.clone();
+        s.prepare(now, || Authority::generate(&td, now, AuthorityParams::default())).unwrap();
+        s.propagate(now).unwrap();
+        s.switch(now, true).unwrap();
+        let new_signer = s.active.id.clone();
+        store.save(&s, &lock).unwrap();
+        drop(lock);
+        wait_for("the new signer's certificate", Duration::from_secs(5), || {
+            cache.cert(&id).is_some_and(|c| c.authority == new_signer)
+                && cache.bundle().is_some_and(|b| b.roots.len() == 2)
+        })
+        .await;
+
+        // An identity no longer wanted is dropped.
+        m.set_wanted(&BTreeSet::new());
+        assert!(cache.cert(&id).is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keeps_serving_while_the_ca_is_down_and_resumes_when_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = init(dir.path());
+        let (ca_rt, addr) = tokio::task::block_in_place(|| ca(&store, "127.0.0.1:0".parse().unwrap()));
+        let bundle = store.load().unwrap().bundle(time::OffsetDateTime::now_utc()).pem();
+        let token = store.tokens().unwrap()["node-1"].clone();
+        let client = CaClient::new(&addr.to_string(), "localhost", &bundle, Some(token)).unwrap();
+        let cache = Arc::new(SecretCache::new());
+        let m = IdentityManager::start(cache.clone(), Arc::new(client), timing());
+        let id = SpiffeId::parse("spiffe://cluster.local/ns/default/sa/api").unwrap();
+        m.set_wanted(&BTreeSet::from([id.clone()]));
+        wait_for("a certificate", Duration::from_secs(10), || cache.cert(&id).is_some()).await;
+        let before = cache.cert(&id).unwrap();
+
+        // CA down: renewals fail, the certificate stays until it expires.
+        drop(ca_rt);
+        // Past half-life (2 s of 4): renewals are being attempted and fail.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let held = cache.cert(&id).unwrap();
+        assert_eq!(held.serial, before.serial, "nothing to renew from");
+        assert!(held.not_after > time::OffsetDateTime::now_utc(), "still valid, still served");
+
+        // CA back on the same address: renewals resume.
+        let (_ca_rt, _) = tokio::task::block_in_place(|| ca(&store, addr));
+        wait_for("renewal after the CA returned", Duration::from_secs(10), || {
+            cache.cert(&id).is_some_and(|c| c.serial != before.serial)
+        })
+        .await;
+    }
+}

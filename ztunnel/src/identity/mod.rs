@@ -4,5 +4,7 @@
 pub mod cache;
 pub mod manager;
 
-pub use cache::{Bundle, SecretCache, WorkloadCert};
-pub use manager::{CertSource, IdentityManager};
+pub use cache::SecretCache;
+#[cfg(test)]
+pub use cache::{Bundle, WorkloadCert};
+pub use manager::IdentityManager;

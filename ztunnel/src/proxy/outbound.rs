@@ -8,6 +8,10 @@
 //! for capacity); broken connections are dropped from the pool and
 //! re-established on the next flow. Idle connections are closed by the
 //! HTTP/2 keepalive and the pool forgets closed ones.
+//!
+//! Not yet reached from the agent: the from-pod program does not steer
+//! flows to the proxy yet (issue 5, next step); the tests drive it.
+#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

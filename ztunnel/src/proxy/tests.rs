@@ -40,7 +40,8 @@ impl Pki {
         let (key, csr) = new_csr(id).unwrap();
         let v = validate_csr(csr.as_bytes(), &self.state.trust_domain).unwrap();
         let at = OffsetDateTime::now_utc() + shift;
-        let policy = IssuePolicy { min_ttl: ttl, max_ttl: ttl, backdate: time::Duration::ZERO, ..IssuePolicy::default() };
+        let policy =
+            IssuePolicy { min_ttl: ttl, max_ttl: ttl, backdate: time::Duration::ZERO, ..IssuePolicy::default() };
         let i = Signer::new(&self.state.active).unwrap().issue(&v, id, Some(ttl), &policy, at).unwrap();
         let r = SignResponse {
             identity: i.identity,
@@ -73,12 +74,17 @@ impl Workloads for Cluster {
         self.0.get(&ip).cloned()
     }
     fn ingress(&self, _src: IpAddr, _dst: IpAddr, port: u16) -> Result<(), String> {
-        if port % 2 == 0 { Err("isolated by default/deny-even-ports".into()) } else { Ok(()) }
+        if port.is_multiple_of(2) { Err("isolated by default/deny-even-ports".into()) } else { Ok(()) }
     }
 }
 
 fn w(name: &str, sa: &str, node: &str) -> Workload {
-    Workload { name: format!("default/{name}"), namespace: "default".into(), service_account: sa.into(), node: Some(node.into()) }
+    Workload {
+        name: format!("default/{name}"),
+        namespace: "default".into(),
+        service_account: sa.into(),
+        node: Some(node.into()),
+    }
 }
 
 fn cluster() -> Arc<Cluster> {
@@ -94,7 +100,7 @@ async fn echo_pod() -> SocketAddr {
     loop {
         let l = TcpListener::bind("127.0.0.11:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        if addr.port() % 2 == 1 {
+        if !addr.port().is_multiple_of(2) {
             tokio::spawn(async move {
                 loop {
                     let Ok((mut s, _)) = l.accept().await else { return };
@@ -189,7 +195,7 @@ async fn spoofed_and_unknown_sources_and_policy_denials_are_refused() {
         let l = std::net::TcpListener::bind("127.0.0.11:0").unwrap();
         let mut a = l.local_addr().unwrap();
         drop(l);
-        if a.port() % 2 == 0 {
+        if a.port().is_multiple_of(2) {
             a.set_port(a.port() - 1);
         }
         a
@@ -294,7 +300,9 @@ async fn renewal_and_bundle_change_take_effect_on_new_handshakes_only() {
     let mut pki = m.pki;
     let now = OffsetDateTime::now_utc();
     let td = pki.state.trust_domain.clone();
-    pki.state.prepare(now, || Authority::generate(&td, now - time::Duration::days(1), AuthorityParams::default())).unwrap();
+    pki.state
+        .prepare(now, || Authority::generate(&td, now - time::Duration::days(1), AuthorityParams::default()))
+        .unwrap();
     pki.state.propagate(now).unwrap();
     pki.state.switch(now, true).unwrap();
     m.a.put_bundle(pki.bundle());

@@ -1,0 +1,145 @@
+//! The mTLS half of the agent: workload certificates for the identities of
+//! this node's pods (from the CA), and the HBONE listener that delivers
+//! tunnelled flows to them.
+//!
+//! It keeps its own copy of the cluster state (fed the same changes as the
+//! policy compiler) because the inbound side re-evaluates ingress policy
+//! with the reference evaluator for each tunnel and looks up which
+//! workload owns a source address.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use ca::{SpiffeId, TrustDomain};
+use policy::eval::{SideVerdict, evaluate_packet};
+use policy::{Cluster, Protocol};
+
+use super::source::Change;
+use crate::identity::manager::Timing;
+use crate::identity::{IdentityManager, SecretCache};
+use crate::proxy::inbound::{Inbound, InboundConfig, Workload, Workloads};
+
+/// Settings of the mTLS side.
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    /// CA API address (`host:port`).
+    pub ca_address: String,
+    /// Name in the CA's certificate.
+    pub ca_server_name: String,
+    /// Bootstrap trust bundle (the CA directory's `bundle.pem`).
+    pub ca_bundle: PathBuf,
+    /// This node's CA token file.
+    pub ca_token: PathBuf,
+    /// Trust domain of workload identities.
+    pub trust_domain: String,
+    /// HBONE listen address (port 15008).
+    pub hbone: SocketAddr,
+    /// Deliver from the original source address (IP_TRANSPARENT).
+    pub transparent: bool,
+}
+
+/// The cluster as the proxy sees it.
+struct View(RwLock<Cluster>);
+
+impl Workloads for View {
+    fn by_ip(&self, ip: IpAddr) -> Option<Workload> {
+        let c = self.0.read().ok()?;
+        let p = c.pod_by_ip(ip)?;
+        Some(Workload {
+            name: p.key.to_string(),
+            namespace: p.key.namespace.to_string(),
+            service_account: p.service_account.clone(),
+            node: p.node.clone(),
+        })
+    }
+
+    fn ingress(&self, src: IpAddr, dst: IpAddr, port: u16) -> Result<(), String> {
+        let c = self.0.read().map_err(|_| "cluster state unavailable".to_string())?;
+        match evaluate_packet(&c, src, dst, port, Protocol::Tcp).ingress {
+            SideVerdict::Allowed(_) => Ok(()),
+            SideVerdict::Denied { isolated_by } => {
+                Err(isolated_by.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
+            }
+        }
+    }
+}
+
+/// The running mTLS side.
+pub struct Mesh {
+    rt: tokio::runtime::Runtime,
+    node: String,
+    td: TrustDomain,
+    view: Arc<View>,
+    manager: IdentityManager,
+    /// Certificates and bundle (for the admin endpoint).
+    pub cache: Arc<SecretCache>,
+}
+
+impl Mesh {
+    /// Connects to the CA and starts the HBONE listener.
+    pub fn start(cfg: &MeshConfig, node: &str) -> anyhow::Result<Self> {
+        let td = TrustDomain::new(&cfg.trust_domain)?;
+        let bundle = std::fs::read_to_string(&cfg.ca_bundle)
+            .with_context(|| format!("--ca-bundle {}", cfg.ca_bundle.display()))?;
+        let token = std::fs::read_to_string(&cfg.ca_token)
+            .with_context(|| format!("--ca-token {}", cfg.ca_token.display()))?
+            .trim()
+            .to_string();
+        let client = ca_server::CaClient::new(&cfg.ca_address, &cfg.ca_server_name, &bundle, Some(token))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("ztunnel-proxy")
+            .enable_all()
+            .build()?;
+        let cache = Arc::new(SecretCache::new());
+        let view = Arc::new(View(RwLock::new(Cluster::new())));
+        let listener =
+            rt.block_on(tokio::net::TcpListener::bind(cfg.hbone)).with_context(|| format!("--hbone {}", cfg.hbone))?;
+        let inbound = Arc::new(Inbound::new(
+            cache.clone(),
+            view.clone(),
+            InboundConfig {
+                node: node.to_string(),
+                transparent: cfg.transparent,
+                connect_timeout: Duration::from_secs(5),
+                handshake_timeout: Duration::from_secs(10),
+            },
+        ));
+        rt.spawn(inbound.serve(listener));
+        let manager = {
+            let _guard = rt.enter();
+            IdentityManager::start(cache.clone(), Arc::new(client), Timing::default())
+        };
+        tracing::info!(hbone = %cfg.hbone, ca = %cfg.ca_address, "mTLS side started");
+        Ok(Self { rt, node: node.to_string(), td, view, manager, cache })
+    }
+
+    /// Applies a cluster change to the proxy's view.
+    pub fn apply(&self, change: &Change) {
+        let Ok(mut c) = self.view.0.write() else { return };
+        match change {
+            Change::Apply(o) => c.apply(o.clone()),
+            Change::Delete(r) => {
+                c.delete(r);
+            }
+        }
+    }
+
+    /// Requests certificates for exactly the identities of this node's pods.
+    pub fn refresh_identities(&self) {
+        let wanted: BTreeSet<SpiffeId> = match self.view.0.read() {
+            Ok(c) => c
+                .pods()
+                .filter(|p| p.node.as_deref() == Some(self.node.as_str()) && !p.host_network)
+                .filter_map(|p| SpiffeId::new(&self.td, &p.key.namespace, &p.service_account).ok())
+                .collect(),
+            Err(_) => return,
+        };
+        let _guard = self.rt.enter();
+        self.manager.set_wanted(&wanted);
+    }
+}
