@@ -323,10 +323,77 @@ static __always_inline void ct_key(struct zt_ct_key *k, __u32 endpoint, __u8 dir
 	}
 }
 
+static __always_inline int decide_packet(struct __sk_buff *skb, __u8 dir, struct flow *fp);
+
+/*
+ * Steers a permitted TCP packet from a pod to another pod into the local
+ * proxy (see zt_config.mesh). Returns the verdict.
+ */
+static __always_inline int steer(struct __sk_buff *skb, struct flow *f, struct zt_config *cfg)
+{
+	struct zt_ip_info *dst = bpf_map_lookup_elem(&zt_ipcache, &f->dst);
+	if (!dst || dst->identity == 0)
+		return TC_ACT_OK; /* not a pod: external, node, host network */
+	if (f->src.family != ZT_FAMILY_V4)
+		return TC_ACT_SHOT;
+	struct bpf_sock_tuple t = {};
+	t.ipv4.saddr = f->src.addr[0];
+	t.ipv4.daddr = f->dst.addr[0];
+	t.ipv4.sport = f->sport_be;
+	t.ipv4.dport = f->dport_be;
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (sk) {
+		if (sk->state != BPF_TCP_LISTEN)
+			goto assign;
+		bpf_sk_release(sk);
+	}
+	if (!f->tcp_syn_only)
+		return TC_ACT_SHOT;
+	t.ipv4.daddr = cfg->proxy_addr4;
+	t.ipv4.dport = cfg->proxy_port;
+	sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return TC_ACT_SHOT;
+	if (sk->state != BPF_TCP_LISTEN) {
+		bpf_sk_release(sk);
+		return TC_ACT_SHOT;
+	}
+assign:;
+	long err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (err)
+		return TC_ACT_SHOT;
+	skb->mark = cfg->redirect_mark;
+	return TC_ACT_OK;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	struct flow f;
+	__builtin_memset(&f, 0, sizeof(f));
+	int verdict = decide_packet(skb, dir, &f);
+	if (verdict != TC_ACT_OK || dir != ZT_DIR_EGRESS || f.protocol != IPPROTO_TCP || f.src.family == 0)
+		return verdict;
+	__u32 zero = 0;
+	struct zt_config *cfg = bpf_map_lookup_elem(&zt_config, &zero);
+	if (!cfg || !cfg->mesh)
+		return verdict;
+	int r = steer(skb, &f, cfg);
+	if (r == TC_ACT_SHOT) {
+		__u32 ifindex = skb->ifindex;
+		struct zt_endpoint *ep = bpf_map_lookup_elem(&zt_endpoints, &ifindex);
+		count(dir, 0, skb->len);
+		emit(ep ? ep->endpoint : 0, dir, &f, ZT_REASON_NO_PROXY, 0, 0);
+	}
+	return r;
+}
+
+static __always_inline int decide_packet(struct __sk_buff *skb, __u8 dir, struct flow *fp)
+{
+	struct flow f;
+	__builtin_memset(&f, 0, sizeof(f));
 	int parsed = parse(skb, &f);
+	*fp = f;
 	if (parsed == 0)
 		return TC_ACT_OK; /* not IP (ARP, ...) */
 	if (parsed < 0) {

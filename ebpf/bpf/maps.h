@@ -150,12 +150,28 @@ struct zt_ct_value {
 /*
  * zt_config (ARRAY, 1 entry): global settings written by the agent.
  *   epoch: bumped after every policy sync that can revoke anything.
+ *   mesh: non-zero when the node proxy runs; from then on every permitted
+ *         TCP packet a pod sends to another pod is steered to a local proxy
+ *         socket (bpf_sk_assign): the socket of its connection if one
+ *         exists (the capture side on the source node, the delivery side's
+ *         transparent socket for replies on the destination node), else,
+ *         for a SYN, the capture listener at proxy_addr4:proxy_port. No
+ *         socket means the packet is dropped: with the proxy down, pod TCP
+ *         fails closed instead of leaving the node in plaintext. IPv6 pod
+ *         TCP is dropped while mesh is on (the proxy captures IPv4 only).
+ *   redirect_mark: set on steered packets; the agent routes marked packets
+ *         to the local stack (ip rule fwmark -> local default route).
  */
 struct zt_config {
 	__u32 epoch;
-	__u32 pad;
+	__u32 mesh;
 	__u64 tcp_idle_ns;
 	__u64 other_idle_ns;
+	__u32 proxy_addr4; /* network byte order */
+	__be16 proxy_port;
+	__u16 pad;
+	__u32 redirect_mark;
+	__u32 pad2;
 };
 
 /*
@@ -199,6 +215,7 @@ enum zt_reason {
 	ZT_REASON_INFRA = 7,
 	ZT_REASON_TRACKED = 8,
 	ZT_REASON_REVOKED = 9,
+	ZT_REASON_NO_PROXY = 10,
 };
 
 _Static_assert(sizeof(struct zt_addr) == 20, "zt_addr layout");
@@ -210,7 +227,7 @@ _Static_assert(sizeof(struct zt_policy_key) == 16, "zt_policy_key layout");
 _Static_assert(sizeof(struct zt_policy_value) == 4, "zt_policy_value layout");
 _Static_assert(sizeof(struct zt_ct_key) == 44, "zt_ct_key layout");
 _Static_assert(sizeof(struct zt_ct_value) == 16, "zt_ct_value layout");
-_Static_assert(sizeof(struct zt_config) == 24, "zt_config layout");
+_Static_assert(sizeof(struct zt_config) == 40, "zt_config layout");
 _Static_assert(sizeof(struct zt_event) == 64, "zt_event layout");
 _Static_assert(sizeof(struct zt_counter) == 16, "zt_counter layout");
 

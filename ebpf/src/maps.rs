@@ -153,12 +153,22 @@ pub struct ZtCtValue {
 pub struct ZtConfig {
     /// Policy epoch; bumping it makes every tracked flow re-decided.
     pub epoch: u32,
-    /// Zero.
-    pub pad: u32,
+    /// Non-zero: steer pod-to-pod TCP into the local proxy (fail closed).
+    pub mesh: u32,
     /// Idle timeout of tracked TCP flows.
     pub tcp_idle_ns: u64,
     /// Idle timeout of other tracked flows.
     pub other_idle_ns: u64,
+    /// Capture listener address (IPv4, network byte order).
+    pub proxy_addr4: u32,
+    /// Capture listener port (network byte order).
+    pub proxy_port: u16,
+    /// Zero.
+    pub pad: u16,
+    /// Mark set on steered packets (routed to the local stack).
+    pub redirect_mark: u32,
+    /// Zero.
+    pub pad2: u32,
 }
 
 /// `struct zt_event`, as read from the ring buffer.
@@ -302,6 +312,23 @@ pub fn layouts() -> Vec<Layout> {
             fields!(ZtPolicyKey, 4, endpoint, peer, direction, protocol, port),
         ),
         ("zt_policy_value", size_of::<ZtPolicyValue>(), fields!(ZtPolicyValue, 0, rule)),
+        (
+            "zt_config",
+            size_of::<ZtConfig>(),
+            fields!(
+                ZtConfig,
+                0,
+                epoch,
+                mesh,
+                tcp_idle_ns,
+                other_idle_ns,
+                proxy_addr4,
+                proxy_port,
+                pad,
+                redirect_mark,
+                pad2
+            ),
+        ),
     ]
 }
 

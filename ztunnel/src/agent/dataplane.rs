@@ -40,6 +40,8 @@ pub struct Dataplane {
     bpf: aya::Ebpf,
     maps: AyaMaps,
     config: aya::maps::Array<aya::maps::MapData, ZtConfig>,
+    /// Current steering into the proxy.
+    steering: Option<Steering>,
     events: aya::maps::RingBuf<aya::maps::MapData>,
     counters: aya::maps::PerCpuArray<aya::maps::MapData, maps::ZtCounter>,
     attached: BTreeMap<ObjectKey, Attached>,
@@ -69,8 +71,24 @@ fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn config(epoch: u32) -> ZtConfig {
-    ZtConfig { epoch, pad: 0, tcp_idle_ns: TCP_IDLE_NS, other_idle_ns: OTHER_IDLE_NS }
+/// Where the datapath steers pod-to-pod TCP when the proxy runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Steering {
+    /// The capture listener.
+    pub listener: std::net::SocketAddrV4,
+    /// Mark on steered packets (routed locally by the agent's ip rule).
+    pub mark: u32,
+}
+
+fn config(epoch: u32, steering: Option<Steering>) -> ZtConfig {
+    let mut c = ZtConfig { epoch, tcp_idle_ns: TCP_IDLE_NS, other_idle_ns: OTHER_IDLE_NS, ..ZtConfig::default() };
+    if let Some(s) = steering {
+        c.mesh = 1;
+        c.proxy_addr4 = u32::from_ne_bytes(s.listener.ip().octets());
+        c.proxy_port = s.listener.port().to_be();
+        c.redirect_mark = s.mark;
+    }
+    c
 }
 
 impl Dataplane {
@@ -99,8 +117,24 @@ impl Dataplane {
         let mut config_array: aya::maps::Array<_, ZtConfig> = aya::maps::Array::try_from(config_map)?;
         // Continue the predecessor's epoch, so tracked flows re-check
         // against this agent's tables.
-        let epoch = config_array.get(&0, 0).map(|c| c.epoch).unwrap_or(0).wrapping_add(1);
-        config_array.set(0, config(epoch), 0)?;
+        let previous = config_array.get(&0, 0).ok();
+        let epoch = previous.map(|c| c.epoch).unwrap_or(0).wrapping_add(1);
+        // Steering stays as the predecessor left it until this agent's
+        // proxy is up (`set_steering`): pod TCP keeps failing closed, never
+        // passes unencrypted, while the agent restarts.
+        let mut initial = config(epoch, None);
+        if let Some(p) = previous {
+            (initial.mesh, initial.proxy_addr4, initial.proxy_port, initial.redirect_mark) =
+                (p.mesh, p.proxy_addr4, p.proxy_port, p.redirect_mark);
+        }
+        config_array.set(0, initial, 0)?;
+        let steering = (initial.mesh != 0).then(|| Steering {
+            listener: std::net::SocketAddrV4::new(
+                std::net::Ipv4Addr::from(initial.proxy_addr4.to_ne_bytes()),
+                u16::from_be(initial.proxy_port),
+            ),
+            mark: initial.redirect_mark,
+        });
         let events_map = bpf.take_map(zt_ebpf::map_names::EVENTS).context("map zt_events")?;
         let events = aya::maps::RingBuf::try_from(events_map)?;
         let counters_map = bpf.take_map(zt_ebpf::map_names::COUNTERS).context("map zt_counters")?;
@@ -120,6 +154,7 @@ impl Dataplane {
             links_dir,
             epoch,
             pruned: false,
+            steering,
         };
         Ok((dp, numbers))
     }
@@ -135,7 +170,14 @@ impl Dataplane {
     /// Makes every tracked flow re-check its verdict on its next packet.
     pub fn bump_epoch(&mut self) -> anyhow::Result<()> {
         self.epoch = self.epoch.wrapping_add(1);
-        self.config.set(0, config(self.epoch), 0)?;
+        self.config.set(0, config(self.epoch, self.steering), 0)?;
+        Ok(())
+    }
+
+    /// Turns steering into the proxy on (or off).
+    pub fn set_steering(&mut self, steering: Option<Steering>) -> anyhow::Result<()> {
+        self.steering = steering;
+        self.config.set(0, config(self.epoch, steering), 0)?;
         Ok(())
     }
 

@@ -57,6 +57,7 @@ fn reason(r: u8) -> &'static str {
         7 => "infrastructure",
         8 => "tracked",
         9 => "revoked",
+        10 => "no-proxy",
         _ => "unknown",
     }
 }
