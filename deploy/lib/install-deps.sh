@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing ztunnel needs on a fresh Debian-based
 # machine: clang-19 and libbpf-dev (the eBPF datapath is compiled by
-# ebpf/build.rs), iproute2, openssl (CA tests), and the rustfmt/clippy
-# components. Idempotent:
+# ebpf/build.rs), iproute2, openssl (CA tests), tcpdump (mesh tests), and
+# the rustfmt/clippy components. Idempotent:
 # installs only what is missing. Sourced by deploy/demo.sh and tests/run.sh.
 
 zt_install_deps() {
@@ -12,6 +12,8 @@ zt_install_deps() {
   command -v ip >/dev/null 2>&1 || pkgs+=(iproute2)
   # The CA tests check issued chains with an independent implementation.
   command -v openssl >/dev/null 2>&1 || pkgs+=(openssl)
+  # The mesh tests capture the node-to-node link to prove it carries no plaintext.
+  command -v tcpdump >/dev/null 2>&1 || pkgs+=(tcpdump)
   if [ "${#pkgs[@]}" -gt 0 ]; then
     echo "installing: ${pkgs[*]}"
     local sudo=()

@@ -40,6 +40,31 @@ pub struct MeshConfig {
     pub hbone: SocketAddr,
     /// Deliver from the original source address (IP_TRANSPARENT).
     pub transparent: bool,
+    /// Capture listener the datapath steers pod TCP to; `None` serves
+    /// inbound tunnels only.
+    pub capture: Option<std::net::SocketAddrV4>,
+}
+
+/// Mark on steered packets, and the routing table that delivers them locally.
+pub const REDIRECT_MARK: u32 = 0x7a00;
+const REDIRECT_MASK: u32 = 0xff00;
+const REDIRECT_TABLE: &str = "122";
+
+/// Routes packets carrying the redirect mark to the local stack (where
+/// `bpf_sk_assign` hands them to the proxy's socket): `ip rule fwmark ->
+/// table 122: local 0.0.0.0/0 dev lo`. Idempotent.
+fn install_redirect_routing() -> anyhow::Result<()> {
+    let ip = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        std::process::Command::new("ip").args(args).output().with_context(|| format!("running ip {}", args.join(" ")))
+    };
+    let mark = format!("{REDIRECT_MARK:#x}/{REDIRECT_MASK:#x}");
+    // Remove an existing rule first so restarts do not stack duplicates.
+    while ip(&["rule", "del", "fwmark", &mark, "lookup", REDIRECT_TABLE])?.status.success() {}
+    let out = ip(&["rule", "add", "fwmark", &mark, "lookup", REDIRECT_TABLE, "pref", "122"])?;
+    anyhow::ensure!(out.status.success(), "ip rule add: {}", String::from_utf8_lossy(&out.stderr).trim());
+    let out = ip(&["route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", REDIRECT_TABLE])?;
+    anyhow::ensure!(out.status.success(), "ip route replace: {}", String::from_utf8_lossy(&out.stderr).trim());
+    Ok(())
 }
 
 /// The cluster as the proxy sees it.
@@ -55,6 +80,12 @@ impl Workloads for View {
             service_account: p.service_account.clone(),
             node: p.node.clone(),
         })
+    }
+
+    fn node_address(&self, node: &str) -> Option<IpAddr> {
+        let c = self.0.read().ok()?;
+        let n = c.node(node)?;
+        n.addresses.iter().find(|a| a.is_ipv4()).or(n.addresses.first()).copied()
     }
 
     fn ingress(&self, src: IpAddr, dst: IpAddr, port: u16) -> Result<(), String> {
@@ -110,6 +141,22 @@ impl Mesh {
             },
         ));
         rt.spawn(inbound.serve(listener));
+        if let Some(addr) = cfg.capture {
+            install_redirect_routing()?;
+            let listener = {
+                let _guard = rt.enter();
+                crate::proxy::capture::bind(addr).with_context(|| format!("--capture {addr}"))?
+            };
+            let outbound = Arc::new(crate::proxy::outbound::Outbound::new(cache.clone()));
+            let capture = Arc::new(crate::proxy::capture::Capture::new(
+                cache.clone(),
+                view.clone(),
+                outbound,
+                node.to_string(),
+                cfg.hbone.port(),
+            ));
+            rt.spawn(capture.serve(listener));
+        }
         let manager = {
             let _guard = rt.enter();
             IdentityManager::start(cache.clone(), Arc::new(client), Timing::default())

@@ -97,9 +97,17 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             if let Ok(mut c) = state.certs.lock() {
                 *c = Some(mesh.cache.clone());
             }
+            if let Some(listener) = m.capture {
+                dp.set_steering(Some(dataplane::Steering { listener, mark: mesh::REDIRECT_MARK }))?;
+                tracing::info!(%listener, "pod-to-pod TCP is steered into the proxy");
+            }
             Some(mesh)
         }
-        None => None,
+        None => {
+            // Policy enforcement only: nothing is steered.
+            dp.set_steering(None)?;
+            None
+        }
     };
     let mut source = DirSource::new(&cfg.manifests);
     tracing::info!(node = %cfg.node, manifests = %cfg.manifests.display(), "agent started");

@@ -242,6 +242,12 @@ pub struct RunArgs {
     /// Connect to pods from the original source address (IP_TRANSPARENT).
     #[arg(long)]
     pub transparent: bool,
+    /// Capture listener (IPv4) the datapath steers pod-to-pod TCP to.
+    #[arg(long, default_value = "127.0.0.1:15001")]
+    pub capture: std::net::SocketAddrV4,
+    /// Do not steer pod TCP into the proxy (serve inbound tunnels only).
+    #[arg(long)]
+    pub no_capture: bool,
 }
 
 /// `ztunnel policy ...`
@@ -318,6 +324,7 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                         trust_domain: args.trust_domain,
                         hbone: args.hbone,
                         transparent: args.transparent,
+                        capture: (!args.no_capture).then_some(args.capture),
                     }),
                     _ => None,
                 },

@@ -52,6 +52,8 @@ pub struct Workload {
 pub trait Workloads: Send + Sync {
     /// The workload owning `ip`.
     fn by_ip(&self, ip: IpAddr) -> Option<Workload>;
+    /// The address of a node (where its HBONE listener is).
+    fn node_address(&self, node: &str) -> Option<IpAddr>;
     /// Whether the destination's ingress policy admits a TCP connection from
     /// `src` to `dst:port`; `Err` says which policies isolate it.
     fn ingress(&self, src: IpAddr, dst: IpAddr, port: u16) -> Result<(), String>;

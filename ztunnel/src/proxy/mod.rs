@@ -8,7 +8,9 @@
 //!   the claimed source address, re-evaluates ingress policy, connects to
 //!   the destination pod and copies bytes.
 //! - [`outbound`]: pooled tunnels to peer nodes.
+//! - [`capture`]: the transparent listener the datapath steers pod TCP to.
 
+pub mod capture;
 pub mod inbound;
 pub mod outbound;
 pub mod tls;

@@ -8,10 +8,6 @@
 //! for capacity); broken connections are dropped from the pool and
 //! re-established on the next flow. Idle connections are closed by the
 //! HTTP/2 keepalive and the pool forgets closed ones.
-//!
-//! Not yet reached from the agent: the from-pod program does not steer
-//! flows to the proxy yet (issue 5, next step); the tests drive it.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -73,6 +69,7 @@ impl Outbound {
     }
 
     /// Number of pooled connections (closed ones are pruned first).
+    #[cfg(test)]
     pub async fn pool_size(&self) -> usize {
         let mut pool = self.pool.lock().await;
         pool.retain(|_, s| !s.is_closed());

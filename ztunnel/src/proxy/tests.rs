@@ -73,6 +73,9 @@ impl Workloads for Cluster {
     fn by_ip(&self, ip: IpAddr) -> Option<Workload> {
         self.0.get(&ip).cloned()
     }
+    fn node_address(&self, _node: &str) -> Option<IpAddr> {
+        None
+    }
     fn ingress(&self, _src: IpAddr, _dst: IpAddr, port: u16) -> Result<(), String> {
         if port.is_multiple_of(2) { Err("isolated by default/deny-even-ports".into()) } else { Ok(()) }
     }

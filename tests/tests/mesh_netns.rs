@@ -1,0 +1,267 @@
+//! The mesh on real traffic: a CA and two agents with the mTLS side, pods as
+//! network namespaces. A pod-to-pod TCP connection across nodes is carried
+//! inside TLS (a capture of the node-to-node link never shows the payload),
+//! the destination pod sees the real source address, and port-based
+//! NetworkPolicy on the destination still decides.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use testbed::netns::run_in;
+use testbed::{Testbed, probe, require_root};
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples")
+}
+
+fn ztunnel_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("ztunnel");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo).args(["build", "-p", "ztunnel", "--bin", "ztunnel"]).status().unwrap();
+        assert!(status.success());
+    }
+    bin
+}
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_in(ns: &str, args: &[&str], log: &Path) -> Proc {
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(ztunnel_bin())
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(fs::File::create(log).unwrap()))
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// GET on a node's admin endpoint, from inside its namespace.
+fn admin_get(ns: &str, path: &'static str) -> String {
+    run_in(ns, move || {
+        let Ok(mut s) = TcpStream::connect("127.0.0.1:15021") else { return String::new() };
+        let _ = s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    })
+    .unwrap_or_default()
+}
+
+/// A server in the pod that answers each connection with the address it
+/// sees the client at, then echoes.
+fn whoami_server(ns: &testbed::netns::Netns, port: u16) {
+    let l = ns.run(move || TcpListener::bind(("0.0.0.0", port))).unwrap().unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            std::thread::spawn(move || {
+                let peer = c.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+                let _ = c.write_all(format!("{peer}\n").as_bytes());
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Connects from `ns` to `to`, reads the greeting, sends `payload`, reads it
+/// back. Returns the greeting.
+fn converse(ns: &str, to: SocketAddr, payload: &'static [u8]) -> Option<String> {
+    run_in(ns, move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        let mut greeting = Vec::new();
+        let mut b = [0u8; 1];
+        while s.read_exact(&mut b).is_ok() && b[0] != b'\n' {
+            greeting.push(b[0]);
+        }
+        s.write_all(payload).ok()?;
+        let mut back = vec![0u8; payload.len()];
+        s.read_exact(&mut back).ok()?;
+        (back == payload).then(|| String::from_utf8_lossy(&greeting).into_owned())
+    })
+    .ok()
+    .flatten()
+}
+
+const MARKER: &[u8] = b"ZT-PLAINTEXT-MARKER-3f9c1e";
+
+#[test]
+fn cross_node_pod_traffic_is_mutual_tls_with_real_source_and_port_policy() {
+    if !require_root("cross_node_pod_traffic_is_mutual_tls_with_real_source_and_port_policy") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let manifests = root.join("manifests");
+    fs::create_dir(&manifests).unwrap();
+    for f in ["namespaces.yaml", "nodes.yaml", "pods.yaml"] {
+        fs::copy(examples().join("workload").join(f), manifests.join(f)).unwrap();
+    }
+    let nodes = ["node-1", "node-2"];
+    let mut tb = Testbed::new(&nodes).unwrap();
+    let api_ip = Ipv4Addr::new(10, 244, 1, 10);
+    let front_ip = Ipv4Addr::new(10, 244, 2, 10);
+    tb.add_pod("default/apiserver", 0, api_ip).unwrap();
+    tb.add_pod("default/frontend", 1, front_ip).unwrap();
+    for p in &tb.pods {
+        probe::serve(&p.ns, &[80], &[]).unwrap();
+    }
+    whoami_server(&tb.pod("default/apiserver").unwrap().ns, 9000);
+    let ns: Vec<String> = tb.nodes.iter().map(|n| n.ns.name().to_string()).collect();
+
+    // The CA, on node-1's link address.
+    let ca_dir = root.join("ca");
+    let out = Command::new(ztunnel_bin())
+        .args(["ca", "init", "--dir"])
+        .arg(&ca_dir)
+        .args(["--node", "node-1", "--node", "node-2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ca_addr = "192.168.100.1:15012";
+    let d = ca_dir.to_str().unwrap();
+    let m = manifests.to_str().unwrap();
+    let _ca = spawn_in(
+        &ns[0],
+        &[
+            "ca",
+            "serve",
+            "--dir",
+            d,
+            "--local",
+            m,
+            "--listen",
+            ca_addr,
+            "--admin",
+            "127.0.0.1:15022",
+            "--poll-ms",
+            "100",
+        ],
+        &root.join("ca.log"),
+    );
+
+    let agents: Vec<Proc> = (0..2)
+        .map(|i| {
+            let token = ca_dir.join("tokens").join(nodes[i]);
+            let bundle = ca_dir.join("bundle.pem");
+            let hbone = format!("192.168.100.{}:15008", i + 1);
+            let (token, bundle) = (token.to_str().unwrap().to_string(), bundle.to_str().unwrap().to_string());
+            let log = root.join(format!("{}.log", nodes[i]));
+            let flows = root.join(format!("{}.flows.jsonl", nodes[i]));
+            spawn_in(
+                &ns[i],
+                &[
+                    "run",
+                    "--local",
+                    m,
+                    "--node",
+                    nodes[i],
+                    "--no-pin",
+                    "--poll-ms",
+                    "100",
+                    "--flow-log",
+                    flows.to_str().unwrap(),
+                    "--ca-address",
+                    ca_addr,
+                    "--ca-bundle",
+                    &bundle,
+                    "--ca-token",
+                    &token,
+                    "--hbone",
+                    &hbone,
+                    "--transparent",
+                ],
+                &log,
+            )
+        })
+        .collect();
+    let logs = || -> String {
+        nodes.iter().map(|n| fs::read_to_string(root.join(format!("{n}.log"))).unwrap_or_default()).collect()
+    };
+    let ready = until(Duration::from_secs(30), || {
+        (0..2).all(|i| admin_get(&ns[i], "/config_dump").contains("spiffe://cluster.local/ns/default/sa/"))
+            && logs().matches("attached").count() >= 2
+    });
+    assert!(ready, "agents did not get certificates or attach:\n{}", logs());
+
+    // Capture the node-to-node link while a connection crosses it.
+    let pcap = root.join("link.pcap");
+    let mut tcpdump = Command::new("ip")
+        .args(["netns", "exec", &ns[0], "tcpdump", "-i", "zt-link0", "-U", "-s", "0", "-w"])
+        .arg(&pcap)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let front = tb.pod("default/frontend").unwrap().ns.name().to_string();
+    let seen = converse(&front, SocketAddr::from((api_ip, 9000)), MARKER);
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = Command::new("kill").args(["-INT", &tcpdump.id().to_string()]).status();
+    let _ = tcpdump.wait();
+    assert_eq!(
+        seen.as_deref(),
+        Some(front_ip.to_string().as_str()),
+        "destination saw the real source address\n{}",
+        logs()
+    );
+    let captured = fs::read(&pcap).unwrap();
+    assert!(captured.len() > 1000, "the capture saw the tunnel ({} bytes)", captured.len());
+    assert!(!captured.windows(MARKER.len()).any(|w| w == MARKER), "payload crossed the link in plaintext");
+    let summary = Command::new("tcpdump").args(["-nn", "-r"]).arg(&pcap).output().unwrap();
+    let summary = String::from_utf8_lossy(&summary.stdout);
+    assert!(summary.contains(".15008"), "traffic went through HBONE port 15008:\n{summary}");
+    assert!(!summary.contains(&format!("{api_ip}.9000")), "no direct pod-to-pod packets on the link:\n{summary}");
+
+    eprintln!("link capture:\n{summary}\nagent logs:\n{}", logs());
+    // The echo path works too.
+    assert!(probe::tcp(&front, SocketAddr::from((api_ip, 80))));
+
+    // Port-based policy at the destination still decides under the mesh.
+    fs::write(
+        manifests.join("port-80-only.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: port-80-only, namespace: default}\n\
+         spec:\n  podSelector: {matchLabels: {role: api}}\n  ingress:\n  - ports: [{port: 80}]\n",
+    )
+    .unwrap();
+    let enforced = until(Duration::from_secs(5), || converse(&front, SocketAddr::from((api_ip, 9000)), b"x").is_none());
+    assert!(enforced, "port 9000 still reachable after the policy\n{}", logs());
+    assert!(probe::tcp(&front, SocketAddr::from((api_ip, 80))), "port 80 stays open");
+    drop(agents);
+}

@@ -1,0 +1,122 @@
+//! The capture side: TCP connections that pods open to other pods, steered
+//! here by the from-pod program (`bpf_sk_assign` onto this transparent
+//! listener). The accepted socket's local address is the original
+//! destination. Each connection becomes a tunnel through the destination
+//! node's proxy with the source workload's certificate; if that fails the
+//! pod's connection is reset (never forwarded in plaintext).
+//!
+//! Same-node destinations take the same path through this node's own HBONE
+//! listener: identity and policy checks stay in one place, at the cost of a
+//! local TLS hop.
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ca::SpiffeId;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::inbound::Workloads;
+use super::outbound::Outbound;
+use crate::identity::SecretCache;
+
+/// Binds the transparent capture listener.
+pub fn bind(addr: SocketAddrV4) -> std::io::Result<TcpListener> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let s = TcpSocket::new_v4()?;
+    setsockopt(&s, sockopt::IpTransparent, &true).map_err(std::io::Error::from)?;
+    s.set_reuseaddr(true)?;
+    s.bind(SocketAddr::V4(addr))?;
+    s.listen(4096)
+}
+
+/// The capture side.
+pub struct Capture {
+    cache: Arc<SecretCache>,
+    workloads: Arc<dyn Workloads>,
+    outbound: Arc<Outbound>,
+    node: String,
+    hbone_port: u16,
+}
+
+fn reset(s: TcpStream) {
+    // Zero linger: close with RST, so the pod sees a refused connection.
+    let _ = s.set_zero_linger();
+    drop(s);
+}
+
+impl Capture {
+    /// A capture side tunnelling through `outbound` to peers' `hbone_port`.
+    pub fn new(
+        cache: Arc<SecretCache>,
+        workloads: Arc<dyn Workloads>,
+        outbound: Arc<Outbound>,
+        node: String,
+        hbone_port: u16,
+    ) -> Self {
+        Self { cache, workloads, outbound, node, hbone_port }
+    }
+
+    /// Serves `listener` until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "capture accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let Ok(dst) = tcp.local_addr() else { continue };
+            let this = self.clone();
+            tokio::spawn(
+                async move { this.handle(tcp, peer, dst).await }.instrument(info_span!("capture", src = %peer, %dst)),
+            );
+        }
+    }
+
+    async fn handle(&self, tcp: TcpStream, src: SocketAddr, dst: SocketAddr) {
+        let _ = tcp.set_nodelay(true);
+        let Some(td) = self.cache.bundle().map(|b| b.trust_domain().clone()) else {
+            warn!("no trust bundle yet; connection reset");
+            return reset(tcp);
+        };
+        let from = self.workloads.by_ip(src.ip()).filter(|w| w.node.as_deref() == Some(self.node.as_str()));
+        let Some(from) = from else {
+            warn!("source is not a pod of this node; connection reset");
+            return reset(tcp);
+        };
+        let Some(to) = self.workloads.by_ip(dst.ip()) else {
+            warn!("destination is not a pod; connection reset");
+            return reset(tcp);
+        };
+        let (Ok(src_id), Ok(dst_id)) = (
+            SpiffeId::new(&td, &from.namespace, &from.service_account),
+            SpiffeId::new(&td, &to.namespace, &to.service_account),
+        ) else {
+            warn!("workload identity invalid; connection reset");
+            return reset(tcp);
+        };
+        let Some(node_ip) = to.node.as_deref().and_then(|n| self.workloads.node_address(n)) else {
+            warn!(target = %to.name, "destination node address unknown; connection reset");
+            return reset(tcp);
+        };
+        let peer = SocketAddr::new(node_ip, self.hbone_port);
+        match self.outbound.connect(&src_id, src, &dst_id, dst, peer).await {
+            Ok(mut tunnel) => {
+                info!(source_identity = %src_id, destination_identity = %dst_id, %peer, "tunnel open");
+                let mut tcp = tcp;
+                match tokio::io::copy_bidirectional_with_sizes(&mut tcp, &mut tunnel, 64 << 10, 64 << 10).await {
+                    Ok((tx, rx)) => info!(bytes_sent = tx, bytes_received = rx, "tunnel closed"),
+                    Err(e) => debug!(error = %e, "tunnel ended with an error"),
+                }
+            }
+            Err(e) => {
+                warn!(source_identity = %src_id, destination_identity = %dst_id, error = %e, "tunnel failed; connection reset");
+                reset(tcp);
+            }
+        }
+    }
+}
