@@ -41,3 +41,9 @@ pub fn identity_of(der: &[u8]) -> Result<SpiffeId, PeerIdentityError> {
         other => Err(PeerIdentityError::UriCount(other.len())),
     }
 }
+
+/// A certificate's serial number, lowercase hex (as the CA reports it).
+pub fn serial_of(der: &[u8]) -> Option<String> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(cert.raw_serial().iter().map(|b| format!("{b:02x}")).collect())
+}

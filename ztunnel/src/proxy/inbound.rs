@@ -148,7 +148,8 @@ impl Inbound {
                         return;
                     };
                     let sni = conn.server_name().and_then(|s| tls::identity_from_sni(s, &this.cache));
-                    debug!(peer_identity = %identity, "HBONE connection");
+                    let serial = conn.peer_certificates().and_then(|c| c.first()).and_then(|c| ca::peer::serial_of(c));
+                    info!(peer_identity = %identity, peer_serial = serial.as_deref().unwrap_or("?"), "HBONE connection accepted");
                     let svc = {
                         let this = this.clone();
                         service_fn(move |req| {

@@ -53,7 +53,11 @@ pub enum OutboundError {
     Timeout,
 }
 
-type Key = (SpiffeId, SpiffeId, SocketAddr);
+/// Pool key: source identity *and its certificate serial*, destination
+/// identity, peer proxy. After a renewal new flows open a connection with
+/// the new certificate; the old connection keeps its streams until they end
+/// and then idles out.
+type Key = (SpiffeId, String, SpiffeId, SocketAddr);
 
 /// The tunnel client.
 pub struct Outbound {
@@ -76,11 +80,16 @@ impl Outbound {
         pool.len()
     }
 
+    /// Forgets pooled connections whose client certificate is no longer
+    /// current (they close once their streams end).
+    async fn prune_superseded(&self, pool: &mut HashMap<Key, SendRequest<Empty<Bytes>>>) {
+        pool.retain(|(src, serial, _, _), s| {
+            !s.is_closed() && self.cache.cert(src).is_some_and(|c| &c.serial == serial)
+        });
+    }
+
     async fn dial(&self, key: &Key) -> Result<SendRequest<Empty<Bytes>>, OutboundError> {
-        let (src, dst, peer) = key;
-        if self.cache.cert(src).is_none() {
-            return Err(OutboundError::NoCertificate(src.clone()));
-        }
+        let (src, _, dst, peer) = key;
         let config = tls::client_config(&self.cache, src, dst).map_err(|e| OutboundError::Http(e.to_string()))?;
         let tcp = TcpStream::connect(peer).await.map_err(|e| OutboundError::Connect(*peer, e))?;
         let _ = tcp.set_nodelay(true);
@@ -107,6 +116,9 @@ impl Outbound {
 
     async fn sender(&self, key: &Key) -> Result<SendRequest<Empty<Bytes>>, OutboundError> {
         let mut pool = self.pool.lock().await;
+        if !pool.contains_key(key) {
+            self.prune_superseded(&mut pool).await;
+        }
         if let Some(s) = pool.get(key)
             && !s.is_closed()
         {
@@ -127,7 +139,10 @@ impl Outbound {
         dst_addr: SocketAddr,
         peer: SocketAddr,
     ) -> Result<TokioIo<Upgraded>, OutboundError> {
-        let key = (src.clone(), dst.clone(), peer);
+        let Some(cert) = self.cache.cert(src) else {
+            return Err(OutboundError::NoCertificate(src.clone()));
+        };
+        let key = (src.clone(), cert.serial.clone(), dst.clone(), peer);
         let fut = async {
             let mut send = self.sender(&key).await?;
             send.ready().await.map_err(|e| OutboundError::Http(e.to_string()))?;
