@@ -322,5 +322,49 @@ fn cross_node_pod_traffic_is_mutual_tls_with_real_source_and_port_policy() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let rounds = transfer.join().expect("the long transfer never failed during the rotation");
     assert!(rounds > 20, "only {rounds} rounds");
+
+    // Metrics and readiness.
+    let metrics = admin_get(&ns[0], "/metrics");
+    assert!(metrics.contains("ztunnel_tcp_connections_opened_total{direction=\"inbound\""), "{metrics}");
+    assert!(metrics.contains("ztunnel_tunnel_failures_total{reason=\"policy\"}"), "{metrics}");
+    assert!(metrics.contains("ztunnel_certificate_expiry_seconds{identity=\"spiffe://"), "{metrics}");
+    assert!(admin_get(&ns[0], "/ready").starts_with("HTTP/1.0 200"));
+
+    // SIGTERM on node-2's agent: it stops accepting (new pod connections
+    // fail closed), lets the open tunnel finish, then exits.
+    let mut agents = agents;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let transfer = {
+        let (front, stop, count) = (front.clone(), stop.clone(), count.clone());
+        std::thread::spawn(move || {
+            run_in(&front, move || {
+                let mut s =
+                    TcpStream::connect_timeout(&SocketAddr::from((api_ip, 80)), Duration::from_secs(2)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut back = [0u8; 8];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    s.write_all(b"draining").unwrap();
+                    s.read_exact(&mut back).unwrap();
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+            .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = agents[1].0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(!probe::tcp(&front, SocketAddr::from((api_ip, 80))), "a new connection got through a draining agent");
+    let during = count.load(std::sync::atomic::Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(count.load(std::sync::atomic::Ordering::Relaxed) > during, "the open tunnel kept flowing while draining");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    transfer.join().expect("the open tunnel finished cleanly");
+    let exited = until(Duration::from_secs(5), || agents[1].0.try_wait().unwrap().is_some());
+    assert!(exited, "the agent exited after its tunnels drained\n{}", logs());
+    assert!(logs().contains("drained"), "{}", logs());
     drop(agents);
 }

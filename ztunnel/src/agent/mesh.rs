@@ -22,6 +22,7 @@ use super::source::Change;
 use crate::identity::manager::Timing;
 use crate::identity::{IdentityManager, SecretCache};
 use crate::proxy::inbound::{Inbound, InboundConfig, Workload, Workloads};
+use crate::proxy::metrics::ProxyMetrics;
 
 /// Settings of the mTLS side.
 #[derive(Debug, Clone)]
@@ -108,11 +109,20 @@ pub struct Mesh {
     manager: IdentityManager,
     /// Certificates and bundle (for the admin endpoint).
     pub cache: Arc<SecretCache>,
+    metrics: Arc<ProxyMetrics>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    /// Identities this node needs now.
+    wanted: std::sync::Mutex<BTreeSet<SpiffeId>>,
 }
 
 impl Mesh {
-    /// Connects to the CA and starts the HBONE listener.
-    pub fn start(cfg: &MeshConfig, node: &str) -> anyhow::Result<Self> {
+    /// Connects to the CA and starts the HBONE listener (and the capture
+    /// listener); registers the proxy metrics.
+    pub fn start(
+        cfg: &MeshConfig,
+        node: &str,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> anyhow::Result<Self> {
         let td = TrustDomain::new(&cfg.trust_domain)?;
         let bundle = std::fs::read_to_string(&cfg.ca_bundle)
             .with_context(|| format!("--ca-bundle {}", cfg.ca_bundle.display()))?;
@@ -130,6 +140,9 @@ impl Mesh {
         let view = Arc::new(View(RwLock::new(Cluster::new())));
         let listener =
             rt.block_on(tokio::net::TcpListener::bind(cfg.hbone)).with_context(|| format!("--hbone {}", cfg.hbone))?;
+        let metrics = Arc::new(ProxyMetrics::default());
+        metrics.register(registry);
+        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         let inbound = Arc::new(Inbound::new(
             cache.clone(),
             view.clone(),
@@ -139,6 +152,8 @@ impl Mesh {
                 connect_timeout: Duration::from_secs(5),
                 handshake_timeout: Duration::from_secs(10),
             },
+            metrics.clone(),
+            shutdown_rx.clone(),
         ));
         rt.spawn(inbound.serve(listener));
         if let Some(addr) = cfg.capture {
@@ -154,6 +169,8 @@ impl Mesh {
                 outbound,
                 node.to_string(),
                 cfg.hbone.port(),
+                metrics.clone(),
+                shutdown_rx.clone(),
             ));
             rt.spawn(capture.serve(listener));
         }
@@ -161,8 +178,25 @@ impl Mesh {
             let _guard = rt.enter();
             IdentityManager::start(cache.clone(), Arc::new(client), Timing::default())
         };
+        // Certificate expiry gauges, refreshed every second.
+        {
+            let (cache, metrics) = (cache.clone(), metrics.clone());
+            rt.spawn(async move {
+                loop {
+                    let now = time::OffsetDateTime::now_utc();
+                    metrics.cert_expiry_seconds.clear();
+                    for c in cache.summary() {
+                        metrics
+                            .cert_expiry_seconds
+                            .get_or_create(&crate::proxy::metrics::IdentityLabels { identity: c.identity })
+                            .set((c.not_after - now).as_seconds_f64());
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+        }
         tracing::info!(hbone = %cfg.hbone, ca = %cfg.ca_address, "mTLS side started");
-        Ok(Self { rt, node: node.to_string(), td, view, manager, cache })
+        Ok(Self { rt, node: node.to_string(), td, view, manager, cache, metrics, shutdown, wanted: Default::default() })
     }
 
     /// Applies a cluster change to the proxy's view.
@@ -188,5 +222,32 @@ impl Mesh {
         };
         let _guard = self.rt.enter();
         self.manager.set_wanted(&wanted);
+        if let Ok(mut w) = self.wanted.lock() {
+            *w = wanted;
+        }
+    }
+
+    /// Ready when the trust bundle is in and every needed identity has a
+    /// certificate.
+    pub fn ready(&self) -> bool {
+        self.cache.bundle().is_some()
+            && self.wanted.lock().is_ok_and(|w| w.iter().all(|id| self.cache.cert(id).is_some()))
+    }
+
+    /// Graceful drain: stop accepting (new pod connections now fail closed
+    /// in the datapath), GOAWAY on every HBONE connection, and wait up to
+    /// `deadline` for open tunnels to finish.
+    pub fn drain(&self, deadline: Duration) {
+        self.shutdown.send_replace(true);
+        let start = std::time::Instant::now();
+        while self.metrics.active.get() > 0 && start.elapsed() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let left = self.metrics.active.get();
+        if left > 0 {
+            tracing::warn!(tunnels = left, "drain deadline reached; closing the remaining tunnels");
+        } else {
+            tracing::info!("drained: no tunnels open");
+        }
     }
 }

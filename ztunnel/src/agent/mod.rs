@@ -93,7 +93,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     compiler.reserve_numbers(numbers.identity, numbers.endpoint, numbers.rule);
     let mesh = match &cfg.mesh {
         Some(m) => {
-            let mesh = mesh::Mesh::start(m, &cfg.node)?;
+            let mesh = {
+                let mut registry = state.registry.lock().map_err(|_| anyhow::anyhow!("metrics registry poisoned"))?;
+                mesh::Mesh::start(m, &cfg.node, &mut registry)?
+            };
             if let Ok(mut c) = state.certs.lock() {
                 *c = Some(mesh.cache.clone());
             }
@@ -109,6 +112,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             None
         }
     };
+    let stop = stop_flag()?;
     let mut source = DirSource::new(&cfg.manifests);
     tracing::info!(node = %cfg.node, manifests = %cfg.manifests.display(), "agent started");
     let mut last_problems: Vec<String> = Vec::new();
@@ -183,7 +187,48 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         }
         last_counters = now;
         metrics.attached_pods.set(i64::try_from(dp.attached_count()).unwrap_or(i64::MAX));
-        state.ready.store(true, Ordering::Relaxed);
+        // Ready once policy is synced and, with the mesh, every local
+        // identity has its certificate.
+        state.ready.store(mesh.as_ref().is_none_or(mesh::Mesh::ready), Ordering::Relaxed);
+        if stop.load(Ordering::Relaxed) {
+            tracing::info!("SIGTERM: draining");
+            state.ready.store(false, Ordering::Relaxed);
+            if let Some(m) = &mesh {
+                m.drain(DRAIN_DEADLINE);
+            }
+            // Pinned programs and maps stay: enforcement (and, with the
+            // mesh, fail-closed steering) continues until the next agent.
+            return Ok(());
+        }
         std::thread::sleep(cfg.poll);
     }
+}
+
+/// How long a draining agent lets open tunnels finish.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Sets the returned flag on SIGTERM or SIGINT (a tiny runtime on its own
+/// thread; no unsafe signal handler).
+fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    let mut term = {
+        let _g = rt.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?
+    };
+    let mut int = {
+        let _g = rt.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?
+    };
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        rt.block_on(async {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        });
+        set.store(true, Ordering::Relaxed);
+    })?;
+    Ok(flag)
 }

@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::inbound::Workloads;
+use super::metrics::{ConnLabels, ProxyMetrics};
 use super::outbound::Outbound;
 use crate::identity::SecretCache;
 
@@ -38,6 +39,8 @@ pub struct Capture {
     outbound: Arc<Outbound>,
     node: String,
     hbone_port: u16,
+    metrics: Arc<ProxyMetrics>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 fn reset(s: TcpStream) {
@@ -54,14 +57,25 @@ impl Capture {
         outbound: Arc<Outbound>,
         node: String,
         hbone_port: u16,
+        metrics: Arc<ProxyMetrics>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
-        Self { cache, workloads, outbound, node, hbone_port }
+        Self { cache, workloads, outbound, node, hbone_port, metrics, shutdown }
     }
 
-    /// Serves `listener` until the task is dropped.
+    /// Serves `listener` until shutdown (then new pod connections fail
+    /// closed in the datapath; open tunnels run on).
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let mut shutdown = self.shutdown.clone();
         loop {
-            let (tcp, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = super::stopped(&mut shutdown) => {
+                    info!("capture draining: no new connections");
+                    return;
+                }
+            };
+            let (tcp, peer) = match accepted {
                 Ok(x) => x,
                 Err(e) => {
                     warn!(error = %e, "capture accept failed");
@@ -107,14 +121,33 @@ impl Capture {
         match self.outbound.connect(&src_id, src, &dst_id, dst, peer).await {
             Ok(mut tunnel) => {
                 info!(source_identity = %src_id, destination_identity = %dst_id, %peer, "tunnel open");
+                let labels = ConnLabels {
+                    direction: "outbound",
+                    source_identity: src_id.to_string(),
+                    destination_identity: dst_id.to_string(),
+                };
+                self.metrics.opened.get_or_create(&labels).inc();
+                self.metrics.active.inc();
                 let mut tcp = tcp;
+                let (mut tx, mut rx) = (0, 0);
                 match tokio::io::copy_bidirectional_with_sizes(&mut tcp, &mut tunnel, 64 << 10, 64 << 10).await {
-                    Ok((tx, rx)) => info!(bytes_sent = tx, bytes_received = rx, "tunnel closed"),
+                    Ok((a, b)) => {
+                        (tx, rx) = (a, b);
+                        info!(bytes_sent = tx, bytes_received = rx, "tunnel closed");
+                    }
                     Err(e) => debug!(error = %e, "tunnel ended with an error"),
                 }
+                self.metrics.finished(&labels, tx, rx);
+                self.metrics.active.dec();
             }
             Err(e) => {
                 warn!(source_identity = %src_id, destination_identity = %dst_id, error = %e, "tunnel failed; connection reset");
+                self.metrics.fail(match e {
+                    super::outbound::OutboundError::NoCertificate(_) => "no_certificate",
+                    super::outbound::OutboundError::Refused(_) => "refused_by_peer",
+                    super::outbound::OutboundError::Tls(..) => "tls",
+                    _ => "connect_failed",
+                });
                 reset(tcp);
             }
         }

@@ -32,6 +32,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::metrics::{ConnLabels, ProxyMetrics, ReasonLabels};
 use super::tls;
 use crate::identity::SecretCache;
 
@@ -78,6 +79,8 @@ pub struct Inbound {
     cache: Arc<SecretCache>,
     workloads: Arc<dyn Workloads>,
     config: InboundConfig,
+    metrics: Arc<ProxyMetrics>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 type Resp = Response<Empty<Bytes>>;
@@ -101,12 +104,24 @@ pub fn forwarded_for(v: &str) -> Option<SocketAddr> {
 }
 
 impl Inbound {
-    /// A listener over `cache` and `workloads`.
-    pub fn new(cache: Arc<SecretCache>, workloads: Arc<dyn Workloads>, config: InboundConfig) -> Self {
-        Self { cache, workloads, config }
+    /// A listener over `cache` and `workloads`. When `shutdown` turns true
+    /// it stops accepting and sends GOAWAY on every connection; open tunnels
+    /// run on until they end (the agent bounds the wait).
+    pub fn new(
+        cache: Arc<SecretCache>,
+        workloads: Arc<dyn Workloads>,
+        config: InboundConfig,
+        metrics: Arc<ProxyMetrics>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        Self { cache, workloads, config, metrics, shutdown }
     }
 
-    /// Serves `listener` until the task is dropped.
+    fn handshake_failed(&self, reason: &'static str) {
+        self.metrics.handshake_failures.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Serves `listener` until shutdown.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         let tls = match tls::server_config(&self.cache) {
             Ok(c) => c,
@@ -116,8 +131,16 @@ impl Inbound {
             }
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let mut shutdown = self.shutdown.clone();
         loop {
-            let (tcp, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = super::stopped(&mut shutdown) => {
+                    info!("HBONE listener draining: no new connections");
+                    return;
+                }
+            };
+            let (tcp, peer) = match accepted {
                 Ok(x) => x,
                 Err(e) => {
                     warn!(error = %e, "accept failed");
@@ -133,10 +156,16 @@ impl Inbound {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             info!(error = %e, "handshake rejected");
+                            this.handshake_failed(if e.to_string().contains("peer identity") {
+                                "identity"
+                            } else {
+                                "tls"
+                            });
                             return;
                         }
                         Err(_) => {
                             info!("handshake timed out");
+                            this.handshake_failed("timeout");
                             return;
                         }
                     };
@@ -145,6 +174,7 @@ impl Inbound {
                         conn.peer_certificates().and_then(|c| c.first()).map(|c| tls::peer_identity(&this.cache, c));
                     let Some(Ok(identity)) = identity else {
                         info!("no usable peer identity after handshake");
+                        this.handshake_failed("identity");
                         return;
                     };
                     let sni = conn.server_name().and_then(|s| tls::identity_from_sni(s, &this.cache));
@@ -165,7 +195,18 @@ impl Inbound {
                         .initial_stream_window_size(1 << 20)
                         .initial_connection_window_size(4 << 20)
                         .max_frame_size(1 << 20);
-                    if let Err(e) = h2.serve_connection(TokioIo::new(stream), svc).await {
+                    let conn = h2.serve_connection(TokioIo::new(stream), svc);
+                    tokio::pin!(conn);
+                    let mut shutdown = this.shutdown.clone();
+                    let result = tokio::select! {
+                        r = conn.as_mut() => r,
+                        _ = super::stopped(&mut shutdown) => {
+                            // GOAWAY: no new streams; open tunnels finish.
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    };
+                    if let Err(e) = result {
                         debug!(error = %e, "HBONE connection ended");
                     }
                 }
@@ -177,15 +218,18 @@ impl Inbound {
     async fn tunnel(&self, mut req: Request<Incoming>, peer: SpiffeId, sni: Option<SpiffeId>) -> Resp {
         if req.method() != Method::CONNECT {
             warn!(method = %req.method(), peer_identity = %peer, "rejected: not a CONNECT");
+            self.metrics.fail("not_connect");
             return status(StatusCode::METHOD_NOT_ALLOWED);
         }
         let Some(dst) = req.uri().authority().and_then(|a| a.as_str().parse::<SocketAddr>().ok()) else {
             warn!(uri = %req.uri(), "rejected: CONNECT target is not ip:port");
+            self.metrics.fail("bad_request");
             return status(StatusCode::BAD_REQUEST);
         };
         let src = req.headers().get("forwarded").and_then(|v| v.to_str().ok()).and_then(forwarded_for);
         let Some(src) = src else {
             warn!(%dst, "rejected: no Forwarded: for= source address");
+            self.metrics.fail("bad_request");
             return status(StatusCode::BAD_REQUEST);
         };
         let span = info_span!("tunnel", %src, %dst, peer_identity = %peer);
@@ -193,6 +237,7 @@ impl Inbound {
             // 2. The peer must be the workload that owns the source address.
             let Some(owner) = self.workloads.by_ip(src.ip()) else {
                 warn!(reason = "unknown_source", "denied: no workload owns the source address");
+                self.metrics.fail("unknown_source");
                 return status(StatusCode::FORBIDDEN);
             };
             if owner.namespace != peer.namespace() || owner.service_account != peer.service_account() {
@@ -202,22 +247,26 @@ impl Inbound {
                     owner_identity = %format!("{}/{}", owner.namespace, owner.service_account),
                     "denied: peer identity does not own the source address"
                 );
+                self.metrics.fail("identity_mismatch");
                 return status(StatusCode::FORBIDDEN);
             }
             // 3. A local destination, the one the client authenticated.
             let Some(target) = self.workloads.by_ip(dst.ip()).filter(|w| w.node.as_deref() == Some(&self.config.node))
             else {
                 warn!(reason = "not_local", "rejected: destination is not a workload on this node");
+                self.metrics.fail("not_local");
                 return status(StatusCode::NOT_FOUND);
             };
             if sni.as_ref().is_none_or(|s| s.namespace() != target.namespace || s.service_account() != target.service_account)
             {
                 warn!(reason = "wrong_destination_identity", target = %target.name, "rejected: tunnel opened for another identity");
+                self.metrics.fail("wrong_destination_identity");
                 return status(StatusCode::BAD_REQUEST);
             }
             // 4. Ingress policy with the verified source.
             if let Err(why) = self.workloads.ingress(src.ip(), dst.ip(), dst.port()) {
                 warn!(reason = "policy", policy = %why, target = %target.name, "denied by NetworkPolicy");
+                self.metrics.fail("policy");
                 return status(StatusCode::FORBIDDEN);
             }
             // 5. Deliver.
@@ -225,16 +274,27 @@ impl Inbound {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     warn!(error = %e, "destination connect failed");
+                    self.metrics.fail("connect_failed");
                     return status(StatusCode::SERVICE_UNAVAILABLE);
                 }
                 Err(_) => {
                     warn!("destination connect timed out");
+                    self.metrics.fail("connect_failed");
                     return status(StatusCode::SERVICE_UNAVAILABLE);
                 }
             };
             let upgrade = hyper::upgrade::on(&mut req);
+            let labels = ConnLabels {
+                direction: "inbound",
+                source_identity: peer.to_string(),
+                destination_identity: sni.as_ref().map(ToString::to_string).unwrap_or_default(),
+            };
+            let metrics = self.metrics.clone();
+            metrics.opened.get_or_create(&labels).inc();
+            metrics.active.inc();
             tokio::spawn(
                 async move {
+                    let (mut tx, mut rx) = (0, 0);
                     match upgrade.await {
                         Ok(up) => {
                             let mut up = TokioIo::new(up);
@@ -242,12 +302,17 @@ impl Inbound {
                             match tokio::io::copy_bidirectional_with_sizes(&mut up, &mut upstream, 64 << 10, 64 << 10)
                                 .await
                             {
-                                Ok((tx, rx)) => info!(bytes_to_pod = tx, bytes_from_pod = rx, "tunnel closed"),
+                                Ok((a, b)) => {
+                                    (tx, rx) = (a, b);
+                                    info!(bytes_to_pod = tx, bytes_from_pod = rx, "tunnel closed");
+                                }
                                 Err(e) => debug!(error = %e, "tunnel ended with an error"),
                             }
                         }
                         Err(e) => debug!(error = %e, "upgrade failed"),
                     }
+                    metrics.finished(&labels, tx, rx);
+                    metrics.active.dec();
                 }
                 .in_current_span(),
             );

@@ -12,8 +12,15 @@
 
 pub mod capture;
 pub mod inbound;
+pub mod metrics;
 pub mod outbound;
 pub mod tls;
+
+/// Resolves once `shutdown` turns true (or its sender is gone).
+pub async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    // The guard `wait_for` returns is dropped here, not held across awaits.
+    let _ = shutdown.wait_for(|s| *s).await;
+}
 
 #[cfg(test)]
 mod tests;

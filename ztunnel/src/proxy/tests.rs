@@ -144,7 +144,10 @@ async fn mesh() -> Mesh {
         connect_timeout: Duration::from_secs(2),
         handshake_timeout: Duration::from_secs(2),
     };
-    tokio::spawn(Arc::new(Inbound::new(b.clone(), cluster(), config)).serve(listener));
+    let metrics = Arc::new(super::metrics::ProxyMetrics::default());
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    std::mem::forget(tx); // never shut down during a test
+    tokio::spawn(Arc::new(Inbound::new(b.clone(), cluster(), config, metrics, rx)).serve(listener));
     let out = Outbound::new(a.clone());
     Mesh { pki, a, b, proxy_b, out, frontend, db }
 }

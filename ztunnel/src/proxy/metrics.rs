@@ -1,0 +1,95 @@
+//! Prometheus metrics of the proxy (registered on the agent's `/metrics`).
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels of a tunnelled connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ConnLabels {
+    /// `outbound` (captured here) or `inbound` (delivered here).
+    pub direction: &'static str,
+    /// Source workload identity.
+    pub source_identity: String,
+    /// Destination workload identity.
+    pub destination_identity: String,
+}
+
+/// Labels of a refusal or failure.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Why.
+    pub reason: &'static str,
+}
+
+/// Labels of a certificate gauge.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct IdentityLabels {
+    /// Workload identity.
+    pub identity: String,
+}
+
+/// Proxy metrics.
+#[derive(Debug, Default)]
+pub struct ProxyMetrics {
+    /// Connections opened.
+    pub opened: Family<ConnLabels, Counter>,
+    /// Connections closed.
+    pub closed: Family<ConnLabels, Counter>,
+    /// Bytes from source to destination.
+    pub bytes_sent: Family<ConnLabels, Counter>,
+    /// Bytes from destination to source.
+    pub bytes_received: Family<ConnLabels, Counter>,
+    /// TLS handshakes that failed on the HBONE listener, by reason.
+    pub handshake_failures: Family<ReasonLabels, Counter>,
+    /// Tunnels refused or failed, by reason (`policy`, `identity_mismatch`,
+    /// `unknown_source`, `not_local`, `connect_failed`, ...).
+    pub tunnel_failures: Family<ReasonLabels, Counter>,
+    /// Seconds until each workload certificate expires.
+    pub cert_expiry_seconds: Family<IdentityLabels, Gauge<f64, AtomicU64>>,
+    /// Tunnels currently open (both directions).
+    pub active: Gauge,
+}
+
+impl ProxyMetrics {
+    /// Registers every metric under `ztunnel_`.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("ztunnel");
+        r.register("tcp_connections_opened", "Tunnelled TCP connections opened", self.opened.clone());
+        r.register("tcp_connections_closed", "Tunnelled TCP connections closed", self.closed.clone());
+        r.register("tcp_sent_bytes", "Bytes from source to destination through tunnels", self.bytes_sent.clone());
+        r.register(
+            "tcp_received_bytes",
+            "Bytes from destination to source through tunnels",
+            self.bytes_received.clone(),
+        );
+        r.register(
+            "handshake_failures",
+            "Failed TLS handshakes on the HBONE listener",
+            self.handshake_failures.clone(),
+        );
+        r.register("tunnel_failures", "Tunnels refused or failed, by reason", self.tunnel_failures.clone());
+        r.register(
+            "certificate_expiry_seconds",
+            "Seconds until a workload certificate expires",
+            self.cert_expiry_seconds.clone(),
+        );
+        r.register("tunnels_active", "Tunnels currently open", self.active.clone());
+    }
+
+    /// Counts a failure.
+    pub fn fail(&self, reason: &'static str) {
+        self.tunnel_failures.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Counts a connection's bytes and close.
+    pub fn finished(&self, labels: &ConnLabels, sent: u64, received: u64) {
+        self.bytes_sent.get_or_create(labels).inc_by(sent);
+        self.bytes_received.get_or_create(labels).inc_by(received);
+        self.closed.get_or_create(labels).inc();
+    }
+}
