@@ -138,6 +138,13 @@ impl Testbed {
     /// address.
     pub fn new(node_names: &[&str]) -> anyhow::Result<Self> {
         let prefix = format!("zt{}x{}", std::process::id() % 100_000, COUNTER.fetch_add(1, Ordering::Relaxed));
+        Self::with_prefix(&prefix, node_names)
+    }
+
+    /// [`Testbed::new`] with a chosen name prefix (the demo uses a fixed one
+    /// so a later run can find and remove it).
+    pub fn with_prefix(prefix: &str, node_names: &[&str]) -> anyhow::Result<Self> {
+        let prefix = prefix.to_string();
         let mut tb = Testbed { prefix: prefix.clone(), pods: Vec::new(), nodes: Vec::new(), external: None };
         for (i, name) in node_names.iter().enumerate() {
             let ns = Netns::create(&format!("{prefix}-n{i}"))?;
