@@ -177,7 +177,12 @@ fn up(zt: &Path) -> anyhow::Result<()> {
     tb.add_external(EXTERNAL)?;
     println!("  {:<28} {:<14} outside the cluster", "external", EXTERNAL.to_string());
     for p in tb.pods.iter().chain(tb.external.iter()) {
-        spawn_bg(p.ns.name(), &demo_bin, &["serve", "--tag", STATE], &state.join(format!("{}.serve.log", p.ns.name())))?;
+        spawn_bg(
+            p.ns.name(),
+            &demo_bin,
+            &["serve", "--tag", STATE],
+            &state.join(format!("{}.serve.log", p.ns.name())),
+        )?;
     }
 
     heading("CA and node agents (local mode, mesh on)");
@@ -193,7 +198,20 @@ fn up(zt: &Path) -> anyhow::Result<()> {
     spawn_bg(
         &ns[0],
         zt,
-        &["ca", "serve", "--dir", &d, "--local", &m, "--listen", CA_ADDR, "--admin", "127.0.0.1:15022", "--poll-ms", "200"],
+        &[
+            "ca",
+            "serve",
+            "--dir",
+            &d,
+            "--local",
+            &m,
+            "--listen",
+            CA_ADDR,
+            "--admin",
+            "127.0.0.1:15022",
+            "--poll-ms",
+            "200",
+        ],
         &state.join("ca.log"),
     )?;
     let bpf = state.join("bpf");
@@ -206,15 +224,30 @@ fn up(zt: &Path) -> anyhow::Result<()> {
             &ns[i],
             zt,
             &[
-                "run", "--local", &m, "--node", node, "--bpffs", pins.to_str().unwrap_or(STATE), "--flow-log",
-                flows.to_str().unwrap_or(STATE), "--ca-address", CA_ADDR, "--ca-bundle", &format!("{d}/bundle.pem"),
-                "--ca-token", &format!("{d}/tokens/{node}"), "--hbone", &format!("192.168.100.{}:15008", i + 1),
+                "run",
+                "--local",
+                &m,
+                "--node",
+                node,
+                "--bpffs",
+                pins.to_str().unwrap_or(STATE),
+                "--flow-log",
+                flows.to_str().unwrap_or(STATE),
+                "--ca-address",
+                CA_ADDR,
+                "--ca-bundle",
+                &format!("{d}/bundle.pem"),
+                "--ca-token",
+                &format!("{d}/tokens/{node}"),
+                "--hbone",
+                &format!("192.168.100.{}:15008", i + 1),
                 "--transparent",
             ],
             &state.join(format!("{node}.log")),
         )?;
     }
-    let ready = wait(Duration::from_secs(60), || (0..2).all(|i| admin(&ns[i], 15021, "/ready").starts_with("HTTP/1.0 200")));
+    let ready =
+        wait(Duration::from_secs(60), || (0..2).all(|i| admin(&ns[i], 15021, "/ready").starts_with("HTTP/1.0 200")));
     anyhow::ensure!(ready, "agents not ready; see {STATE}/node-*.log");
     for (i, node) in nodes.iter().enumerate() {
         let dump = admin(&ns[i], 15021, "/config_dump");
@@ -268,8 +301,12 @@ fn encryption_proof(tb: &Testbed, ns: &[String], state: &Path) -> anyhow::Result
     std::thread::sleep(Duration::from_millis(500));
     let _ = Command::new("kill").args(["-INT", &dump.id().to_string()]).status();
     let _ = dump.wait();
-    println!("  default/frontend ({}, node-2) -> default/apiserver ({}:80, node-1): echo {}", front.ip, api.ip,
-        if echoed == Some(true) { paint("ok", "32") } else { paint("FAILED", "31") });
+    println!(
+        "  default/frontend ({}, node-2) -> default/apiserver ({}:80, node-1): echo {}",
+        front.ip,
+        api.ip,
+        if echoed == Some(true) { paint("ok", "32") } else { paint("FAILED", "31") }
+    );
     let log = fs::read_to_string(state.join("node-1.log")).unwrap_or_default();
     if let Some(line) = log.lines().rev().find(|l| l.contains("tunnel open") && l.contains(&front.ip.to_string())) {
         let id = line.split("peer_identity=").nth(1).and_then(|r| r.split(['}', ' ']).next()).unwrap_or("?");
@@ -281,12 +318,18 @@ fn encryption_proof(tb: &Testbed, ns: &[String], state: &Path) -> anyhow::Result
     let hbone = summary.lines().filter(|l| l.contains(".15008")).count();
     let direct = summary.lines().filter(|l| l.contains(&format!("{}.80", api.ip))).count();
     let clear = captured.windows(MARKER.len()).any(|w| w == MARKER);
-    println!("  capture of the node link ({}): {hbone} packets on HBONE port 15008, {direct} pod-to-pod packets in clear", pcap.display());
+    println!(
+        "  capture of the node link ({}): {hbone} packets on HBONE port 15008, {direct} pod-to-pod packets in clear",
+        pcap.display()
+    );
     for l in summary.lines().filter(|l| l.contains(".15008")).take(4) {
         println!("    {}", paint(l, "2"));
     }
-    println!("  payload {:?} in the capture: {}", String::from_utf8_lossy(MARKER),
-        if clear { paint("FOUND (plaintext!)", "31") } else { paint("never — encrypted", "32") });
+    println!(
+        "  payload {:?} in the capture: {}",
+        String::from_utf8_lossy(MARKER),
+        if clear { paint("FOUND (plaintext!)", "31") } else { paint("never — encrypted", "32") }
+    );
     Ok(())
 }
 
@@ -297,8 +340,16 @@ fn walk_policies(tb: &Testbed, cluster: &Cluster, manifests: &Path, examples: &P
         fs::read_dir(examples.join("policies"))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
     steps.sort();
     let ports: [(u16, Protocol); 10] = [
-        (80, Protocol::Tcp), (80, Protocol::Tcp), (53, Protocol::Udp), (80, Protocol::Tcp), (6379, Protocol::Tcp),
-        (6379, Protocol::Tcp), (443, Protocol::Tcp), (443, Protocol::Tcp), (80, Protocol::Tcp), (443, Protocol::Tcp),
+        (80, Protocol::Tcp),
+        (80, Protocol::Tcp),
+        (53, Protocol::Udp),
+        (80, Protocol::Tcp),
+        (6379, Protocol::Tcp),
+        (6379, Protocol::Tcp),
+        (443, Protocol::Tcp),
+        (443, Protocol::Tcp),
+        (80, Protocol::Tcp),
+        (443, Protocol::Tcp),
     ];
     let mut applied: Vec<PathBuf> = Vec::new();
     let mut total_diff = 0;
@@ -308,9 +359,17 @@ fn walk_policies(tb: &Testbed, cluster: &Cluster, manifests: &Path, examples: &P
         } else {
             let f = &steps[i - 1];
             let text = fs::read_to_string(f)?;
-            let summary = text.lines().find(|l| l.starts_with("# ")).unwrap_or("").trim_start_matches("# ");
+            // The file's leading comment block says what the step does.
+            let summary: Vec<&str> = text
+                .lines()
+                .take_while(|l| l.starts_with('#'))
+                .map(|l| l.trim_start_matches('#').trim())
+                .filter(|l| !l.is_empty())
+                .collect();
             heading(&format!("step {i}: {}", f.file_name().and_then(|n| n.to_str()).unwrap_or("")));
-            println!("  {summary}");
+            for line in summary {
+                println!("  {}", paint(line, "2"));
+            }
             fs::copy(f, manifests.join(f.file_name().unwrap_or_default()))?;
             applied.push(f.clone());
             // Agents poll every 200 ms; give them a moment to sync.
@@ -357,10 +416,13 @@ fn observe(tb: &Testbed, names: &[String], port: u16, proto: Protocol) -> BTreeM
         for (j, to) in names.iter().enumerate() {
             let (Some((ns, _)), Some((_, ip))) = (addr(from), addr(to)) else { continue };
             let dst = SocketAddr::from((ip, port));
-            handles.push(((i, j), std::thread::spawn(move || match proto {
-                Protocol::Udp => probe::udp(&ns, dst),
-                _ => probe::tcp(&ns, dst),
-            })));
+            handles.push((
+                (i, j),
+                std::thread::spawn(move || match proto {
+                    Protocol::Udp => probe::udp(&ns, dst),
+                    _ => probe::tcp(&ns, dst),
+                }),
+            ));
         }
     }
     handles.into_iter().map(|(k, h)| (k, h.join().unwrap_or(false))).collect()
@@ -368,7 +430,12 @@ fn observe(tb: &Testbed, names: &[String], port: u16, proto: Protocol) -> BTreeM
 
 /// Prints observed (✓/·) with expected differences marked; returns the
 /// number of differences.
-fn print_matrix(expected: &policy::matrix::Matrix, observed: &BTreeMap<(usize, usize), bool>, port: u16, proto: Protocol) -> usize {
+fn print_matrix(
+    expected: &policy::matrix::Matrix,
+    observed: &BTreeMap<(usize, usize), bool>,
+    port: u16,
+    proto: Protocol,
+) -> usize {
     let short = |n: &str| -> String {
         let s = n.rsplit('/').next().unwrap_or(n);
         s.chars().take(5).collect()
@@ -418,8 +485,12 @@ fn rotation(tb: &Testbed, zt: &Path, ns: &[String], ca_dir: &str) -> anyhow::Res
     std::thread::sleep(Duration::from_millis(1500));
     let serial = |i: usize| -> String {
         let dump = admin(&ns[i], 15021, "/config_dump");
-        dump.split("spiffe://cluster.local/ns/default/sa/bookstore").nth(1).and_then(|r| r.split("\"serial\": \"").nth(1))
-            .and_then(|r| r.split('"').next()).unwrap_or("?").to_string()
+        dump.split("spiffe://cluster.local/ns/default/sa/bookstore")
+            .nth(1)
+            .and_then(|r| r.split("\"serial\": \"").nth(1))
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("?")
+            .to_string()
     };
     let before = serial(1);
     let (Some(front), Some(api)) = (tb.pod("default/frontend"), tb.pod("default/apiserver")) else { bail!("pods") };
@@ -445,9 +516,12 @@ fn rotation(tb: &Testbed, zt: &Path, ns: &[String], ca_dir: &str) -> anyhow::Res
         })
     };
     std::thread::sleep(Duration::from_millis(500));
-    println!("  transfer default/frontend -> default/apiserver:8080 running; node-2 serves bookstore with serial {before}");
+    println!(
+        "  transfer default/frontend -> default/apiserver:8080 running; node-2 serves bookstore with serial {before}"
+    );
     for step in [&["prepare"][..], &["propagate"], &["switch", "--force"]] {
-        let out = Command::new(zt).args(["ca", "rotate"]).args(step).args(["--dir", ca_dir]).env("NO_COLOR", "1").output()?;
+        let out =
+            Command::new(zt).args(["ca", "rotate"]).args(step).args(["--dir", ca_dir]).env("NO_COLOR", "1").output()?;
         let text = String::from_utf8_lossy(&out.stdout);
         println!("  $ ztunnel ca rotate {:<18} {}", step.join(" "), text.lines().next().unwrap_or(""));
     }
@@ -456,11 +530,21 @@ fn rotation(tb: &Testbed, zt: &Path, ns: &[String], ca_dir: &str) -> anyhow::Res
     stop.store(true, Ordering::Relaxed);
     let ok = transfer.join().unwrap_or(false);
     let after = serial(1);
-    println!("  node-2 renewed under the new root: serial {} -> {}", before, if renewed { paint(&after, "36") } else { paint("not renewed", "31") });
-    println!("  running transfer: {} MiB echoed, {}", bytes.load(Ordering::Relaxed) / (1 << 20),
-        if ok { paint("never interrupted", "32") } else { paint("INTERRUPTED", "31") });
+    println!(
+        "  node-2 renewed under the new root: serial {} -> {}",
+        before,
+        if renewed { paint(&after, "36") } else { paint("not renewed", "31") }
+    );
+    println!(
+        "  running transfer: {} MiB echoed, {}",
+        bytes.load(Ordering::Relaxed) / (1 << 20),
+        if ok { paint("never interrupted", "32") } else { paint("INTERRUPTED", "31") }
+    );
     let fresh = probe::tcp(front.ns.name(), SocketAddr::from((api.ip, 80)));
-    println!("  a new connection after the rotation: {}", if fresh { paint("ok (new handshake, new certificate)", "32") } else { paint("FAILED", "31") });
+    println!(
+        "  a new connection after the rotation: {}",
+        if fresh { paint("ok (new handshake, new certificate)", "32") } else { paint("FAILED", "31") }
+    );
     println!("  next: `ztunnel ca rotate retire --dir {ca_dir}` once the old leaves expire (see `ztunnel ca status`)");
     Ok(())
 }
