@@ -368,3 +368,130 @@ fn cross_node_pod_traffic_is_mutual_tls_with_real_source_and_port_policy() {
     assert!(logs().contains("drained"), "{}", logs());
     drop(agents);
 }
+
+/// bpffs mounted for the test, unmounted on drop.
+struct BpfFs(PathBuf);
+
+impl BpfFs {
+    fn mount(dir: &Path) -> Self {
+        fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount").args(["-t", "bpf", "bpf"]).arg(dir).output().unwrap();
+        assert!(out.status.success(), "mount bpffs: {}", String::from_utf8_lossy(&out.stderr));
+        BpfFs(dir.to_path_buf())
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).output();
+    }
+}
+
+#[test]
+fn a_killed_agent_fails_closed_and_a_restarted_one_resumes() {
+    if !require_root("a_killed_agent_fails_closed_and_a_restarted_one_resumes") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let manifests = root.join("manifests");
+    fs::create_dir(&manifests).unwrap();
+    for f in ["namespaces.yaml", "nodes.yaml", "pods.yaml"] {
+        fs::copy(examples().join("workload").join(f), manifests.join(f)).unwrap();
+    }
+    let bpffs = BpfFs::mount(&root.join("bpf"));
+    let nodes = ["node-1", "node-2"];
+    let mut tb = Testbed::new(&nodes).unwrap();
+    let (api_ip, db_ip) = (Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 1, 11));
+    tb.add_pod("default/apiserver", 0, api_ip).unwrap();
+    tb.add_pod("default/db", 0, db_ip).unwrap();
+    tb.add_pod("default/frontend", 1, Ipv4Addr::new(10, 244, 2, 10)).unwrap();
+    for p in &tb.pods {
+        probe::serve(&p.ns, &[80], &[]).unwrap();
+    }
+    let ns: Vec<String> = tb.nodes.iter().map(|n| n.ns.name().to_string()).collect();
+    let ca_dir = root.join("ca");
+    let out = Command::new(ztunnel_bin())
+        .args(["ca", "init", "--dir"])
+        .arg(&ca_dir)
+        .args(["--node", "node-1", "--node", "node-2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let (d, m) = (ca_dir.to_str().unwrap().to_string(), manifests.to_str().unwrap().to_string());
+    let ca_addr = "192.168.100.1:15012";
+    let _ca = spawn_in(
+        &ns[0],
+        &["ca", "serve", "--dir", &d, "--local", &m, "--listen", ca_addr, "--admin", "127.0.0.1:15022"],
+        &root.join("ca.log"),
+    );
+    let start = |i: usize| -> Proc {
+        let pins = bpffs.0.join(nodes[i]);
+        spawn_in(
+            &ns[i],
+            &[
+                "run",
+                "--local",
+                &m,
+                "--node",
+                nodes[i],
+                "--poll-ms",
+                "100",
+                "--bpffs",
+                pins.to_str().unwrap(),
+                "--flow-log",
+                root.join(format!("{}.flows", nodes[i])).to_str().unwrap(),
+                "--ca-address",
+                ca_addr,
+                "--ca-bundle",
+                &format!("{d}/bundle.pem"),
+                "--ca-token",
+                &format!("{d}/tokens/{}", nodes[i]),
+                "--hbone",
+                &format!("192.168.100.{}:15008", i + 1),
+                "--transparent",
+            ],
+            &root.join(format!("{}.{}.log", nodes[i], Instant::now().elapsed().as_nanos())),
+        )
+    };
+    let mut agents: Vec<Proc> = (0..2).map(start).collect();
+    let ready = |i: usize| admin_get(&ns[i], "/ready").starts_with("HTTP/1.0 200");
+    assert!(until(Duration::from_secs(30), || ready(0) && ready(1)), "agents not ready");
+    let front = tb.pod("default/frontend").unwrap().ns.name().to_string();
+    let db = tb.pod("default/db").unwrap().ns.name().to_string();
+    let api = SocketAddr::from((api_ip, 80));
+    assert!(until(Duration::from_secs(5), || probe::tcp(&front, api)), "mesh path works before the kill");
+
+    // kill -9 the source node's agent: pod TCP that needs its proxy fails
+    // closed, and nothing crosses the link in clear.
+    let pcap = root.join("down.pcap");
+    let mut tcpdump = Command::new("ip")
+        .args(["netns", "exec", &ns[0], "tcpdump", "-i", "zt-link0", "-U", "-s", "0", "-w"])
+        .arg(&pcap)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _ = agents[1].0.kill();
+    let _ = agents[1].0.wait();
+    std::thread::sleep(Duration::from_millis(800));
+    for _ in 0..3 {
+        assert!(!probe::tcp(&front, api), "a connection got through with node-2's proxy down");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = Command::new("kill").args(["-INT", &tcpdump.id().to_string()]).status();
+    let _ = tcpdump.wait();
+    let summary = Command::new("tcpdump").args(["-nn", "-r"]).arg(&pcap).output().unwrap();
+    let summary = String::from_utf8_lossy(&summary.stdout);
+    assert!(!summary.contains(&format!("> {api_ip}.80")), "plaintext SYN on the link with the proxy down:\n{summary}");
+    // Node-1 is unaffected: its own pods still reach each other.
+    assert!(probe::tcp(&db, api), "node-1 traffic broke when node-2's agent died");
+
+    // Restart: service resumes without manual steps within 5 s.
+    let restarted = Instant::now();
+    agents[1] = start(1);
+    let back = until(Duration::from_secs(5), || probe::tcp(&front, api));
+    assert!(back, "traffic did not resume within 5 s of the restart");
+    eprintln!("service resumed {:?} after the restart", restarted.elapsed());
+    drop(agents);
+}
