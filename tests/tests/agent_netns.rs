@@ -332,3 +332,76 @@ fn enforcement_survives_agent_kill_and_restart() {
     assert!(until(Duration::from_secs(3), true, || probe::tcp(&test_ns, api)).is_some(), "changes after restart");
     drop(agents);
 }
+
+#[test]
+fn bad_input_while_running_keeps_the_last_good_state_enforced() {
+    if !require_root("bad_input_while_running_keeps_the_last_good_state_enforced") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = workload_dir(dir.path());
+    let nodes = ["node-1", "node-2"];
+    let mut tb = Testbed::new(&nodes).unwrap();
+    tb.add_pod("default/apiserver", 0, Ipv4Addr::new(10, 244, 1, 10)).unwrap();
+    tb.add_pod("default/frontend", 1, Ipv4Addr::new(10, 244, 2, 10)).unwrap();
+    tb.add_pod("default/test", 1, Ipv4Addr::new(10, 244, 2, 12)).unwrap();
+    tb.add_external(Ipv4Addr::new(203, 0, 113, 10)).unwrap();
+    for p in &tb.pods {
+        probe::serve(&p.ns, &[80], &[]).unwrap();
+    }
+    for f in ["01-default-deny.yaml", "02-allow-dns.yaml", "03-bookstore.yaml"] {
+        copy(&examples().join("policies").join(f), &manifests.join(f));
+    }
+    let logs: Vec<PathBuf> = nodes.iter().map(|n| dir.path().join(format!("{n}.flows.jsonl"))).collect();
+    let mut agents: Vec<Agent> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| start_agent(tb.nodes[i].ns.name(), &manifests, n, &logs[i], None))
+        .collect();
+    assert!(wait_for(&logs, "attached", 3) && wait_for(&logs, "policy synced", 2), "agents did not start");
+    let api = SocketAddr::from((Ipv4Addr::new(10, 244, 1, 10), 80));
+    let test = tb.pod("default/test").unwrap().ns.name().to_string();
+    let front = tb.pod("default/frontend").unwrap().ns.name().to_string();
+    assert!(until(Duration::from_secs(3), false, || probe::tcp(&test, api)).is_some(), "default-deny in force");
+    assert!(probe::tcp(&front, api), "bookstore allowed");
+    // Only default-deny isolates default/test from the external host.
+    let ext = tb.external.as_ref().unwrap().ns.name().to_string();
+    let test_addr = SocketAddr::from((Ipv4Addr::new(10, 244, 2, 12), 80));
+    assert!(!probe::tcp(&ext, test_addr), "default-deny keeps the outside out");
+
+    // An invalid NetworkPolicy, a truncated YAML file, an unknown kind, and
+    // the default-deny file itself broken mid-document.
+    fs::write(
+        manifests.join("bad-cidr.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad-cidr, namespace: default}\n\
+         spec:\n  podSelector: {}\n  egress:\n  - to: [{ipBlock: {cidr: 10.0.0.0/33}}]\n",
+    )
+    .unwrap();
+    fs::write(
+        manifests.join("truncated.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: x, na",
+    )
+    .unwrap();
+    fs::write(manifests.join("unknown.yaml"), "apiVersion: example.com/v1\nkind: Gadget\nmetadata: {name: g}\n")
+        .unwrap();
+    let deny = manifests.join("01-default-deny.yaml");
+    let text = fs::read_to_string(&deny).unwrap();
+    // Cut mid-document and left with an unclosed flow mapping: a YAML
+    // syntax error, so the file's objects cannot be read at all.
+    fs::write(&deny, format!("{}\nmetadata: {{name: [", &text[..text.len() / 2])).unwrap();
+    assert!(wait_for(&logs, "rejected manifest", 2), "the agents did not report the bad input");
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Still running, still enforcing the last good state.
+    for a in &mut agents {
+        assert!(a.0.try_wait().unwrap().is_none(), "an agent exited on bad input");
+    }
+    assert!(!probe::tcp(&test, api), "the broken default-deny file must keep its last good policy");
+    assert!(!probe::tcp(&ext, test_addr), "default-deny was dropped with its broken file");
+    assert!(probe::tcp(&front, api), "valid policies still apply");
+    let stderr: String =
+        logs.iter().map(|l| fs::read_to_string(l.with_extension("stderr")).unwrap_or_default()).collect();
+    assert!(stderr.contains("bad-cidr.yaml") && stderr.contains("10.0.0.0/33"), "{stderr}");
+    assert!(stderr.contains("truncated.yaml"), "{stderr}");
+    assert!(stderr.contains("example.com/v1/Gadget"), "the unknown kind is reported: {stderr}");
+}

@@ -121,6 +121,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         for e in &poll.errors {
             tracing::warn!(error = %e, "rejected manifest");
         }
+        for i in &poll.ignored {
+            tracing::info!(object = %i, "ignored object: its kind is not used by the agent");
+        }
         metrics.rejected_objects.inc_by(poll.errors.len() as u64);
         let mut changed = false;
         if let Some(m) = &mesh {

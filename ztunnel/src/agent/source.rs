@@ -45,6 +45,9 @@ pub struct Poll {
     pub changes: Vec<Change>,
     /// Invalid documents and unreadable files met in changed files.
     pub errors: Vec<ManifestError>,
+    /// Objects of kinds the agent does not use, in changed files
+    /// (`file: document N: apiVersion/kind name`).
+    pub ignored: Vec<String>,
 }
 
 fn rank(o: &ObjectRef) -> u8 {
@@ -64,6 +67,7 @@ impl DirSource {
     /// Reads what changed since the last poll.
     pub fn poll(&mut self) -> Poll {
         let mut errors = Vec::new();
+        let mut ignored = Vec::new();
         let listed = match manifest_files(&self.dir) {
             Ok(l) => l,
             Err(e) => {
@@ -73,7 +77,7 @@ impl DirSource {
                     document: 0,
                     reason: format!("cannot list: {e}"),
                 });
-                return Poll { changes: Vec::new(), errors };
+                return Poll { changes: Vec::new(), errors, ignored: Vec::new() };
             }
         };
         self.files.retain(|f, _| listed.contains(f));
@@ -92,6 +96,9 @@ impl DirSource {
                 }
             };
             let parsed = parse_str(&name, &text);
+            for (doc, api, kind, obj) in &parsed.ignored {
+                ignored.push(format!("{name}: document {doc}: {api}/{kind} {obj}"));
+            }
             let mut objects: BTreeMap<ObjectRef, Object> =
                 parsed.objects.into_iter().map(|(_, o)| (o.reference(), o)).collect();
             for e in &parsed.errors {
@@ -104,6 +111,15 @@ impl DirSource {
                             objects.insert(r.clone(), o.clone());
                         }
                     }
+                }
+            }
+            // A document that is not even YAML could have held any of the
+            // file's objects: keep every previous object the new parse does
+            // not mention, until the file is fixed or removed. (Dropping them
+            // would delete policies and open traffic because of a typo.)
+            if parsed.errors.iter().any(|e| matches!(e, ManifestError::Syntax { .. })) {
+                for (r, o) in &state.objects {
+                    objects.entry(r.clone()).or_insert_with(|| o.clone());
                 }
             }
             errors.extend(parsed.errors);
@@ -131,7 +147,7 @@ impl DirSource {
         deletes.sort_by_key(|r| std::cmp::Reverse(rank(r)));
         applies.extend(deletes.into_iter().map(Change::Delete));
         self.current = merged;
-        Poll { changes: applies, errors }
+        Poll { changes: applies, errors, ignored }
     }
 }
 
@@ -162,6 +178,20 @@ mod tests {
         assert!(p.changes.is_empty(), "{:?}", p.changes);
         assert_eq!(p.errors.len(), 1);
         assert!(p.errors[0].to_string().contains("NetworkPolicy a/one"), "{}", p.errors[0]);
+
+        // Not YAML at all (truncated mid-document): nothing is deleted.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&f, format!("{}---\nmetadata: {{name: [\n", np("other", ""))).unwrap();
+        let p = src.poll();
+        assert!(p.changes.iter().all(|c| !matches!(c, Change::Delete(_))), "{:?}", p.changes);
+        assert!(!p.errors.is_empty());
+        std::fs::write(&f, np("one", "")).unwrap();
+        let p = src.poll();
+        assert!(
+            p.changes.iter().any(|c| matches!(c, Change::Delete(_))),
+            "fixed file drops the extra object: {:?}",
+            p.changes
+        );
 
         // A second file adds an object; removing the first deletes it.
         std::fs::write(dir.path().join("q.yaml"), np("two", "")).unwrap();
