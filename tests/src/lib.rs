@@ -9,6 +9,7 @@
 //! Tests that need root call [`require_root`], which skips loudly when not
 //! root and fails under `CI=true`.
 
+pub mod cluster;
 pub mod netns;
 pub mod probe;
 

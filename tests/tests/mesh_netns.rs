@@ -10,72 +10,15 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use testbed::cluster::{BpfFs, Proc, admin_get, serial_in_dump, spawn_in, until, ztunnel_bin};
 use testbed::netns::run_in;
 use testbed::{Testbed, probe, require_root};
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples")
-}
-
-fn ztunnel_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join("ztunnel");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo).args(["build", "-p", "ztunnel", "--bin", "ztunnel"]).status().unwrap();
-        assert!(status.success());
-    }
-    bin
-}
-
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_in(ns: &str, args: &[&str], log: &Path) -> Proc {
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .arg(ztunnel_bin())
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(fs::File::create(log).unwrap()))
-        .spawn()
-        .unwrap();
-    Proc(child)
-}
-
-fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
-/// GET on a node's admin endpoint, from inside its namespace.
-fn admin_get(ns: &str, path: &'static str) -> String {
-    run_in(ns, move || {
-        let Ok(mut s) = TcpStream::connect("127.0.0.1:15021") else { return String::new() };
-        let _ = s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out
-    })
-    .unwrap_or_default()
 }
 
 /// A server in the pod that answers each connection with the address it
@@ -174,7 +117,8 @@ fn cross_node_pod_traffic_is_mutual_tls_with_real_source_and_port_policy() {
             "100",
         ],
         &root.join("ca.log"),
-    );
+    )
+    .unwrap();
 
     let agents: Vec<Proc> = (0..2)
         .map(|i| {
@@ -209,13 +153,14 @@ fn cross_node_pod_traffic_is_mutual_tls_with_real_source_and_port_policy() {
                 ],
                 &log,
             )
+            .unwrap()
         })
         .collect();
     let logs = || -> String {
         nodes.iter().map(|n| fs::read_to_string(root.join(format!("{n}.log"))).unwrap_or_default()).collect()
     };
     let ready = until(Duration::from_secs(30), || {
-        (0..2).all(|i| admin_get(&ns[i], "/config_dump").contains("spiffe://cluster.local/ns/default/sa/"))
+        (0..2).all(|i| admin_get(&ns[i], 15021, "/config_dump").contains("spiffe://cluster.local/ns/default/sa/"))
             && logs().matches("attached").count() >= 2
     });
     assert!(ready, "agents did not get certificates or attach:\n{}", logs());
@@ -267,16 +212,9 @@ fn cross_node_pod_traffic_is_mutual_tls_with_real_source_and_port_policy() {
     // A root rotation during a long-running transfer: the transfer never
     // stalls, both agents renew under the new signer, and new handshakes
     // present the new certificates.
-    let serial_of = |dump: &str, id: &str| -> Option<String> {
-        let v: serde_json::Value = serde_json::from_str(dump.split("\r\n\r\n").nth(1)?).ok()?;
-        v["certificates"]
-            .as_array()?
-            .iter()
-            .find(|c| c["identity"] == id)
-            .map(|c| c["serial"].as_str().unwrap_or("").into())
-    };
+    let serial_of = serial_in_dump;
     const BOOKSTORE: &str = "spiffe://cluster.local/ns/default/sa/bookstore";
-    let before = serial_of(&admin_get(&ns[1], "/config_dump"), BOOKSTORE).unwrap();
+    let before = serial_of(&admin_get(&ns[1], 15021, "/config_dump"), BOOKSTORE).unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let transfer = {
         let (front, stop) = (front.clone(), stop.clone());
@@ -305,10 +243,10 @@ fn cross_node_pod_traffic_is_mutual_tls_with_real_source_and_port_policy() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     }
     let renewed = until(Duration::from_secs(15), || {
-        serial_of(&admin_get(&ns[1], "/config_dump"), BOOKSTORE).is_some_and(|s| s != before)
+        serial_of(&admin_get(&ns[1], 15021, "/config_dump"), BOOKSTORE).is_some_and(|s| s != before)
     });
     assert!(renewed, "node-2 did not renew after the switch\n{}", logs());
-    let after = serial_of(&admin_get(&ns[1], "/config_dump"), BOOKSTORE).unwrap();
+    let after = serial_of(&admin_get(&ns[1], 15021, "/config_dump"), BOOKSTORE).unwrap();
     // A new flow opens a new tunnel connection with the renewed client
     // certificate; node-1 logs the serial each handshake presented.
     assert!(probe::tcp(&front, SocketAddr::from((api_ip, 80))), "new connections work after the rotation");
@@ -324,11 +262,11 @@ fn cross_node_pod_traffic_is_mutual_tls_with_real_source_and_port_policy() {
     assert!(rounds > 20, "only {rounds} rounds");
 
     // Metrics and readiness.
-    let metrics = admin_get(&ns[0], "/metrics");
+    let metrics = admin_get(&ns[0], 15021, "/metrics");
     assert!(metrics.contains("ztunnel_tcp_connections_opened_total{direction=\"inbound\""), "{metrics}");
     assert!(metrics.contains("ztunnel_tunnel_failures_total{reason=\"policy\"}"), "{metrics}");
     assert!(metrics.contains("ztunnel_certificate_expiry_seconds{identity=\"spiffe://"), "{metrics}");
-    assert!(admin_get(&ns[0], "/ready").starts_with("HTTP/1.0 200"));
+    assert!(admin_get(&ns[0], 15021, "/ready").starts_with("HTTP/1.0 200"));
 
     // SIGTERM on node-2's agent: it stops accepting (new pod connections
     // fail closed), lets the open tunnel finish, then exits.
@@ -369,24 +307,6 @@ fn cross_node_pod_traffic_is_mutual_tls_with_real_source_and_port_policy() {
     drop(agents);
 }
 
-/// bpffs mounted for the test, unmounted on drop.
-struct BpfFs(PathBuf);
-
-impl BpfFs {
-    fn mount(dir: &Path) -> Self {
-        fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount").args(["-t", "bpf", "bpf"]).arg(dir).output().unwrap();
-        assert!(out.status.success(), "mount bpffs: {}", String::from_utf8_lossy(&out.stderr));
-        BpfFs(dir.to_path_buf())
-    }
-}
-
-impl Drop for BpfFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).output();
-    }
-}
-
 #[test]
 fn a_killed_agent_fails_closed_and_a_restarted_one_resumes() {
     if !require_root("a_killed_agent_fails_closed_and_a_restarted_one_resumes") {
@@ -399,7 +319,7 @@ fn a_killed_agent_fails_closed_and_a_restarted_one_resumes() {
     for f in ["namespaces.yaml", "nodes.yaml", "pods.yaml"] {
         fs::copy(examples().join("workload").join(f), manifests.join(f)).unwrap();
     }
-    let bpffs = BpfFs::mount(&root.join("bpf"));
+    let bpffs = BpfFs::mount(&root.join("bpf")).unwrap();
     let nodes = ["node-1", "node-2"];
     let mut tb = Testbed::new(&nodes).unwrap();
     let (api_ip, db_ip) = (Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 1, 11));
@@ -424,7 +344,8 @@ fn a_killed_agent_fails_closed_and_a_restarted_one_resumes() {
         &ns[0],
         &["ca", "serve", "--dir", &d, "--local", &m, "--listen", ca_addr, "--admin", "127.0.0.1:15022"],
         &root.join("ca.log"),
-    );
+    )
+    .unwrap();
     let start = |i: usize| -> Proc {
         let pins = bpffs.0.join(nodes[i]);
         spawn_in(
@@ -453,9 +374,10 @@ fn a_killed_agent_fails_closed_and_a_restarted_one_resumes() {
             ],
             &root.join(format!("{}.{}.log", nodes[i], Instant::now().elapsed().as_nanos())),
         )
+        .unwrap()
     };
     let mut agents: Vec<Proc> = (0..2).map(start).collect();
-    let ready = |i: usize| admin_get(&ns[i], "/ready").starts_with("HTTP/1.0 200");
+    let ready = |i: usize| admin_get(&ns[i], 15021, "/ready").starts_with("HTTP/1.0 200");
     assert!(until(Duration::from_secs(30), || ready(0) && ready(1)), "agents not ready");
     let front = tb.pod("default/frontend").unwrap().ns.name().to_string();
     let db = tb.pod("default/db").unwrap().ns.name().to_string();
