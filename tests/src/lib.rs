@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod netns;
+pub mod perf;
 pub mod probe;
 
 pub use netns::{Netns, Testbed};

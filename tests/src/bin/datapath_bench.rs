@@ -10,16 +10,16 @@
 //! Prints ratios against (a). Needs root and iperf3 (`benches/datapath.sh`
 //! installs it).
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use policy::compile::{Compiler, Scope, Tables, diff_tables};
 use policy::labels::Selector;
 use policy::model::{NamedPort, NetworkPolicy, ObjectKey, Pod, Protocol, Rule};
 use policy::{Cluster, Object};
+use testbed::perf::{conns_per_sec, iperf, rr};
 use testbed::{Testbed, probe, require_root};
 use zt_ebpf::loader::{AyaMaps, PodLinks, apply_diff, attach_pod, load_programs};
 
@@ -60,67 +60,6 @@ fn load(tb: &Testbed, node: usize, tables: Tables) -> anyhow::Result<Loaded> {
         )?;
         let links = ifaces.iter().map(|(_, i)| attach_pod(&mut bpf, i)).collect::<Result<Vec<_>, _>>()?;
         Ok(Loaded { _bpf: bpf, _maps: maps, _links: links })
-    })?
-}
-
-fn iperf(client_ns: &str, server: Ipv4Addr, parallel: u32) -> anyhow::Result<f64> {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            client_ns,
-            "iperf3",
-            "-c",
-            &server.to_string(),
-            "-t",
-            "4",
-            "-J",
-            "-P",
-            &parallel.to_string(),
-        ])
-        .output()?;
-    anyhow::ensure!(out.status.success(), "iperf3: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout);
-    // "sum_received": {... "bits_per_second": N ...}
-    let i = text.find("\"sum_received\"").context("iperf3 output")?;
-    let j = text[i..].find("\"bits_per_second\"").context("iperf3 output")? + i;
-    let num: String = text[j + 18..]
-        .chars()
-        .skip_while(|c| !c.is_ascii_digit())
-        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+')
-        .collect();
-    Ok(num.parse::<f64>()? / 1e9)
-}
-
-fn rr(client_ns: &str, to: SocketAddr, n: usize) -> anyhow::Result<(Duration, Duration)> {
-    testbed::netns::run_in(client_ns, move || -> anyhow::Result<(Duration, Duration)> {
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
-        s.set_nodelay(true)?;
-        let mut buf = [0u8; 1];
-        let mut times = Vec::with_capacity(n);
-        for _ in 0..n {
-            let t = Instant::now();
-            s.write_all(b"x")?;
-            s.read_exact(&mut buf)?;
-            times.push(t.elapsed());
-        }
-        times.sort();
-        Ok((times[n / 2], times[n * 99 / 100]))
-    })?
-}
-
-fn conns_per_sec(client_ns: &str, to: SocketAddr, secs: f64) -> anyhow::Result<f64> {
-    testbed::netns::run_in(client_ns, move || -> anyhow::Result<f64> {
-        let start = Instant::now();
-        let mut n = 0u64;
-        while start.elapsed().as_secs_f64() < secs {
-            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
-            s.write_all(b"x")?;
-            let mut b = [0u8; 1];
-            s.read_exact(&mut b)?;
-            n += 1;
-        }
-        Ok(n as f64 / start.elapsed().as_secs_f64())
     })?
 }
 

@@ -1,0 +1,102 @@
+//! Traffic measurements between namespaces for the benchmarks: iperf3
+//! throughput, request/response latency, connection rate, HTTP requests/s
+//! (wrk) and a process's CPU time and RSS.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+/// iperf3 throughput in Gb/s from `client_ns` to an `iperf3 -s` at `server`.
+pub fn iperf(client_ns: &str, server: Ipv4Addr, parallel: u32) -> anyhow::Result<f64> {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            client_ns,
+            "iperf3",
+            "-c",
+            &server.to_string(),
+            "-t",
+            "4",
+            "-J",
+            "-P",
+            &parallel.to_string(),
+        ])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "iperf3: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "sum_received": {... "bits_per_second": N ...}
+    let i = text.find("\"sum_received\"").context("iperf3 output")?;
+    let j = text[i..].find("\"bits_per_second\"").context("iperf3 output")? + i;
+    let num: String = text[j + 18..]
+        .chars()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+')
+        .collect();
+    Ok(num.parse::<f64>()? / 1e9)
+}
+
+/// Request/response round trips of one byte on one connection: (p50, p99).
+pub fn rr(client_ns: &str, to: SocketAddr, n: usize) -> anyhow::Result<(Duration, Duration)> {
+    crate::netns::run_in(client_ns, move || -> anyhow::Result<(Duration, Duration)> {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+        s.set_nodelay(true)?;
+        let mut buf = [0u8; 1];
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            s.write_all(b"x")?;
+            s.read_exact(&mut buf)?;
+            times.push(t.elapsed());
+        }
+        times.sort();
+        Ok((times[n / 2], times[n * 99 / 100]))
+    })?
+}
+
+/// New connections per second (connect, echo one byte, close).
+pub fn conns_per_sec(client_ns: &str, to: SocketAddr, secs: f64) -> anyhow::Result<f64> {
+    crate::netns::run_in(client_ns, move || -> anyhow::Result<f64> {
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed().as_secs_f64() < secs {
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+            s.write_all(b"x")?;
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b)?;
+            n += 1;
+        }
+        Ok(n as f64 / start.elapsed().as_secs_f64())
+    })?
+}
+
+/// HTTP/1.1 keep-alive requests per second measured by wrk (1 thread,
+/// `connections` connections, `secs` seconds) from `client_ns` to `url`.
+pub fn wrk(client_ns: &str, url: &str, connections: u32, secs: u32) -> anyhow::Result<f64> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", client_ns, "wrk", "-t1", &format!("-c{connections}"), &format!("-d{secs}s"), url])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "wrk: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.starts_with("Requests/sec:")).context("wrk output")?;
+    Ok(line.trim_start_matches("Requests/sec:").trim().parse()?)
+}
+
+/// CPU seconds (user + system) a process has used.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Resident set size of a process in MiB.
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
