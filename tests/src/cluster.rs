@@ -15,7 +15,13 @@ use crate::netns::run_in;
 /// end-to-end package was built).
 pub fn ztunnel_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    let dir = exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    // A binary of this package sits beside it (target/PROFILE/); a test
+    // sits one level below (target/PROFILE/deps/).
+    let here = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if here.join("ztunnel").exists() {
+        return here.join("ztunnel");
+    }
+    let dir = here.parent().map(Path::to_path_buf).unwrap_or_default();
     let bin = dir.join("ztunnel");
     if !bin.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

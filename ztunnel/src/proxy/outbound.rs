@@ -11,7 +11,10 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +25,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tracing::debug;
@@ -59,10 +63,60 @@ pub enum OutboundError {
 /// and then idles out.
 type Key = (SpiffeId, String, SpiffeId, SocketAddr);
 
+/// Streams per pooled connection before another connection is opened
+/// (bounds head-of-line blocking and per-connection flow-control sharing;
+/// the server allows more).
+const STREAMS_PER_CONNECTION: usize = 100;
+
+/// One pooled HTTP/2 connection and its number of open tunnels.
+struct Pooled {
+    send: SendRequest<Empty<Bytes>>,
+    streams: Arc<AtomicUsize>,
+}
+
+/// An open tunnel. Dropping it closes the stream and frees its slot in the
+/// pooled connection.
+pub struct Tunnel {
+    io: TokioIo<Upgraded>,
+    streams: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tunnel").field("streams_on_connection", &self.streams.load(Ordering::Relaxed)).finish()
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        self.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for Tunnel {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Tunnel {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// The tunnel client.
 pub struct Outbound {
     cache: Arc<SecretCache>,
-    pool: Mutex<HashMap<Key, SendRequest<Empty<Bytes>>>>,
+    pool: Mutex<HashMap<Key, Vec<Pooled>>>,
     timeout: Duration,
 }
 
@@ -76,15 +130,16 @@ impl Outbound {
     #[cfg(test)]
     pub async fn pool_size(&self) -> usize {
         let mut pool = self.pool.lock().await;
-        pool.retain(|_, s| !s.is_closed());
-        pool.len()
+        pool.values_mut().for_each(|v| v.retain(|p| !p.send.is_closed()));
+        pool.values().map(Vec::len).sum()
     }
 
-    /// Forgets pooled connections whose client certificate is no longer
-    /// current (they close once their streams end).
-    async fn prune_superseded(&self, pool: &mut HashMap<Key, SendRequest<Empty<Bytes>>>) {
-        pool.retain(|(src, serial, _, _), s| {
-            !s.is_closed() && self.cache.cert(src).is_some_and(|c| &c.serial == serial)
+    /// Forgets closed connections, and connections whose client certificate
+    /// is no longer current (they close once their streams end).
+    fn prune(&self, pool: &mut HashMap<Key, Vec<Pooled>>) {
+        pool.retain(|(src, serial, _, _), conns| {
+            conns.retain(|p| !p.send.is_closed());
+            !conns.is_empty() && self.cache.cert(src).is_some_and(|c| &c.serial == serial)
         });
     }
 
@@ -114,19 +169,22 @@ impl Outbound {
         Ok(send)
     }
 
-    async fn sender(&self, key: &Key) -> Result<SendRequest<Empty<Bytes>>, OutboundError> {
+    /// A connection with a free stream slot (taken), dialling a new one when
+    /// all pooled connections are full.
+    async fn sender(&self, key: &Key) -> Result<(SendRequest<Empty<Bytes>>, Arc<AtomicUsize>), OutboundError> {
         let mut pool = self.pool.lock().await;
-        if !pool.contains_key(key) {
-            self.prune_superseded(&mut pool).await;
-        }
-        if let Some(s) = pool.get(key)
-            && !s.is_closed()
+        self.prune(&mut pool);
+        if let Some(p) = pool
+            .get(key)
+            .and_then(|conns| conns.iter().find(|p| p.streams.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION))
         {
-            return Ok(s.clone());
+            p.streams.fetch_add(1, Ordering::Relaxed);
+            return Ok((p.send.clone(), p.streams.clone()));
         }
-        let s = self.dial(key).await?;
-        pool.insert(key.clone(), s.clone());
-        Ok(s)
+        let send = self.dial(key).await?;
+        let streams = Arc::new(AtomicUsize::new(1));
+        pool.entry(key.clone()).or_default().push(Pooled { send: send.clone(), streams: streams.clone() });
+        Ok((send, streams))
     }
 
     /// Opens a tunnel for the flow `src_addr` → `dst_addr` through the proxy
@@ -138,13 +196,16 @@ impl Outbound {
         dst: &SpiffeId,
         dst_addr: SocketAddr,
         peer: SocketAddr,
-    ) -> Result<TokioIo<Upgraded>, OutboundError> {
+    ) -> Result<Tunnel, OutboundError> {
         let Some(cert) = self.cache.cert(src) else {
             return Err(OutboundError::NoCertificate(src.clone()));
         };
         let key = (src.clone(), cert.serial.clone(), dst.clone(), peer);
+        let (mut send, streams) =
+            tokio::time::timeout(self.timeout, self.sender(&key)).await.map_err(|_| OutboundError::Timeout)??;
+        // From here the slot is ours: the guard gives it back on any exit.
+        let guard = SlotGuard(Some(streams));
         let fut = async {
-            let mut send = self.sender(&key).await?;
             send.ready().await.map_err(|e| OutboundError::Http(e.to_string()))?;
             let req = Request::builder()
                 .method(Method::CONNECT)
@@ -159,9 +220,25 @@ impl Outbound {
             let up = hyper::upgrade::on(resp).await.map_err(|e| OutboundError::Http(e.to_string()))?;
             Ok(TokioIo::new(up))
         };
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(OutboundError::Timeout),
+        let io = tokio::time::timeout(self.timeout, fut).await.map_err(|_| OutboundError::Timeout)??;
+        Ok(Tunnel { io, streams: guard.take() })
+    }
+}
+
+/// Returns a taken stream slot unless handed over to a [`Tunnel`].
+struct SlotGuard(Option<Arc<AtomicUsize>>);
+
+impl SlotGuard {
+    fn take(mut self) -> Arc<AtomicUsize> {
+        // `take` leaves None, so Drop below does nothing.
+        self.0.take().unwrap_or_default()
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        if let Some(s) = &self.0 {
+            s.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

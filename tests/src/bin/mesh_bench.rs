@@ -1,0 +1,307 @@
+//! Mesh benchmark: pod-to-pod traffic across two nodes directly and through
+//! the two node proxies (capture, HBONE mTLS tunnel, delivery), measured in
+//! the same run, interleaved. Per mode: iperf3 1 and 4 streams, 1-byte
+//! request/response p50/p99, HTTP/1.1 keep-alive requests/s (wrk, 16
+//! connections), new connections/s; for the mesh also agent CPU during the
+//! single-stream transfer, and agent RSS idle and with 10,000 concurrent
+//! idle tunnelled connections. Needs root, iperf3 and wrk
+//! (`benches/mesh.sh` installs them). `mesh_bench serve` is the pod server.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use testbed::cluster::{Proc, admin_get, spawn_in, until, ztunnel_bin};
+use testbed::perf::{conns_per_sec, cpu_seconds, iperf, rr, rss_mib, wrk};
+use testbed::{Testbed, require_root};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// TCP echo on 80, a minimal HTTP/1.1 keep-alive responder on 8080.
+fn serve() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    rt.block_on(async {
+        let echo = tokio::net::TcpListener::bind("0.0.0.0:80").await?;
+        let http = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = echo.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        while let Ok((mut s, _)) = http.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut pending = Vec::new();
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    pending.extend_from_slice(&buf[..n]);
+                    let mut out = Vec::new();
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..end + 4);
+                        out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                    }
+                    if !out.is_empty() && s.write_all(&out).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+}
+
+struct Measured {
+    single: f64,
+    multi: f64,
+    p50: Duration,
+    p99: Duration,
+    http: f64,
+    cps: f64,
+    /// Agent CPU (both agents, % of one core) during the 1-stream transfer.
+    cpu: f64,
+}
+
+fn measure(client: &str, server: Ipv4Addr, agents: &[u32]) -> anyhow::Result<Measured> {
+    let echo = SocketAddr::from((server, 80));
+    let cpu0: f64 = agents.iter().filter_map(|p| cpu_seconds(*p)).sum();
+    let t = Instant::now();
+    let single = iperf(client, server, 1)?;
+    let cpu = if agents.is_empty() {
+        0.0
+    } else {
+        100.0 * (agents.iter().filter_map(|p| cpu_seconds(*p)).sum::<f64>() - cpu0) / t.elapsed().as_secs_f64()
+    };
+    let multi = iperf(client, server, 4)?;
+    let (p50, p99) = rr(client, echo, 20_000)?;
+    let http = wrk(client, &format!("http://{server}:8080/"), 16, 4)?;
+    let cps = conns_per_sec(client, echo, 3.0)?;
+    Ok(Measured { single, multi, p50, p99, http, cps, cpu })
+}
+
+struct Mesh<'a> {
+    ns: &'a [String],
+    m: String,
+    d: String,
+    root: &'a Path,
+}
+
+impl Mesh<'_> {
+    fn start(&self) -> anyhow::Result<Vec<Proc>> {
+        let nodes = ["node-1", "node-2"];
+        let agents = (0..2)
+            .map(|i| {
+                spawn_in(
+                    &self.ns[i],
+                    &[
+                        "run",
+                        "--local",
+                        &self.m,
+                        "--node",
+                        nodes[i],
+                        "--no-pin",
+                        "--poll-ms",
+                        "200",
+                        "--flow-log",
+                        "/dev/null",
+                        "--ca-address",
+                        "192.168.100.1:15012",
+                        "--ca-bundle",
+                        &format!("{}/bundle.pem", self.d),
+                        "--ca-token",
+                        &format!("{}/tokens/{}", self.d, nodes[i]),
+                        "--hbone",
+                        &format!("192.168.100.{}:15008", i + 1),
+                        "--transparent",
+                    ],
+                    &self.root.join(format!("{}.log", nodes[i])),
+                )
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let ready = until(Duration::from_secs(30), || {
+            (0..2).all(|i| admin_get(&self.ns[i], 15021, "/ready").starts_with("HTTP/1.0 200"))
+        });
+        anyhow::ensure!(ready, "agents not ready; logs in {}", self.root.display());
+        Ok(agents)
+    }
+}
+
+/// Opens `n` connections from `ns` to `to`, each proven by an echo, and
+/// keeps them open while `f` runs.
+fn hold_connections<R>(ns: &str, to: SocketAddr, n: usize, f: impl FnOnce() -> R) -> anyhow::Result<R> {
+    let conns = testbed::netns::run_in(ns, move || -> anyhow::Result<Vec<TcpStream>> {
+        use std::io::{Read, Write};
+        let mut v = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut s =
+                TcpStream::connect_timeout(&to, Duration::from_secs(5)).with_context(|| format!("connection {i}"))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"x")?;
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).with_context(|| format!("echo on connection {i}"))?;
+            v.push(s);
+        }
+        Ok(v)
+    })??;
+    let r = f();
+    drop(conns);
+    Ok(r)
+}
+
+fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("serve") {
+        return serve();
+    }
+    if !require_root("mesh benchmark") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    let manifests = root.join("manifests");
+    std::fs::create_dir(&manifests)?;
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/workload");
+    for f in ["namespaces.yaml", "nodes.yaml", "pods.yaml"] {
+        std::fs::copy(examples.join(f), manifests.join(f))?;
+    }
+    let (server_ip, client_ip) = (Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 2, 10));
+    let mut tb = Testbed::new(&["node-1", "node-2"])?;
+    tb.add_pod("default/apiserver", 0, server_ip)?;
+    tb.add_pod("default/frontend", 1, client_ip)?;
+    let server_ns = tb.pod("default/apiserver").context("server")?.ns.name().to_string();
+    let client_ns = tb.pod("default/frontend").context("client")?.ns.name().to_string();
+    let client_pod = &tb.pod("default/frontend").context("client")?.ns;
+    client_pod.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+    client_pod.sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
+    let me = std::env::current_exe()?;
+    let _server = Proc(
+        Command::new("ip").args(["netns", "exec", &server_ns]).arg(&me).arg("serve").stdout(Stdio::null()).spawn()?,
+    );
+    let mut iperf_srv: Child = Command::new("ip")
+        .args(["netns", "exec", &server_ns, "iperf3", "-s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+
+    let ns: Vec<String> = tb.nodes.iter().map(|n| n.ns.name().to_string()).collect();
+    let ca_dir = root.join("ca");
+    let out = Command::new(ztunnel_bin())
+        .args(["ca", "init", "--dir"])
+        .arg(&ca_dir)
+        .args(["--node", "node-1", "--node", "node-2"])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "ca init: {}", String::from_utf8_lossy(&out.stderr));
+    let mesh = Mesh { ns: &ns, m: manifests.display().to_string(), d: ca_dir.display().to_string(), root };
+    let _ca = spawn_in(
+        &ns[0],
+        &[
+            "ca",
+            "serve",
+            "--dir",
+            &mesh.d,
+            "--local",
+            &mesh.m,
+            "--listen",
+            "192.168.100.1:15012",
+            "--admin",
+            "127.0.0.1:15022",
+        ],
+        &root.join("ca.log"),
+    )?;
+
+    let rounds: usize = std::env::var("ZT_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    let (mut direct, mut meshed) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        direct.push(measure(&client_ns, server_ip, &[])?);
+        let agents = mesh.start()?;
+        let pids: Vec<u32> = agents.iter().map(|a| a.0.id()).collect();
+        meshed.push(measure(&client_ns, server_ip, &pids)?);
+        drop(agents);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // Memory: idle, then with 10,000 concurrent idle tunnelled connections.
+    let agents = mesh.start()?;
+    let pids: Vec<u32> = agents.iter().map(|a| a.0.id()).collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let idle_rss: Vec<f64> = pids.iter().filter_map(|p| rss_mib(*p)).collect();
+    let n_idle: usize = std::env::var("ZT_BENCH_IDLE_CONNS").ok().and_then(|r| r.parse().ok()).unwrap_or(10_000);
+    let t = Instant::now();
+    let (loaded_rss, idle_cpu) = hold_connections(&client_ns, SocketAddr::from((server_ip, 80)), n_idle, || {
+        let opened = t.elapsed();
+        std::thread::sleep(Duration::from_secs(1));
+        let cpu0: f64 = pids.iter().filter_map(|p| cpu_seconds(*p)).sum();
+        std::thread::sleep(Duration::from_secs(3));
+        let cpu = 100.0 * (pids.iter().filter_map(|p| cpu_seconds(*p)).sum::<f64>() - cpu0) / 3.0;
+        eprintln!("{n_idle} tunnelled connections opened in {opened:?}");
+        (pids.iter().filter_map(|p| rss_mib(*p)).collect::<Vec<f64>>(), cpu)
+    })?;
+    drop(agents);
+    let _ = iperf_srv.kill();
+    let _ = iperf_srv.wait();
+
+    let med = |v: Vec<f64>| {
+        let mut v = v;
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let summarise = |r: &[Measured]| Measured {
+        single: med(r.iter().map(|m| m.single).collect()),
+        multi: med(r.iter().map(|m| m.multi).collect()),
+        p50: Duration::from_secs_f64(med(r.iter().map(|m| m.p50.as_secs_f64()).collect())),
+        p99: Duration::from_secs_f64(med(r.iter().map(|m| m.p99.as_secs_f64()).collect())),
+        http: med(r.iter().map(|m| m.http).collect()),
+        cps: med(r.iter().map(|m| m.cps).collect()),
+        cpu: med(r.iter().map(|m| m.cpu).collect()),
+    };
+    let (a, b) = (summarise(&direct), summarise(&meshed));
+    println!("mesh benchmark: pod to pod across two nodes, median of {rounds} interleaved rounds");
+    println!(
+        "{:<24} {:>12} {:>12} {:>10} {:>10} {:>12} {:>10}",
+        "mode", "1 stream", "4 streams", "rr p50", "rr p99", "HTTP req/s", "conn/s"
+    );
+    for (name, m) in [("direct", &a), ("through two proxies", &b)] {
+        println!(
+            "{:<24} {:>7.2} Gb/s {:>7.2} Gb/s {:>8.1}µs {:>8.1}µs {:>12.0} {:>10.0}",
+            name,
+            m.single,
+            m.multi,
+            m.p50.as_secs_f64() * 1e6,
+            m.p99.as_secs_f64() * 1e6,
+            m.http,
+            m.cps
+        );
+    }
+    let ok = |b: bool| if b { "ok" } else { "MISSED" };
+    let r1 = b.single / a.single;
+    let r4 = b.multi / a.multi;
+    let rp50 = b.p50.as_secs_f64() / a.p50.as_secs_f64();
+    let rhttp = b.http / a.http;
+    let rcps = b.cps / a.cps;
+    println!("ratios (mesh / direct; goal):");
+    println!("  1 stream      {r1:.2}x  (>= 0.33)  {}", ok(r1 >= 0.33));
+    println!("  4 streams     {r4:.2}x  (>= 0.33)  {}", ok(r4 >= 0.33));
+    println!("  rr p50        {rp50:.2}x  (<= 2.6)   {}", ok(rp50 <= 2.6));
+    println!("  rr p99        {:.2}x", b.p99.as_secs_f64() / a.p99.as_secs_f64());
+    println!("  HTTP req/s    {rhttp:.2}x  (>= 0.32)  {}", ok(rhttp >= 0.32));
+    println!("  conn/s        {rcps:.2}x  (>= 0.28)  {}", ok(rcps >= 0.28));
+    println!("agents: CPU during 1-stream transfer {:.0}% of a core (both agents)", b.cpu);
+    let max_idle = idle_rss.iter().copied().fold(0.0, f64::max);
+    let max_loaded = loaded_rss.iter().copied().fold(0.0, f64::max);
+    println!(
+        "  RSS per agent idle {:?} MiB; with {n_idle} idle tunnels {:?} MiB (goal <= 30 MB)  {}; CPU with them idle {idle_cpu:.1}%",
+        idle_rss.iter().map(|x| (x * 10.0).round() / 10.0).collect::<Vec<_>>(),
+        loaded_rss.iter().map(|x| (x * 10.0).round() / 10.0).collect::<Vec<_>>(),
+        ok(max_loaded <= 30.0 * 1e6 / (1 << 20) as f64 && max_idle <= 30.0 * 1e6 / (1 << 20) as f64)
+    );
+    Ok(())
+}
