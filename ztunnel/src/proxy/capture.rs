@@ -130,7 +130,7 @@ impl Capture {
                 self.metrics.active.inc();
                 let mut tcp = tcp;
                 let (mut tx, mut rx) = (0, 0);
-                match tokio::io::copy_bidirectional_with_sizes(&mut tcp, &mut tunnel, 64 << 10, 64 << 10).await {
+                match super::copy::bidirectional(&mut tcp, &mut tunnel).await {
                     Ok((a, b)) => {
                         (tx, rx) = (a, b);
                         info!(bytes_sent = tx, bytes_received = rx, "tunnel closed");

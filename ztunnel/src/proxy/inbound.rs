@@ -299,7 +299,7 @@ impl Inbound {
                         Ok(up) => {
                             let mut up = TokioIo::new(up);
                             let mut upstream = upstream;
-                            match tokio::io::copy_bidirectional_with_sizes(&mut up, &mut upstream, 64 << 10, 64 << 10)
+                            match super::copy::bidirectional(&mut up, &mut upstream)
                                 .await
                             {
                                 Ok((a, b)) => {
@@ -328,6 +328,11 @@ impl Inbound {
         if self.config.transparent {
             set_transparent(&socket)?;
             socket.set_reuseaddr(true)?;
+            // Pick the source port at connect time (unique per 4-tuple), not
+            // at bind time (unique per address): with many connections from
+            // one pod address, bind-time search is slow and runs out early.
+            nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::IpBindAddressNoPort, &true)
+                .map_err(std::io::Error::from)?;
             socket.bind(SocketAddr::new(src.ip(), 0))?;
         }
         let s = socket.connect(dst).await?;

@@ -11,6 +11,7 @@
 //! - [`capture`]: the transparent listener the datapath steers pod TCP to.
 
 pub mod capture;
+pub mod copy;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
