@@ -405,3 +405,48 @@ fn bad_input_while_running_keeps_the_last_good_state_enforced() {
     assert!(stderr.contains("truncated.yaml"), "{stderr}");
     assert!(stderr.contains("example.com/v1/Gadget"), "the unknown kind is reported: {stderr}");
 }
+
+#[test]
+fn a_new_pod_selected_by_a_policy_is_isolated_from_its_first_packet() {
+    if !require_root("a_new_pod_selected_by_a_policy_is_isolated_from_its_first_packet") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = workload_dir(dir.path());
+    copy(&examples().join("policies").join("01-default-deny.yaml"), &manifests.join("01-default-deny.yaml"));
+    let nodes = ["node-1", "node-2"];
+    let mut tb = Testbed::new(&nodes).unwrap();
+    tb.add_pod("default/apiserver", 0, Ipv4Addr::new(10, 244, 1, 10)).unwrap();
+    for p in &tb.pods {
+        probe::serve(&p.ns, &[80], &[]).unwrap();
+    }
+    let logs: Vec<PathBuf> = nodes.iter().map(|n| dir.path().join(format!("{n}.flows.jsonl"))).collect();
+    let _agents: Vec<Agent> =
+        nodes.iter().enumerate().map(|(i, n)| start_agent(tb.nodes[i].ns.name(), &manifests, n, &logs[i], None)).collect();
+    assert!(wait_for(&logs, "attached", 1) && wait_for(&logs, "policy synced", 2), "agents did not start");
+
+    // The pod is created the way Kubernetes does it: the object first (the
+    // agent learns its address and that default-deny selects it), then the
+    // network (the agent attaches when the veth and route appear), then the
+    // workload starts — here, once the agent has attached.
+    let new_ip = Ipv4Addr::new(10, 244, 2, 77);
+    fs::write(
+        manifests.join("newcomer.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: newcomer, namespace: default}}\n\
+             spec: {{nodeName: node-2, containers: [{{name: c, image: x}}]}}\nstatus: {{podIP: {new_ip}}}\n"
+        ),
+    )
+    .unwrap();
+    assert!(wait_for(&logs, "policy synced", 3), "the new pod was not compiled");
+    tb.add_pod("default/newcomer", 1, new_ip).unwrap();
+    assert!(wait_for(&logs, "pod=default/newcomer", 1), "the new pod was not attached");
+
+    let newcomer = tb.pod("default/newcomer").unwrap().ns.name().to_string();
+    assert!(!probe::tcp(&newcomer, SocketAddr::from((Ipv4Addr::new(10, 244, 1, 10), 80))), "first connection got out");
+    std::thread::sleep(Duration::from_millis(500));
+    // Its very first flow in the flow log is a drop.
+    let flows = fs::read_to_string(&logs[1]).unwrap_or_default();
+    let first = flows.lines().find(|l| l.contains(&new_ip.to_string())).unwrap_or_default().to_string();
+    assert!(first.contains("\"verdict\":\"denied\""), "first flow of the new pod: {first}\n{flows}");
+}
