@@ -421,8 +421,11 @@ fn a_new_pod_selected_by_a_policy_is_isolated_from_its_first_packet() {
         probe::serve(&p.ns, &[80], &[]).unwrap();
     }
     let logs: Vec<PathBuf> = nodes.iter().map(|n| dir.path().join(format!("{n}.flows.jsonl"))).collect();
-    let _agents: Vec<Agent> =
-        nodes.iter().enumerate().map(|(i, n)| start_agent(tb.nodes[i].ns.name(), &manifests, n, &logs[i], None)).collect();
+    let _agents: Vec<Agent> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| start_agent(tb.nodes[i].ns.name(), &manifests, n, &logs[i], None))
+        .collect();
     assert!(wait_for(&logs, "attached", 1) && wait_for(&logs, "policy synced", 2), "agents did not start");
 
     // The pod is created the way Kubernetes does it: the object first (the
@@ -440,7 +443,7 @@ fn a_new_pod_selected_by_a_policy_is_isolated_from_its_first_packet() {
     .unwrap();
     assert!(wait_for(&logs, "policy synced", 3), "the new pod was not compiled");
     tb.add_pod("default/newcomer", 1, new_ip).unwrap();
-    assert!(wait_for(&logs, "pod=default/newcomer", 1), "the new pod was not attached");
+    assert!(wait_for(&logs, "attached", 2), "the new pod was not attached");
 
     let newcomer = tb.pod("default/newcomer").unwrap().ns.name().to_string();
     assert!(!probe::tcp(&newcomer, SocketAddr::from((Ipv4Addr::new(10, 244, 1, 10), 80))), "first connection got out");
