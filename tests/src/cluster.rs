@@ -105,3 +105,54 @@ impl Drop for BpfFs {
         let _ = Command::new("umount").arg(&self.0).output();
     }
 }
+
+/// Where the tests' CA listens: node-1's link address.
+pub const CA_ADDR: &str = "192.168.100.1:15012";
+
+/// `ztunnel ca serve` arguments for the testbed's CA (in node-1's namespace).
+pub fn ca_serve_args(ca_dir: &str, manifests: &str) -> Vec<String> {
+    ["ca", "serve", "--dir", ca_dir, "--local", manifests, "--listen", CA_ADDR]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["--admin", "127.0.0.1:15022", "--poll-ms", "100"].iter().map(|s| s.to_string()))
+        .collect()
+}
+
+/// `ztunnel run` arguments for node `index` (0-based; its link address is
+/// 192.168.100.<index+1>) with the mesh on. `pins`: a bpffs directory, or
+/// `None` to tie the programs to the process.
+pub fn mesh_agent_args(
+    manifests: &str,
+    node: &str,
+    index: usize,
+    ca_dir: &str,
+    pins: Option<&str>,
+    flow_log: &str,
+) -> Vec<String> {
+    let mut a: Vec<String> = ["run", "--local", manifests, "--node", node, "--poll-ms", "100", "--flow-log", flow_log]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    match pins {
+        Some(p) => a.extend(["--bpffs".to_string(), p.to_string()]),
+        None => a.push("--no-pin".into()),
+    }
+    a.extend([
+        "--ca-address".to_string(),
+        CA_ADDR.to_string(),
+        "--ca-bundle".to_string(),
+        format!("{ca_dir}/bundle.pem"),
+        "--ca-token".to_string(),
+        format!("{ca_dir}/tokens/{node}"),
+        "--hbone".to_string(),
+        format!("192.168.100.{}:15008", index + 1),
+        "--transparent".to_string(),
+    ]);
+    a
+}
+
+/// [`spawn_in`] with owned arguments.
+pub fn spawn_args(ns: &str, args: &[String], log: &Path) -> anyhow::Result<Proc> {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    spawn_in(ns, &refs, log)
+}

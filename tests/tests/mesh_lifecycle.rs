@@ -14,11 +14,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use testbed::cluster::{Proc, admin_get, serial_in_dump, spawn_in, until, ztunnel_bin};
+use testbed::cluster::{
+    Proc, admin_get, ca_serve_args, mesh_agent_args, serial_in_dump, spawn_args, until, ztunnel_bin,
+};
 use testbed::netns::run_in;
 use testbed::{Testbed, probe, require_root};
 
-const CA_ADDR: &str = "192.168.100.1:15012";
 const BOOKSTORE: &str = "spiffe://cluster.local/ns/default/sa/bookstore";
 
 fn rotate(dir: &str, step: &str) -> bool {
@@ -26,25 +27,7 @@ fn rotate(dir: &str, step: &str) -> bool {
 }
 
 fn start_ca(ns: &str, dir: &str, manifests: &str, log: &Path) -> Proc {
-    spawn_in(
-        ns,
-        &[
-            "ca",
-            "serve",
-            "--dir",
-            dir,
-            "--local",
-            manifests,
-            "--listen",
-            CA_ADDR,
-            "--admin",
-            "127.0.0.1:15022",
-            "--poll-ms",
-            "100",
-        ],
-        log,
-    )
-    .unwrap()
+    spawn_args(ns, &ca_serve_args(dir, manifests), log).unwrap()
 }
 
 #[test]
@@ -84,29 +67,9 @@ fn full_rotation_and_ca_outage_under_continuous_connections() {
     let mut ca = Some(start_ca(&ns[0], &d, &m, &root.join("ca.log")));
     let _agents: Vec<Proc> = (0..2)
         .map(|i| {
-            spawn_in(
+            spawn_args(
                 &ns[i],
-                &[
-                    "run",
-                    "--local",
-                    &m,
-                    "--node",
-                    nodes[i],
-                    "--no-pin",
-                    "--poll-ms",
-                    "100",
-                    "--flow-log",
-                    root.join(format!("{}.flows", nodes[i])).to_str().unwrap(),
-                    "--ca-address",
-                    CA_ADDR,
-                    "--ca-bundle",
-                    &format!("{d}/bundle.pem"),
-                    "--ca-token",
-                    &format!("{d}/tokens/{}", nodes[i]),
-                    "--hbone",
-                    &format!("192.168.100.{}:15008", i + 1),
-                    "--transparent",
-                ],
+                &mesh_agent_args(&m, nodes[i], i, &d, None, root.join(format!("{}.flows", nodes[i])).to_str().unwrap()),
                 &root.join(format!("{}.log", nodes[i])),
             )
             .unwrap()

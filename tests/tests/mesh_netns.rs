@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use testbed::cluster::{BpfFs, Proc, admin_get, serial_in_dump, spawn_in, until, ztunnel_bin};
+use testbed::cluster::{
+    BpfFs, Proc, admin_get, ca_serve_args, mesh_agent_args, serial_in_dump, spawn_args, until, ztunnel_bin,
+};
 use testbed::netns::run_in;
 use testbed::{Testbed, probe, require_root};
 
@@ -97,63 +99,15 @@ fn cross_node_pod_traffic_is_mutual_tls_with_real_source_and_port_policy() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let ca_addr = "192.168.100.1:15012";
     let d = ca_dir.to_str().unwrap();
     let m = manifests.to_str().unwrap();
-    let _ca = spawn_in(
-        &ns[0],
-        &[
-            "ca",
-            "serve",
-            "--dir",
-            d,
-            "--local",
-            m,
-            "--listen",
-            ca_addr,
-            "--admin",
-            "127.0.0.1:15022",
-            "--poll-ms",
-            "100",
-        ],
-        &root.join("ca.log"),
-    )
-    .unwrap();
+    let _ca = spawn_args(&ns[0], &ca_serve_args(d, m), &root.join("ca.log")).unwrap();
 
     let agents: Vec<Proc> = (0..2)
         .map(|i| {
-            let token = ca_dir.join("tokens").join(nodes[i]);
-            let bundle = ca_dir.join("bundle.pem");
-            let hbone = format!("192.168.100.{}:15008", i + 1);
-            let (token, bundle) = (token.to_str().unwrap().to_string(), bundle.to_str().unwrap().to_string());
             let log = root.join(format!("{}.log", nodes[i]));
             let flows = root.join(format!("{}.flows.jsonl", nodes[i]));
-            spawn_in(
-                &ns[i],
-                &[
-                    "run",
-                    "--local",
-                    m,
-                    "--node",
-                    nodes[i],
-                    "--no-pin",
-                    "--poll-ms",
-                    "100",
-                    "--flow-log",
-                    flows.to_str().unwrap(),
-                    "--ca-address",
-                    ca_addr,
-                    "--ca-bundle",
-                    &bundle,
-                    "--ca-token",
-                    &token,
-                    "--hbone",
-                    &hbone,
-                    "--transparent",
-                ],
-                &log,
-            )
-            .unwrap()
+            spawn_args(&ns[i], &mesh_agent_args(m, nodes[i], i, d, None, flows.to_str().unwrap()), &log).unwrap()
         })
         .collect();
     let logs = || -> String {
@@ -339,40 +293,20 @@ fn a_killed_agent_fails_closed_and_a_restarted_one_resumes() {
         .unwrap();
     assert!(out.status.success());
     let (d, m) = (ca_dir.to_str().unwrap().to_string(), manifests.to_str().unwrap().to_string());
-    let ca_addr = "192.168.100.1:15012";
-    let _ca = spawn_in(
-        &ns[0],
-        &["ca", "serve", "--dir", &d, "--local", &m, "--listen", ca_addr, "--admin", "127.0.0.1:15022"],
-        &root.join("ca.log"),
-    )
-    .unwrap();
+    let _ca = spawn_args(&ns[0], &ca_serve_args(&d, &m), &root.join("ca.log")).unwrap();
     let start = |i: usize| -> Proc {
         let pins = bpffs.0.join(nodes[i]);
-        spawn_in(
+        spawn_args(
             &ns[i],
-            &[
-                "run",
-                "--local",
+            &mesh_agent_args(
                 &m,
-                "--node",
                 nodes[i],
-                "--poll-ms",
-                "100",
-                "--bpffs",
-                pins.to_str().unwrap(),
-                "--flow-log",
+                i,
+                &d,
+                Some(pins.to_str().unwrap()),
                 root.join(format!("{}.flows", nodes[i])).to_str().unwrap(),
-                "--ca-address",
-                ca_addr,
-                "--ca-bundle",
-                &format!("{d}/bundle.pem"),
-                "--ca-token",
-                &format!("{d}/tokens/{}", nodes[i]),
-                "--hbone",
-                &format!("192.168.100.{}:15008", i + 1),
-                "--transparent",
-            ],
-            &root.join(format!("{}.{}.log", nodes[i], Instant::now().elapsed().as_nanos())),
+            ),
+            &root.join(format!("{}.log", nodes[i])),
         )
         .unwrap()
     };

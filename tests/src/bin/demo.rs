@@ -18,20 +18,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use policy::eval::Endpoint;
 use policy::manifest::parse_str;
 use policy::matrix::matrix;
 use policy::{Cluster, Protocol};
+use testbed::cluster::{admin_get, ca_serve_args, mesh_agent_args, until};
 use testbed::netns::run_in;
 use testbed::{Testbed, probe};
 
 const PREFIX: &str = "ztdemo";
 const STATE: &str = "/tmp/ztunnel-demo";
 const EXTERNAL: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-const CA_ADDR: &str = "192.168.100.1:15012";
 const TCP_PORTS: &str = "80,443,6379,8080";
 const MARKER: &[u8] = b"ZT-DEMO-SECRET-PAYLOAD-7d1f";
 
@@ -128,28 +128,6 @@ fn spawn_bg(ns: &str, program: &Path, args: &[&str], log: &Path) -> anyhow::Resu
     Ok(())
 }
 
-fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
-fn admin(ns: &str, port: u16, path: &'static str) -> String {
-    run_in(ns, move || {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
-        let _ = s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out
-    })
-    .unwrap_or_default()
-}
-
 fn up(zt: &Path) -> anyhow::Result<()> {
     anyhow::ensure!(testbed::is_root(), "the demo needs root (network namespaces, BPF): run it with sudo");
     heading("removing any previous demo");
@@ -195,62 +173,23 @@ fn up(zt: &Path) -> anyhow::Result<()> {
     anyhow::ensure!(out.status.success(), "ca init: {}", String::from_utf8_lossy(&out.stderr));
     let (d, m) = (ca_dir.to_str().unwrap_or(STATE).to_string(), manifests.to_str().unwrap_or(STATE).to_string());
     let ns: Vec<String> = tb.nodes.iter().map(|n| n.ns.name().to_string()).collect();
-    spawn_bg(
-        &ns[0],
-        zt,
-        &[
-            "ca",
-            "serve",
-            "--dir",
-            &d,
-            "--local",
-            &m,
-            "--listen",
-            CA_ADDR,
-            "--admin",
-            "127.0.0.1:15022",
-            "--poll-ms",
-            "200",
-        ],
-        &state.join("ca.log"),
-    )?;
+    let ca_args = ca_serve_args(&d, &m);
+    spawn_bg(&ns[0], zt, &ca_args.iter().map(String::as_str).collect::<Vec<_>>(), &state.join("ca.log"))?;
     let bpf = state.join("bpf");
     fs::create_dir_all(&bpf)?;
     let _ = Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&bpf).status();
     for (i, node) in nodes.iter().enumerate() {
         let flows = state.join(format!("{node}.flows.jsonl"));
         let pins = bpf.join(node);
-        spawn_bg(
-            &ns[i],
-            zt,
-            &[
-                "run",
-                "--local",
-                &m,
-                "--node",
-                node,
-                "--bpffs",
-                pins.to_str().unwrap_or(STATE),
-                "--flow-log",
-                flows.to_str().unwrap_or(STATE),
-                "--ca-address",
-                CA_ADDR,
-                "--ca-bundle",
-                &format!("{d}/bundle.pem"),
-                "--ca-token",
-                &format!("{d}/tokens/{node}"),
-                "--hbone",
-                &format!("192.168.100.{}:15008", i + 1),
-                "--transparent",
-            ],
-            &state.join(format!("{node}.log")),
-        )?;
+        let args = mesh_agent_args(&m, node, i, &d, pins.to_str(), flows.to_str().unwrap_or(STATE));
+        spawn_bg(&ns[i], zt, &args.iter().map(String::as_str).collect::<Vec<_>>(), &state.join(format!("{node}.log")))?;
     }
-    let ready =
-        wait(Duration::from_secs(60), || (0..2).all(|i| admin(&ns[i], 15021, "/ready").starts_with("HTTP/1.0 200")));
+    let ready = until(Duration::from_secs(60), || {
+        (0..2).all(|i| admin_get(&ns[i], 15021, "/ready").starts_with("HTTP/1.0 200"))
+    });
     anyhow::ensure!(ready, "agents not ready; see {STATE}/node-*.log");
     for (i, node) in nodes.iter().enumerate() {
-        let dump = admin(&ns[i], 15021, "/config_dump");
+        let dump = admin_get(&ns[i], 15021, "/config_dump");
         let n = dump.matches("\"serial\"").count();
         println!("  {node}: ready, {n} workload certificate(s)   logs {STATE}/{node}.log");
     }
@@ -484,7 +423,7 @@ fn rotation(tb: &Testbed, zt: &Path, ns: &[String], ca_dir: &str) -> anyhow::Res
     println!("  (policies removed again so the transfer path is open)");
     std::thread::sleep(Duration::from_millis(1500));
     let serial = |i: usize| -> String {
-        let dump = admin(&ns[i], 15021, "/config_dump");
+        let dump = admin_get(&ns[i], 15021, "/config_dump");
         dump.split("spiffe://cluster.local/ns/default/sa/bookstore")
             .nth(1)
             .and_then(|r| r.split("\"serial\": \"").nth(1))
@@ -525,7 +464,7 @@ fn rotation(tb: &Testbed, zt: &Path, ns: &[String], ca_dir: &str) -> anyhow::Res
         let text = String::from_utf8_lossy(&out.stdout);
         println!("  $ ztunnel ca rotate {:<18} {}", step.join(" "), text.lines().next().unwrap_or(""));
     }
-    let renewed = wait(Duration::from_secs(20), || serial(1) != before);
+    let renewed = until(Duration::from_secs(20), || serial(1) != before);
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     let ok = transfer.join().unwrap_or(false);

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use testbed::cluster::{Proc, admin_get, spawn_in, until, ztunnel_bin};
+use testbed::cluster::{Proc, admin_get, ca_serve_args, mesh_agent_args, spawn_args, until, ztunnel_bin};
 use testbed::perf::{conns_per_sec, cpu_seconds, iperf, rr, rss_mib, wrk};
 use testbed::{Testbed, require_root};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -109,29 +109,9 @@ impl Mesh<'_> {
         let nodes = ["node-1", "node-2"];
         let agents = (0..2)
             .map(|i| {
-                spawn_in(
+                spawn_args(
                     &self.ns[i],
-                    &[
-                        "run",
-                        "--local",
-                        &self.m,
-                        "--node",
-                        nodes[i],
-                        "--no-pin",
-                        "--poll-ms",
-                        "200",
-                        "--flow-log",
-                        "/dev/null",
-                        "--ca-address",
-                        "192.168.100.1:15012",
-                        "--ca-bundle",
-                        &format!("{}/bundle.pem", self.d),
-                        "--ca-token",
-                        &format!("{}/tokens/{}", self.d, nodes[i]),
-                        "--hbone",
-                        &format!("192.168.100.{}:15008", i + 1),
-                        "--transparent",
-                    ],
+                    &mesh_agent_args(&self.m, nodes[i], i, &self.d, None, "/dev/null"),
                     &self.root.join(format!("{}.log", nodes[i])),
                 )
             })
@@ -224,22 +204,7 @@ fn main() -> anyhow::Result<()> {
         .output()?;
     anyhow::ensure!(out.status.success(), "ca init: {}", String::from_utf8_lossy(&out.stderr));
     let mesh = Mesh { ns: &ns, m: manifests.display().to_string(), d: ca_dir.display().to_string(), root };
-    let _ca = spawn_in(
-        &ns[0],
-        &[
-            "ca",
-            "serve",
-            "--dir",
-            &mesh.d,
-            "--local",
-            &mesh.m,
-            "--listen",
-            "192.168.100.1:15012",
-            "--admin",
-            "127.0.0.1:15022",
-        ],
-        &root.join("ca.log"),
-    )?;
+    let _ca = spawn_args(&ns[0], &ca_serve_args(&mesh.d, &mesh.m), &root.join("ca.log"))?;
 
     let rounds: usize = std::env::var("ZT_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
     let (mut direct, mut meshed) = (Vec::new(), Vec::new());
