@@ -156,3 +156,61 @@ pub fn spawn_args(ns: &str, args: &[String], log: &Path) -> anyhow::Result<Proc>
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     spawn_in(ns, &refs, log)
 }
+
+/// A manifest directory `root/manifests` holding the example workload
+/// (namespaces, nodes, pods of `deploy/examples/workload`).
+pub fn example_manifests(root: &Path) -> anyhow::Result<PathBuf> {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/workload");
+    let manifests = root.join("manifests");
+    fs::create_dir_all(&manifests)?;
+    for f in ["namespaces.yaml", "nodes.yaml", "pods.yaml"] {
+        fs::copy(examples.join(f), manifests.join(f))?;
+    }
+    Ok(manifests)
+}
+
+/// `ztunnel ca init` in `ca_dir` with tokens for node-1 and node-2, plus
+/// `extra` arguments.
+pub fn ca_init(ca_dir: &Path, extra: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(ztunnel_bin())
+        .args(["ca", "init", "--dir"])
+        .arg(ca_dir)
+        .args(["--node", "node-1", "--node", "node-2"])
+        .args(extra)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "ca init: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// A `tcpdump` capture of one interface inside a namespace.
+#[derive(Debug)]
+pub struct LinkCapture {
+    child: Child,
+    path: PathBuf,
+}
+
+impl LinkCapture {
+    /// Starts capturing `iface` in `ns` into `path` (and waits a moment so
+    /// the capture is live).
+    pub fn start(ns: &str, iface: &str, path: &Path) -> anyhow::Result<Self> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "tcpdump", "-i", iface, "-U", "-s", "0", "-w"])
+            .arg(path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        std::thread::sleep(Duration::from_millis(800));
+        Ok(Self { child, path: path.to_path_buf() })
+    }
+
+    /// Stops the capture; returns the raw capture file and `tcpdump -nn -r`
+    /// of it.
+    pub fn stop(mut self) -> anyhow::Result<(Vec<u8>, String)> {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+        let raw = fs::read(&self.path)?;
+        let summary = Command::new("tcpdump").args(["-nn", "-r"]).arg(&self.path).output()?;
+        Ok((raw, String::from_utf8_lossy(&summary.stdout).into_owned()))
+    }
+}

@@ -5,7 +5,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
-use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
@@ -15,7 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use testbed::cluster::{
-    Proc, admin_get, ca_serve_args, mesh_agent_args, serial_in_dump, spawn_args, until, ztunnel_bin,
+    Proc, admin_get, ca_init, ca_serve_args, example_manifests, mesh_agent_args, serial_in_dump, spawn_args, until,
+    ztunnel_bin,
 };
 use testbed::netns::run_in;
 use testbed::{Testbed, probe, require_root};
@@ -37,12 +37,7 @@ fn full_rotation_and_ca_outage_under_continuous_connections() {
     }
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let manifests = root.join("manifests");
-    fs::create_dir(&manifests).unwrap();
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/workload");
-    for f in ["namespaces.yaml", "nodes.yaml", "pods.yaml"] {
-        fs::copy(examples.join(f), manifests.join(f)).unwrap();
-    }
+    let manifests = example_manifests(root).unwrap();
     let nodes = ["node-1", "node-2"];
     let mut tb = Testbed::new(&nodes).unwrap();
     let api_ip = Ipv4Addr::new(10, 244, 1, 10);
@@ -55,14 +50,7 @@ fn full_rotation_and_ca_outage_under_continuous_connections() {
     // Leaves live 10 s (renewed every ~5 s); a new root must be trusted for
     // 1 s before it signs; retire waits for the old leaves to expire.
     let ca_dir = root.join("ca");
-    let out = Command::new(ztunnel_bin())
-        .args(["ca", "init", "--dir"])
-        .arg(&ca_dir)
-        .args(["--node", "node-1", "--node", "node-2", "--max-ttl-secs", "10", "--default-ttl-secs", "10"])
-        .args(["--min-propagation-secs", "1"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    ca_init(&ca_dir, &["--max-ttl-secs", "10", "--default-ttl-secs", "10", "--min-propagation-secs", "1"]).unwrap();
     let (d, m) = (ca_dir.to_str().unwrap().to_string(), manifests.to_str().unwrap().to_string());
     let mut ca = Some(start_ca(&ns[0], &d, &m, &root.join("ca.log")));
     let _agents: Vec<Proc> = (0..2)

@@ -9,19 +9,15 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use testbed::cluster::{
-    BpfFs, Proc, admin_get, ca_serve_args, mesh_agent_args, serial_in_dump, spawn_args, until, ztunnel_bin,
+    BpfFs, LinkCapture, Proc, admin_get, ca_init, ca_serve_args, example_manifests, mesh_agent_args, serial_in_dump,
+    spawn_args, until, ztunnel_bin,
 };
 use testbed::netns::run_in;
 use testbed::{Testbed, probe, require_root};
-
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples")
-}
 
 /// A server in the pod that answers each connection with the address it
 /// sees the client at, then echoes.
@@ -73,11 +69,7 @@ fn cross_node_pod_traffic_is_mutual_tls_with_real_source_and_port_policy() {
     }
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let manifests = root.join("manifests");
-    fs::create_dir(&manifests).unwrap();
-    for f in ["namespaces.yaml", "nodes.yaml", "pods.yaml"] {
-        fs::copy(examples().join("workload").join(f), manifests.join(f)).unwrap();
-    }
+    let manifests = example_manifests(root).unwrap();
     let nodes = ["node-1", "node-2"];
     let mut tb = Testbed::new(&nodes).unwrap();
     let api_ip = Ipv4Addr::new(10, 244, 1, 10);
@@ -92,13 +84,7 @@ fn cross_node_pod_traffic_is_mutual_tls_with_real_source_and_port_policy() {
 
     // The CA, on node-1's link address.
     let ca_dir = root.join("ca");
-    let out = Command::new(ztunnel_bin())
-        .args(["ca", "init", "--dir"])
-        .arg(&ca_dir)
-        .args(["--node", "node-1", "--node", "node-2"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ca_init(&ca_dir, &[]).unwrap();
     let d = ca_dir.to_str().unwrap();
     let m = manifests.to_str().unwrap();
     let _ca = spawn_args(&ns[0], &ca_serve_args(d, m), &root.join("ca.log")).unwrap();
@@ -121,30 +107,18 @@ fn cross_node_pod_traffic_is_mutual_tls_with_real_source_and_port_policy() {
 
     // Capture the node-to-node link while a connection crosses it.
     let pcap = root.join("link.pcap");
-    let mut tcpdump = Command::new("ip")
-        .args(["netns", "exec", &ns[0], "tcpdump", "-i", "zt-link0", "-U", "-s", "0", "-w"])
-        .arg(&pcap)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
+    let capture = LinkCapture::start(&ns[0], "zt-link0", &pcap).unwrap();
     let front = tb.pod("default/frontend").unwrap().ns.name().to_string();
     let seen = converse(&front, SocketAddr::from((api_ip, 9000)), MARKER);
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = Command::new("kill").args(["-INT", &tcpdump.id().to_string()]).status();
-    let _ = tcpdump.wait();
+    let (captured, summary) = capture.stop().unwrap();
     assert_eq!(
         seen.as_deref(),
         Some(front_ip.to_string().as_str()),
         "destination saw the real source address\n{}",
         logs()
     );
-    let captured = fs::read(&pcap).unwrap();
     assert!(captured.len() > 1000, "the capture saw the tunnel ({} bytes)", captured.len());
     assert!(!captured.windows(MARKER.len()).any(|w| w == MARKER), "payload crossed the link in plaintext");
-    let summary = Command::new("tcpdump").args(["-nn", "-r"]).arg(&pcap).output().unwrap();
-    let summary = String::from_utf8_lossy(&summary.stdout);
     assert!(summary.contains(".15008"), "traffic went through HBONE port 15008:\n{summary}");
     assert!(!summary.contains(&format!("{api_ip}.9000")), "no direct pod-to-pod packets on the link:\n{summary}");
 
@@ -268,11 +242,7 @@ fn a_killed_agent_fails_closed_and_a_restarted_one_resumes() {
     }
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let manifests = root.join("manifests");
-    fs::create_dir(&manifests).unwrap();
-    for f in ["namespaces.yaml", "nodes.yaml", "pods.yaml"] {
-        fs::copy(examples().join("workload").join(f), manifests.join(f)).unwrap();
-    }
+    let manifests = example_manifests(root).unwrap();
     let bpffs = BpfFs::mount(&root.join("bpf")).unwrap();
     let nodes = ["node-1", "node-2"];
     let mut tb = Testbed::new(&nodes).unwrap();
@@ -285,13 +255,7 @@ fn a_killed_agent_fails_closed_and_a_restarted_one_resumes() {
     }
     let ns: Vec<String> = tb.nodes.iter().map(|n| n.ns.name().to_string()).collect();
     let ca_dir = root.join("ca");
-    let out = Command::new(ztunnel_bin())
-        .args(["ca", "init", "--dir"])
-        .arg(&ca_dir)
-        .args(["--node", "node-1", "--node", "node-2"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    ca_init(&ca_dir, &[]).unwrap();
     let (d, m) = (ca_dir.to_str().unwrap().to_string(), manifests.to_str().unwrap().to_string());
     let _ca = spawn_args(&ns[0], &ca_serve_args(&d, &m), &root.join("ca.log")).unwrap();
     let start = |i: usize| -> Proc {
@@ -321,24 +285,14 @@ fn a_killed_agent_fails_closed_and_a_restarted_one_resumes() {
     // kill -9 the source node's agent: pod TCP that needs its proxy fails
     // closed, and nothing crosses the link in clear.
     let pcap = root.join("down.pcap");
-    let mut tcpdump = Command::new("ip")
-        .args(["netns", "exec", &ns[0], "tcpdump", "-i", "zt-link0", "-U", "-s", "0", "-w"])
-        .arg(&pcap)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let capture = LinkCapture::start(&ns[0], "zt-link0", &pcap).unwrap();
     let _ = agents[1].0.kill();
     let _ = agents[1].0.wait();
     std::thread::sleep(Duration::from_millis(800));
     for _ in 0..3 {
         assert!(!probe::tcp(&front, api), "a connection got through with node-2's proxy down");
     }
-    std::thread::sleep(Duration::from_millis(300));
-    let _ = Command::new("kill").args(["-INT", &tcpdump.id().to_string()]).status();
-    let _ = tcpdump.wait();
-    let summary = Command::new("tcpdump").args(["-nn", "-r"]).arg(&pcap).output().unwrap();
-    let summary = String::from_utf8_lossy(&summary.stdout);
+    let (_, summary) = capture.stop().unwrap();
     assert!(!summary.contains(&format!("> {api_ip}.80")), "plaintext SYN on the link with the proxy down:\n{summary}");
     // Node-1 is unaffected: its own pods still reach each other.
     assert!(probe::tcp(&db, api), "node-1 traffic broke when node-2's agent died");

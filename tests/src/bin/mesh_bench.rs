@@ -13,7 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use testbed::cluster::{Proc, admin_get, ca_serve_args, mesh_agent_args, spawn_args, until, ztunnel_bin};
+use testbed::cluster::{
+    Proc, admin_get, ca_init, ca_serve_args, example_manifests, mesh_agent_args, spawn_args, until,
+};
 use testbed::perf::{conns_per_sec, cpu_seconds, iperf, rr, rss_mib, wrk};
 use testbed::{Testbed, require_root};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -155,12 +157,7 @@ fn main() -> anyhow::Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let root = dir.path();
-    let manifests = root.join("manifests");
-    std::fs::create_dir(&manifests)?;
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/workload");
-    for f in ["namespaces.yaml", "nodes.yaml", "pods.yaml"] {
-        std::fs::copy(examples.join(f), manifests.join(f))?;
-    }
+    let manifests = example_manifests(root)?;
     let (server_ip, client_ip) = (Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 2, 10));
     let mut tb = Testbed::new(&["node-1", "node-2"])?;
     tb.add_pod("default/apiserver", 0, server_ip)?;
@@ -197,12 +194,7 @@ fn main() -> anyhow::Result<()> {
 
     let ns: Vec<String> = tb.nodes.iter().map(|n| n.ns.name().to_string()).collect();
     let ca_dir = root.join("ca");
-    let out = Command::new(ztunnel_bin())
-        .args(["ca", "init", "--dir"])
-        .arg(&ca_dir)
-        .args(["--node", "node-1", "--node", "node-2"])
-        .output()?;
-    anyhow::ensure!(out.status.success(), "ca init: {}", String::from_utf8_lossy(&out.stderr));
+    ca_init(&ca_dir, &[])?;
     let mesh = Mesh { ns: &ns, m: manifests.display().to_string(), d: ca_dir.display().to_string(), root };
     let _ca = spawn_args(&ns[0], &ca_serve_args(&mesh.d, &mesh.m), &root.join("ca.log"))?;
 
