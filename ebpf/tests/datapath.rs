@@ -14,38 +14,16 @@ use std::fs;
 use std::net::IpAddr;
 use std::path::Path;
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
-use policy::compile::{Compiler, Scope, Tables};
+use policy::compile::{Compiler, Scope};
 use policy::eval::evaluate_packet;
 use policy::manifest::parse_str;
 use policy::{Cluster, Direction, Protocol};
-use zt_ebpf::loader::{AyaMaps, MapWriter, apply_diff};
+use zt_ebpf::loader::{MapWriter, apply_diff};
 use zt_ebpf::maps;
 
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-/// BPF_PROG_TEST_RUN runs skb programs on the loopback device.
-const TEST_IFINDEX: u32 = 1;
+mod common;
 
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
-        .unwrap_or(false)
-}
-
-/// Returns false (after saying so) when the test cannot run here.
-fn privileged(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    let msg = format!("SKIPPED {test}: needs root to load BPF programs");
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{msg} (CI=true turns this skip into a failure)");
-    }
-    eprintln!("{msg}");
-    false
-}
+use common::*;
 
 fn example_cluster() -> Cluster {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
@@ -60,100 +38,6 @@ fn example_cluster() -> Cluster {
         }
     }
     Cluster::from_objects(objects)
-}
-
-/// Ethernet + IP + the first bytes of the L4 header (ports, or ICMP type).
-fn packet(src: IpAddr, dst: IpAddr, proto: Protocol, dport: u16) -> Vec<u8> {
-    let mut p = vec![0u8; 12]; // MACs
-    let l4: Vec<u8> = match proto {
-        Protocol::Tcp | Protocol::Udp | Protocol::Sctp => {
-            let mut h = vec![0u8; 20];
-            h[0..2].copy_from_slice(&40000u16.to_be_bytes());
-            h[2..4].copy_from_slice(&dport.to_be_bytes());
-            if proto == Protocol::Tcp {
-                h[12] = 0x50;
-                h[13] = 0x02; // SYN
-            }
-            h
-        }
-        Protocol::Icmp => vec![8, 0, 0, 0, 0, 0, 0, 0], // echo request
-        Protocol::Icmpv6 => vec![128, 0, 0, 0, 0, 0, 0, 0], // echo request
-        Protocol::Other(_) => vec![0; 8],
-    };
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            p.extend_from_slice(&0x0800u16.to_be_bytes());
-            let total = (20 + l4.len()) as u16;
-            let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, proto.number(), 0, 0];
-            ip[2..4].copy_from_slice(&total.to_be_bytes());
-            ip.extend_from_slice(&s.octets());
-            ip.extend_from_slice(&d.octets());
-            p.extend_from_slice(&ip);
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            p.extend_from_slice(&0x86ddu16.to_be_bytes());
-            let mut ip = vec![0x60, 0, 0, 0];
-            ip.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-            ip.push(proto.number());
-            ip.push(64);
-            ip.extend_from_slice(&s.octets());
-            ip.extend_from_slice(&d.octets());
-            p.extend_from_slice(&ip);
-        }
-        _ => panic!("mixed families"),
-    }
-    p.extend_from_slice(&l4);
-    p
-}
-
-struct Datapath {
-    bpf: aya::Ebpf,
-    maps: AyaMaps,
-}
-
-fn load(tables: &Tables) -> Datapath {
-    let mut bpf = aya::Ebpf::load(zt_ebpf::OBJECT).expect("load object");
-    for name in [zt_ebpf::programs::FROM_POD, zt_ebpf::programs::TO_POD] {
-        let p: &mut SchedClassifier =
-            bpf.program_mut(name).unwrap_or_else(|| panic!("program {name}")).try_into().unwrap();
-        p.load().unwrap_or_else(|e| panic!("verifier rejected {name}: {e}"));
-    }
-    let mut maps = AyaMaps::take(&mut bpf).unwrap();
-    let diff = policy::compile::diff_tables(&Tables::default(), tables);
-    apply_diff(&mut maps, &diff, &|_| None, &|_| None).unwrap();
-    Datapath { bpf, maps }
-}
-
-impl Datapath {
-    /// Forgets every tracked connection.
-    fn clear_ct(&mut self) {
-        let mut ct: aya::maps::HashMap<_, maps::ZtCtKey, maps::ZtCtValue> =
-            aya::maps::HashMap::try_from(self.bpf.map_mut(zt_ebpf::map_names::CT).unwrap()).unwrap();
-        let keys: Vec<maps::ZtCtKey> = ct.keys().map(|k| k.unwrap()).collect();
-        for k in keys {
-            ct.remove(&k).unwrap();
-        }
-    }
-
-    /// Runs one program for `endpoint` (mapped to the test interface) on
-    /// the first packet of a flow (no tracked connections).
-    fn run(&mut self, tables: &Tables, endpoint: u32, dir: Direction, pkt: &[u8]) -> u32 {
-        self.clear_ct();
-        let info = &tables.endpoints[&endpoint];
-        self.maps.put_endpoint(TEST_IFINDEX, maps::endpoint(endpoint, info)).unwrap();
-        self.test_run(dir, pkt)
-    }
-
-    /// Runs one program on a packet with the maps as they are.
-    fn test_run(&self, dir: Direction, pkt: &[u8]) -> u32 {
-        let name = match dir {
-            Direction::Egress => zt_ebpf::programs::FROM_POD,
-            Direction::Ingress => zt_ebpf::programs::TO_POD,
-        };
-        let prog: &SchedClassifier = self.bpf.program(name).unwrap().try_into().unwrap();
-        let opts = TestRunOptions { data_in: Some(pkt), ..TestRunOptions::default() };
-        prog.test_run(opts).unwrap().return_value
-    }
 }
 
 #[test]
