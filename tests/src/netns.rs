@@ -127,6 +127,8 @@ pub struct Testbed {
     pub nodes: Vec<NodeNs>,
     /// An "external" host outside the cluster, attached to the first node.
     pub external: Option<PodNs>,
+    /// Whether the nodes have IPv6 on their link.
+    v6: bool,
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -145,7 +147,7 @@ impl Testbed {
     /// so a later run can find and remove it).
     pub fn with_prefix(prefix: &str, node_names: &[&str]) -> anyhow::Result<Self> {
         let prefix = prefix.to_string();
-        let mut tb = Testbed { prefix: prefix.clone(), pods: Vec::new(), nodes: Vec::new(), external: None };
+        let mut tb = Testbed { prefix: prefix.clone(), pods: Vec::new(), nodes: Vec::new(), external: None, v6: false };
         for (i, name) in node_names.iter().enumerate() {
             let ns = Netns::create(&format!("{prefix}-n{i}"))?;
             ns.sysctl("net.ipv4.ip_forward", "1")?;
@@ -187,6 +189,57 @@ impl Testbed {
     /// the host side), and the node routes `ip/32` to the veth.
     pub fn add_pod(&mut self, key: &str, node: usize, ip: std::net::Ipv4Addr) -> anyhow::Result<&PodNs> {
         let pod = self.make_pod(key, node, ip)?;
+        self.pods.push(pod);
+        self.pods.last().context("just pushed")
+    }
+
+    /// Adds a dual-stack pod: like [`Testbed::add_pod`], plus `ip6`/128 on
+    /// `eth0` with a default route via the link-local gateway `fe80::1`
+    /// (held by the host-side veth) and the node routing `ip6`/128 to the
+    /// veth. The first call gives the nodes IPv6 on their link
+    /// (fd00:100::<n>/64) and routes to each other's pods' /128s.
+    pub fn add_pod_dual(
+        &mut self,
+        key: &str,
+        node: usize,
+        ip: std::net::Ipv4Addr,
+        ip6: std::net::Ipv6Addr,
+    ) -> anyhow::Result<&PodNs> {
+        if !self.v6 {
+            for (i, n) in self.nodes.iter().enumerate() {
+                n.ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+                n.ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+                n.ns.ip(&[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("fd00:100::{}/64", i + 1),
+                    "dev",
+                    &format!("zt-link{i}"),
+                    "nodad",
+                ])?;
+            }
+            self.v6 = true;
+        }
+        let pod = self.make_pod(key, node, ip)?;
+        pod.ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+        pod.ns.ip(&["-6", "addr", "add", &format!("{ip6}/128"), "dev", "eth0", "nodad"])?;
+        let node_ns = &self.nodes[node].ns;
+        node_ns.ip(&["-6", "addr", "add", "fe80::1/64", "dev", &pod.host_if, "nodad"])?;
+        pod.ns.ip(&["-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0"])?;
+        node_ns.ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", &pod.host_if])?;
+        for (i, other) in self.nodes.iter().enumerate() {
+            if i != node {
+                other.ns.ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    &format!("{ip6}/128"),
+                    "via",
+                    &format!("fd00:100::{}", node + 1),
+                ])?;
+            }
+        }
         self.pods.push(pod);
         self.pods.last().context("just pushed")
     }

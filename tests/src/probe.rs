@@ -59,7 +59,8 @@ pub fn tcp(ns: &str, to: SocketAddr) -> bool {
 /// Whether a UDP datagram from namespace `ns` to `to` gets its echo back.
 pub fn udp(ns: &str, to: SocketAddr) -> bool {
     run_in(ns, move || {
-        let Ok(s) = UdpSocket::bind("0.0.0.0:0") else {
+        let local = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        let Ok(s) = UdpSocket::bind(local) else {
             return false;
         };
         let _ = s.set_read_timeout(Some(PROBE_TIMEOUT));
