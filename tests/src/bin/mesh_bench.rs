@@ -84,6 +84,24 @@ struct Measured {
 
 fn measure(client: &str, server: Ipv4Addr, agents: &[u32]) -> anyhow::Result<Measured> {
     let echo = SocketAddr::from((server, 80));
+    // ZT_BENCH_ONLY=cps (or rr): one measurement, for profiling.
+    if let Ok(only) = std::env::var("ZT_BENCH_ONLY") {
+        let mut m = Measured {
+            single: 1.0,
+            multi: 1.0,
+            p50: Duration::from_micros(1),
+            p99: Duration::from_micros(1),
+            http: 1.0,
+            cps: 1.0,
+            cpu: 0.0,
+        };
+        match only.as_str() {
+            "cps" => m.cps = conns_per_sec(client, echo, 10.0)?,
+            "rr" => (m.p50, m.p99) = rr(client, echo, 200_000)?,
+            _ => m.single = iperf(client, server, 1)?,
+        }
+        return Ok(m);
+    }
     let cpu0: f64 = agents.iter().filter_map(|p| cpu_seconds(*p)).sum();
     let t = Instant::now();
     let single = iperf(client, server, 1).context("iperf3, 1 stream")?;

@@ -199,51 +199,51 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Local mode: a directory of Kubernetes manifests, watched for changes.
-    #[arg(long = "local", value_name = "DIR")]
+    #[arg(long = "local", value_name = "DIR", env = "ZTUNNEL_LOCAL")]
     pub local: PathBuf,
     /// This node's name.
-    #[arg(long)]
+    #[arg(long, env = "ZTUNNEL_NODE")]
     pub node: String,
     /// Write the JSON flow log here (default: stdout).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "ZTUNNEL_FLOW_LOG")]
     pub flow_log: Option<PathBuf>,
     /// How often to look for manifest changes, in milliseconds.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, env = "ZTUNNEL_POLL_MS")]
     pub poll_ms: u64,
     /// Pin maps and program links in this bpffs directory so enforcement
     /// survives agent restarts (default: /sys/fs/bpf/ztunnel/NODE).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "ZTUNNEL_BPFFS")]
     pub bpffs: Option<PathBuf>,
     /// Do not pin: programs are detached when the agent exits.
     #[arg(long, conflicts_with = "bpffs")]
     pub no_pin: bool,
     /// Admin endpoint address (`/ready`, `/metrics`).
-    #[arg(long, default_value = "127.0.0.1:15021")]
+    #[arg(long, default_value = "127.0.0.1:15021", env = "ZTUNNEL_ADMIN")]
     pub admin: std::net::SocketAddr,
     /// CA API address: enables the mTLS side (workload certificates and the
     /// HBONE listener).
-    #[arg(long, value_name = "HOST:PORT", requires_all = ["ca_bundle", "ca_token"])]
+    #[arg(long, value_name = "HOST:PORT", requires_all = ["ca_bundle", "ca_token"], env = "ZTUNNEL_CA_ADDRESS")]
     pub ca_address: Option<String>,
     /// Name in the CA's certificate.
-    #[arg(long, default_value = "localhost")]
+    #[arg(long, default_value = "localhost", env = "ZTUNNEL_CA_SERVER_NAME")]
     pub ca_server_name: String,
     /// Bootstrap trust bundle (the CA directory's bundle.pem).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "ZTUNNEL_CA_BUNDLE")]
     pub ca_bundle: Option<PathBuf>,
     /// This node's CA token file.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "ZTUNNEL_CA_TOKEN")]
     pub ca_token: Option<PathBuf>,
     /// Trust domain of workload identities.
-    #[arg(long, default_value = "cluster.local")]
+    #[arg(long, default_value = "cluster.local", env = "ZTUNNEL_TRUST_DOMAIN")]
     pub trust_domain: String,
     /// HBONE listen address.
-    #[arg(long, default_value = "0.0.0.0:15008")]
+    #[arg(long, default_value = "0.0.0.0:15008", env = "ZTUNNEL_HBONE")]
     pub hbone: std::net::SocketAddr,
     /// Connect to pods from the original source address (IP_TRANSPARENT).
     #[arg(long)]
     pub transparent: bool,
     /// Capture listener (IPv4) the datapath steers pod-to-pod TCP to.
-    #[arg(long, default_value = "127.0.0.1:15001")]
+    #[arg(long, default_value = "127.0.0.1:15001", env = "ZTUNNEL_CAPTURE")]
     pub capture: std::net::SocketAddrV4,
     /// Do not steer pod TCP into the proxy (serve inbound tunnels only).
     #[arg(long)]

@@ -120,7 +120,7 @@ impl Capture {
         let peer = SocketAddr::new(node_ip, self.hbone_port);
         match self.outbound.connect(&src_id, src, &dst_id, dst, peer).await {
             Ok(mut tunnel) => {
-                info!(source_identity = %src_id, destination_identity = %dst_id, %peer, "tunnel open");
+                debug!(source_identity = %src_id, destination_identity = %dst_id, %peer, "tunnel open");
                 let labels = ConnLabels {
                     direction: "outbound",
                     source_identity: src_id.to_string(),
@@ -133,7 +133,7 @@ impl Capture {
                 match super::copy::bidirectional(&mut tcp, &mut tunnel).await {
                     Ok((a, b)) => {
                         (tx, rx) = (a, b);
-                        info!(bytes_sent = tx, bytes_received = rx, "tunnel closed");
+                        info!(source_identity = %src_id, destination_identity = %dst_id, bytes_sent = tx, bytes_received = rx, "tunnel closed");
                     }
                     Err(e) => debug!(error = %e, "tunnel ended with an error"),
                 }
