@@ -118,7 +118,10 @@ impl Capture {
             return reset(tcp);
         };
         let peer = SocketAddr::new(node_ip, self.hbone_port);
-        match self.outbound.connect(&src_id, src, &dst_id, dst, peer).await {
+        // Boxed: the connect future (TLS handshake state of a new pooled
+        // connection) is large and would otherwise stay allocated inside
+        // this task for the whole life of the tunnel.
+        match Box::pin(self.outbound.connect(&src_id, src, &dst_id, dst, peer)).await {
             Ok(mut tunnel) => {
                 debug!(source_identity = %src_id, destination_identity = %dst_id, %peer, "tunnel open");
                 let labels = ConnLabels {
