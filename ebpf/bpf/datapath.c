@@ -438,7 +438,12 @@ static __always_inline int decide_packet(struct __sk_buff *skb, __u8 dir, struct
 	}
 	if (ct && !(f.tcp_syn_only && !reply)) {
 		if (ct->epoch == epoch) {
-			ct->last_seen_ns = now;
+			/* Refresh the idle clock at most every 100 ms: a write per
+			 * packet would bounce the entry's cache line between the
+			 * CPUs of the two directions for nothing (timeouts are
+			 * tens of seconds). */
+			if (now - ct->last_seen_ns > 100000000ULL)
+				ct->last_seen_ns = now;
 			count(dir, 1, skb->len);
 			return TC_ACT_OK;
 		}
