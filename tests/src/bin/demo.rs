@@ -247,7 +247,7 @@ fn encryption_proof(tb: &Testbed, ns: &[String], state: &Path) -> anyhow::Result
         if echoed == Some(true) { paint("ok", "32") } else { paint("FAILED", "31") }
     );
     let log = fs::read_to_string(state.join("node-1.log")).unwrap_or_default();
-    if let Some(line) = log.lines().rev().find(|l| l.contains("tunnel open") && l.contains(&front.ip.to_string())) {
+    if let Some(line) = log.lines().rev().find(|l| l.contains("tunnel closed") && l.contains(&front.ip.to_string())) {
         let id = line.split("peer_identity=").nth(1).and_then(|r| r.split(['}', ' ']).next()).unwrap_or("?");
         println!("  node-1 proxy accepted the tunnel from {} (source {})", paint(id, "36"), front.ip);
     }

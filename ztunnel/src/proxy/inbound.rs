@@ -316,7 +316,7 @@ impl Inbound {
                 }
                 .in_current_span(),
             );
-            info!(target = %target.name, "tunnel open");
+            debug!(target = %target.name, "tunnel open");
             status(StatusCode::OK)
         }
         .instrument(span)
