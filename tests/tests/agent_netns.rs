@@ -62,6 +62,19 @@ fn start_agent(ns: &str, dir: &Path, node: &str, log: &Path, pins: Option<&Path>
     Agent(child)
 }
 
+/// One agent per node of `tb` (programs tied to the process), flow logs in
+/// `dir`; returns the agents and their flow-log paths (stderr beside them).
+fn start_agents(tb: &Testbed, manifests: &Path, dir: &Path) -> (Vec<Agent>, Vec<PathBuf>) {
+    let logs: Vec<PathBuf> = tb.nodes.iter().map(|n| dir.join(format!("{}.flows.jsonl", n.name))).collect();
+    let agents = tb
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| start_agent(n.ns.name(), manifests, &n.name, &logs[i], None))
+        .collect();
+    (agents, logs)
+}
+
 fn copy(from: &Path, to: &Path) {
     fs::copy(from, to).unwrap();
 }
@@ -109,12 +122,7 @@ fn agent_enforces_policy_changes_from_the_manifest_directory() {
     for p in &tb.pods {
         probe::serve(&p.ns, &[80], &[]).unwrap();
     }
-    let logs: Vec<PathBuf> = nodes.iter().map(|n| dir.path().join(format!("{n}.flows.jsonl"))).collect();
-    let _agents: Vec<Agent> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| start_agent(tb.nodes[i].ns.name(), &manifests, n, &logs[i], None))
-        .collect();
+    let (_agents, logs) = start_agents(&tb, &manifests, dir.path());
 
     // Wait until both agents have attached to their pods and synced.
     let ready = until(Duration::from_secs(20), true, || {
@@ -352,12 +360,7 @@ fn bad_input_while_running_keeps_the_last_good_state_enforced() {
     for f in ["01-default-deny.yaml", "02-allow-dns.yaml", "03-bookstore.yaml"] {
         copy(&examples().join("policies").join(f), &manifests.join(f));
     }
-    let logs: Vec<PathBuf> = nodes.iter().map(|n| dir.path().join(format!("{n}.flows.jsonl"))).collect();
-    let mut agents: Vec<Agent> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| start_agent(tb.nodes[i].ns.name(), &manifests, n, &logs[i], None))
-        .collect();
+    let (mut agents, logs) = start_agents(&tb, &manifests, dir.path());
     assert!(wait_for(&logs, "attached", 3) && wait_for(&logs, "policy synced", 2), "agents did not start");
     let api = SocketAddr::from((Ipv4Addr::new(10, 244, 1, 10), 80));
     let test = tb.pod("default/test").unwrap().ns.name().to_string();
@@ -420,12 +423,7 @@ fn a_new_pod_selected_by_a_policy_is_isolated_from_its_first_packet() {
     for p in &tb.pods {
         probe::serve(&p.ns, &[80], &[]).unwrap();
     }
-    let logs: Vec<PathBuf> = nodes.iter().map(|n| dir.path().join(format!("{n}.flows.jsonl"))).collect();
-    let _agents: Vec<Agent> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| start_agent(tb.nodes[i].ns.name(), &manifests, n, &logs[i], None))
-        .collect();
+    let (_agents, logs) = start_agents(&tb, &manifests, dir.path());
     assert!(wait_for(&logs, "attached", 1) && wait_for(&logs, "policy synced", 2), "agents did not start");
 
     // The pod is created the way Kubernetes does it: the object first (the
