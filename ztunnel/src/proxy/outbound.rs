@@ -173,14 +173,15 @@ impl Outbound {
     /// all pooled connections are full.
     async fn sender(&self, key: &Key) -> Result<(SendRequest<Empty<Bytes>>, Arc<AtomicUsize>), OutboundError> {
         let mut pool = self.pool.lock().await;
-        self.prune(&mut pool);
-        if let Some(p) = pool
-            .get(key)
-            .and_then(|conns| conns.iter().find(|p| p.streams.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION))
-        {
+        if let Some(p) = pool.get(key).and_then(|conns| {
+            conns.iter().find(|p| !p.send.is_closed() && p.streams.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION)
+        }) {
             p.streams.fetch_add(1, Ordering::Relaxed);
             return Ok((p.send.clone(), p.streams.clone()));
         }
+        // Only when a connection must be opened: sweep out closed and
+        // superseded ones (not on every tunnel).
+        self.prune(&mut pool);
         let send = self.dial(key).await?;
         let streams = Arc::new(AtomicUsize::new(1));
         pool.entry(key.clone()).or_default().push(Pooled { send: send.clone(), streams: streams.clone() });
