@@ -33,7 +33,8 @@ pub struct ObjectError {
 }
 
 impl ObjectError {
-    pub(crate) fn new(kind: &str, object: impl Into<String>, error: FieldError) -> Self {
+    /// An error in `object` of `kind`, at a field.
+    pub fn new(kind: &str, object: impl Into<String>, error: FieldError) -> Self {
         Self { kind: kind.to_string(), object: object.into(), error }
     }
 }

@@ -31,7 +31,7 @@ impl ManifestIndex {
         if !dir.is_dir() {
             anyhow::bail!("{}: not a directory of manifests", dir.display());
         }
-        let mut source = DirSource::new(&dir);
+        let mut source: DirSource = DirSource::new(&dir);
         let mut cluster = Cluster::new();
         let apply = |cluster: &mut Cluster, source: &mut DirSource| -> bool {
             let poll = source.poll();

@@ -4,6 +4,7 @@ mod agent;
 mod ca_index;
 mod cli;
 mod identity;
+mod ingress;
 mod manifests;
 mod proxy;
 

@@ -79,6 +79,18 @@ pub struct State {
     /// Workload certificates for `/config_dump` (serials and expiries,
     /// never keys), when the mTLS side runs.
     pub certs: Mutex<Option<Arc<crate::identity::SecretCache>>>,
+    /// The ingress gateway's routes for `/config_dump`, when it runs.
+    pub routes: Mutex<Option<RoutesDump>>,
+}
+
+/// Produces the ingress routes section of `/config_dump`.
+#[derive(Clone)]
+pub struct RoutesDump(pub Arc<dyn Fn() -> serde_json::Value + Send + Sync>);
+
+impl std::fmt::Debug for RoutesDump {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RoutesDump")
+    }
 }
 
 const MAX_REQUEST: usize = 8 * 1024;
@@ -147,7 +159,10 @@ fn handle(mut s: TcpStream, state: &State) -> std::io::Result<()> {
         }
         "/config_dump" => {
             let certs = state.certs.lock().ok().and_then(|c| c.clone());
+            let routes = state.routes.lock().ok().and_then(|r| r.clone()).map(|f| (f.0)());
             let body = serde_json::json!({
+                "ingress": routes,
+                "serving_certificates": certs.as_ref().map(|c| c.serving_summary()).unwrap_or_default(),
                 "secret_cache_version": certs.as_ref().map(|c| c.version()),
                 "certificates": certs.as_ref().map(|c| c.summary()).unwrap_or_default(),
                 "trust_bundle": certs.as_ref().and_then(|c| c.bundle()).map(|b| serde_json::json!({
@@ -188,8 +203,12 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let mut registry = Registry::default();
         metrics.register(&mut registry);
-        let state =
-            Arc::new(State { ready: AtomicBool::new(false), registry: Mutex::new(registry), certs: Mutex::new(None) });
+        let state = Arc::new(State {
+            ready: AtomicBool::new(false),
+            registry: Mutex::new(registry),
+            certs: Mutex::new(None),
+            routes: Mutex::new(None),
+        });
         let addr = serve("127.0.0.1:0".parse().unwrap(), state.clone()).unwrap();
         assert!(get(addr, b"GET /ready HTTP/1.1\r\n\r\n").starts_with("HTTP/1.0 503"));
         state.ready.store(true, Ordering::Relaxed);

@@ -82,6 +82,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         ready: AtomicBool::new(false),
         registry: Mutex::new(registry),
         certs: Mutex::new(None),
+        routes: Mutex::new(None),
     });
     if let Some(addr) = cfg.admin {
         let bound = admin::serve(addr, state.clone()).with_context(|| format!("--admin {addr}"))?;
@@ -113,7 +114,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         }
     };
     let stop = stop_flag()?;
-    let mut source = DirSource::new(&cfg.manifests);
+    let mut source: DirSource = DirSource::new(&cfg.manifests);
     tracing::info!(node = %cfg.node, manifests = %cfg.manifests.display(), "agent started");
     let mut last_problems: Vec<String> = Vec::new();
     loop {

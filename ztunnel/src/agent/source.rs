@@ -14,35 +14,110 @@ use policy::{ManifestError, ObjectRef};
 
 use crate::manifests::manifest_files;
 
-/// One change to apply to the cluster state.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Change {
-    /// Add or replace.
-    Apply(Object),
-    /// Remove.
-    Delete(ObjectRef),
+/// The object kinds one consumer reads from manifests: how to parse a file
+/// into them, name them, and order their changes. The node agent reads the
+/// NetworkPolicy kinds ([`PolicyKinds`]); the ingress gateway reads its own
+/// (`crate::ingress::model::GatewayKinds`). The same directory can feed both.
+pub trait Kinds {
+    /// A validated object.
+    type Object: Clone + PartialEq + std::fmt::Debug;
+    /// What identifies it (and deletes it).
+    type Ref: Ord + Clone + std::fmt::Debug;
+    /// Parses one file's text (no IO).
+    fn parse(file: &str, text: &str) -> Parsed<Self::Object>;
+    /// The object's reference.
+    fn reference(o: &Self::Object) -> Self::Ref;
+    /// `Kind namespace/name`, as the parse errors name objects.
+    fn describe(o: &Self::Object) -> String;
+    /// Apply order: lower ranks are applied first and deleted last.
+    fn rank(r: &Self::Ref) -> u8;
 }
 
-#[derive(Debug, Default)]
-struct FileState {
+/// One file parsed for a [`Kinds`].
+#[derive(Debug)]
+pub struct Parsed<O> {
+    /// Valid objects.
+    pub objects: Vec<O>,
+    /// Documents of kinds this consumer does not read
+    /// (`document N: apiVersion/kind name`).
+    pub ignored: Vec<String>,
+    /// Rejected documents.
+    pub errors: Vec<ManifestError>,
+}
+
+/// The kinds the NetworkPolicy engine reads.
+#[derive(Debug)]
+pub enum PolicyKinds {}
+
+impl Kinds for PolicyKinds {
+    type Object = Object;
+    type Ref = ObjectRef;
+
+    fn parse(file: &str, text: &str) -> Parsed<Object> {
+        let parsed = parse_str(file, text);
+        Parsed {
+            objects: parsed.objects.into_iter().map(|(_, o)| o).collect(),
+            ignored: parsed
+                .ignored
+                .iter()
+                .map(|(doc, api, kind, obj)| format!("document {doc}: {api}/{kind} {obj}"))
+                .collect(),
+            errors: parsed.errors,
+        }
+    }
+
+    fn reference(o: &Object) -> ObjectRef {
+        o.reference()
+    }
+
+    fn describe(o: &Object) -> String {
+        o.describe()
+    }
+
+    fn rank(r: &ObjectRef) -> u8 {
+        match r {
+            ObjectRef::Namespace(_) | ObjectRef::Node(_) => 0,
+            ObjectRef::Pod(_) => 1,
+            ObjectRef::NetworkPolicy(_) => 2,
+        }
+    }
+}
+
+/// One change to apply to the cluster state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change<O = Object, R = ObjectRef> {
+    /// Add or replace.
+    Apply(O),
+    /// Remove.
+    Delete(R),
+}
+
+#[derive(Debug)]
+struct FileState<K: Kinds> {
     stamp: Option<(u64, SystemTime)>,
-    objects: BTreeMap<ObjectRef, Object>,
+    objects: BTreeMap<K::Ref, K::Object>,
+}
+
+impl<K: Kinds> Default for FileState<K> {
+    fn default() -> Self {
+        Self { stamp: None, objects: BTreeMap::new() }
+    }
 }
 
 /// A polled manifest directory.
 #[derive(Debug)]
-pub struct DirSource {
+pub struct DirSource<K: Kinds = PolicyKinds> {
     dir: PathBuf,
-    files: BTreeMap<PathBuf, FileState>,
-    current: BTreeMap<ObjectRef, Object>,
+    files: BTreeMap<PathBuf, FileState<K>>,
+    current: BTreeMap<K::Ref, K::Object>,
 }
 
 /// What one poll found.
-#[derive(Debug, Default)]
-pub struct Poll {
-    /// Object changes, in a safe order (namespaces and nodes, then pods,
-    /// then policies; deletions last).
-    pub changes: Vec<Change>,
+#[derive(Debug)]
+pub struct Poll<K: Kinds = PolicyKinds> {
+    /// Object changes, in a safe order (lower [`Kinds::rank`] first, e.g.
+    /// namespaces and nodes, then pods, then policies; deletions last).
+    pub changes: Vec<Change<K::Object, K::Ref>>,
     /// Invalid documents and unreadable files met in changed files.
     pub errors: Vec<ManifestError>,
     /// Objects of kinds the agent does not use, in changed files
@@ -50,22 +125,14 @@ pub struct Poll {
     pub ignored: Vec<String>,
 }
 
-fn rank(o: &ObjectRef) -> u8 {
-    match o {
-        ObjectRef::Namespace(_) | ObjectRef::Node(_) => 0,
-        ObjectRef::Pod(_) => 1,
-        ObjectRef::NetworkPolicy(_) => 2,
-    }
-}
-
-impl DirSource {
+impl<K: Kinds> DirSource<K> {
     /// A source for `dir` (nothing read yet).
     pub fn new(dir: &Path) -> Self {
         Self { dir: dir.to_path_buf(), files: BTreeMap::new(), current: BTreeMap::new() }
     }
 
     /// Reads what changed since the last poll.
-    pub fn poll(&mut self) -> Poll {
+    pub fn poll(&mut self) -> Poll<K> {
         let mut errors = Vec::new();
         let mut ignored = Vec::new();
         let listed = match manifest_files(&self.dir) {
@@ -95,19 +162,19 @@ impl DirSource {
                     continue; // keep the file's previous objects
                 }
             };
-            let parsed = parse_str(&name, &text);
-            for (doc, api, kind, obj) in &parsed.ignored {
-                ignored.push(format!("{name}: document {doc}: {api}/{kind} {obj}"));
+            let parsed = K::parse(&name, &text);
+            for what in &parsed.ignored {
+                ignored.push(format!("{name}: {what}"));
             }
-            let mut objects: BTreeMap<ObjectRef, Object> =
-                parsed.objects.into_iter().map(|(_, o)| (o.reference(), o)).collect();
+            let mut objects: BTreeMap<K::Ref, K::Object> =
+                parsed.objects.into_iter().map(|o| (K::reference(&o), o)).collect();
             for e in &parsed.errors {
                 // Keep the last good version of an object whose document is
                 // now invalid.
                 if let ManifestError::Object { error, .. } = e {
                     let named = format!("{} {}", error.kind, error.object);
                     for (r, o) in &state.objects {
-                        if o.describe() == named && !objects.contains_key(r) {
+                        if K::describe(o) == named && !objects.contains_key(r) {
                             objects.insert(r.clone(), o.clone());
                         }
                     }
@@ -128,23 +195,23 @@ impl DirSource {
         }
 
         // The merged view: later files win for an object defined twice.
-        let mut merged: BTreeMap<ObjectRef, Object> = BTreeMap::new();
+        let mut merged: BTreeMap<K::Ref, K::Object> = BTreeMap::new();
         for state in self.files.values() {
             for (r, o) in &state.objects {
                 merged.insert(r.clone(), o.clone());
             }
         }
-        let mut applies: Vec<Change> = merged
+        let mut applies: Vec<Change<K::Object, K::Ref>> = merged
             .iter()
             .filter(|(r, o)| self.current.get(*r) != Some(*o))
             .map(|(_, o)| Change::Apply(o.clone()))
             .collect();
         applies.sort_by_key(|c| match c {
-            Change::Apply(o) => rank(&o.reference()),
-            Change::Delete(r) => rank(r),
+            Change::Apply(o) => K::rank(&K::reference(o)),
+            Change::Delete(r) => K::rank(r),
         });
-        let mut deletes: Vec<ObjectRef> = self.current.keys().filter(|r| !merged.contains_key(*r)).cloned().collect();
-        deletes.sort_by_key(|r| std::cmp::Reverse(rank(r)));
+        let mut deletes: Vec<K::Ref> = self.current.keys().filter(|r| !merged.contains_key(*r)).cloned().collect();
+        deletes.sort_by_key(|r| std::cmp::Reverse(K::rank(r)));
         applies.extend(deletes.into_iter().map(Change::Delete));
         self.current = merged;
         Poll { changes: applies, errors, ignored }
@@ -166,7 +233,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("p.yaml");
         std::fs::write(&f, np("one", "")).unwrap();
-        let mut src = DirSource::new(dir.path());
+        let mut src = DirSource::<PolicyKinds>::new(dir.path());
         let p = src.poll();
         assert_eq!(p.changes.len(), 1);
         assert!(src.poll().changes.is_empty(), "nothing changed");

@@ -52,6 +52,76 @@ pub enum Command {
     /// Operate the certificate authority: init, status, rotation, serve.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Run the Ingress TLS gateway (as a pod in the mesh).
+    Gateway(GatewayArgs),
+}
+
+/// `ztunnel gateway`
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// Local mode: a directory of Kubernetes manifests (Ingress,
+    /// IngressClass, Service, EndpointSlice, Secret), watched for changes.
+    #[arg(long = "local", value_name = "DIR", env = "ZTUNNEL_LOCAL")]
+    pub local: PathBuf,
+    /// HTTPS listener.
+    #[arg(long, default_value = "0.0.0.0:443", env = "ZTUNNEL_GATEWAY_HTTPS")]
+    pub https: std::net::SocketAddr,
+    /// Plain-HTTP listener.
+    #[arg(long, default_value = "0.0.0.0:80", env = "ZTUNNEL_GATEWAY_HTTP")]
+    pub http: std::net::SocketAddr,
+    /// No plain-HTTP listener.
+    #[arg(long)]
+    pub no_http: bool,
+    /// Serve plain HTTP for TLS hosts too, instead of redirecting to HTTPS.
+    #[arg(long)]
+    pub no_https_redirect: bool,
+    /// The HTTPS port clients see (in redirects; default: the --https port).
+    #[arg(long, value_name = "PORT")]
+    pub public_https_port: Option<u16>,
+    /// IngressClass to serve (also: classes whose controller is
+    /// `ztunnel.dev/ingress-gateway`).
+    #[arg(long, default_value = "ztunnel", env = "ZTUNNEL_INGRESS_CLASS")]
+    pub ingress_class: String,
+    /// `namespace/name` of a TLS Secret for handshakes no Ingress covers
+    /// (default: a generated self-signed certificate).
+    #[arg(long, value_name = "NS/NAME")]
+    pub default_certificate: Option<String>,
+    /// Admin endpoint (`/ready`, `/metrics`, `/config_dump`).
+    #[arg(long, default_value = "127.0.0.1:15021", env = "ZTUNNEL_ADMIN")]
+    pub admin: std::net::SocketAddr,
+    /// Access log: `stdout`, `off` or a file path.
+    #[arg(long, default_value = "stdout", env = "ZTUNNEL_ACCESS_LOG")]
+    pub access_log: String,
+    /// How often to look for manifest changes, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    pub poll_ms: u64,
+    /// Worker threads (default: one per CPU).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// TLS handshake timeout, seconds.
+    #[arg(long, default_value_t = 10)]
+    pub handshake_timeout_secs: u64,
+    /// HTTP/1 request header timeout (also idle keep-alive), seconds.
+    #[arg(long, default_value_t = 15)]
+    pub header_timeout_secs: u64,
+    /// Close connections idle this long with no request in flight, seconds.
+    #[arg(long, default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+    /// Time to the backend's response headers before a 504, seconds.
+    #[arg(long, default_value_t = 60)]
+    pub request_timeout_secs: u64,
+    /// Backend connect timeout, milliseconds (then the next endpoint).
+    #[arg(long, default_value_t = 3000)]
+    pub connect_timeout_ms: u64,
+    /// Largest request header block, bytes (431 above).
+    #[arg(long, default_value_t = 32 * 1024)]
+    pub max_header_bytes: usize,
+    /// Client connections open at once.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    #[arg(long, default_value_t = 128)]
+    pub max_streams: u32,
 }
 
 /// The CA directory (local mode).
@@ -339,5 +409,53 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Policy(PolicyCommand::Check(args)) => policy_cmd::check(&args, color),
         Command::Policy(PolicyCommand::Matrix(args)) => policy_cmd::matrix_cmd(&args, color),
         Command::Ca(cmd) => ca_cmd::run(cmd, color),
+        Command::Gateway(args) => {
+            crate::ingress::run(gateway_config(args)?)?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
     }
+}
+
+fn gateway_config(a: GatewayArgs) -> anyhow::Result<crate::ingress::Config> {
+    use std::time::Duration;
+    if let Some(s) = &a.default_certificate
+        && s.parse::<policy::ObjectKey>().is_err()
+    {
+        anyhow::bail!("--default-certificate: `{s}` is not namespace/name");
+    }
+    let default_secret =
+        a.default_certificate.map(|s| s.parse::<policy::ObjectKey>().map(|k| k.to_string()).unwrap_or(s));
+    if a.max_header_bytes < 1024 {
+        anyhow::bail!("--max-header-bytes: {} is too small (at least 1024)", a.max_header_bytes);
+    }
+    if a.max_connections == 0 || a.max_streams == 0 {
+        anyhow::bail!("--max-connections and --max-streams must be positive");
+    }
+    let access_log = match a.access_log.as_str() {
+        "off" => crate::ingress::AccessLogTarget::Off,
+        "stdout" | "-" => crate::ingress::AccessLogTarget::Stdout,
+        path => crate::ingress::AccessLogTarget::File(PathBuf::from(path)),
+    };
+    Ok(crate::ingress::Config {
+        manifests: a.local,
+        https: Some(a.https),
+        http: (!a.no_http).then_some(a.http),
+        redirect_port: (!a.no_https_redirect).then(|| a.public_https_port.unwrap_or(a.https.port())),
+        admin: Some(a.admin),
+        selector: crate::ingress::routes::ClassSelector { class: a.ingress_class, ..Default::default() },
+        default_secret,
+        limits: crate::ingress::server::Limits {
+            handshake_timeout: Duration::from_secs(a.handshake_timeout_secs),
+            header_timeout: Duration::from_secs(a.header_timeout_secs),
+            idle_timeout: Duration::from_secs(a.idle_timeout_secs),
+            request_timeout: Duration::from_secs(a.request_timeout_secs),
+            connect_timeout: Duration::from_millis(a.connect_timeout_ms),
+            max_header_bytes: a.max_header_bytes,
+            max_connections: a.max_connections,
+            max_streams: a.max_streams,
+        },
+        access_log,
+        poll: Duration::from_millis(a.poll_ms.max(10)),
+        threads: a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+    })
 }

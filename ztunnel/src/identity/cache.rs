@@ -1,5 +1,5 @@
-//! The secret cache: per resource (a workload identity's certificate, the
-//! trust bundle) the current value, and a version bumped on every change.
+//! The secret cache: per resource (a workload identity's certificate, an
+//! Ingress TLS Secret's certificate, the trust bundle) the current value, and a version bumped on every change.
 //!
 //! rustls resolvers and verifiers look the current value up on every
 //! handshake, so a renewed certificate or a new bundle takes effect on the
@@ -116,9 +116,49 @@ pub struct CertSummary {
     pub authority: String,
 }
 
+/// A serving certificate from a `kubernetes.io/tls` Secret (Ingress TLS),
+/// validated and ready for rustls.
+pub struct ServingCert {
+    /// The Secret (`namespace/name`).
+    pub secret: String,
+    /// Chain and key.
+    pub certified: Arc<CertifiedKey>,
+    /// Leaf serial (hex).
+    pub serial: String,
+    /// Leaf DNS names.
+    pub dns_names: Vec<String>,
+    /// Leaf validity end.
+    pub not_after: OffsetDateTime,
+}
+
+impl std::fmt::Debug for ServingCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServingCert")
+            .field("secret", &self.secret)
+            .field("serial", &self.serial)
+            .field("not_after", &self.not_after)
+            .finish()
+    }
+}
+
+/// What `/config_dump` shows of a serving certificate (never the key).
+#[derive(Debug, Clone, Serialize)]
+pub struct ServingSummary {
+    /// The Secret.
+    pub secret: String,
+    /// Serial.
+    pub serial: String,
+    /// DNS names.
+    pub dns_names: Vec<String>,
+    /// Validity end.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+}
+
 /// The cache.
 pub struct SecretCache {
     certs: RwLock<HashMap<SpiffeId, Arc<WorkloadCert>>>,
+    serving: RwLock<HashMap<String, Arc<ServingCert>>>,
     bundle: RwLock<Option<Arc<Bundle>>>,
     version: AtomicU64,
 }
@@ -145,7 +185,12 @@ fn read<T: Clone>(l: &RwLock<T>) -> T {
 impl SecretCache {
     /// An empty cache.
     pub fn new() -> Self {
-        Self { certs: RwLock::new(HashMap::new()), bundle: RwLock::new(None), version: AtomicU64::new(0) }
+        Self {
+            certs: RwLock::new(HashMap::new()),
+            serving: RwLock::new(HashMap::new()),
+            bundle: RwLock::new(None),
+            version: AtomicU64::new(0),
+        }
     }
 
     fn bump(&self) {
@@ -182,6 +227,55 @@ impl SecretCache {
             Err(e) => e.into_inner().remove(id),
         };
         self.bump();
+    }
+
+    /// The current serving certificate of a TLS Secret (`namespace/name`).
+    pub fn serving(&self, secret: &str) -> Option<Arc<ServingCert>> {
+        match self.serving.read() {
+            Ok(m) => m.get(secret).cloned(),
+            Err(e) => e.into_inner().get(secret).cloned(),
+        }
+    }
+
+    /// Stores a validated serving certificate, replacing the Secret's
+    /// previous one; the next handshake uses it.
+    pub fn put_serving(&self, cert: ServingCert) {
+        let cert = Arc::new(cert);
+        match self.serving.write() {
+            Ok(mut m) => m.insert(cert.secret.clone(), cert),
+            Err(e) => e.into_inner().insert(cert.secret.clone(), cert),
+        };
+        self.bump();
+    }
+
+    /// Drops a deleted Secret's certificate.
+    pub fn remove_serving(&self, secret: &str) {
+        let removed = match self.serving.write() {
+            Ok(mut m) => m.remove(secret),
+            Err(e) => e.into_inner().remove(secret),
+        };
+        if removed.is_some() {
+            self.bump();
+        }
+    }
+
+    /// Serving certificates (no keys), by Secret.
+    pub fn serving_summary(&self) -> Vec<ServingSummary> {
+        let certs = match self.serving.read() {
+            Ok(m) => m.values().cloned().collect::<Vec<_>>(),
+            Err(e) => e.into_inner().values().cloned().collect(),
+        };
+        let mut out: Vec<ServingSummary> = certs
+            .iter()
+            .map(|c| ServingSummary {
+                secret: c.secret.clone(),
+                serial: c.serial.clone(),
+                dns_names: c.dns_names.clone(),
+                not_after: c.not_after,
+            })
+            .collect();
+        out.sort_by(|a, b| a.secret.cmp(&b.secret));
+        out
     }
 
     /// The current trust bundle.

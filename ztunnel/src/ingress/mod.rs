@@ -1,0 +1,242 @@
+//! The Ingress TLS gateway (`ztunnel gateway`): serves Kubernetes Ingress
+//! objects of class `ztunnel`, terminating TLS at the edge with certificates
+//! from `kubernetes.io/tls` Secrets, and proxies to Service endpoints.
+//!
+//! It runs as a pod like any workload. Its connections to backends are pod
+//! traffic, so the node agent's datapath checks them against NetworkPolicy
+//! and carries them in the mesh's mTLS tunnels under the gateway's own
+//! SPIFFE identity; backends see the gateway pod as the source.
+//!
+//! - [`model`]: the objects it reads, decoded and validated (pure).
+//! - [`routes`]: the route table and the matching rules (pure).
+//! - [`certs`]: Secret validation and SNI certificate selection.
+//! - [`server`], [`pool`]: listeners, limits and the reverse proxy.
+//! - [`metrics`], [`accesslog`]: observability.
+
+pub mod accesslog;
+pub mod certs;
+pub mod metrics;
+pub mod model;
+pub mod pool;
+pub mod routes;
+pub mod server;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use prometheus_client::registry::Registry;
+use tracing::{info, warn};
+
+use self::metrics::SecretLabels;
+use self::model::{GatewayKinds, GatewayObject, GatewayRef};
+use self::routes::{ClassSelector, RouteTable};
+use self::server::{Limits, Shared};
+use crate::agent::source::{Change, DirSource};
+use crate::identity::SecretCache;
+
+/// Where the access log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// Off.
+    Off,
+    /// Standard output.
+    Stdout,
+    /// A file (appended).
+    File(PathBuf),
+}
+
+/// Gateway configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Manifest directory (local mode).
+    pub manifests: PathBuf,
+    /// HTTPS listener.
+    pub https: Option<SocketAddr>,
+    /// Plain-HTTP listener.
+    pub http: Option<SocketAddr>,
+    /// Redirect plain HTTP for TLS hosts to this public HTTPS port (`None`:
+    /// serve plain HTTP for every host).
+    pub redirect_port: Option<u16>,
+    /// Admin endpoint.
+    pub admin: Option<SocketAddr>,
+    /// Which Ingresses to serve.
+    pub selector: ClassSelector,
+    /// Secret (`namespace/name`) for handshakes no Ingress covers.
+    pub default_secret: Option<String>,
+    /// Limits and timeouts.
+    pub limits: Limits,
+    /// Access log.
+    pub access_log: AccessLogTarget,
+    /// How often to look for manifest changes.
+    pub poll: Duration,
+    /// Worker threads.
+    pub threads: usize,
+}
+
+/// The objects the gateway knows, and what it last reported.
+struct Store {
+    objects: BTreeMap<GatewayRef, GatewayObject>,
+    problems: BTreeSet<String>,
+}
+
+impl Store {
+    /// Applies changes: Secrets are validated into the secret cache (a bad
+    /// one is logged, counted and leaves the previous certificate serving),
+    /// and the route table is rebuilt.
+    fn apply(&mut self, changes: Vec<Change<GatewayObject, GatewayRef>>, shared: &Shared, selector: &ClassSelector) {
+        if changes.is_empty() {
+            return;
+        }
+        let now = time::OffsetDateTime::now_utc();
+        for c in changes {
+            match c {
+                Change::Apply(o) => {
+                    if let GatewayObject::Secret(s) = &o {
+                        match certs::load(s, now) {
+                            Ok(cert) => {
+                                info!(secret = %s.key, serial = %cert.serial, not_after = %cert.not_after, "TLS certificate loaded");
+                                shared.cache.put_serving(cert);
+                            }
+                            Err(e) => {
+                                warn!(secret = %s.key, reason = %e, "TLS Secret rejected; the previous certificate (if any) keeps serving");
+                                shared
+                                    .metrics
+                                    .secret_rejections
+                                    .get_or_create(&SecretLabels { secret: s.key.to_string(), reason: e.reason() })
+                                    .inc();
+                            }
+                        }
+                    }
+                    self.objects.insert(o.reference(), o);
+                }
+                Change::Delete(r) => {
+                    if let GatewayRef::Secret(k) = &r {
+                        shared.cache.remove_serving(&k.to_string());
+                    }
+                    self.objects.remove(&r);
+                }
+            }
+        }
+        let table = RouteTable::build(self.objects.values(), selector);
+        let problems: BTreeSet<String> = table.problems.iter().cloned().collect();
+        for p in problems.difference(&self.problems) {
+            warn!(problem = %p, "ingress configuration");
+        }
+        self.problems = problems;
+        info!(ingresses = table.served.len(), routes = table.describe().len(), "routes updated");
+        shared.set_routes(table);
+    }
+}
+
+/// Runs the gateway until SIGTERM or SIGINT.
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    let fallback = certs::fallback_certificate().map_err(|e| anyhow::anyhow!("default certificate: {e}"))?;
+    let log = match &cfg.access_log {
+        AccessLogTarget::Off => accesslog::AccessLog::off(),
+        AccessLogTarget::Stdout => accesslog::AccessLog::stdout(),
+        AccessLogTarget::File(p) => {
+            accesslog::AccessLog::file(p).with_context(|| format!("--access-log {}", p.display()))?
+        }
+    };
+    let cache = Arc::new(SecretCache::new());
+    let shared = Arc::new(Shared::new(
+        cache.clone(),
+        fallback,
+        cfg.default_secret.clone(),
+        cfg.limits.clone(),
+        cfg.redirect_port,
+        log,
+    ));
+
+    // The first sync happens before any listener accepts, so the first
+    // client already sees every route and certificate.
+    let mut source: DirSource<GatewayKinds> = DirSource::new(&cfg.manifests);
+    let mut store = Store { objects: BTreeMap::new(), problems: BTreeSet::new() };
+    let first = source.poll();
+    report(&first.errors);
+    store.apply(first.changes, &shared, &cfg.selector);
+
+    let mut registry = Registry::default();
+    shared.metrics.register(&mut registry);
+    let admin_state = Arc::new(crate::agent::admin::State {
+        ready: AtomicBool::new(false),
+        registry: Mutex::new(registry),
+        certs: Mutex::new(Some(cache.clone())),
+        routes: Mutex::new(None),
+    });
+    if let Some(addr) = cfg.admin {
+        crate::agent::admin::serve(addr, admin_state.clone()).with_context(|| format!("--admin {addr}"))?;
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.threads.max(1))
+        .thread_name("gateway")
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    rt.block_on(async move {
+        let https = match cfg.https {
+            Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("--https {a}"))?),
+            None => None,
+        };
+        let http = match cfg.http {
+            Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("--http {a}"))?),
+            None => None,
+        };
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let routes_view = shared.clone();
+        *admin_state.routes.lock().map_err(|_| anyhow::anyhow!("admin state poisoned"))? =
+            Some(crate::agent::admin::RoutesDump(Arc::new(move || {
+                let t = routes_view.routes();
+                serde_json::json!({"served": t.served, "routes": t.describe(), "problems": t.problems})
+            })));
+        let poll_shared = shared.clone();
+        let selector = cfg.selector.clone();
+        let poll = cfg.poll;
+        tokio::task::spawn_blocking(move || {
+            loop {
+                std::thread::sleep(poll);
+                let p = source.poll();
+                report(&p.errors);
+                store.apply(p.changes, &poll_shared, &selector);
+            }
+        });
+        let signals = tokio::spawn(async move {
+            wait_for_signal().await;
+            info!("signal received: draining");
+            let _ = stop_tx.send(true);
+        });
+        admin_state.ready.store(true, Ordering::Relaxed);
+        info!(https = ?cfg.https, http = ?cfg.http, "gateway serving");
+        server::serve(shared, https, http, stop_rx, Duration::from_secs(10)).await.context("TLS configuration")?;
+        signals.abort();
+        Ok::<(), anyhow::Error>(())
+    })?;
+    // The manifest poller is a blocking thread; do not wait for it.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    Ok(())
+}
+
+fn report(errors: &[policy::ManifestError]) {
+    for e in errors {
+        warn!(error = %e, "manifest rejected");
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the process ends on the default action.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

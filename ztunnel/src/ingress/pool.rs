@@ -1,0 +1,141 @@
+//! Backend connections: HTTP/1.1 keep-alive connections per endpoint,
+//! reused once a response has been read in full.
+//!
+//! The gateway manages connections itself (instead of a generic client) so
+//! that a connect failure is visible before the request is handed over: the
+//! request, body and all, then goes to the next endpoint untouched.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Idle connections kept per endpoint.
+const MAX_IDLE_PER_ENDPOINT: usize = 128;
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// TCP connect failed (refused, unreachable, reset by policy).
+    #[error("connect to {addr}: {source}")]
+    Io {
+        /// Endpoint.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// TCP connect took too long.
+    #[error("connect to {addr}: timed out")]
+    Timeout {
+        /// Endpoint.
+        addr: SocketAddr,
+    },
+    /// The HTTP/1 handshake failed.
+    #[error("connect to {addr}: {source}")]
+    Http {
+        /// Endpoint.
+        addr: SocketAddr,
+        /// Cause.
+        source: hyper::Error,
+    },
+}
+
+/// A connection checked out for one request.
+pub struct Conn {
+    /// The endpoint.
+    pub addr: SocketAddr,
+    /// The request sender.
+    pub sender: SendRequest<Incoming>,
+    /// Whether it came from the pool (it may have been closed by the
+    /// backend meanwhile).
+    pub reused: bool,
+}
+
+/// The pool.
+#[derive(Debug, Default)]
+pub struct Pool {
+    idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<Incoming>>>>,
+}
+
+impl Pool {
+    /// An idle connection to `addr`, or a new one.
+    pub async fn checkout(&self, addr: SocketAddr, connect_timeout: Duration) -> Result<Conn, ConnectError> {
+        if let Some(sender) = self.take_idle(addr) {
+            return Ok(Conn { addr, sender, reused: true });
+        }
+        self.connect(addr, connect_timeout).await
+    }
+
+    /// A new connection to `addr`.
+    pub async fn connect(&self, addr: SocketAddr, connect_timeout: Duration) -> Result<Conn, ConnectError> {
+        let tcp = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
+            Err(_) => return Err(ConnectError::Timeout { addr }),
+        };
+        let _ = tcp.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|source| ConnectError::Http { addr, source })?;
+        tokio::spawn(async move {
+            // Ends when the backend closes or the sender is dropped.
+            let _ = conn.await;
+        });
+        Ok(Conn { addr, sender, reused: false })
+    }
+
+    fn take_idle(&self, addr: SocketAddr) -> Option<SendRequest<Incoming>> {
+        let mut idle = match self.idle.lock() {
+            Ok(g) => g,
+            Err(e) => e.into_inner(),
+        };
+        let list = idle.get_mut(&addr)?;
+        while let Some(s) = list.pop() {
+            if s.is_ready() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Returns `sender` to the pool once its current response has been read
+    /// (a connection whose response is abandoned is closed instead).
+    pub fn recycle(self: &Arc<Self>, addr: SocketAddr, mut sender: SendRequest<Incoming>) {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            if sender.ready().await.is_err() {
+                return;
+            }
+            let mut idle = match pool.idle.lock() {
+                Ok(g) => g,
+                Err(e) => e.into_inner(),
+            };
+            let list = idle.entry(addr).or_default();
+            list.retain(|s| !s.is_closed());
+            if list.len() < MAX_IDLE_PER_ENDPOINT {
+                list.push(sender);
+            }
+        });
+    }
+
+    /// Forgets every idle connection to endpoints not in `keep`.
+    pub fn retain(&self, keep: &dyn Fn(&SocketAddr) -> bool) {
+        let mut idle = match self.idle.lock() {
+            Ok(g) => g,
+            Err(e) => e.into_inner(),
+        };
+        idle.retain(|a, _| keep(a));
+    }
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").field("addr", &self.addr).field("reused", &self.reused).finish()
+    }
+}

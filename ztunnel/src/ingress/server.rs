@@ -1,0 +1,619 @@
+//! The gateway's listeners: TLS (HTTP/1.1 and HTTP/2 by ALPN) and plain
+//! HTTP (redirects to HTTPS for TLS hosts), and the reverse proxy to
+//! backends.
+//!
+//! Limits that keep slow or hostile clients from exhausting the gateway:
+//! a connection cap (excess connections are closed at accept), a TLS
+//! handshake timeout, an HTTP/1 header timeout (hyper starts it whenever it
+//! waits for a request, so it also bounds idle keep-alive), a header size
+//! cap (431), a per-connection HTTP/2 stream cap, an idle timeout for
+//! connections with no request in flight, and a request timeout to the
+//! backend's response headers (504).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, warn};
+
+use super::accesslog::{AccessLog, Entry};
+use super::certs::SniResolver;
+use super::metrics::{GatewayMetrics, ReasonLabels, RequestLabels, RouteLabels, status_class};
+use super::pool::Pool;
+use super::routes::{RouteTable, normalize_host};
+use crate::identity::SecretCache;
+use crate::identity::cache::ServingCert;
+
+/// Response body: a backend's streamed body or a short local one.
+pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// Limits and timeouts.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// TLS handshake.
+    pub handshake_timeout: Duration,
+    /// HTTP/1 request headers (and idle keep-alive).
+    pub header_timeout: Duration,
+    /// A connection with no request in flight.
+    pub idle_timeout: Duration,
+    /// Request to the backend's response headers.
+    pub request_timeout: Duration,
+    /// TCP connect to a backend endpoint.
+    pub connect_timeout: Duration,
+    /// Request header bytes (431 above).
+    pub max_header_bytes: usize,
+    /// Client connections open at once.
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(3),
+            max_header_bytes: 32 * 1024,
+            max_connections: 10_000,
+            max_streams: 128,
+        }
+    }
+}
+
+/// State shared by the listeners, the SNI resolver and the source loop.
+pub struct Shared {
+    routes: RwLock<Arc<RouteTable>>,
+    /// The secret cache (Ingress Secrets by `namespace/name`).
+    pub cache: Arc<SecretCache>,
+    fallback: Arc<ServingCert>,
+    default_secret: Option<String>,
+    /// Metrics.
+    pub metrics: Arc<GatewayMetrics>,
+    pool: Arc<Pool>,
+    log: AccessLog,
+    limits: Limits,
+    redirect: Option<u16>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("limits", &self.limits).finish()
+    }
+}
+
+impl Shared {
+    /// New state with an empty route table. `redirect`: the public HTTPS
+    /// port that plain-HTTP requests for TLS hosts are redirected to.
+    pub fn new(
+        cache: Arc<SecretCache>,
+        fallback: ServingCert,
+        default_secret: Option<String>,
+        limits: Limits,
+        redirect: Option<u16>,
+        log: AccessLog,
+    ) -> Self {
+        Self {
+            routes: RwLock::new(Arc::new(RouteTable::default())),
+            cache,
+            fallback: Arc::new(fallback),
+            default_secret,
+            metrics: Arc::new(GatewayMetrics::default()),
+            pool: Arc::new(Pool::default()),
+            log,
+            limits,
+            redirect,
+        }
+    }
+
+    /// The current route table.
+    pub fn routes(&self) -> Arc<RouteTable> {
+        match self.routes.read() {
+            Ok(g) => g.clone(),
+            Err(e) => e.into_inner().clone(),
+        }
+    }
+
+    /// Swaps in a new route table; requests and handshakes from now on use
+    /// it, those in flight finish with the old one.
+    pub fn set_routes(&self, table: RouteTable) {
+        let table = Arc::new(table);
+        let endpoints: std::collections::HashSet<SocketAddr> = table.endpoints().collect();
+        match self.routes.write() {
+            Ok(mut g) => *g = table,
+            Err(e) => *e.into_inner() = table,
+        }
+        self.pool.retain(&|a| endpoints.contains(a));
+    }
+
+    /// The certificate for handshakes no Secret covers.
+    pub fn default_cert(&self) -> Arc<ServingCert> {
+        self.default_secret.as_deref().and_then(|s| self.cache.serving(s)).unwrap_or_else(|| self.fallback.clone())
+    }
+}
+
+/// Builds the TLS configuration: TLS 1.2 and 1.3, AEAD suites only (the
+/// provider offers no others), ALPN h2 and http/1.1, session tickets.
+pub fn tls_config(shared: &Arc<Shared>) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver { shared: shared.clone() }));
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(20_000);
+    Ok(Arc::new(cfg))
+}
+
+/// Runs the listeners until `shutdown` turns true, then drains connections
+/// for up to `drain`.
+pub async fn serve(
+    shared: Arc<Shared>,
+    https: Option<TcpListener>,
+    http: Option<TcpListener>,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) -> Result<(), rustls::Error> {
+    let acceptor = TlsAcceptor::from(tls_config(&shared)?);
+    let permits = Arc::new(Semaphore::new(shared.limits.max_connections));
+    let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
+    let builder = Arc::new(http_builder(&shared.limits));
+    let mut tasks = Vec::new();
+    for (listener, tls) in [(https, true), (http, false)] {
+        let Some(listener) = listener else { continue };
+        let (shared, acceptor, permits, graceful, builder) =
+            (shared.clone(), acceptor.clone(), permits.clone(), graceful.clone(), builder.clone());
+        let mut stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok(c) => c,
+                        Err(e) => {
+                            // EMFILE and friends: back off instead of spinning.
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                    _ = stop.changed() => break,
+                };
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    shared.metrics.connections_refused.inc();
+                    drop(tcp);
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                let (shared, acceptor, graceful, builder) =
+                    (shared.clone(), acceptor.clone(), graceful.clone(), builder.clone());
+                tokio::spawn(async move {
+                    shared.metrics.connections.inc();
+                    connection(shared.clone(), tcp, peer, tls.then_some(acceptor), &graceful, &builder).await;
+                    shared.metrics.connections.dec();
+                    drop(permit);
+                });
+            }
+        }));
+    }
+    let _ = shutdown.wait_for(|s| *s).await;
+    for t in tasks {
+        let _ = t.await;
+    }
+    if let Ok(graceful) = Arc::try_unwrap(graceful) {
+        let _ = tokio::time::timeout(drain, graceful.shutdown()).await;
+    } else {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    b
+}
+
+/// What requests on one connection share.
+#[derive(Debug)]
+struct ConnInfo {
+    client: SocketAddr,
+    tls: bool,
+    inflight: Arc<AtomicUsize>,
+}
+
+fn handshake_reason(e: &std::io::Error) -> &'static str {
+    if let Some(t) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        return match t {
+            rustls::Error::PeerIncompatible(_) => "incompatible",
+            rustls::Error::AlertReceived(_) => "alert_received",
+            rustls::Error::InvalidMessage(_)
+            | rustls::Error::InappropriateMessage { .. }
+            | rustls::Error::InappropriateHandshakeMessage { .. } => "invalid_message",
+            rustls::Error::PeerMisbehaved(_) => "peer_misbehaved",
+            _ => "other",
+        };
+    }
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => "eof",
+        _ => "other",
+    }
+}
+
+async fn connection(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: Option<TlsAcceptor>,
+    graceful: &hyper_util::server::graceful::GracefulShutdown,
+    builder: &auto::Builder<TokioExecutor>,
+) {
+    let inflight = Arc::new(AtomicUsize::new(0));
+    let info = Arc::new(ConnInfo { client: peer, tls: acceptor.is_some(), inflight: inflight.clone() });
+    let svc = {
+        let shared = shared.clone();
+        hyper::service::service_fn(move |req| handle(shared.clone(), info.clone(), req))
+    };
+    let idle = shared.limits.idle_timeout;
+    let result = match acceptor {
+        Some(acceptor) => {
+            let tls = match tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    let reason = handshake_reason(&e);
+                    debug!(client = %peer, reason, error = %e, "TLS handshake failed");
+                    shared.metrics.handshake_failures.get_or_create(&ReasonLabels { reason }).inc();
+                    return;
+                }
+                Err(_) => {
+                    shared.metrics.handshake_failures.get_or_create(&ReasonLabels { reason: "timeout" }).inc();
+                    return;
+                }
+            };
+            let io = TokioIo::new(IdleIo::new(tls, idle, inflight));
+            graceful.watch(builder.serve_connection(io, svc).into_owned()).await
+        }
+        None => {
+            let io = TokioIo::new(IdleIo::new(tcp, idle, inflight));
+            graceful.watch(builder.serve_connection(io, svc).into_owned()).await
+        }
+    };
+    if let Err(e) = result {
+        debug!(client = %peer, error = %e, "connection ended with an error");
+    }
+}
+
+struct InflightGuard(Arc<AtomicUsize>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn local(status: StatusCode, msg: &'static str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(msg.as_bytes())).map_err(|n| match n {}).boxed_unsync());
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+/// Headers that belong to one hop and are never forwarded (RFC 9110 7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .filter_map(|s| HeaderName::from_bytes(s.as_bytes()).ok())
+        .collect();
+    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+        h.remove(n);
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    info: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    info.inflight.fetch_add(1, Ordering::Relaxed);
+    let _guard = InflightGuard(info.inflight.clone());
+    let start = Instant::now();
+    let method = req.method().clone();
+    let version = req.version();
+    let path_and_query = req.uri().path_and_query().map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string));
+    let mut entry = Entry {
+        client: info.client,
+        tls: info.tls,
+        method: method.as_str().to_string(),
+        host: authority.clone().unwrap_or_default(),
+        path: path_and_query.clone(),
+        version,
+        ..Entry::default()
+    };
+    let (response, host_label, route_label) = route(&shared, &info, req, authority, &mut entry).await;
+    let status = response.status().as_u16();
+    let elapsed = start.elapsed();
+    entry.status = status;
+    entry.duration = elapsed;
+    shared
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            host: host_label.clone(),
+            route: route_label.clone(),
+            status: status_class(status),
+        })
+        .inc();
+    shared
+        .metrics
+        .latency
+        .get_or_create(&RouteLabels { host: host_label, route: route_label })
+        .observe(elapsed.as_secs_f64());
+    shared.log.write(&entry);
+    Ok(response)
+}
+
+/// Routes and proxies one request; returns the response and the metric
+/// labels (rule host, route).
+async fn route(
+    shared: &Arc<Shared>,
+    info: &ConnInfo,
+    req: Request<Incoming>,
+    authority: Option<String>,
+    entry: &mut Entry,
+) -> (Response<Body>, String, String) {
+    let none = || ("-".to_string(), "-".to_string());
+    let Some(authority) = authority else {
+        let (h, r) = none();
+        return (local(StatusCode::BAD_REQUEST, "missing Host\n"), h, r);
+    };
+    let host = normalize_host(&authority);
+    let routes = shared.routes();
+    if !info.tls
+        && let Some(port) = shared.redirect
+        && routes.tls_for(&host).is_some()
+    {
+        let port = if port == 443 { String::new() } else { format!(":{port}") };
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let location = format!("https://{host}{port}{pq}");
+        let mut r = local(StatusCode::PERMANENT_REDIRECT, "redirecting to HTTPS\n");
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        let (h, rt) = none();
+        return (r, h, rt);
+    }
+    let Some(m) = routes.lookup(&host, req.uri().path()) else {
+        let (h, r) = none();
+        return (local(StatusCode::NOT_FOUND, "no route\n"), h, r);
+    };
+    let host_label = m.host.to_string();
+    let route_label = format!("{} {}", m.ingress, m.route);
+    entry.route = route_label.clone();
+    entry.backend = m.target.describe();
+    if m.target.endpoints.is_empty() {
+        return (local(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoints\n"), host_label, route_label);
+    }
+
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let xff = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {}", info.client.ip()),
+        None => info.client.ip().to_string(),
+    };
+    let h = &mut parts.headers;
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert("x-forwarded-for", v);
+    }
+    h.insert("x-forwarded-proto", HeaderValue::from_static(if info.tls { "https" } else { "http" }));
+    if let Ok(v) = HeaderValue::from_str(&authority) {
+        h.insert("x-forwarded-host", v.clone());
+        h.insert(header::HOST, v);
+    }
+    parts.version = Version::HTTP_11;
+    parts.uri = parts.uri.path_and_query().map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+    let req = Request::from_parts(parts, body);
+
+    let forwarded = tokio::time::timeout(shared.limits.request_timeout, forward(shared, &m.target, req, entry)).await;
+    let response = match forwarded {
+        Ok(Ok(mut resp)) => {
+            strip_hop_by_hop(resp.headers_mut());
+            resp.map(BodyExt::boxed_unsync)
+        }
+        Ok(Err(status)) => local(
+            status,
+            if status == StatusCode::SERVICE_UNAVAILABLE { "no endpoint reachable\n" } else { "bad gateway\n" },
+        ),
+        Err(_) => local(StatusCode::GATEWAY_TIMEOUT, "backend timed out\n"),
+    };
+    (response, host_label, route_label)
+}
+
+/// Sends the request to the target's endpoints in turn until one accepts
+/// the connection. A request that was not written (connect failure, or a
+/// pooled connection the backend had closed) moves on untouched; one that
+/// was written and failed is a 502, never replayed.
+async fn forward(
+    shared: &Arc<Shared>,
+    target: &super::routes::Target,
+    mut req: Request<Incoming>,
+    entry: &mut Entry,
+) -> Result<Response<Incoming>, StatusCode> {
+    for addr in target.attempt_order() {
+        // At most one retry on a fresh connection when a pooled one had
+        // been closed under us.
+        for fresh in [false, true] {
+            let conn = if fresh {
+                shared.pool.connect(addr, shared.limits.connect_timeout).await
+            } else {
+                shared.pool.checkout(addr, shared.limits.connect_timeout).await
+            };
+            let mut conn = match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    shared.metrics.backend_connect_failures.inc();
+                    debug!(endpoint = %addr, error = %e, "backend connect failed; trying the next endpoint");
+                    break;
+                }
+            };
+            entry.endpoint = Some(addr);
+            match conn.sender.try_send_request(req).await {
+                Ok(resp) => {
+                    shared.pool.recycle(addr, conn.sender);
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(r) if conn.reused => {
+                        req = r;
+                        continue; // stale pooled connection: once more, fresh
+                    }
+                    Some(r) => {
+                        req = r;
+                        break;
+                    }
+                    None => {
+                        debug!(endpoint = %addr, error = %e.error(), "backend failed after the request was sent");
+                        return Err(StatusCode::BAD_GATEWAY);
+                    }
+                },
+            }
+        }
+    }
+    Err(StatusCode::SERVICE_UNAVAILABLE)
+}
+
+/// IO that fails with `TimedOut` after `timeout` without reads or writes
+/// while no request is in flight (a request waiting on a slow backend is
+/// bounded by the request timeout instead).
+struct IdleIo<T> {
+    inner: T,
+    timeout: Duration,
+    last: Instant,
+    sleep: Pin<Box<Sleep>>,
+    inflight: Arc<AtomicUsize>,
+}
+
+impl<T> IdleIo<T> {
+    fn new(inner: T, timeout: Duration, inflight: Arc<AtomicUsize>) -> Self {
+        let now = Instant::now();
+        Self { inner, timeout, last: now, sleep: Box::pin(tokio::time::sleep_until(now + timeout)), inflight }
+    }
+
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.sleep.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            let deadline = self.last + self.timeout;
+            if deadline <= now && self.inflight.load(Ordering::Relaxed) == 0 {
+                return true;
+            }
+            let next = if deadline > now { deadline } else { now + self.timeout };
+            self.sleep.as_mut().reset(next);
+        }
+        false
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    self.last = Instant::now();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                if self.idle_expired(cx) {
+                    Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle timeout")))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = &r
+            && *n > 0
+        {
+            self.last = Instant::now();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &r
+            && *n > 0
+        {
+            self.last = Instant::now();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
