@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing ztunnel needs on a fresh Debian-based
 # machine: clang-19 and libbpf-dev (the eBPF datapath is compiled by
-# ebpf/build.rs), iproute2, openssl (CA tests), tcpdump (mesh tests), and
+# ebpf/build.rs), iproute2, openssl (CA tests), tcpdump (mesh tests), curl
+# and testssl.sh (gateway tests), and
 # the rustfmt/clippy components. Idempotent:
 # installs only what is missing. Sourced by deploy/demo.sh and tests/run.sh.
 
@@ -14,6 +15,9 @@ zt_install_deps() {
   command -v openssl >/dev/null 2>&1 || pkgs+=(openssl)
   # The mesh tests capture the node-to-node link to prove it carries no plaintext.
   command -v tcpdump >/dev/null 2>&1 || pkgs+=(tcpdump)
+  # The ingress gateway tests use real clients and a TLS scanner.
+  command -v curl >/dev/null 2>&1 || pkgs+=(curl)
+  command -v testssl >/dev/null 2>&1 || pkgs+=(testssl.sh)
   if [ "${#pkgs[@]}" -gt 0 ]; then
     echo "installing: ${pkgs[*]}"
     local sudo=()

@@ -248,12 +248,13 @@ impl RouteTable {
                         Some(suffix) => (&mut t.tls_wildcard, suffix.to_string()),
                         None => (&mut t.tls_exact, host.clone()),
                     };
-                    if map.contains_key(&h) {
-                        t.problems.push(format!(
+                    match map.entry(h) {
+                        std::collections::hash_map::Entry::Occupied(_) => t.problems.push(format!(
                             "Ingress {name}: TLS host {host} already has a certificate from an earlier Ingress"
-                        ));
-                    } else {
-                        map.insert(h, tls.secret.clone());
+                        )),
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(tls.secret.clone());
+                        }
                     }
                 }
             }
@@ -443,7 +444,8 @@ mod tests {
     #[test]
     fn spec_path_examples() {
         // (paths, request, expected match: Some(service) or None)
-        let cases: &[(&[(&str, &str)], &str, Option<&str>)] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, Option<&'a str>);
+        let cases: &[Case<'_>] = &[
             (&[("/", "Prefix")], "/", Some("s0")),
             (&[("/", "Prefix")], "/anything/x", Some("s0")),
             (&[("/foo", "Exact")], "/foo", Some("s0")),

@@ -160,6 +160,9 @@ pub fn tls_config(shared: &Arc<Shared>) -> Result<Arc<rustls::ServerConfig>, rus
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { shared: shared.clone() }));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Our order (AES-GCM, then ChaCha20; TLS 1.3 first) rather than the
+    // client's: a client cannot talk the gateway into a weaker choice.
+    cfg.ignore_client_order = true;
     cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
     cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(20_000);
     Ok(Arc::new(cfg))
