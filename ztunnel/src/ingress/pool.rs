@@ -4,13 +4,20 @@
 //! The gateway manages connections itself (instead of a generic client) so
 //! that a connect failure is visible before the request is handed over: the
 //! request, body and all, then goes to the next endpoint untouched.
+//!
+//! A connection returns to the pool when its response body has been read to
+//! the end ([`PooledBody`]), in the task that read it: no task per request.
+//! A response abandoned half-way drops (closes) its connection.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -65,8 +72,13 @@ pub struct Pool {
 impl Pool {
     /// An idle connection to `addr`, or a new one.
     pub async fn checkout(&self, addr: SocketAddr, connect_timeout: Duration) -> Result<Conn, ConnectError> {
-        if let Some(sender) = self.take_idle(addr) {
-            return Ok(Conn { addr, sender, reused: true });
+        while let Some(mut sender) = self.take_idle(addr) {
+            // Released at the end of the previous body, the connection may
+            // not have signalled readiness yet; it does at once, or errs if
+            // the backend closed it.
+            if sender.ready().await.is_ok() {
+                return Ok(Conn { addr, sender, reused: true });
+            }
         }
         self.connect(addr, connect_timeout).await
     }
@@ -97,31 +109,31 @@ impl Pool {
         };
         let list = idle.get_mut(&addr)?;
         while let Some(s) = list.pop() {
-            if s.is_ready() {
+            if !s.is_closed() {
                 return Some(s);
             }
         }
         None
     }
 
-    /// Returns `sender` to the pool once its current response has been read
-    /// (a connection whose response is abandoned is closed instead).
-    pub fn recycle(self: &Arc<Self>, addr: SocketAddr, mut sender: SendRequest<Incoming>) {
-        let pool = self.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_err() {
-                return;
-            }
-            let mut idle = match pool.idle.lock() {
-                Ok(g) => g,
-                Err(e) => e.into_inner(),
-            };
-            let list = idle.entry(addr).or_default();
+    fn put(&self, addr: SocketAddr, sender: SendRequest<Incoming>) {
+        let mut idle = match self.idle.lock() {
+            Ok(g) => g,
+            Err(e) => e.into_inner(),
+        };
+        let list = idle.entry(addr).or_default();
+        if list.len() >= MAX_IDLE_PER_ENDPOINT {
             list.retain(|s| !s.is_closed());
-            if list.len() < MAX_IDLE_PER_ENDPOINT {
-                list.push(sender);
-            }
-        });
+        }
+        if list.len() < MAX_IDLE_PER_ENDPOINT {
+            list.push(sender);
+        }
+    }
+
+    /// Wraps a response body so that its connection returns to the pool
+    /// once the body has been read to the end.
+    pub fn recycle(self: &Arc<Self>, addr: SocketAddr, sender: SendRequest<Incoming>, body: Incoming) -> PooledBody {
+        PooledBody { inner: body, slot: Some((self.clone(), addr, sender)) }
     }
 
     /// Forgets every idle connection to endpoints not in `keep`.
@@ -137,5 +149,54 @@ impl Pool {
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Conn").field("addr", &self.addr).field("reused", &self.reused).finish()
+    }
+}
+
+/// A backend response body that gives its connection back to the pool at
+/// its end.
+pub struct PooledBody {
+    inner: Incoming,
+    slot: Option<(Arc<Pool>, SocketAddr, SendRequest<Incoming>)>,
+}
+
+impl PooledBody {
+    fn release(&mut self) {
+        if let Some((pool, addr, sender)) = self.slot.take() {
+            pool.put(addr, sender);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
+            Poll::Ready(Some(Err(_))) => self.slot = None, // broken: close it
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // A body with nothing left (e.g. 204, or read to its last frame
+        // without a final poll) still hands its connection back.
+        if self.inner.is_end_stream() {
+            self.release();
+        }
     }
 }

@@ -78,8 +78,10 @@ impl Target {
 /// One path route.
 #[derive(Debug, Clone)]
 pub struct Route {
-    /// The rule's host (`*` for a rule without host), a bounded metric label.
-    pub host: Arc<str>,
+    /// Index in [`RouteTable::labels`] (per-route metrics).
+    pub id: usize,
+    /// `namespace/ingress path` (`... default` for a defaultBackend).
+    pub label: Arc<str>,
     /// The Ingress it came from (`namespace/name`), for metrics and logs.
     pub ingress: Arc<str>,
     /// The path as written.
@@ -121,29 +123,19 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     r == p || (r.starts_with(p) && r.as_bytes().get(p.len()) == Some(&b'/'))
 }
 
-/// The outcome of a lookup.
-#[derive(Debug, Clone)]
-pub struct Matched {
-    /// The rule host that matched (`*` for any host, `-` for the
-    /// defaultBackend).
-    pub host: Arc<str>,
-    /// Ingress name, or `-` for none.
-    pub ingress: Arc<str>,
-    /// The route's path (or `default` for the defaultBackend).
-    pub route: String,
-    /// The backend.
-    pub target: Arc<Target>,
-}
-
 /// The table.
 #[derive(Debug, Default)]
 pub struct RouteTable {
     exact: HashMap<String, Vec<Route>>,
     wildcard: HashMap<String, Vec<Route>>,
     any_host: Vec<Route>,
-    default_backend: Option<Matched>,
+    default_backend: Option<Route>,
     tls_exact: HashMap<String, Option<ObjectKey>>,
     tls_wildcard: HashMap<String, Option<ObjectKey>>,
+    /// `(host, label)` of every route, by [`Route::id`]: the rule's host
+    /// (`*` without host, `-` for a defaultBackend; bounded metric labels,
+    /// never the client's Host header) and `namespace/ingress path`.
+    pub labels: Vec<(Arc<str>, Arc<str>)>,
     /// Ingresses served, by namespace/name.
     pub served: Vec<String>,
     /// Conflicts and unresolved references, for logs and `/config_dump`.
@@ -231,8 +223,17 @@ impl RouteTable {
                     ));
                 } else {
                     let target = resolve(b, &mut t.problems);
-                    t.default_backend =
-                        Some(Matched { host: "-".into(), ingress: name.clone(), route: "default".into(), target });
+                    let (id, label, host): (usize, Arc<str>, Arc<str>) =
+                        (t.labels.len(), format!("{name} default").into(), "-".into());
+                    t.labels.push((host.clone(), label.clone()));
+                    t.default_backend = Some(Route {
+                        id,
+                        label,
+                        ingress: name.clone(),
+                        path: "default".into(),
+                        kind: PathType::Prefix,
+                        target,
+                    });
                 }
             }
             for tls in &ing.tls {
@@ -271,8 +272,12 @@ impl RouteTable {
                         continue;
                     }
                     seen_paths.insert(k, name.clone());
+                    let host: Arc<str> = rule.host.as_deref().unwrap_or("*").into();
+                    let label: Arc<str> = format!("{name} {}", p.path).into();
+                    t.labels.push((host.clone(), label.clone()));
                     let route = Route {
-                        host: rule.host.as_deref().unwrap_or("*").into(),
+                        id: t.labels.len() - 1,
+                        label,
                         ingress: name.clone(),
                         path: p.path.clone(),
                         kind: p.kind,
@@ -297,20 +302,15 @@ impl RouteTable {
     }
 
     /// The route for `host` (normalised) and `path` (without query).
-    pub fn lookup(&self, host: &str, path: &str) -> Option<Matched> {
+    pub fn lookup(&self, host: &str, path: &str) -> Option<&Route> {
         let groups =
             [self.exact.get(host), wildcard_suffix(host).and_then(|s| self.wildcard.get(s)), Some(&self.any_host)];
         for routes in groups.into_iter().flatten() {
             if let Some(r) = routes.iter().find(|r| r.matches(path)) {
-                return Some(Matched {
-                    host: r.host.clone(),
-                    ingress: r.ingress.clone(),
-                    route: r.path.clone(),
-                    target: r.target.clone(),
-                });
+                return Some(r);
             }
         }
-        self.default_backend.clone()
+        self.default_backend.as_ref()
     }
 
     /// The TLS entry for a server name: `Some(Some(secret))` for a host with

@@ -36,7 +36,7 @@ use tracing::{debug, warn};
 use super::accesslog::{AccessLog, Entry};
 use super::certs::SniResolver;
 use super::metrics::{GatewayMetrics, ReasonLabels, RequestLabels, RouteLabels, status_class};
-use super::pool::Pool;
+use super::pool::{Pool, PooledBody};
 use super::routes::{RouteTable, normalize_host};
 use crate::identity::SecretCache;
 use crate::identity::cache::ServingCert;
@@ -82,7 +82,7 @@ impl Default for Limits {
 
 /// State shared by the listeners, the SNI resolver and the source loop.
 pub struct Shared {
-    routes: RwLock<Arc<RouteTable>>,
+    routes: RwLock<Arc<Active>>,
     /// The secret cache (Ingress Secrets by `namespace/name`).
     pub cache: Arc<SecretCache>,
     fallback: Arc<ServingCert>,
@@ -93,6 +93,53 @@ pub struct Shared {
     log: AccessLog,
     limits: Limits,
     redirect: Option<u16>,
+    unmatched: RouteMetrics,
+}
+
+/// Metric handles of one route, resolved when the table is installed so
+/// a request touches no label maps.
+#[derive(Debug, Clone)]
+struct RouteMetrics {
+    latency: prometheus_client::metrics::histogram::Histogram,
+    classes: [prometheus_client::metrics::counter::Counter; 5],
+}
+
+impl RouteMetrics {
+    fn new(m: &GatewayMetrics, host: &str, route: &str) -> Self {
+        let class = |status: &'static str| {
+            m.requests.get_or_create(&RequestLabels { host: host.into(), route: route.into(), status }).clone()
+        };
+        Self {
+            latency: m.latency.get_or_create(&RouteLabels { host: host.into(), route: route.into() }).clone(),
+            classes: [class("1xx"), class("2xx"), class("3xx"), class("4xx"), class("5xx")],
+        }
+    }
+
+    fn observe(&self, status: u16, elapsed: Duration) {
+        let i = match status_class(status) {
+            "1xx" => 0,
+            "2xx" => 1,
+            "3xx" => 2,
+            "4xx" => 3,
+            _ => 4,
+        };
+        self.classes[i].inc();
+        self.latency.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// The installed route table and its routes' metric handles.
+#[derive(Debug, Default)]
+pub struct Active {
+    table: RouteTable,
+    metrics: Vec<RouteMetrics>,
+}
+
+impl std::ops::Deref for Active {
+    type Target = RouteTable;
+    fn deref(&self) -> &RouteTable {
+        &self.table
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -112,12 +159,14 @@ impl Shared {
         redirect: Option<u16>,
         log: AccessLog,
     ) -> Self {
+        let metrics = Arc::new(GatewayMetrics::default());
         Self {
-            routes: RwLock::new(Arc::new(RouteTable::default())),
+            routes: RwLock::new(Arc::new(Active::default())),
             cache,
             fallback: Arc::new(fallback),
             default_secret,
-            metrics: Arc::new(GatewayMetrics::default()),
+            unmatched: RouteMetrics::new(&metrics, "-", "-"),
+            metrics,
             pool: Arc::new(Pool::default()),
             log,
             limits,
@@ -126,7 +175,7 @@ impl Shared {
     }
 
     /// The current route table.
-    pub fn routes(&self) -> Arc<RouteTable> {
+    pub fn routes(&self) -> Arc<Active> {
         match self.routes.read() {
             Ok(g) => g.clone(),
             Err(e) => e.into_inner().clone(),
@@ -136,7 +185,8 @@ impl Shared {
     /// Swaps in a new route table; requests and handshakes from now on use
     /// it, those in flight finish with the old one.
     pub fn set_routes(&self, table: RouteTable) {
-        let table = Arc::new(table);
+        let metrics = table.labels.iter().map(|(h, r)| RouteMetrics::new(&self.metrics, h, r)).collect();
+        let table = Arc::new(Active { table, metrics });
         let endpoints: std::collections::HashSet<SocketAddr> = table.endpoints().collect();
         match self.routes.write() {
             Ok(mut g) => *g = table,
@@ -354,73 +404,54 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-async fn handle(
-    shared: Arc<Shared>,
-    info: Arc<ConnInfo>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+async fn handle(shared: Arc<Shared>, info: Arc<ConnInfo>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     info.inflight.fetch_add(1, Ordering::Relaxed);
     let _guard = InflightGuard(info.inflight.clone());
     let start = Instant::now();
-    let method = req.method().clone();
-    let version = req.version();
-    let path_and_query = req.uri().path_and_query().map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
     let authority = req
         .uri()
         .authority()
         .map(|a| a.as_str().to_string())
         .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string));
-    let mut entry = Entry {
+    let mut entry = shared.log.enabled().then(|| Entry {
         client: info.client,
         tls: info.tls,
-        method: method.as_str().to_string(),
+        method: req.method().as_str().to_string(),
         host: authority.clone().unwrap_or_default(),
-        path: path_and_query.clone(),
-        version,
+        path: req.uri().path_and_query().map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+        version: req.version(),
         ..Entry::default()
-    };
-    let (response, host_label, route_label) = route(&shared, &info, req, authority, &mut entry).await;
+    });
+    let active = shared.routes();
+    let (response, route) = route(&shared, &active, &info, req, authority, &mut entry).await;
     let status = response.status().as_u16();
     let elapsed = start.elapsed();
-    entry.status = status;
-    entry.duration = elapsed;
-    shared
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            host: host_label.clone(),
-            route: route_label.clone(),
-            status: status_class(status),
-        })
-        .inc();
-    shared
-        .metrics
-        .latency
-        .get_or_create(&RouteLabels { host: host_label, route: route_label })
-        .observe(elapsed.as_secs_f64());
-    shared.log.write(&entry);
+    route.and_then(|id| active.metrics.get(id)).unwrap_or(&shared.unmatched).observe(status, elapsed);
+    if let Some(mut e) = entry {
+        e.status = status;
+        e.duration = elapsed;
+        shared.log.write(&e);
+    }
     Ok(response)
 }
 
-/// Routes and proxies one request; returns the response and the metric
-/// labels (rule host, route).
+/// Routes and proxies one request; returns the response and the route's
+/// id, if one matched.
 async fn route(
     shared: &Arc<Shared>,
+    active: &Active,
     info: &ConnInfo,
     req: Request<Incoming>,
     authority: Option<String>,
-    entry: &mut Entry,
-) -> (Response<Body>, String, String) {
-    let none = || ("-".to_string(), "-".to_string());
+    entry: &mut Option<Entry>,
+) -> (Response<Body>, Option<usize>) {
     let Some(authority) = authority else {
-        let (h, r) = none();
-        return (local(StatusCode::BAD_REQUEST, "missing Host\n"), h, r);
+        return (local(StatusCode::BAD_REQUEST, "missing Host\n"), None);
     };
     let host = normalize_host(&authority);
-    let routes = shared.routes();
     if !info.tls
         && let Some(port) = shared.redirect
-        && routes.tls_for(&host).is_some()
+        && active.tls_for(&host).is_some()
     {
         let port = if port == 443 { String::new() } else { format!(":{port}") };
         let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -429,29 +460,27 @@ async fn route(
         if let Ok(v) = HeaderValue::from_str(&location) {
             r.headers_mut().insert(header::LOCATION, v);
         }
-        let (h, rt) = none();
-        return (r, h, rt);
+        return (r, None);
     }
-    let Some(m) = routes.lookup(&host, req.uri().path()) else {
-        let (h, r) = none();
-        return (local(StatusCode::NOT_FOUND, "no route\n"), h, r);
+    let Some(m) = active.lookup(&host, req.uri().path()) else {
+        return (local(StatusCode::NOT_FOUND, "no route\n"), None);
     };
-    let host_label = m.host.to_string();
-    let route_label = format!("{} {}", m.ingress, m.route);
-    entry.route = route_label.clone();
-    entry.backend = m.target.describe();
+    if let Some(e) = entry.as_mut() {
+        e.route = m.label.to_string();
+        e.backend = m.target.describe();
+    }
     if m.target.endpoints.is_empty() {
-        return (local(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoints\n"), host_label, route_label);
+        return (local(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoints\n"), Some(m.id));
     }
 
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let xff = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {}", info.client.ip()),
-        None => info.client.ip().to_string(),
-    };
     let h = &mut parts.headers;
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", info.client.ip())),
+        None => HeaderValue::from_str(&info.client.ip().to_string()),
+    };
+    if let Ok(v) = xff {
         h.insert("x-forwarded-for", v);
     }
     h.insert("x-forwarded-proto", HeaderValue::from_static(if info.tls { "https" } else { "http" }));
@@ -475,7 +504,7 @@ async fn route(
         ),
         Err(_) => local(StatusCode::GATEWAY_TIMEOUT, "backend timed out\n"),
     };
-    (response, host_label, route_label)
+    (response, Some(m.id))
 }
 
 /// Sends the request to the target's endpoints in turn until one accepts
@@ -486,8 +515,8 @@ async fn forward(
     shared: &Arc<Shared>,
     target: &super::routes::Target,
     mut req: Request<Incoming>,
-    entry: &mut Entry,
-) -> Result<Response<Incoming>, StatusCode> {
+    entry: &mut Option<Entry>,
+) -> Result<Response<PooledBody>, StatusCode> {
     for addr in target.attempt_order() {
         // At most one retry on a fresh connection when a pooled one had
         // been closed under us.
@@ -505,11 +534,13 @@ async fn forward(
                     break;
                 }
             };
-            entry.endpoint = Some(addr);
+            if let Some(e) = entry.as_mut() {
+                e.endpoint = Some(addr);
+            }
             match conn.sender.try_send_request(req).await {
                 Ok(resp) => {
-                    shared.pool.recycle(addr, conn.sender);
-                    return Ok(resp);
+                    let (parts, body) = resp.into_parts();
+                    return Ok(Response::from_parts(parts, shared.pool.recycle(addr, conn.sender, body)));
                 }
                 Err(mut e) => match e.take_message() {
                     Some(r) if conn.reused => {
