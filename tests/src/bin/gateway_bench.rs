@@ -130,7 +130,7 @@ fn main() -> anyhow::Result<()> {
         .arg(&m)
         .args(["--https", ZTUNNEL, "--no-http", "--admin", "127.0.9.1:15021", "--default-certificate", "bench/tls"])
         .arg("--access-log")
-        .arg(dir.join("gateway-access.log"))
+        .arg(std::env::var_os("ZT_BENCH_ACCESS_LOG").unwrap_or_else(|| dir.join("gateway-access.log").into()))
         .stdout(Stdio::null())
         .stderr(Stdio::from(fs::File::create(dir.join("gateway.log"))?))
         .spawn()?;
@@ -147,7 +147,8 @@ fn main() -> anyhow::Result<()> {
     }
 
     let mut rows: Vec<(&str, Vec<f64>, Vec<f64>)> = Vec::new();
-    let (mut z_rps, mut n_rps, mut z_p99, mut n_p99, mut z_new, mut n_new) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut z_rps, mut n_rps, mut z_p99, mut n_p99, mut z_new, mut n_new) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     for round in 1..=rounds {
         for (name, addr) in [("nginx", NGINX), ("ztunnel", ZTUNNEL)] {
             let keep = wrk(&format!("https://{addr}/"), secs, &[])?;

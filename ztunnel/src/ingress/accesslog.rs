@@ -2,16 +2,18 @@
 //! protocol, status, route, backend, endpoint, duration), to stdout or a
 //! file, or off; buffered, flushed every 200 ms.
 
+use std::cell::RefCell;
 use std::io::{BufWriter, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::Version;
-use serde::Serialize;
+use http::uri::PathAndQuery;
+use http::{Method, Version};
 
-/// One request.
+/// One request. Cheap to fill: shared strings and cheaply cloned URI
+/// parts, formatted only when the line is written.
 #[derive(Debug, Clone)]
 pub struct Entry {
     /// Client address.
@@ -19,19 +21,19 @@ pub struct Entry {
     /// Over TLS.
     pub tls: bool,
     /// Method.
-    pub method: String,
+    pub method: Method,
     /// Host header or `:authority`.
     pub host: String,
     /// Path and query.
-    pub path: String,
+    pub path: Option<PathAndQuery>,
     /// Client protocol.
     pub version: Version,
     /// Response status.
     pub status: u16,
-    /// `namespace/ingress path` that matched, empty if none.
-    pub route: String,
-    /// `namespace/service:port`, empty if none.
-    pub backend: String,
+    /// `namespace/ingress path` that matched.
+    pub route: Option<Arc<str>>,
+    /// `namespace/service:port`.
+    pub backend: Option<Arc<str>>,
     /// The endpoint that served it.
     pub endpoint: Option<SocketAddr>,
     /// Time to response headers.
@@ -43,33 +45,17 @@ impl Default for Entry {
         Self {
             client: SocketAddr::from(([0, 0, 0, 0], 0)),
             tls: false,
-            method: String::new(),
+            method: Method::GET,
             host: String::new(),
-            path: String::new(),
+            path: None,
             version: Version::HTTP_11,
             status: 0,
-            route: String::new(),
-            backend: String::new(),
+            route: None,
+            backend: None,
             endpoint: None,
             duration: Duration::ZERO,
         }
     }
-}
-
-#[derive(Serialize)]
-struct Line<'a> {
-    time: String,
-    client: String,
-    scheme: &'static str,
-    protocol: &'static str,
-    method: &'a str,
-    host: &'a str,
-    path: &'a str,
-    status: u16,
-    route: &'a str,
-    backend: &'a str,
-    endpoint: Option<String>,
-    duration_ms: f64,
 }
 
 fn protocol(v: Version) -> &'static str {
@@ -80,6 +66,73 @@ fn protocol(v: Version) -> &'static str {
         Version::HTTP_3 => "HTTP/3",
         _ => "HTTP/1.1",
     }
+}
+
+/// Appends `s` as a JSON string (quotes and escapes included): hosts and
+/// paths come from clients.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for c in s.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => {
+                let mut b = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+thread_local! {
+    /// The formatted current second, reused for every line in that second.
+    static SECOND: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+}
+
+fn timestamp(out: &mut Vec<u8>) {
+    let now = time::OffsetDateTime::now_utc();
+    SECOND.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != now.unix_timestamp() {
+            let f = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
+            *c = (now.unix_timestamp(), now.format(&f).unwrap_or_default());
+        }
+        out.extend_from_slice(c.1.as_bytes());
+    });
+    let _ = write!(out, ".{:06}Z", now.microsecond());
+}
+
+/// One line of JSON for `e` (appended to `out`, newline included).
+pub fn format(out: &mut Vec<u8>, e: &Entry) {
+    out.extend_from_slice(b"{\"time\":\"");
+    timestamp(out);
+    let _ = write!(
+        out,
+        "\",\"client\":\"{}\",\"scheme\":\"{}\",\"protocol\":\"{}\",\"method\":",
+        e.client,
+        if e.tls { "https" } else { "http" },
+        protocol(e.version)
+    );
+    json_str(out, e.method.as_str());
+    out.extend_from_slice(b",\"host\":");
+    json_str(out, &e.host);
+    out.extend_from_slice(b",\"path\":");
+    json_str(out, e.path.as_ref().map_or("", |p| p.as_str()));
+    let _ = write!(out, ",\"status\":{},\"route\":", e.status);
+    json_str(out, e.route.as_deref().unwrap_or(""));
+    out.extend_from_slice(b",\"backend\":");
+    json_str(out, e.backend.as_deref().unwrap_or(""));
+    match e.endpoint {
+        Some(a) => {
+            let _ = write!(out, ",\"endpoint\":\"{a}\"");
+        }
+        None => out.extend_from_slice(b",\"endpoint\":null"),
+    }
+    let _ = writeln!(out, ",\"duration_ms\":{:.3}}}", e.duration.as_secs_f64() * 1000.0);
 }
 
 type Sink = Arc<Mutex<BufWriter<Box<dyn Write + Send>>>>;
@@ -142,26 +195,9 @@ impl AccessLog {
     /// Writes one line (errors are dropped: logging never fails a request).
     pub fn write(&self, e: &Entry) {
         let Some(out) = &self.out else { return };
-        let line = Line {
-            time: time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
-            client: e.client.to_string(),
-            scheme: if e.tls { "https" } else { "http" },
-            protocol: protocol(e.version),
-            method: &e.method,
-            host: &e.host,
-            path: &e.path,
-            status: e.status,
-            route: &e.route,
-            backend: &e.backend,
-            endpoint: e.endpoint.map(|a| a.to_string()),
-            duration_ms: e.duration.as_secs_f64() * 1000.0,
-        };
-        let mut w = lock(out);
-        if serde_json::to_writer(&mut *w, &line).is_ok() {
-            let _ = w.write_all(b"\n");
-        }
+        let mut line = Vec::with_capacity(256);
+        format(&mut line, e);
+        let _ = lock(out).write_all(&line);
     }
 }
 
@@ -170,5 +206,34 @@ impl Drop for AccessLog {
         if let Some(s) = &self.out {
             let _ = lock(s).flush();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_json_and_escape_client_text() {
+        let e = Entry {
+            host: "evil\"host\n".into(),
+            path: Some(PathAndQuery::from_static("/a/b?x=1")),
+            status: 200,
+            route: Some("n/i /".into()),
+            endpoint: Some("10.0.0.1:80".parse().unwrap()),
+            duration: Duration::from_micros(1500),
+            ..Entry::default()
+        };
+        let mut out = Vec::new();
+        format(&mut out, &e);
+        assert_eq!(out.last(), Some(&b'\n'));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["host"], "evil\"host\n");
+        assert_eq!(v["path"], "/a/b?x=1");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["backend"], "");
+        assert_eq!(v["endpoint"], "10.0.0.1:80");
+        assert_eq!(v["duration_ms"], 1.5);
+        assert!(v["time"].as_str().unwrap().ends_with('Z'));
     }
 }

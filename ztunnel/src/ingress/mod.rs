@@ -173,53 +173,89 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         crate::agent::admin::serve(addr, admin_state.clone()).with_context(|| format!("--admin {addr}"))?;
     }
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cfg.threads.max(1))
-        .thread_name("gateway")
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
-    rt.block_on(async move {
-        let https = match cfg.https {
-            Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("--https {a}"))?),
-            None => None,
-        };
-        let http = match cfg.http {
-            Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("--http {a}"))?),
-            None => None,
-        };
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let routes_view = shared.clone();
-        *admin_state.routes.lock().map_err(|_| anyhow::anyhow!("admin state poisoned"))? =
-            Some(crate::agent::admin::RoutesDump(Arc::new(move || {
-                let t = routes_view.routes();
-                serde_json::json!({"served": t.served, "routes": t.describe(), "problems": t.problems})
-            })));
-        let poll_shared = shared.clone();
-        let selector = cfg.selector.clone();
-        let poll = cfg.poll;
-        tokio::task::spawn_blocking(move || {
-            loop {
-                std::thread::sleep(poll);
-                let p = source.poll();
-                report(&p.errors);
-                store.apply(p.changes, &poll_shared, &selector);
-            }
-        });
-        let signals = tokio::spawn(async move {
-            wait_for_signal().await;
-            info!("signal received: draining");
-            let _ = stop_tx.send(true);
-        });
-        admin_state.ready.store(true, Ordering::Relaxed);
-        info!(https = ?cfg.https, http = ?cfg.http, "gateway serving");
-        server::serve(shared, https, http, stop_rx, Duration::from_secs(10)).await.context("TLS configuration")?;
-        signals.abort();
-        Ok::<(), anyhow::Error>(())
+    let routes_view = shared.clone();
+    *admin_state.routes.lock().map_err(|_| anyhow::anyhow!("admin state poisoned"))? =
+        Some(crate::agent::admin::RoutesDump(Arc::new(move || {
+            let t = routes_view.routes();
+            serde_json::json!({"served": t.served, "routes": t.describe(), "problems": t.problems})
+        })));
+    let poll_shared = shared.clone();
+    let selector = cfg.selector.clone();
+    let poll = cfg.poll;
+    std::thread::Builder::new().name("gateway-source".into()).spawn(move || {
+        loop {
+            std::thread::sleep(poll);
+            let p = source.poll();
+            report(&p.errors);
+            store.apply(p.changes, &poll_shared, &selector);
+        }
     })?;
-    // The manifest poller is a blocking thread; do not wait for it.
-    rt.shutdown_timeout(Duration::from_millis(100));
+
+    // One single-threaded runtime per serving thread, each with its own
+    // SO_REUSEPORT listeners; the kernel spreads connections across them.
+    let tls = server::tls_config(&shared).context("TLS configuration")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+    let mut workers = Vec::new();
+    for i in 0..cfg.threads.max(1) {
+        let (shared, tls, stop_rx, bound_tx) = (shared.clone(), tls.clone(), stop_rx.clone(), bound_tx.clone());
+        let (https, http) = (cfg.https, cfg.http);
+        workers.push(std::thread::Builder::new().name(format!("gateway-{i}")).spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = bound_tx.send(Err(anyhow::anyhow!("tokio runtime: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let listeners = (|| {
+                    let https = https.map(|a| listen(a).with_context(|| format!("--https {a}"))).transpose()?;
+                    let http = http.map(|a| listen(a).with_context(|| format!("--http {a}"))).transpose()?;
+                    Ok::<_, anyhow::Error>((https, http))
+                })();
+                let (https, http) = match listeners {
+                    Ok(l) => {
+                        let _ = bound_tx.send(Ok(()));
+                        l
+                    }
+                    Err(e) => {
+                        let _ = bound_tx.send(Err(e));
+                        return;
+                    }
+                };
+                server::serve(shared, tls, https, http, stop_rx, Duration::from_secs(10)).await;
+            });
+        })?);
+    }
+    drop(bound_tx);
+    for r in bound_rx.iter().take(workers.len()) {
+        if let Err(e) = r {
+            let _ = stop_tx.send(true);
+            return Err(e);
+        }
+    }
+    admin_state.ready.store(true, Ordering::Relaxed);
+    info!(https = ?cfg.https, http = ?cfg.http, threads = workers.len(), "gateway serving");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
+    rt.block_on(wait_for_signal());
+    info!("signal received: draining");
+    admin_state.ready.store(false, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    for w in workers {
+        let _ = w.join();
+    }
     Ok(())
+}
+
+/// A listener that shares its address with the other serving threads.
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 fn report(errors: &[policy::ManifestError]) {

@@ -48,10 +48,8 @@ pub const CONTROLLER: &str = "ztunnel.dev/ingress-gateway";
 /// A resolved backend: a Service port and its ready endpoints.
 #[derive(Debug)]
 pub struct Target {
-    /// The Service.
-    pub service: ObjectKey,
-    /// The port as the Ingress named it.
-    pub port: PortRef,
+    /// `namespace/service:port`, for logs.
+    pub label: Arc<str>,
     /// Ready endpoints (empty: 503).
     pub endpoints: Vec<SocketAddr>,
     next: AtomicUsize,
@@ -66,12 +64,12 @@ impl Target {
         (0..n).map(move |i| self.endpoints[(start + i) % n])
     }
 
-    /// `namespace/service:port`.
-    pub fn describe(&self) -> String {
-        match &self.port {
-            PortRef::Number(n) => format!("{}:{n}", self.service),
-            PortRef::Name(s) => format!("{}:{s}", self.service),
-        }
+    fn new(service: ObjectKey, port: PortRef, endpoints: Vec<SocketAddr>) -> Self {
+        let label = match &port {
+            PortRef::Number(n) => format!("{service}:{n}"),
+            PortRef::Name(s) => format!("{service}:{s}"),
+        };
+        Self { label: label.into(), endpoints, next: AtomicUsize::new(0) }
     }
 }
 
@@ -195,12 +193,7 @@ impl RouteTable {
                 .entry(b.clone())
                 .or_insert_with(|| {
                     let endpoints = resolve_endpoints(b, services.get(&b.service).copied(), &slices, problems);
-                    Arc::new(Target {
-                        service: b.service.clone(),
-                        port: b.port.clone(),
-                        endpoints,
-                        next: AtomicUsize::new(0),
-                    })
+                    Arc::new(Target::new(b.service.clone(), b.port.clone(), endpoints))
                 })
                 .clone()
         };
@@ -344,7 +337,7 @@ impl RouteTable {
                 "{host}{} {:?} -> {} ({} endpoints) [{}]",
                 r.path,
                 r.kind,
-                r.target.describe(),
+                r.target.label,
                 r.target.endpoints.len(),
                 r.ingress
             ));
@@ -361,12 +354,7 @@ impl RouteTable {
         }
         self.any_host.iter().for_each(|r| push("*", r));
         if let Some(d) = &self.default_backend {
-            out.push(format!(
-                "default -> {} ({} endpoints) [{}]",
-                d.target.describe(),
-                d.target.endpoints.len(),
-                d.ingress
-            ));
+            out.push(format!("default -> {} ({} endpoints) [{}]", d.target.label, d.target.endpoints.len(), d.ingress));
         }
         out
     }
@@ -437,7 +425,8 @@ mod tests {
     }
 
     fn routed(t: &RouteTable, host: &str, path: &str) -> Option<String> {
-        t.lookup(host, path).map(|m| m.target.service.name.to_string())
+        // The Service name out of `namespace/name:port`.
+        t.lookup(host, path).map(|m| m.target.label.split(['/', ':']).nth(1).unwrap_or("").to_string())
     }
 
     /// The examples table of the Ingress specification (Prefix/Exact).
@@ -563,12 +552,12 @@ mod tests {
         assert_eq!(t.tls_for("x.b.example.com"), None);
         assert!(t.problems.iter().any(|p| p.contains("TLS Secret n/a not found")));
 
-        let target = Target {
-            service: ObjectKey::new("n", "s"),
-            port: PortRef::Number(80),
-            endpoints: vec!["10.0.0.1:1".parse().unwrap(), "10.0.0.2:1".parse().unwrap()],
-            next: AtomicUsize::new(0),
-        };
+        let target = Target::new(
+            ObjectKey::new("n", "s"),
+            PortRef::Number(80),
+            vec!["10.0.0.1:1".parse().unwrap(), "10.0.0.2:1".parse().unwrap()],
+        );
+        assert_eq!(&*target.label, "n/s:80");
         let a: Vec<_> = target.attempt_order().collect();
         let b: Vec<_> = target.attempt_order().collect();
         assert_eq!(a.len(), 2);

@@ -89,7 +89,7 @@ pub struct Shared {
     default_secret: Option<String>,
     /// Metrics.
     pub metrics: Arc<GatewayMetrics>,
-    pool: Arc<Pool>,
+    pools: std::sync::Mutex<Vec<std::sync::Weak<Pool>>>,
     log: AccessLog,
     limits: Limits,
     redirect: Option<u16>,
@@ -167,7 +167,7 @@ impl Shared {
             default_secret,
             unmatched: RouteMetrics::new(&metrics, "-", "-"),
             metrics,
-            pool: Arc::new(Pool::default()),
+            pools: std::sync::Mutex::new(Vec::new()),
             log,
             limits,
             redirect,
@@ -192,7 +192,24 @@ impl Shared {
             Ok(mut g) => *g = table,
             Err(e) => *e.into_inner() = table,
         }
-        self.pool.retain(&|a| endpoints.contains(a));
+        let mut pools = match self.pools.lock() {
+            Ok(g) => g,
+            Err(e) => e.into_inner(),
+        };
+        pools.retain(|p| p.strong_count() > 0);
+        for p in pools.iter().filter_map(std::sync::Weak::upgrade) {
+            p.retain(&|a| endpoints.contains(a));
+        }
+    }
+
+    /// A backend connection pool for one serving thread.
+    fn new_pool(&self) -> Arc<Pool> {
+        let pool = Arc::new(Pool::default());
+        match self.pools.lock() {
+            Ok(mut g) => g.push(Arc::downgrade(&pool)),
+            Err(e) => e.into_inner().push(Arc::downgrade(&pool)),
+        }
+        pool
     }
 
     /// The certificate for handshakes no Secret covers.
@@ -202,7 +219,8 @@ impl Shared {
 }
 
 /// Builds the TLS configuration: TLS 1.2 and 1.3, AEAD suites only (the
-/// provider offers no others), ALPN h2 and http/1.1, session tickets.
+/// provider offers no others), ALPN h2 and http/1.1, session tickets. One
+/// configuration serves every thread, so a session resumes on any of them.
 pub fn tls_config(shared: &Arc<Shared>) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
@@ -219,23 +237,28 @@ pub fn tls_config(shared: &Arc<Shared>) -> Result<Arc<rustls::ServerConfig>, rus
 }
 
 /// Runs the listeners until `shutdown` turns true, then drains connections
-/// for up to `drain`.
+/// for up to `drain`. Each serving thread runs this on its own
+/// single-threaded runtime with its own listeners (`SO_REUSEPORT`) and its
+/// own backend pool, like nginx workers: a request and its backend
+/// exchange never cross threads.
 pub async fn serve(
     shared: Arc<Shared>,
+    tls: Arc<rustls::ServerConfig>,
     https: Option<TcpListener>,
     http: Option<TcpListener>,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
-) -> Result<(), rustls::Error> {
-    let acceptor = TlsAcceptor::from(tls_config(&shared)?);
+) {
+    let acceptor = TlsAcceptor::from(tls);
     let permits = Arc::new(Semaphore::new(shared.limits.max_connections));
     let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
     let builder = Arc::new(http_builder(&shared.limits));
+    let pool = shared.new_pool();
     let mut tasks = Vec::new();
     for (listener, tls) in [(https, true), (http, false)] {
         let Some(listener) = listener else { continue };
-        let (shared, acceptor, permits, graceful, builder) =
-            (shared.clone(), acceptor.clone(), permits.clone(), graceful.clone(), builder.clone());
+        let (shared, acceptor, permits, graceful, builder, pool) =
+            (shared.clone(), acceptor.clone(), permits.clone(), graceful.clone(), builder.clone(), pool.clone());
         let mut stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             loop {
@@ -257,11 +280,12 @@ pub async fn serve(
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
-                let (shared, acceptor, graceful, builder) =
-                    (shared.clone(), acceptor.clone(), graceful.clone(), builder.clone());
+                let (shared, acceptor, graceful, builder, pool) =
+                    (shared.clone(), acceptor.clone(), graceful.clone(), builder.clone(), pool.clone());
                 tokio::spawn(async move {
                     shared.metrics.connections.inc();
-                    connection(shared.clone(), tcp, peer, tls.then_some(acceptor), &graceful, &builder).await;
+                    let info = ConnInfo { client: peer, tls, inflight: Arc::new(AtomicUsize::new(0)), pool };
+                    connection(shared.clone(), tcp, info, tls.then_some(acceptor), &graceful, &builder).await;
                     shared.metrics.connections.dec();
                     drop(permit);
                 });
@@ -277,7 +301,6 @@ pub async fn serve(
     } else {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(())
 }
 
 fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
@@ -302,6 +325,7 @@ struct ConnInfo {
     client: SocketAddr,
     tls: bool,
     inflight: Arc<AtomicUsize>,
+    pool: Arc<Pool>,
 }
 
 fn handshake_reason(e: &std::io::Error) -> &'static str {
@@ -325,13 +349,13 @@ fn handshake_reason(e: &std::io::Error) -> &'static str {
 async fn connection(
     shared: Arc<Shared>,
     tcp: TcpStream,
-    peer: SocketAddr,
+    info: ConnInfo,
     acceptor: Option<TlsAcceptor>,
     graceful: &hyper_util::server::graceful::GracefulShutdown,
     builder: &auto::Builder<TokioExecutor>,
 ) {
-    let inflight = Arc::new(AtomicUsize::new(0));
-    let info = Arc::new(ConnInfo { client: peer, tls: acceptor.is_some(), inflight: inflight.clone() });
+    let (peer, inflight) = (info.client, info.inflight.clone());
+    let info = Arc::new(info);
     let svc = {
         let shared = shared.clone();
         hyper::service::service_fn(move |req| handle(shared.clone(), info.clone(), req))
@@ -404,7 +428,11 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-async fn handle(shared: Arc<Shared>, info: Arc<ConnInfo>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    shared: Arc<Shared>,
+    info: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     info.inflight.fetch_add(1, Ordering::Relaxed);
     let _guard = InflightGuard(info.inflight.clone());
     let start = Instant::now();
@@ -416,9 +444,9 @@ async fn handle(shared: Arc<Shared>, info: Arc<ConnInfo>, req: Request<Incoming>
     let mut entry = shared.log.enabled().then(|| Entry {
         client: info.client,
         tls: info.tls,
-        method: req.method().as_str().to_string(),
+        method: req.method().clone(),
         host: authority.clone().unwrap_or_default(),
-        path: req.uri().path_and_query().map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+        path: req.uri().path_and_query().cloned(),
         version: req.version(),
         ..Entry::default()
     });
@@ -466,8 +494,8 @@ async fn route(
         return (local(StatusCode::NOT_FOUND, "no route\n"), None);
     };
     if let Some(e) = entry.as_mut() {
-        e.route = m.label.to_string();
-        e.backend = m.target.describe();
+        e.route = Some(m.label.clone());
+        e.backend = Some(m.target.label.clone());
     }
     if m.target.endpoints.is_empty() {
         return (local(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoints\n"), Some(m.id));
@@ -492,7 +520,8 @@ async fn route(
     parts.uri = parts.uri.path_and_query().map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
     let req = Request::from_parts(parts, body);
 
-    let forwarded = tokio::time::timeout(shared.limits.request_timeout, forward(shared, &m.target, req, entry)).await;
+    let forwarded =
+        tokio::time::timeout(shared.limits.request_timeout, forward(shared, &info.pool, &m.target, req, entry)).await;
     let response = match forwarded {
         Ok(Ok(mut resp)) => {
             strip_hop_by_hop(resp.headers_mut());
@@ -513,6 +542,7 @@ async fn route(
 /// was written and failed is a 502, never replayed.
 async fn forward(
     shared: &Arc<Shared>,
+    pool: &Arc<Pool>,
     target: &super::routes::Target,
     mut req: Request<Incoming>,
     entry: &mut Option<Entry>,
@@ -522,9 +552,9 @@ async fn forward(
         // been closed under us.
         for fresh in [false, true] {
             let conn = if fresh {
-                shared.pool.connect(addr, shared.limits.connect_timeout).await
+                pool.connect(addr, shared.limits.connect_timeout).await
             } else {
-                shared.pool.checkout(addr, shared.limits.connect_timeout).await
+                pool.checkout(addr, shared.limits.connect_timeout).await
             };
             let mut conn = match conn {
                 Ok(c) => c,
@@ -540,7 +570,7 @@ async fn forward(
             match conn.sender.try_send_request(req).await {
                 Ok(resp) => {
                     let (parts, body) = resp.into_parts();
-                    return Ok(Response::from_parts(parts, shared.pool.recycle(addr, conn.sender, body)));
+                    return Ok(Response::from_parts(parts, pool.recycle(addr, conn.sender, body)));
                 }
                 Err(mut e) => match e.take_message() {
                     Some(r) if conn.reused => {
