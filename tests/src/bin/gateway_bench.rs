@@ -28,7 +28,17 @@ fn env_num(name: &str, default: u32) -> u32 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn nginx(dir: &Path, name: &str, body: &str) -> anyhow::Result<Proc> {
+/// An nginx master process, stopped with SIGTERM so its workers go too.
+struct Nginx(std::process::Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = self.0.wait();
+    }
+}
+
+fn nginx(dir: &Path, name: &str, body: &str) -> anyhow::Result<Nginx> {
     let d = dir.join(name);
     fs::create_dir_all(&d)?;
     let conf = format!(
@@ -43,7 +53,7 @@ fn nginx(dir: &Path, name: &str, body: &str) -> anyhow::Result<Proc> {
         .stderr(Stdio::from(fs::File::create(d.join("stderr.log"))?))
         .spawn()
         .context("starting nginx (apt install nginx-light)")?;
-    Ok(Proc(child))
+    Ok(Nginx(child))
 }
 
 struct Result {

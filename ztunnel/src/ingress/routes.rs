@@ -141,7 +141,7 @@ pub struct RouteTable {
 }
 
 /// Lower-case host without port or trailing dot.
-pub fn normalize_host(authority: &str) -> String {
+pub fn normalize_host(authority: &str) -> std::borrow::Cow<'_, str> {
     let host = if let Some(rest) = authority.strip_prefix('[') {
         // [v6]:port
         rest.split(']').next().unwrap_or("")
@@ -150,7 +150,12 @@ pub fn normalize_host(authority: &str) -> String {
             .rsplit_once(':')
             .map_or(authority, |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { authority })
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    let host = host.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host) // the common case: no allocation
+    }
 }
 
 fn wildcard_suffix(host: &str) -> Option<&str> {

@@ -436,16 +436,17 @@ async fn handle(
     info.inflight.fetch_add(1, Ordering::Relaxed);
     let _guard = InflightGuard(info.inflight.clone());
     let start = Instant::now();
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string));
+    // The Host header as is (HTTP/1.1, no copy), else `:authority` (HTTP/2).
+    let authority = match req.headers().get(header::HOST) {
+        Some(h) if req.version() != Version::HTTP_2 => Some(h.clone()),
+        _ => req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    }
+    .filter(|h| h.to_str().is_ok());
     let mut entry = shared.log.enabled().then(|| Entry {
         client: info.client,
         tls: info.tls,
         method: req.method().clone(),
-        host: authority.clone().unwrap_or_default(),
+        host: authority.as_ref().and_then(|h| h.to_str().ok()).unwrap_or_default().to_string(),
         path: req.uri().path_and_query().cloned(),
         version: req.version(),
         ..Entry::default()
@@ -470,13 +471,13 @@ async fn route(
     active: &Active,
     info: &ConnInfo,
     req: Request<Incoming>,
-    authority: Option<String>,
+    authority: Option<HeaderValue>,
     entry: &mut Option<Entry>,
 ) -> (Response<Body>, Option<usize>) {
-    let Some(authority) = authority else {
+    let Some((authority, text)) = authority.as_ref().and_then(|h| Some((h.clone(), h.to_str().ok()?))) else {
         return (local(StatusCode::BAD_REQUEST, "missing Host\n"), None);
     };
-    let host = normalize_host(&authority);
+    let host = normalize_host(text);
     if !info.tls
         && let Some(port) = shared.redirect
         && active.tls_for(&host).is_some()
@@ -512,10 +513,8 @@ async fn route(
         h.insert("x-forwarded-for", v);
     }
     h.insert("x-forwarded-proto", HeaderValue::from_static(if info.tls { "https" } else { "http" }));
-    if let Ok(v) = HeaderValue::from_str(&authority) {
-        h.insert("x-forwarded-host", v.clone());
-        h.insert(header::HOST, v);
-    }
+    h.insert("x-forwarded-host", authority.clone());
+    h.insert(header::HOST, authority);
     parts.version = Version::HTTP_11;
     parts.uri = parts.uri.path_and_query().map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
     let req = Request::from_parts(parts, body);
