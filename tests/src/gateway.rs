@@ -156,7 +156,8 @@ pub fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
 
 /// Serves HTTP/1.1 on `listener` (keep-alive) until the process ends: each
 /// response body is `name`, the request path and the proxy headers it got,
-/// one per line (`path=...`, `host=...`, `x-forwarded-for=...`, ...).
+/// one per line (`path=...`, `peer=...` (the TCP source it saw), `host=...`,
+/// `x-forwarded-for=...`, ...).
 pub fn http_backend(listener: TcpListener, name: &'static str) {
     std::thread::spawn(move || {
         for conn in listener.incoming() {
@@ -169,6 +170,7 @@ pub fn http_backend(listener: TcpListener, name: &'static str) {
 }
 
 fn serve_conn(conn: std::net::TcpStream, name: &str) -> std::io::Result<()> {
+    let peer = conn.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
     let mut out = conn.try_clone()?;
     let mut reader = BufReader::new(conn);
     loop {
@@ -198,7 +200,7 @@ fn serve_conn(conn: std::net::TcpStream, name: &str) -> std::io::Result<()> {
         }
         let mut body = vec![0u8; length];
         reader.read_exact(&mut body)?;
-        let mut text = format!("{name}\npath={path}\n");
+        let mut text = format!("{name}\npath={path}\npeer={peer}\n");
         for (k, v) in &headers {
             if matches!(k.as_str(), "host" | "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host") {
                 let _ = writeln!(text, "{k}={v}");
