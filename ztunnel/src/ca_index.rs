@@ -1,14 +1,15 @@
 //! The CA's view of which node runs which identities, from the same
-//! manifest directory the node agents enforce (local mode).
+//! object source the node agents use (a manifest directory, or the API
+//! server's pods).
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use policy::Cluster;
 
-use crate::agent::source::{Change, DirSource};
+use crate::agent::source::{Change, ObjectSource, PolicyKinds};
+use crate::kube_source::SourceSpec;
 
 type Triples = HashSet<(String, String, String)>;
 
@@ -26,14 +27,12 @@ fn triples(c: &Cluster) -> Triples {
 }
 
 impl ManifestIndex {
-    /// Reads `dir` once, then keeps polling it every `poll_ms`.
-    pub fn start(dir: PathBuf, poll_ms: u64) -> anyhow::Result<Self> {
-        if !dir.is_dir() {
-            anyhow::bail!("{}: not a directory of manifests", dir.display());
-        }
-        let mut source: DirSource = DirSource::new(&dir);
+    /// Reads the source once, then keeps polling it every `poll_ms`.
+    pub fn start(spec: &SourceSpec, poll_ms: u64) -> anyhow::Result<Self> {
+        spec.validate()?;
+        let mut source = crate::kube_source::open::<PolicyKinds>(spec, crate::kube_source::pod_resources())?;
         let mut cluster = Cluster::new();
-        let apply = |cluster: &mut Cluster, source: &mut DirSource| -> bool {
+        let apply = |cluster: &mut Cluster, source: &mut Box<dyn ObjectSource<PolicyKinds>>| -> bool {
             let poll = source.poll();
             for e in &poll.errors {
                 tracing::warn!(error = %e, "manifest rejected; its last good objects stay in use");

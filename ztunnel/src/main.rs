@@ -2,9 +2,11 @@
 
 mod agent;
 mod ca_index;
+mod ca_kube;
 mod cli;
 mod identity;
 mod ingress;
+mod kube_source;
 mod manifests;
 mod proxy;
 

@@ -18,12 +18,23 @@ pub enum AuthError {
     /// The token is not known.
     #[error("unknown token")]
     Unknown,
+    /// The token is known but not acceptable (wrong audience, not a node
+    /// agent's service account, no node binding).
+    #[error("token rejected: {0}")]
+    Rejected(String),
+    /// The authority that checks tokens (the API server) did not answer.
+    #[error("cannot check the token now: {0}")]
+    Unavailable(String),
 }
 
-/// Maps a bearer token to the node it belongs to.
+/// The future of an authentication.
+pub type AuthFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, AuthError>> + Send + 'a>>;
+
+/// Maps a bearer token to the node it belongs to. Asynchronous because
+/// Kubernetes mode asks the API server (a TokenReview).
 pub trait Authenticator: Send + Sync {
     /// The node name of the token's holder.
-    fn authenticate(&self, token: &str) -> Result<String, AuthError>;
+    fn authenticate<'a>(&'a self, token: &'a str) -> AuthFuture<'a>;
 }
 
 /// Node bootstrap tokens (local mode). Tokens are compared by their SHA-256
@@ -53,7 +64,14 @@ impl NodeTokens {
 }
 
 impl Authenticator for NodeTokens {
-    fn authenticate(&self, token: &str) -> Result<String, AuthError> {
+    fn authenticate<'a>(&'a self, token: &'a str) -> AuthFuture<'a> {
+        Box::pin(std::future::ready(self.check(token)))
+    }
+}
+
+impl NodeTokens {
+    /// The node of a token (synchronous: no IO).
+    pub fn check(&self, token: &str) -> Result<String, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
@@ -87,10 +105,10 @@ mod tests {
     #[test]
     fn tokens_map_to_their_node() {
         let t = NodeTokens::new(&BTreeMap::from([("node-1".into(), "aaa".into()), ("node-2".into(), "bbb".into())]));
-        assert_eq!(t.authenticate("aaa").unwrap(), "node-1");
-        assert_eq!(t.authenticate("bbb").unwrap(), "node-2");
-        assert_eq!(t.authenticate("ccc"), Err(AuthError::Unknown));
-        assert_eq!(t.authenticate(""), Err(AuthError::Missing));
+        assert_eq!(t.check("aaa").unwrap(), "node-1");
+        assert_eq!(t.check("bbb").unwrap(), "node-2");
+        assert_eq!(t.check("ccc"), Err(AuthError::Unknown));
+        assert_eq!(t.check(""), Err(AuthError::Missing));
         assert!(!format!("{t:?}").contains("aaa"));
     }
 

@@ -32,7 +32,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::auth::{Authenticator, bearer};
+use crate::auth::{AuthError, Authenticator, bearer};
 use crate::metrics::{CertLabel, Metrics};
 use crate::store::{DirStore, StoreError};
 use crate::tls::pem_certs;
@@ -509,8 +509,18 @@ async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Re
 
 async fn sign(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Resp {
     let auth = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let node = match bearer(auth).and_then(|t| shared.authenticator().authenticate(t)) {
+    let authenticator = shared.authenticator();
+    let node = match bearer(auth) {
+        Ok(t) => authenticator.authenticate(t).await,
+        Err(e) => Err(e),
+    };
+    let node = match node {
         Ok(n) => n,
+        Err(e @ AuthError::Unavailable(_)) => {
+            shared.metrics.deny("auth_unavailable");
+            warn!(%peer, reason = %e, "sign request refused: cannot authenticate now");
+            return error(StatusCode::SERVICE_UNAVAILABLE, "auth_unavailable", e);
+        }
         Err(e) => {
             shared.metrics.deny("unauthenticated");
             warn!(%peer, reason = %e, "sign request refused: not authenticated");
@@ -663,7 +673,7 @@ async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) {
                             );
                             r
                         }
-                        "/ready" | "/healthz/ready" => json(StatusCode::OK, &"ready"),
+                        "/ready" | "/healthz/ready" | "/healthz" => json(StatusCode::OK, &"ready"),
                         _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
                     };
                     Ok::<_, Infallible>(r)

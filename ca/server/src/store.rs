@@ -30,6 +30,14 @@ pub enum StoreError {
         /// The cause.
         source: std::io::Error,
     },
+    /// State kept elsewhere (a Kubernetes Secret) could not be used.
+    #[error("{what}: {reason}")]
+    Remote {
+        /// Where (`secret ztunnel-system/ztunnel-ca`).
+        what: String,
+        /// Why.
+        reason: String,
+    },
     /// No CA has been initialised here.
     #[error("{0}: no CA state (run `ztunnel ca init --dir {1}` first)")]
     Missing(PathBuf, String),

@@ -81,6 +81,8 @@ pub struct State {
     pub certs: Mutex<Option<Arc<crate::identity::SecretCache>>>,
     /// The ingress gateway's routes for `/config_dump`, when it runs.
     pub routes: Mutex<Option<RoutesDump>>,
+    /// Why `/ready` says 503.
+    pub not_ready: Mutex<String>,
 }
 
 /// Produces the ingress routes section of `/config_dump`.
@@ -138,11 +140,13 @@ fn handle(mut s: TcpStream, state: &State) -> std::io::Result<()> {
         return respond(&mut s, "405 Method Not Allowed", "text/plain", "GET only\n");
     }
     match path {
+        "/healthz" => respond(&mut s, "200 OK", "text/plain", "alive\n"),
         "/ready" | "/healthz/ready" => {
             if state.ready.load(Ordering::Relaxed) {
                 respond(&mut s, "200 OK", "text/plain", "ready\n")
             } else {
-                respond(&mut s, "503 Service Unavailable", "text/plain", "not synced yet\n")
+                let why = state.not_ready.lock().map(|w| w.clone()).unwrap_or_default();
+                respond(&mut s, "503 Service Unavailable", "text/plain", &why)
             }
         }
         "/metrics" => {
@@ -208,6 +212,7 @@ mod tests {
             registry: Mutex::new(registry),
             certs: Mutex::new(None),
             routes: Mutex::new(None),
+            not_ready: Mutex::new("not synced yet\n".into()),
         });
         let addr = serve("127.0.0.1:0".parse().unwrap(), state.clone()).unwrap();
         assert!(get(addr, b"GET /ready HTTP/1.1\r\n\r\n").starts_with("HTTP/1.0 503"));

@@ -25,13 +25,13 @@ use policy::compile::{Compiler, Scope};
 use self::admin::{FlowLabels, Metrics, PacketLabels};
 use self::dataplane::Dataplane;
 use self::flowlog::FlowLog;
-use self::source::{Change, DirSource};
+use self::source::Change;
 
 /// Validated configuration of `ztunnel run`.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Manifest directory (local mode).
-    pub manifests: PathBuf,
+    /// Where cluster objects come from.
+    pub source: crate::kube_source::SourceSpec,
     /// This node's name (`spec.nodeName` of its pods).
     pub node: String,
     /// Flow log destination; stdout when `None`.
@@ -51,7 +51,7 @@ pub struct Config {
 impl Config {
     /// Checks the configuration before anything is loaded.
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.manifests.is_dir(), "--local {}: not a directory", self.manifests.display());
+        self.source.validate()?;
         anyhow::ensure!(!self.node.is_empty(), "--node must not be empty");
         anyhow::ensure!(
             self.poll >= Duration::from_millis(10) && self.poll <= Duration::from_secs(10),
@@ -83,6 +83,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         registry: Mutex::new(registry),
         certs: Mutex::new(None),
         routes: Mutex::new(None),
+        not_ready: Mutex::new("not synced yet\n".into()),
     });
     if let Some(addr) = cfg.admin {
         let bound = admin::serve(addr, state.clone()).with_context(|| format!("--admin {addr}"))?;
@@ -114,8 +115,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         }
     };
     let stop = stop_flag()?;
-    let mut source: DirSource = DirSource::new(&cfg.manifests);
-    tracing::info!(node = %cfg.node, manifests = %cfg.manifests.display(), "agent started");
+    let mut source =
+        crate::kube_source::open::<source::PolicyKinds>(&cfg.source, crate::kube_source::policy_resources())?;
+    tracing::info!(node = %cfg.node, source = %cfg.source.describe(), "agent started");
     let mut last_problems: Vec<String> = Vec::new();
     loop {
         let poll = source.poll();
@@ -193,7 +195,17 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         metrics.attached_pods.set(i64::try_from(dp.attached_count()).unwrap_or(i64::MAX));
         // Ready once policy is synced and, with the mesh, every local
         // identity has its certificate.
-        state.ready.store(mesh.as_ref().is_none_or(mesh::Mesh::ready), Ordering::Relaxed);
+        // Out of touch with the API server, the last known state stays
+        // enforced (fail static) and readiness says so.
+        let health = source.health();
+        if let Ok(mut r) = state.not_ready.lock() {
+            *r = if health.connected {
+                "certificates pending\n".to_string()
+            } else {
+                format!("API server unreachable, enforcing the last known state: {}\n", health.detail)
+            };
+        }
+        state.ready.store(mesh.as_ref().is_none_or(mesh::Mesh::ready) && health.connected, Ordering::Relaxed);
         if stop.load(Ordering::Relaxed) {
             tracing::info!("SIGTERM: draining");
             state.ready.store(false, Ordering::Relaxed);

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use policy::manifest::{Object, parse_str};
-use policy::{ManifestError, ObjectRef};
+use policy::manifest::{Object, RawObject, decode_object, split_documents};
+use policy::{ManifestError, ObjectKey, ObjectRef};
 
 use crate::manifests::manifest_files;
 
@@ -23,8 +23,27 @@ pub trait Kinds {
     type Object: Clone + PartialEq + std::fmt::Debug;
     /// What identifies it (and deletes it).
     type Ref: Ord + Clone + std::fmt::Debug;
+    /// Decodes one document (a manifest document or an API object);
+    /// `Ok(None)` for kinds this consumer does not read.
+    fn decode(file: &str, raw: &RawObject) -> Result<Option<Self::Object>, ManifestError>;
+    /// The reference of a document by kind and name alone (for deletions
+    /// of objects that may not even be valid).
+    fn raw_ref(raw: &RawObject) -> Option<Self::Ref>;
     /// Parses one file's text (no IO).
-    fn parse(file: &str, text: &str) -> Parsed<Self::Object>;
+    fn parse(file: &str, text: &str) -> Parsed<Self::Object> {
+        let (docs, errors) = split_documents(file, text);
+        let mut parsed = Parsed { objects: Vec::new(), ignored: Vec::new(), errors };
+        for raw in docs {
+            match Self::decode(file, &raw) {
+                Ok(Some(o)) => parsed.objects.push(o),
+                Ok(None) => parsed
+                    .ignored
+                    .push(format!("document {}: {}/{} {}", raw.document, raw.api_version, raw.kind, raw.display_name)),
+                Err(e) => parsed.errors.push(e),
+            }
+        }
+        parsed
+    }
     /// The object's reference.
     fn reference(o: &Self::Object) -> Self::Ref;
     /// `Kind namespace/name`, as the parse errors name objects.
@@ -53,17 +72,19 @@ impl Kinds for PolicyKinds {
     type Object = Object;
     type Ref = ObjectRef;
 
-    fn parse(file: &str, text: &str) -> Parsed<Object> {
-        let parsed = parse_str(file, text);
-        Parsed {
-            objects: parsed.objects.into_iter().map(|(_, o)| o).collect(),
-            ignored: parsed
-                .ignored
-                .iter()
-                .map(|(doc, api, kind, obj)| format!("document {doc}: {api}/{kind} {obj}"))
-                .collect(),
-            errors: parsed.errors,
-        }
+    fn decode(file: &str, raw: &RawObject) -> Result<Option<Object>, ManifestError> {
+        decode_object(file, raw)
+    }
+
+    fn raw_ref(raw: &RawObject) -> Option<ObjectRef> {
+        let (ns, name) = raw_names(raw)?;
+        Some(match (raw.api_version.as_str(), raw.kind.as_str()) {
+            ("v1", "Namespace") => ObjectRef::Namespace(name),
+            ("v1", "Node") => ObjectRef::Node(name),
+            ("v1", "Pod") => ObjectRef::Pod(ObjectKey::new(ns, name)),
+            ("networking.k8s.io/v1", "NetworkPolicy") => ObjectRef::NetworkPolicy(ObjectKey::new(ns, name)),
+            _ => return None,
+        })
     }
 
     fn reference(o: &Object) -> ObjectRef {
@@ -80,6 +101,46 @@ impl Kinds for PolicyKinds {
             ObjectRef::Pod(_) => 1,
             ObjectRef::NetworkPolicy(_) => 2,
         }
+    }
+}
+
+/// `(namespace or "default", name)` of a raw document.
+pub fn raw_names(raw: &RawObject) -> Option<(String, String)> {
+    let meta = raw.value.get("metadata")?;
+    let name = meta.get("name")?.as_str()?.to_string();
+    let ns = meta.get("namespace").and_then(|n| n.as_str()).unwrap_or("default").to_string();
+    Some((ns, name))
+}
+
+/// Whether a source is in touch with its origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceHealth {
+    /// False while the API server (or directory) cannot be read: the last
+    /// known state stays in force.
+    pub connected: bool,
+    /// Why not.
+    pub detail: String,
+}
+
+/// Where cluster objects come from: a manifest directory ([`DirSource`]) or
+/// the API server (`crate::kube_source::KubeSource`). Consumers poll it and
+/// apply the changes; both give the same changes for the same objects.
+pub trait ObjectSource<K: Kinds>: Send {
+    /// Changes since the last poll.
+    fn poll(&mut self) -> Poll<K>;
+    /// Connection state (a directory is always connected).
+    fn health(&self) -> SourceHealth {
+        SourceHealth { connected: true, detail: String::new() }
+    }
+}
+
+impl<K: Kinds> ObjectSource<K> for DirSource<K>
+where
+    K::Object: Send,
+    K::Ref: Send,
+{
+    fn poll(&mut self) -> Poll<K> {
+        DirSource::poll(self)
     }
 }
 

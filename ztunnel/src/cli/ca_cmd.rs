@@ -272,18 +272,59 @@ pub fn render_status(s: &ca::CaStatus, color: bool) -> String {
     o
 }
 
+/// [`crate::ca_kube::SecretSource`] shared with the bundle publisher.
+struct Shared(Arc<crate::ca_kube::SecretSource>);
+
+impl ca_server::Source for Shared {
+    fn fingerprint(&self) -> String {
+        self.0.fingerprint()
+    }
+    fn load_state(&self) -> Result<ca::CaState, ca_server::store::StoreError> {
+        self.0.load_state()
+    }
+    fn load_authenticator(&self) -> Result<Arc<dyn ca_server::auth::Authenticator>, ca_server::store::StoreError> {
+        self.0.load_authenticator()
+    }
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let store = DirStore::new(&args.dir.dir);
-    let index = Arc::new(crate::ca_index::ManifestIndex::start(args.local.clone(), args.poll_ms)?);
+    let spec = match &args.local {
+        Some(dir) if !args.kube => crate::kube_source::SourceSpec::Local(dir.clone()),
+        _ => crate::kube_source::SourceSpec::Kube,
+    };
+    let index = Arc::new(crate::ca_index::ManifestIndex::start(&spec, args.poll_ms)?);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
+        let source: Box<dyn ca_server::Source> = match spec {
+            crate::kube_source::SourceSpec::Local(_) => Box::new(DirStore::new(&args.dir.dir)),
+            crate::kube_source::SourceSpec::Kube => {
+                let config =
+                    kube::Config::infer().await.map_err(|e| anyhow::anyhow!("Kubernetes client config: {e}"))?;
+                let client = kube::Client::try_from(config)?;
+                let auth = Arc::new(crate::ca_kube::TokenReviewAuth::new(
+                    client.clone(),
+                    args.token_audience.clone(),
+                    &args.agent_service_accounts,
+                ));
+                let secret = Arc::new(
+                    crate::ca_kube::SecretSource::start(client.clone(), &args.namespace, &args.secret, auth).await?,
+                );
+                secret.publish_bundle(
+                    client,
+                    &args.namespace,
+                    &args.bundle_configmap,
+                    std::time::Duration::from_millis(args.poll_ms.max(500)),
+                );
+                Box::new(Shared(secret))
+            }
+        };
         let config = ca_server::Config {
             listen: args.listen,
             admin: Some(args.admin),
             server_names: args.server_names.clone(),
             reload: std::time::Duration::from_millis(args.poll_ms),
         };
-        let server = ca_server::Server::bind(config, Box::new(store), index, Arc::new(ca_server::SystemClock)).await?;
+        let server = ca_server::Server::bind(config, source, index, Arc::new(ca_server::SystemClock)).await?;
         tracing::info!(
             listen = ?server.local_addr(),
             admin = ?server.admin_addr(),

@@ -58,11 +58,16 @@ pub enum Command {
 
 /// `ztunnel gateway`
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["local", "kube"])))]
 pub struct GatewayArgs {
     /// Local mode: a directory of Kubernetes manifests (Ingress,
     /// IngressClass, Service, EndpointSlice, Secret), watched for changes.
     #[arg(long = "local", value_name = "DIR", env = "ZTUNNEL_LOCAL")]
-    pub local: PathBuf,
+    pub local: Option<PathBuf>,
+    /// Kubernetes mode: watch the API server (in-cluster service account,
+    /// or `KUBECONFIG`).
+    #[arg(long, conflicts_with = "local")]
+    pub kube: bool,
     /// HTTPS listener.
     #[arg(long, default_value = "0.0.0.0:443", env = "ZTUNNEL_GATEWAY_HTTPS")]
     pub https: std::net::SocketAddr,
@@ -244,13 +249,35 @@ pub struct ImportArgs {
 
 /// `ztunnel ca serve`
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["local", "kube"])))]
 pub struct ServeArgs {
     #[command(flatten)]
     pub dir: CaDir,
-    /// Manifest directory with the pods (authorisation: a node gets only
-    /// identities of pods scheduled on it).
+    /// Local mode: the manifest directory with the pods (authorisation: a
+    /// node gets only identities of pods scheduled on it); keys in --dir.
     #[arg(long = "local", value_name = "DIR")]
-    pub local: PathBuf,
+    pub local: Option<PathBuf>,
+    /// Kubernetes mode: pods from the API server, keys in a Secret, agents
+    /// authenticated by TokenReview, trust bundle published in a ConfigMap.
+    #[arg(long, conflicts_with = "local")]
+    pub kube: bool,
+    /// Kubernetes mode: the CA's namespace.
+    #[arg(long, default_value = "ztunnel-system", env = "ZTUNNEL_CA_NAMESPACE")]
+    pub namespace: String,
+    /// Kubernetes mode: the Secret with the CA state (`state.json`).
+    #[arg(long, default_value = "ztunnel-ca")]
+    pub secret: String,
+    /// Kubernetes mode: the ConfigMap the trust bundle is published in
+    /// (`root-cert.pem`).
+    #[arg(long, default_value = "ztunnel-trust-bundle")]
+    pub bundle_configmap: String,
+    /// Kubernetes mode: the audience agents' tokens must carry.
+    #[arg(long, default_value = "ztunnel-ca")]
+    pub token_audience: String,
+    /// Kubernetes mode: `namespace/name` of the node agents' service
+    /// account; repeatable.
+    #[arg(long = "agent-service-account", default_values_t = ["ztunnel-system/ztunnel-agent".to_string()])]
+    pub agent_service_accounts: Vec<String>,
     /// HTTPS API address.
     #[arg(long, default_value = "127.0.0.1:15012")]
     pub listen: std::net::SocketAddr,
@@ -267,10 +294,15 @@ pub struct ServeArgs {
 
 /// `ztunnel run`
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["local", "kube"])))]
 pub struct RunArgs {
     /// Local mode: a directory of Kubernetes manifests, watched for changes.
     #[arg(long = "local", value_name = "DIR", env = "ZTUNNEL_LOCAL")]
-    pub local: PathBuf,
+    pub local: Option<PathBuf>,
+    /// Kubernetes mode: watch the API server (in-cluster service account,
+    /// or `KUBECONFIG`).
+    #[arg(long, conflicts_with = "local")]
+    pub kube: bool,
     /// This node's name.
     #[arg(long, env = "ZTUNNEL_NODE")]
     pub node: String,
@@ -383,7 +415,7 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Run(args) => {
             let default_pins = PathBuf::from("/sys/fs/bpf/ztunnel").join(&args.node);
             crate::agent::run(crate::agent::Config {
-                manifests: args.local,
+                source: source_spec(args.local, args.kube),
                 node: args.node,
                 flow_log: args.flow_log,
                 poll: std::time::Duration::from_millis(args.poll_ms),
@@ -416,6 +448,13 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     }
 }
 
+fn source_spec(local: Option<PathBuf>, kube: bool) -> crate::kube_source::SourceSpec {
+    match local {
+        Some(dir) if !kube => crate::kube_source::SourceSpec::Local(dir),
+        _ => crate::kube_source::SourceSpec::Kube,
+    }
+}
+
 fn gateway_config(a: GatewayArgs) -> anyhow::Result<crate::ingress::Config> {
     use std::time::Duration;
     if let Some(s) = &a.default_certificate
@@ -437,7 +476,7 @@ fn gateway_config(a: GatewayArgs) -> anyhow::Result<crate::ingress::Config> {
         path => crate::ingress::AccessLogTarget::File(PathBuf::from(path)),
     };
     Ok(crate::ingress::Config {
-        manifests: a.local,
+        source: source_spec(a.local, a.kube),
         https: Some(a.https),
         http: (!a.no_http).then_some(a.http),
         redirect_port: (!a.no_https_redirect).then(|| a.public_https_port.unwrap_or(a.https.port())),

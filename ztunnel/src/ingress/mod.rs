@@ -36,7 +36,7 @@ use self::metrics::SecretLabels;
 use self::model::{GatewayKinds, GatewayObject, GatewayRef};
 use self::routes::{ClassSelector, RouteTable};
 use self::server::{Limits, Shared};
-use crate::agent::source::{Change, DirSource};
+use crate::agent::source::Change;
 use crate::identity::SecretCache;
 
 /// Where the access log goes.
@@ -53,8 +53,8 @@ pub enum AccessLogTarget {
 /// Gateway configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Manifest directory (local mode).
-    pub manifests: PathBuf,
+    /// Where cluster objects come from.
+    pub source: crate::kube_source::SourceSpec,
     /// HTTPS listener.
     pub https: Option<SocketAddr>,
     /// Plain-HTTP listener.
@@ -155,7 +155,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
     // The first sync happens before any listener accepts, so the first
     // client already sees every route and certificate.
-    let mut source: DirSource<GatewayKinds> = DirSource::new(&cfg.manifests);
+    cfg.source.validate()?;
+    let mut source = crate::kube_source::open::<GatewayKinds>(&cfg.source, crate::kube_source::gateway_resources())?;
     let mut store = Store { objects: BTreeMap::new(), problems: BTreeSet::new() };
     let first = source.poll();
     report(&first.errors);
@@ -168,6 +169,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         registry: Mutex::new(registry),
         certs: Mutex::new(Some(cache.clone())),
         routes: Mutex::new(None),
+        not_ready: Mutex::new("starting\n".into()),
     });
     if let Some(addr) = cfg.admin {
         crate::agent::admin::serve(addr, admin_state.clone()).with_context(|| format!("--admin {addr}"))?;

@@ -12,10 +12,10 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as net;
-use policy::manifest::{RawObject, split_documents};
+use policy::manifest::RawObject;
 use policy::{FieldError, ManifestError, ObjectError, ObjectKey};
 
-use crate::agent::source::{Kinds, Parsed};
+use crate::agent::source::Kinds;
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -222,8 +222,19 @@ impl Kinds for GatewayKinds {
     type Object = GatewayObject;
     type Ref = GatewayRef;
 
-    fn parse(file: &str, text: &str) -> Parsed<GatewayObject> {
-        parse_str(file, text)
+    fn decode(file: &str, raw: &RawObject) -> Result<Option<GatewayObject>, ManifestError> {
+        decode(file, raw)
+    }
+    fn raw_ref(raw: &RawObject) -> Option<GatewayRef> {
+        let (ns, name) = crate::agent::source::raw_names(raw)?;
+        Some(match (raw.api_version.as_str(), raw.kind.as_str()) {
+            ("networking.k8s.io/v1", "Ingress") => GatewayRef::Ingress(ObjectKey::new(ns, name)),
+            ("networking.k8s.io/v1", "IngressClass") => GatewayRef::IngressClass(name),
+            ("v1", "Service") => GatewayRef::Service(ObjectKey::new(ns, name)),
+            ("discovery.k8s.io/v1", "EndpointSlice") => GatewayRef::EndpointSlice(ObjectKey::new(ns, name)),
+            ("v1", "Secret") => GatewayRef::Secret(ObjectKey::new(ns, name)),
+            _ => return None,
+        })
     }
     fn reference(o: &GatewayObject) -> GatewayRef {
         o.reference()
@@ -243,19 +254,9 @@ impl Kinds for GatewayKinds {
 }
 
 /// Parses every gateway object in one file's text.
-pub fn parse_str(file: &str, text: &str) -> Parsed<GatewayObject> {
-    let (docs, errors) = split_documents(file, text);
-    let mut parsed = Parsed { objects: Vec::new(), ignored: Vec::new(), errors };
-    for raw in docs {
-        match decode(file, &raw) {
-            Ok(Some(o)) => parsed.objects.push(o),
-            Ok(None) => parsed
-                .ignored
-                .push(format!("document {}: {}/{} {}", raw.document, raw.api_version, raw.kind, raw.display_name)),
-            Err(e) => parsed.errors.push(e),
-        }
-    }
-    parsed
+#[cfg(test)]
+pub fn parse_str(file: &str, text: &str) -> crate::agent::source::Parsed<GatewayObject> {
+    GatewayKinds::parse(file, text)
 }
 
 /// Decodes one document; `Ok(None)` for kinds (or Secret types) the gateway
