@@ -10,6 +10,7 @@
 //! root and fails under `CI=true`.
 
 pub mod cluster;
+pub mod fakeapi;
 pub mod gateway;
 pub mod netns;
 pub mod perf;

@@ -29,6 +29,8 @@ pub const STATE_KEY: &str = "state.json";
 pub const BUNDLE_KEY: &str = "root-cert.pem";
 /// The `user.extra` key with the node of a pod-bound token.
 const NODE_EXTRA: &str = "authentication.kubernetes.io/node-name";
+/// How long to wait for the API server's TokenReview answer.
+const REVIEW_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a positive TokenReview is reused for the same token.
 const REVIEW_CACHE: Duration = Duration::from_secs(60);
 
@@ -79,10 +81,9 @@ impl TokenReviewAuth {
             spec: TokenReviewSpec { token: Some(token.to_string()), audiences: Some(vec![self.audience.clone()]) },
             ..Default::default()
         };
-        let answer = self
-            .api
-            .create(&PostParams::default(), &review)
+        let answer = tokio::time::timeout(REVIEW_TIMEOUT, self.api.create(&PostParams::default(), &review))
             .await
+            .map_err(|_| AuthError::Unavailable(format!("TokenReview: no answer in {REVIEW_TIMEOUT:?}")))?
             .map_err(|e| AuthError::Unavailable(format!("TokenReview: {e}")))?;
         let status = answer.status.unwrap_or_default();
         if status.authenticated != Some(true) {

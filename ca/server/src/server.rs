@@ -508,7 +508,20 @@ async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Re
 }
 
 async fn sign(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Resp {
-    let auth = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    // The (bounded) body is read before answering, even a refusal: an
+    // HTTP/2 response sent while the client still uploads resets the
+    // stream, and clients report that as a transport error instead of the
+    // status.
+    let auth = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            shared.metrics.deny("bad_request");
+            warn!(%peer, error = %e, "sign request refused: body unreadable or over 64 KiB");
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "bad_request", format!("request body: {e}"));
+        }
+    };
+    let auth = auth.as_deref();
     let authenticator = shared.authenticator();
     let node = match bearer(auth) {
         Ok(t) => authenticator.authenticate(t).await,
@@ -525,14 +538,6 @@ async fn sign(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Resp
             shared.metrics.deny("unauthenticated");
             warn!(%peer, reason = %e, "sign request refused: not authenticated");
             return error(StatusCode::UNAUTHORIZED, "unauthenticated", e);
-        }
-    };
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            shared.metrics.deny("bad_request");
-            warn!(%peer, %node, error = %e, "sign request refused: body unreadable or over 64 KiB");
-            return error(StatusCode::PAYLOAD_TOO_LARGE, "bad_request", format!("request body: {e}"));
         }
     };
     let request: SignRequest = match serde_json::from_slice(&body) {
