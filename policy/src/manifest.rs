@@ -13,7 +13,7 @@ use crate::error::{FieldError, ManifestError, NsName, ObjectError};
 use crate::model::{Namespace, NetworkPolicy, Node, Pod};
 
 /// An object the policy engine understands.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Object {
     /// `v1/Namespace`.
     Namespace(Namespace),

@@ -165,7 +165,7 @@ pub struct NamedPort {
 
 /// A namespace and its labels, defaulted like the API server does
 /// (`kubernetes.io/metadata.name` is always present).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Namespace {
     /// Name.
     pub name: String,
@@ -185,7 +185,7 @@ impl Namespace {
 }
 
 /// The fields of a pod that policy depends on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Pod {
     /// `namespace/name`.
     pub key: ObjectKey,
@@ -219,7 +219,7 @@ impl Pod {
 }
 
 /// A node and its addresses.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Node {
     /// Name.
     pub name: String,
@@ -322,7 +322,7 @@ impl fmt::Display for Direction {
 }
 
 /// A validated, defaulted NetworkPolicy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct NetworkPolicy {
     /// `namespace/name`.
     pub key: ObjectKey,

@@ -43,10 +43,16 @@ impl Drop for Proc {
 
 /// Starts `ztunnel ARGS` inside namespace `ns`, stderr to `log`.
 pub fn spawn_in(ns: &str, args: &[&str], log: &Path) -> anyhow::Result<Proc> {
+    spawn_env(ns, &[], args, log)
+}
+
+/// [`spawn_in`] with extra environment variables.
+pub fn spawn_env(ns: &str, env: &[(&str, &str)], args: &[&str], log: &Path) -> anyhow::Result<Proc> {
     let child = Command::new("ip")
         .args(["netns", "exec", ns])
         .arg(ztunnel_bin())
         .args(args)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())

@@ -133,7 +133,7 @@ fn lock(s: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(v.to_string())).boxed());
     *r.status_mut() = status;
-    r.headers_mut().insert("content-type", "application/json".parse().expect("static header"));
+    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
     r
 }
 
@@ -165,9 +165,8 @@ impl FakeApi {
                             let api = api.clone();
                             async move { Ok::<_, Infallible>(api.handle(req).await) }
                         });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(tcp), svc)
-                            .await;
+                        let _ =
+                            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
                     });
                 }
             });
@@ -301,7 +300,10 @@ impl FakeApi {
             tokio::time::sleep(delay).await;
         }
         if down {
-            return json_response(StatusCode::SERVICE_UNAVAILABLE, &status(503, "ServiceUnavailable", "down for a test"));
+            return json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &status(503, "ServiceUnavailable", "down for a test"),
+            );
         }
         let path = req.uri().path().to_string();
         let query: HashMap<String, String> = req
@@ -313,6 +315,13 @@ impl FakeApi {
             .map(|(k, v)| (k.to_string(), percent_decode(v)))
             .collect();
         let method = req.method().clone();
+        if path == "/version" {
+            return json_response(
+                StatusCode::OK,
+                &json!({"major": "1", "minor": "35", "gitVersion": "v1.35.0-fake", "gitCommit": "0", "gitTreeState": "clean",
+                    "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.25", "compiler": "gc", "platform": "linux/amd64"}),
+            );
+        }
         if method == Method::POST && path == "/apis/authentication.k8s.io/v1/tokenreviews" {
             let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             return self.token_review(&body);
@@ -365,21 +374,31 @@ impl FakeApi {
     fn list(&self, kind: &'static Kind, ns: Option<String>, query: &HashMap<String, String>) -> Response<Body> {
         let mut s = lock(&self.state);
         *s.lists.entry(kind.plural).or_default() += 1;
-        let items: Vec<Value> = s
+        // Pages (`limit`, `continue` = the index to resume at), as a real
+        // API server cuts large lists.
+        let start: usize = query.get("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
+        let limit: usize = query.get("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
+        let matching = s
             .objects
             .iter()
             .filter(|((p, n, _), _)| *p == kind.plural && ns.as_ref().is_none_or(|want| want == n))
-            .map(|(_, o)| o.clone())
-            .filter(|o| Self::selected(o, query))
-            .collect();
+            .map(|(_, o)| o)
+            .filter(|o| Self::selected(o, query));
+        let mut items: Vec<Value> = matching.skip(start).take(limit.saturating_add(1)).cloned().collect();
+        let more = items.len() > limit;
+        items.truncate(limit);
         let rv = s.rv;
         drop(s);
+        let mut meta = json!({"resourceVersion": rv.to_string()});
+        if more {
+            meta["continue"] = json!((start + limit).to_string());
+        }
         json_response(
             StatusCode::OK,
             &json!({
                 "kind": format!("{}List", kind.kind),
                 "apiVersion": kind.api_version,
-                "metadata": {"resourceVersion": rv.to_string()},
+                "metadata": meta,
                 "items": items,
             }),
         )
@@ -410,10 +429,12 @@ impl FakeApi {
             let mut sent = from;
             for (rv, plural, ty, obj) in replay {
                 let in_ns = ns.as_ref().is_none_or(|n| obj["metadata"]["namespace"].as_str() == Some(n));
-                if plural == kind.plural && in_ns && Self::selected(&obj, &query) {
-                    if tx.send(line(json!({"type": ty, "object": obj}))).await.is_err() {
-                        return;
-                    }
+                if plural == kind.plural
+                    && in_ns
+                    && Self::selected(&obj, &query)
+                    && tx.send(line(json!({"type": ty, "object": obj}))).await.is_err()
+                {
+                    return;
                 }
                 sent = sent.max(rv);
             }
@@ -447,7 +468,7 @@ impl FakeApi {
             rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
         });
         let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-        r.headers_mut().insert("content-type", "application/json".parse().expect("static header"));
+        r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
         r
     }
 
@@ -466,7 +487,8 @@ impl FakeApi {
                 if let Some(node) = &who.node {
                     user["extra"] = json!({"authentication.kubernetes.io/node-name": [node]});
                 }
-                let aud: Vec<&String> = who.audiences.iter().filter(|a| wanted.is_empty() || wanted.contains(a)).collect();
+                let aud: Vec<&String> =
+                    who.audiences.iter().filter(|a| wanted.is_empty() || wanted.contains(a)).collect();
                 json!({"authenticated": true, "user": user, "audiences": aud})
             }
             Some(_) => json!({"authenticated": false, "error": "token audiences do not match"}),
@@ -523,7 +545,8 @@ pub fn b64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        let n =
+            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
         for i in 0..4 {
             if i <= c.len() {
                 out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);

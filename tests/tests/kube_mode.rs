@@ -90,7 +90,17 @@ fn gateway_follows_the_api_server_through_relists_drops_and_outages() {
 
     let log = root.join("gateway.log");
     let _gw = spawn(
-        &["gateway", "--kube", "--https", "127.0.6.1:8443", "--no-http", "--admin", "127.0.6.1:15021", "--access-log", "off"],
+        &[
+            "gateway",
+            "--kube",
+            "--https",
+            "127.0.6.1:8443",
+            "--no-http",
+            "--admin",
+            "127.0.6.1:15021",
+            "--access-log",
+            "off",
+        ],
         &kubeconfig,
         &log,
     );
@@ -126,7 +136,11 @@ fn gateway_follows_the_api_server_through_relists_drops_and_outages() {
         logs()
     );
     // (Services saw no event after the compaction: they must have relisted.)
-    assert!(until(Duration::from_secs(10), || api.lists("services") > lists), "the watcher relisted after 410 Gone / a dropped watch\n{}", logs());
+    assert!(
+        until(Duration::from_secs(10), || api.lists("services") > lists),
+        "the watcher relisted after 410 Gone / a dropped watch\n{}",
+        logs()
+    );
 
     // An invalid object is rejected by name; the last good routes stay.
     api.apply_yaml(

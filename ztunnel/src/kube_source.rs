@@ -63,11 +63,18 @@ struct Health {
 }
 
 /// Watches resources and yields changes on [`ObjectSource::poll`].
+///
+/// It keeps a fingerprint per object, not the object: the consumer holds
+/// the state, this only needs to tell a real change from a repeat (a
+/// relist, a resync), so a large cluster is held once.
 pub struct KubeSource<K: Kinds> {
     rx: mpsc::Receiver<Msg<K>>,
-    current: BTreeMap<K::Ref, K::Object>,
+    /// Fingerprints of the objects the consumer has (or will have after
+    /// the next poll).
+    known: BTreeMap<K::Ref, u64>,
     owned: Vec<BTreeSet<K::Ref>>,
-    dirty: BTreeSet<K::Ref>,
+    /// Changes since the last poll, final state per object.
+    pending: BTreeMap<K::Ref, Option<K::Object>>,
     errors: Vec<ManifestError>,
     health: Arc<Mutex<Health>>,
     _runtime: tokio::runtime::Runtime,
@@ -75,8 +82,18 @@ pub struct KubeSource<K: Kinds> {
 
 impl<K: Kinds> std::fmt::Debug for KubeSource<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeSource").field("objects", &self.current.len()).finish()
+        f.debug_struct("KubeSource").field("objects", &self.known.len()).finish()
     }
+}
+
+/// A 64-bit fingerprint of an object's content (every field is hashed; a
+/// collision would only hide one object's change until its next update,
+/// and at 2^-64 per pair that does not happen).
+fn fingerprint<T: std::hash::Hash>(o: &T) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    o.hash(&mut h);
+    h.finish()
 }
 
 fn to_raw(r: &Resource, obj: DynamicObject) -> Result<RawObject, String> {
@@ -92,6 +109,17 @@ fn to_raw(r: &Resource, obj: DynamicObject) -> Result<RawObject, String> {
         None => name,
     };
     Ok(RawObject { document: 0, api_version: r.api_version(), kind: r.kind.to_string(), display_name, value })
+}
+
+/// How often the API server is probed, and how long a probe may take.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Records an error, keeping the time the trouble started.
+fn note_error(h: &Mutex<Health>, e: String) {
+    let mut h = lock(h);
+    let since = h.error.as_ref().map_or_else(Instant::now, |(_, t)| *t);
+    h.error = Some((e, since));
 }
 
 fn lock(h: &Mutex<Health>) -> std::sync::MutexGuard<'_, Health> {
@@ -112,6 +140,22 @@ where
     pub fn start(client: kube::Client, resources: Vec<Resource>, runtime: tokio::runtime::Runtime) -> Self {
         let (tx, rx) = mpsc::channel();
         let health = Arc::new(Mutex::new(Health { synced: vec![false; resources.len()], error: None }));
+        // Watchers only say something when an object changes; this probe
+        // says whether the API server answers at all (and clears a watch
+        // error once it does).
+        {
+            let (client, health) = (client.clone(), health.clone());
+            runtime.spawn(async move {
+                loop {
+                    match tokio::time::timeout(PROBE_TIMEOUT, client.apiserver_version()).await {
+                        Ok(Ok(_)) => lock(&health).error = None,
+                        Ok(Err(e)) => note_error(&health, format!("API server: {e}")),
+                        Err(_) => note_error(&health, format!("API server: no answer in {PROBE_TIMEOUT:?}")),
+                    }
+                    tokio::time::sleep(PROBE_EVERY).await;
+                }
+            });
+        }
         for (i, r) in resources.iter().enumerate() {
             let gvk = GroupVersionKind::gvk(r.group, r.version, r.kind);
             let ar = ApiResource::from_gvk_with_plural(&gvk, r.plural);
@@ -126,13 +170,10 @@ where
                 let mut buffer: Vec<K::Object> = Vec::new();
                 while let Some(item) = stream.next().await {
                     let event = match item {
-                        Ok(e) => {
-                            lock(&health).error = None;
-                            e
-                        }
+                        Ok(e) => e,
                         Err(e) => {
                             warn!(resource = r.plural, error = %e, "watch failed; keeping the last known state");
-                            lock(&health).error = Some((format!("{}: {e}", r.plural), Instant::now()));
+                            note_error(&health, format!("{}: {e}", r.plural));
                             continue;
                         }
                     };
@@ -188,9 +229,9 @@ where
         info!(resources = resources.len(), took = ?start.elapsed(), "listed every resource");
         Self {
             rx,
-            current: BTreeMap::new(),
+            known: BTreeMap::new(),
             owned: vec![BTreeSet::new(); resources.len()],
-            dirty: BTreeSet::new(),
+            pending: BTreeMap::new(),
             errors: Vec::new(),
             health,
             _runtime: runtime,
@@ -199,17 +240,18 @@ where
 
     fn apply(&mut self, i: usize, o: K::Object) {
         let r = K::reference(&o);
-        if self.current.get(&r) != Some(&o) {
-            self.current.insert(r.clone(), o);
+        let print = fingerprint(&o);
+        if self.known.get(&r) != Some(&print) {
+            self.known.insert(r.clone(), print);
             self.owned[i].insert(r.clone());
-            self.dirty.insert(r);
+            self.pending.insert(r, Some(o));
         }
     }
 
     fn delete(&mut self, i: usize, r: K::Ref) {
         self.owned[i].remove(&r);
-        if self.current.remove(&r).is_some() {
-            self.dirty.insert(r);
+        if self.known.remove(&r).is_some() {
+            self.pending.insert(r, None);
         }
     }
 
@@ -243,9 +285,9 @@ where
         }
         let mut applies = Vec::new();
         let mut deletes = Vec::new();
-        for r in std::mem::take(&mut self.dirty) {
-            match self.current.get(&r) {
-                Some(o) => applies.push(Change::Apply(o.clone())),
+        for (r, o) in std::mem::take(&mut self.pending) {
+            match o {
+                Some(o) => applies.push(Change::Apply(o)),
                 None => deletes.push(r),
             }
         }
@@ -270,10 +312,17 @@ where
 /// A client from `KUBECONFIG` / `~/.kube/config` or the in-cluster service
 /// account, on `runtime`.
 pub fn client(runtime: &tokio::runtime::Runtime) -> anyhow::Result<kube::Client> {
-    runtime.block_on(async {
-        let config = kube::Config::infer().await.map_err(|e| anyhow::anyhow!("Kubernetes client config: {e}"))?;
-        kube::Client::try_from(config).map_err(|e| anyhow::anyhow!("Kubernetes client: {e}"))
-    })
+    runtime.block_on(client_here())
+}
+
+/// [`client`] on the current runtime. kube's own request retries are off:
+/// the watchers back off themselves, and an outage must surface as errors
+/// (for readiness, and for TokenReviews that must fail fast) rather than
+/// as requests that hang through 15 retries.
+pub async fn client_here() -> anyhow::Result<kube::Client> {
+    let mut config = kube::Config::infer().await.map_err(|e| anyhow::anyhow!("Kubernetes client config: {e}"))?;
+    config.default_retry = false;
+    kube::Client::try_from(config).map_err(|e| anyhow::anyhow!("Kubernetes client: {e}"))
 }
 
 /// A small runtime for the watchers.

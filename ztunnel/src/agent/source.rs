@@ -20,7 +20,7 @@ use crate::manifests::manifest_files;
 /// (`crate::ingress::model::GatewayKinds`). The same directory can feed both.
 pub trait Kinds {
     /// A validated object.
-    type Object: Clone + PartialEq + std::fmt::Debug;
+    type Object: Clone + PartialEq + std::hash::Hash + std::fmt::Debug;
     /// What identifies it (and deletes it).
     type Ref: Ord + Clone + std::fmt::Debug;
     /// Decodes one document (a manifest document or an API object);

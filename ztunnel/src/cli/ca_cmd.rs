@@ -298,9 +298,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let source: Box<dyn ca_server::Source> = match spec {
             crate::kube_source::SourceSpec::Local(_) => Box::new(DirStore::new(&args.dir.dir)),
             crate::kube_source::SourceSpec::Kube => {
-                let config =
-                    kube::Config::infer().await.map_err(|e| anyhow::anyhow!("Kubernetes client config: {e}"))?;
-                let client = kube::Client::try_from(config)?;
+                let client = crate::kube_source::client_here().await?;
                 let auth = Arc::new(crate::ca_kube::TokenReviewAuth::new(
                     client.clone(),
                     args.token_audience.clone(),

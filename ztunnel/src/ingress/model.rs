@@ -54,7 +54,7 @@ pub struct Backend {
 }
 
 /// One path of a rule.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IngressPath {
     /// The path (always starts with `/`).
     pub path: String,
@@ -65,7 +65,7 @@ pub struct IngressPath {
 }
 
 /// One host rule.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IngressRule {
     /// `host` (exact or `*.suffix`), `None` for every host.
     pub host: Option<String>,
@@ -74,7 +74,7 @@ pub struct IngressRule {
 }
 
 /// One `spec.tls[]` entry.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IngressTls {
     /// Hosts (exact or wildcard) the certificate is for.
     pub hosts: Vec<String>,
@@ -83,7 +83,7 @@ pub struct IngressTls {
 }
 
 /// A `networking.k8s.io/v1` Ingress.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Ingress {
     /// namespace/name.
     pub key: ObjectKey,
@@ -98,7 +98,7 @@ pub struct Ingress {
 }
 
 /// A `networking.k8s.io/v1` IngressClass.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IngressClass {
     /// Name.
     pub name: String,
@@ -109,7 +109,7 @@ pub struct IngressClass {
 }
 
 /// One port of a Service.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ServicePort {
     /// `name` (may be empty for a single-port Service).
     pub name: String,
@@ -118,7 +118,7 @@ pub struct ServicePort {
 }
 
 /// A `v1` Service: only its ports.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Service {
     /// namespace/name.
     pub key: ObjectKey,
@@ -127,7 +127,7 @@ pub struct Service {
 }
 
 /// A `discovery.k8s.io/v1` EndpointSlice: ready addresses and ports.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EndpointSlice {
     /// namespace/name.
     pub key: ObjectKey,
@@ -140,7 +140,7 @@ pub struct EndpointSlice {
 }
 
 /// A `kubernetes.io/tls` Secret. The key never appears in `Debug` output.
-#[derive(Clone, PartialEq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct TlsSecret {
     /// namespace/name.
     pub key: ObjectKey,
@@ -161,7 +161,7 @@ impl std::fmt::Debug for TlsSecret {
 }
 
 /// An object the gateway reads.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum GatewayObject {
     /// Ingress.
     Ingress(Ingress),
