@@ -348,6 +348,19 @@ impl FakeApi {
                 if let Some(ns) = ns {
                     obj["metadata"]["namespace"] = json!(ns);
                 }
+                // Optimistic concurrency: a replace names the version it read.
+                let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                let stored = self.get(kind.kind, obj["metadata"]["namespace"].as_str().unwrap_or(""), &name);
+                if let (Some(want), Some(have)) = (
+                    obj["metadata"]["resourceVersion"].as_str(),
+                    stored.as_ref().and_then(|o| o["metadata"]["resourceVersion"].as_str()),
+                ) && want != have
+                {
+                    return json_response(
+                        StatusCode::CONFLICT,
+                        &status(409, "Conflict", "the object has been modified"),
+                    );
+                }
                 self.apply(obj.clone());
                 let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
                 let stored = self.get(kind.kind, obj["metadata"]["namespace"].as_str().unwrap_or(""), &name);

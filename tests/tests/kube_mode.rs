@@ -295,19 +295,38 @@ fn ca_authenticates_by_token_review_keeps_state_in_a_secret_and_publishes_the_bu
     assert!(until(Duration::from_secs(5), || sign(addr, &bundle_file, "agent-node-1", &web).0 == "403"));
     assert_eq!(sign(addr, &bundle_file, "agent-node-2", &web).0, "200");
 
-    // A rotation step written to the Secret reaches the server and the
-    // published bundle (two roots once propagated).
+    // Rotation through the CLI against the Secret: each step reads it and
+    // writes it back under its resourceVersion; the servers pick it up and
+    // the published bundle carries both roots once propagated.
     for step in ["prepare", "propagate"] {
-        let out = Command::new(ztunnel_bin()).args(["ca", "rotate", step, "--dir"]).arg(&ca_dir).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        let out = Command::new(ztunnel_bin())
+            .args(["ca", "rotate", step, "--kube"])
+            .env("KUBECONFIG", &kubeconfig)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    put_state(&api);
+    let status = Command::new(ztunnel_bin())
+        .args(["ca", "status", "--kube", "-o", "json"])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .unwrap();
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["stage"], "propagated", "{status}");
     assert!(
         until(Duration::from_secs(10), || published().is_some_and(|p| p.matches("BEGIN CERTIFICATE").count() == 2)),
         "bundle not updated after the rotation step\n{}",
         logs()
     );
-    assert_eq!(published().unwrap().trim(), fs::read_to_string(&bundle_file).unwrap().trim());
+    // `init --kube` refuses to overwrite the existing CA.
+    let again =
+        Command::new(ztunnel_bin()).args(["ca", "init", "--kube"]).env("KUBECONFIG", &kubeconfig).output().unwrap();
+    assert_eq!(again.status.code(), Some(1), "{}", String::from_utf8_lossy(&again.stderr));
 
     // API outage: TokenReview cannot be made; callers get 503, not a grant
     // and not a permanent refusal; a cached review still works.

@@ -274,3 +274,63 @@ async fn write_configmap(api: &Api<ConfigMap>, name: &str, pem: &str) -> Result<
         }
     }
 }
+
+fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f)
+}
+
+/// Reads the CA state from Secret `namespace/name` (for the operator CLI);
+/// returns it with the Secret, whose resourceVersion guards the write.
+pub fn read_state(namespace: &str, name: &str) -> anyhow::Result<(CaState, Secret)> {
+    block_on(async {
+        let client = crate::kube_source::client_here().await?;
+        let api: Api<Secret> = Api::namespaced(client, namespace);
+        let secret = api.get(name).await.map_err(|e| anyhow::anyhow!("Secret {namespace}/{name}: {e}"))?;
+        let bytes = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(STATE_KEY))
+            .ok_or_else(|| anyhow::anyhow!("Secret {namespace}/{name} has no {STATE_KEY}"))?;
+        let text = std::str::from_utf8(&bytes.0)?;
+        Ok((CaState::from_json(text)?, secret))
+    })
+}
+
+/// Writes the CA state: creates the Secret (`previous` = `None`) or
+/// replaces it, refusing if someone changed it since it was read.
+pub fn write_state(namespace: &str, name: &str, state: &CaState, previous: Option<Secret>) -> anyhow::Result<()> {
+    block_on(async {
+        let client = crate::kube_source::client_here().await?;
+        let api: Api<Secret> = Api::namespaced(client, namespace);
+        let data = BTreeMap::from([(STATE_KEY.to_string(), k8s_openapi::ByteString(state.to_json().into_bytes()))]);
+        match previous {
+            Some(mut s) => {
+                // metadata.resourceVersion stays: the API server rejects the
+                // write with 409 if the Secret changed in between.
+                s.data = Some(data);
+                api.replace(name, &PostParams::default(), &s).await.map_err(|e| match e {
+                    kube::Error::Api(ref s) if s.code == 409 => {
+                        anyhow::anyhow!("Secret {namespace}/{name} changed while this step ran; run it again")
+                    }
+                    e => anyhow::anyhow!("Secret {namespace}/{name}: {e}"),
+                })?;
+            }
+            None => {
+                let s = Secret {
+                    metadata: kube::api::ObjectMeta {
+                        name: Some(name.to_string()),
+                        namespace: Some(namespace.to_string()),
+                        ..Default::default()
+                    },
+                    type_: Some("Opaque".into()),
+                    data: Some(data),
+                    ..Default::default()
+                };
+                api.create(&PostParams::default(), &s)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("Secret {namespace}/{name}: {e}"))?;
+            }
+        }
+        Ok(())
+    })
+}

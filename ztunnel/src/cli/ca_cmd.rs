@@ -92,6 +92,9 @@ pub fn run(cmd: CaCommand, color: bool) -> anyhow::Result<ExitCode> {
         CaCommand::Init(args) => init(&args, color),
         CaCommand::Import(args) => import(&args, color),
         CaCommand::Token { dir, node } => {
+            if dir.kube {
+                bail!("node tokens are for local mode; in Kubernetes mode agents present service account tokens");
+            }
             let store = DirStore::new(&dir.dir);
             let lock = store.lock()?;
             if !store.exists() {
@@ -102,8 +105,11 @@ pub fn run(cmd: CaCommand, color: bool) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         CaCommand::Status { dir, output } => {
-            let store = DirStore::new(&dir.dir);
-            let state = store.load()?;
+            let state = if dir.kube {
+                crate::ca_kube::read_state(&dir.namespace, &dir.secret)?.0
+            } else {
+                DirStore::new(&dir.dir).load()?
+            };
             let status = state.status(now())?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
@@ -118,6 +124,19 @@ pub fn run(cmd: CaCommand, color: bool) -> anyhow::Result<ExitCode> {
 
 fn init(args: &InitArgs, color: bool) -> anyhow::Result<ExitCode> {
     let td = TrustDomain::new(&args.trust_domain)?;
+    if args.dir.kube {
+        if crate::ca_kube::read_state(&args.dir.namespace, &args.dir.secret).is_ok() {
+            eprintln!("Secret {}/{}: a CA already exists there; nothing changed", args.dir.namespace, args.dir.secret);
+            return Ok(ExitCode::from(1));
+        }
+        let t = now();
+        let state = new_state(args, td, t)?;
+        crate::ca_kube::write_state(&args.dir.namespace, &args.dir.secret, &state, None)?;
+        println!("{} CA initialised in Secret {}/{}", paint("✓", true, color), args.dir.namespace, args.dir.secret);
+        println!("  trust domain  {}", state.trust_domain);
+        println!("  authority     {}", state.active.id);
+        return Ok(ExitCode::SUCCESS);
+    }
     let store = DirStore::new(&args.dir.dir);
     let lock = store.lock()?;
     if store.exists() {
@@ -125,16 +144,7 @@ fn init(args: &InitArgs, color: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     let t = now();
-    let authority = Authority::generate(&td, t, params(args))?;
-    let policy = IssuePolicy {
-        default_ttl: Duration::seconds(args.default_ttl_secs.min(args.max_ttl_secs) as i64),
-        max_ttl: Duration::seconds(args.max_ttl_secs as i64),
-        // Short maximum lifetimes (demos, tests) lower the floor too.
-        min_ttl: IssuePolicy::default().min_ttl.min(Duration::seconds(args.max_ttl_secs as i64)),
-        ..IssuePolicy::default()
-    };
-    let mut state = CaState::new(td, authority, policy, t);
-    state.min_propagation = Duration::seconds(args.min_propagation_secs as i64);
+    let state = new_state(args, td, t)?;
     store.create(&state, &lock)?;
     write_bundle(&store, &state)?;
     for node in &args.nodes {
@@ -150,7 +160,24 @@ fn init(args: &InitArgs, color: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn new_state(args: &InitArgs, td: TrustDomain, t: OffsetDateTime) -> anyhow::Result<CaState> {
+    let authority = Authority::generate(&td, t, params(args))?;
+    let policy = IssuePolicy {
+        default_ttl: Duration::seconds(args.default_ttl_secs.min(args.max_ttl_secs) as i64),
+        max_ttl: Duration::seconds(args.max_ttl_secs as i64),
+        // Short maximum lifetimes (demos, tests) lower the floor too.
+        min_ttl: IssuePolicy::default().min_ttl.min(Duration::seconds(args.max_ttl_secs as i64)),
+        ..IssuePolicy::default()
+    };
+    let mut state = CaState::new(td, authority, policy, t);
+    state.min_propagation = Duration::seconds(args.min_propagation_secs as i64);
+    Ok(state)
+}
+
 fn import(args: &ImportArgs, color: bool) -> anyhow::Result<ExitCode> {
+    if args.dir.kube {
+        bail!("import works on a CA directory; import there, then store its state.json in the Secret");
+    }
     let (root, chain, key) = import_material(args)?;
     let store = DirStore::new(&args.dir.dir);
     let lock = store.lock()?;
@@ -189,7 +216,17 @@ fn import(args: &ImportArgs, color: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn rotate(step: RotateStep, dir: &CaDir, force: bool, output: Output, color: bool) -> anyhow::Result<ExitCode> {
-    let (store, lock, mut state) = locked(dir)?;
+    // Kubernetes mode: read the Secret, step, write it back only if nobody
+    // changed it meanwhile (resourceVersion precondition).
+    let mut kube_secret = None;
+    let (place, mut state) = if dir.kube {
+        let (state, secret) = crate::ca_kube::read_state(&dir.namespace, &dir.secret)?;
+        kube_secret = Some(secret);
+        (None, state)
+    } else {
+        let (store, lock, state) = locked(dir)?;
+        (Some((store, lock)), state)
+    };
     let t = now();
     let td = state.trust_domain.clone();
     let result = match step {
@@ -203,8 +240,14 @@ fn rotate(step: RotateStep, dir: &CaDir, force: bool, output: Output, color: boo
     let name = format!("{step:?}").to_lowercase();
     let (code, outcome, message) = match result {
         Ok(Outcome::Changed) => {
-            store.save(&state, &lock)?;
-            write_bundle(&store, &state)?;
+            match (&place, kube_secret) {
+                (Some((store, lock)), _) => {
+                    store.save(&state, lock)?;
+                    write_bundle(store, &state)?;
+                }
+                (None, Some(secret)) => crate::ca_kube::write_state(&dir.namespace, &dir.secret, &state, Some(secret))?,
+                (None, None) => bail!("no CA state location"),
+            }
             let last = state.history.last().map(|h| h.event.clone()).unwrap_or_default();
             (ExitCode::SUCCESS, "changed", last)
         }
@@ -289,7 +332,7 @@ impl ca_server::Source for Shared {
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let spec = match &args.local {
-        Some(dir) if !args.kube => crate::kube_source::SourceSpec::Local(dir.clone()),
+        Some(dir) if !args.dir.kube => crate::kube_source::SourceSpec::Local(dir.clone()),
         _ => crate::kube_source::SourceSpec::Kube,
     };
     let index = Arc::new(crate::ca_index::ManifestIndex::start(&spec, args.poll_ms)?);
@@ -305,11 +348,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     &args.agent_service_accounts,
                 ));
                 let secret = Arc::new(
-                    crate::ca_kube::SecretSource::start(client.clone(), &args.namespace, &args.secret, auth).await?,
+                    crate::ca_kube::SecretSource::start(client.clone(), &args.dir.namespace, &args.dir.secret, auth)
+                        .await?,
                 );
                 secret.publish_bundle(
                     client,
-                    &args.namespace,
+                    &args.dir.namespace,
                     &args.bundle_configmap,
                     std::time::Duration::from_millis(args.poll_ms.max(500)),
                 );

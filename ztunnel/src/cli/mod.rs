@@ -129,12 +129,23 @@ pub struct GatewayArgs {
     pub max_streams: u32,
 }
 
-/// The CA directory (local mode).
+/// Where the CA state lives: a directory (local mode) or a Secret
+/// (Kubernetes mode).
 #[derive(Debug, Args)]
 pub struct CaDir {
     /// CA directory: state with keys (0600), node tokens, bundle.pem.
     #[arg(long = "dir", env = "ZTUNNEL_CA_DIR", default_value_os_t = ca_cmd::default_dir())]
     pub dir: PathBuf,
+    /// Kubernetes mode: the state is in a Secret (`KUBECONFIG` or the
+    /// in-cluster service account).
+    #[arg(long)]
+    pub kube: bool,
+    /// Kubernetes mode: the CA's namespace.
+    #[arg(long, default_value = "ztunnel-system", env = "ZTUNNEL_CA_NAMESPACE")]
+    pub namespace: String,
+    /// Kubernetes mode: the Secret with the CA state (`state.json`).
+    #[arg(long, default_value = "ztunnel-ca")]
+    pub secret: String,
 }
 
 /// `ztunnel ca ...`
@@ -257,16 +268,6 @@ pub struct ServeArgs {
     /// node gets only identities of pods scheduled on it); keys in --dir.
     #[arg(long = "local", value_name = "DIR")]
     pub local: Option<PathBuf>,
-    /// Kubernetes mode: pods from the API server, keys in a Secret, agents
-    /// authenticated by TokenReview, trust bundle published in a ConfigMap.
-    #[arg(long, conflicts_with = "local")]
-    pub kube: bool,
-    /// Kubernetes mode: the CA's namespace.
-    #[arg(long, default_value = "ztunnel-system", env = "ZTUNNEL_CA_NAMESPACE")]
-    pub namespace: String,
-    /// Kubernetes mode: the Secret with the CA state (`state.json`).
-    #[arg(long, default_value = "ztunnel-ca")]
-    pub secret: String,
     /// Kubernetes mode: the ConfigMap the trust bundle is published in
     /// (`root-cert.pem`).
     #[arg(long, default_value = "ztunnel-trust-bundle")]
