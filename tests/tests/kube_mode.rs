@@ -93,6 +93,8 @@ fn gateway_follows_the_api_server_through_relists_drops_and_outages() {
         &[
             "gateway",
             "--kube",
+            "--secret-namespace",
+            "shop",
             "--https",
             "127.0.6.1:8443",
             "--no-http",

@@ -40,6 +40,8 @@ pub struct Resource {
     pub plural: &'static str,
     /// Field selector (e.g. `type=kubernetes.io/tls` for Secrets).
     pub field_selector: Option<&'static str>,
+    /// Watch one namespace only (`None`: all).
+    pub namespace: Option<String>,
 }
 
 impl Resource {
@@ -159,7 +161,10 @@ where
         for (i, r) in resources.iter().enumerate() {
             let gvk = GroupVersionKind::gvk(r.group, r.version, r.kind);
             let ar = ApiResource::from_gvk_with_plural(&gvk, r.plural);
-            let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+            let api: Api<DynamicObject> = match &r.namespace {
+                Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+                None => Api::all_with(client.clone(), &ar),
+            };
             let mut config = watcher::Config::default();
             if let Some(fs) = r.field_selector {
                 config = config.fields(fs);
@@ -357,14 +362,14 @@ impl SourceSpec {
     }
 }
 
-const fn res(
+fn res(
     group: &'static str,
     version: &'static str,
     kind: &'static str,
     plural: &'static str,
     field_selector: Option<&'static str>,
 ) -> Resource {
-    Resource { group, version, kind, plural, field_selector }
+    Resource { group, version, kind, plural, field_selector, namespace: None }
 }
 
 /// What the node agent watches.
@@ -382,15 +387,23 @@ pub fn pod_resources() -> Vec<Resource> {
     vec![res("", "v1", "Pod", "pods", None)]
 }
 
-/// What the Ingress gateway watches (TLS Secrets only).
-pub fn gateway_resources() -> Vec<Resource> {
-    vec![
+/// What the Ingress gateway watches: TLS Secrets only, and only in
+/// `secret_namespaces` when given (so its RBAC can be per namespace and
+/// never reach the CA's Secret).
+pub fn gateway_resources(secret_namespaces: &[String]) -> Vec<Resource> {
+    let mut v = vec![
         res("networking.k8s.io", "v1", "Ingress", "ingresses", None),
         res("networking.k8s.io", "v1", "IngressClass", "ingressclasses", None),
         res("", "v1", "Service", "services", None),
         res("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", None),
-        res("", "v1", "Secret", "secrets", Some("type=kubernetes.io/tls")),
-    ]
+    ];
+    let secrets = res("", "v1", "Secret", "secrets", Some("type=kubernetes.io/tls"));
+    if secret_namespaces.is_empty() {
+        v.push(secrets);
+    } else {
+        v.extend(secret_namespaces.iter().map(|ns| Resource { namespace: Some(ns.clone()), ..secrets.clone() }));
+    }
+    v
 }
 
 /// Opens a source of `K` objects: the directory, or watchers of

@@ -121,9 +121,13 @@ fn references_are_consistent() {
     }
     for b in &o.bindings {
         let ns = b.metadata.namespace.as_deref().unwrap();
-        assert!(o.roles.iter().any(
-            |r| r.metadata.name.as_deref() == Some(&b.role_ref.name) && r.metadata.namespace.as_deref() == Some(ns)
-        ));
+        let found = match b.role_ref.kind.as_str() {
+            "Role" => o.roles.iter().any(|r| {
+                r.metadata.name.as_deref() == Some(&b.role_ref.name) && r.metadata.namespace.as_deref() == Some(ns)
+            }),
+            _ => o.cluster_roles.iter().any(|r| r.metadata.name.as_deref() == Some(&b.role_ref.name)),
+        };
+        assert!(found, "RoleBinding {ns}/{:?} names a missing role", b.metadata.name);
         for s in b.subjects.iter().flatten() {
             assert!(account_exists(&o, s.namespace.as_deref().unwrap(), &s.name), "missing subject {s:?}");
         }
@@ -242,7 +246,7 @@ fn rbac_has_no_wildcards_and_only_the_ca_and_gateway_read_secrets() {
         let writes = rule.verbs.iter().any(|v| matches!(v.as_str(), "create" | "update" | "patch" | "delete"));
         let secrets = rule.resources.iter().flatten().any(|r| r == "secrets");
         if secrets {
-            assert!(role == "ztunnel-ca" || role == "ztunnel-gateway", "{role} reads secrets");
+            assert!(role == "ztunnel-ca" || role == "ztunnel-gateway-tls-secrets", "{role} reads secrets");
             if role == "ztunnel-ca" {
                 assert!(rule.resource_names.is_some(), "the CA reads its own Secret by name only");
             }
@@ -251,6 +255,32 @@ fn rbac_has_no_wildcards_and_only_the_ca_and_gateway_read_secrets() {
             assert_eq!(role, "ztunnel-ca", "{role} writes {rule:?}");
         }
     }
+}
+
+#[test]
+fn only_the_ca_can_read_the_ca_secret() {
+    let o = load();
+    // Secret access for anyone else comes only from namespace RoleBindings
+    // outside ztunnel-system, matching the gateway's --secret-namespace.
+    for b in &o.cluster_bindings {
+        assert_ne!(b.role_ref.name, "ztunnel-gateway-tls-secrets", "TLS Secret access must be per namespace");
+    }
+    let granted: BTreeSet<String> = o
+        .bindings
+        .iter()
+        .filter(|b| b.role_ref.name == "ztunnel-gateway-tls-secrets")
+        .map(|b| b.metadata.namespace.clone().unwrap())
+        .collect();
+    assert!(!granted.contains("ztunnel-system"), "the gateway could read the CA's Secret");
+    let (_, _, gw, _) = o.workloads.iter().find(|(n, ..)| n == "Deployment/ztunnel-gateway").unwrap();
+    let args = gw.spec.as_ref().unwrap().containers[0].args.clone().unwrap();
+    let wanted: BTreeSet<String> = args
+        .iter()
+        .filter_map(|a| a.strip_prefix("--secret-namespace="))
+        .flat_map(|v| v.split(',').map(str::to_string))
+        .collect();
+    assert!(!wanted.is_empty(), "the gateway must be told which namespaces it may read Secrets in");
+    assert_eq!(wanted, granted, "--secret-namespace and the RoleBindings agree");
 }
 
 #[test]

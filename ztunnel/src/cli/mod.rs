@@ -68,6 +68,11 @@ pub struct GatewayArgs {
     /// or `KUBECONFIG`).
     #[arg(long, conflicts_with = "local")]
     pub kube: bool,
+    /// Kubernetes mode: read TLS Secrets only in these namespaces
+    /// (repeatable or comma-separated; default: all namespaces, which needs
+    /// cluster-wide Secret read access).
+    #[arg(long = "secret-namespace", value_delimiter = ',', requires = "kube")]
+    pub secret_namespaces: Vec<String>,
     /// HTTPS listener.
     #[arg(long, default_value = "0.0.0.0:443", env = "ZTUNNEL_GATEWAY_HTTPS")]
     pub https: std::net::SocketAddr,
@@ -478,6 +483,7 @@ fn gateway_config(a: GatewayArgs) -> anyhow::Result<crate::ingress::Config> {
     };
     Ok(crate::ingress::Config {
         source: source_spec(a.local, a.kube),
+        secret_namespaces: a.secret_namespaces,
         https: Some(a.https),
         http: (!a.no_http).then_some(a.http),
         redirect_port: (!a.no_https_redirect).then(|| a.public_https_port.unwrap_or(a.https.port())),

@@ -55,6 +55,8 @@ pub enum AccessLogTarget {
 pub struct Config {
     /// Where cluster objects come from.
     pub source: crate::kube_source::SourceSpec,
+    /// Kubernetes mode: namespaces to read TLS Secrets from (empty: all).
+    pub secret_namespaces: Vec<String>,
     /// HTTPS listener.
     pub https: Option<SocketAddr>,
     /// Plain-HTTP listener.
@@ -156,7 +158,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     // The first sync happens before any listener accepts, so the first
     // client already sees every route and certificate.
     cfg.source.validate()?;
-    let mut source = crate::kube_source::open::<GatewayKinds>(&cfg.source, crate::kube_source::gateway_resources())?;
+    let mut source = crate::kube_source::open::<GatewayKinds>(
+        &cfg.source,
+        crate::kube_source::gateway_resources(&cfg.secret_namespaces),
+    )?;
     let mut store = Store { objects: BTreeMap::new(), problems: BTreeSet::new() };
     let first = source.poll();
     report(&first.errors);
