@@ -27,7 +27,7 @@ log "cargo test"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 set +e
-cargo test --workspace --locked 2>&1 | tee "$out"
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$out"
 status=${PIPESTATUS[0]}
 set -e
 passed=$(grep -oE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$out" | awk '{s+=$4} END {print s+0}')
