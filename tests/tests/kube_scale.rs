@@ -144,3 +144,75 @@ fn fifty_thousand_pods_keep_memory_bounded() {
         "CA uses {rss:.1} MiB with 50,000 pods (~{sent_mib:.0} MiB received)"
     );
 }
+
+/// The node agent in Kubernetes mode with 50,000 pods on 1,000 nodes and
+/// policies selecting them: it lists everything, compiles its node's view
+/// and becomes ready with bounded memory, and a later change still applies
+/// (root: the agent loads its programs).
+#[test]
+fn agent_with_fifty_thousand_pods() {
+    if !testbed::require_root("agent_with_fifty_thousand_pods") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let tb = testbed::Testbed::with_prefix("ztscale", &["node-1"]).unwrap();
+    let node_ns = tb.nodes[0].ns.name().to_string();
+    let listener = tb.nodes[0].ns.run(|| std::net::TcpListener::bind("127.0.0.1:6443")).unwrap().unwrap();
+    let api = FakeApi::start(listener).unwrap();
+    let kubeconfig = root.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).unwrap();
+    const PODS: usize = 50_000;
+    for ns in 0..500 {
+        api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": format!("ns-{ns}"), "labels": {"team": format!("t{}", ns % 10)}}}));
+    }
+    let filler = "x".repeat(2048);
+    for i in 0..PODS {
+        let mut p = pod(
+            &format!("ns-{}", i % 500),
+            &format!("pod-{i}"),
+            &format!("node-{}", i % 1000 + 1),
+            &format!("sa-{}", i % 7),
+            &format!("10.{}.{}.{}", 1 + i / 65536, (i / 256) % 256, i % 256),
+        );
+        p["metadata"]["annotations"] = json!({"example.com/unused": filler});
+        p["metadata"]["labels"] = json!({"app": format!("app-{}", i % 50), "tier": "web"});
+        api.apply(p);
+    }
+    for ns in 0..500 {
+        api.apply(json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "web", "namespace": format!("ns-{ns}")},
+            "spec": {"podSelector": {"matchLabels": {"tier": "web"}}, "policyTypes": ["Ingress"],
+                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "t1"}}, "podSelector": {"matchLabels": {"app": "app-3"}}}],
+                    "ports": [{"port": 80}]}]}}));
+    }
+    let log = root.join("agent.log");
+    let kc = kubeconfig.to_str().unwrap();
+    let start = std::time::Instant::now();
+    let agent = testbed::cluster::spawn_env(
+        &node_ns,
+        &[("KUBECONFIG", kc)],
+        &["run", "--kube", "--node", "node-1", "--no-pin", "--flow-log", "/dev/null", "--poll-ms", "200"],
+        &log,
+    )
+    .unwrap();
+    let ready =
+        until(Duration::from_secs(180), || testbed::cluster::admin_get(&node_ns, 15021, "/ready").contains("200 OK"));
+    assert!(ready, "agent not ready\n{}", fs::read_to_string(&log).unwrap_or_default());
+    let took = start.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let rss = rss_mib(agent.0.id());
+    eprintln!("agent with 50,000 pods and 500 policies: ready in {took:?}, resident set {rss:.1} MiB");
+    // A change after the initial list still applies.
+    api.apply(json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "late", "namespace": "ns-0"}, "spec": {"podSelector": {}, "policyTypes": ["Egress"]}}));
+    let synced = until(Duration::from_secs(20), || {
+        testbed::cluster::admin_get(&node_ns, 15021, "/metrics")
+            .lines()
+            .find(|l| l.starts_with("ztunnel_policy_syncs_total"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .is_some_and(|n| n >= 2.0)
+    });
+    assert!(synced, "{}", fs::read_to_string(&log).unwrap_or_default());
+    assert!(rss < 300.0, "agent uses {rss:.1} MiB with 50,000 pods");
+}
