@@ -46,5 +46,10 @@ fn demo_walk_matches_expected_with_the_mesh_on() {
     assert!(text.contains("in the capture: never — encrypted"), "{text}");
     assert!(text.contains("0 pod-to-pod packets in clear"), "{text}");
     assert!(text.contains("never interrupted"), "{text}");
+    // Ingress: HTTPS from outside, through the gateway pod, into the mesh.
+    assert!(text.contains("hello from the demo backend\n    path=/cart\n    peer=10.244.1.50"), "{text}");
+    assert!(text.contains("x-forwarded-for=203.0.113.10"), "{text}");
+    assert!(text.contains("plain HTTP: 308 -> https://shop.example.com:8443/cart"), "{text}");
+    assert!(text.contains("spiffe://cluster.local/ns/ingress/sa/ztunnel-gateway: yes"), "{text}");
     assert!(text.contains("ok (new handshake, new certificate)"), "{text}");
 }

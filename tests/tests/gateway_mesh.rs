@@ -19,7 +19,7 @@ use testbed::cluster::{
 use testbed::gateway::{Pki, http_backend, service_yaml, tls_secret_yaml};
 use testbed::{Testbed, require_root};
 
-const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 20);
+const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 50);
 const WEB_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 11);
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 50);
 const MARKER: &str = "ZT-GATEWAY-PLAINTEXT-MARKER-7d2a";
@@ -134,12 +134,13 @@ fn ingress_traffic_enters_the_mesh_with_the_gateway_identity() {
     fs::write(manifests.join("web-policy.yaml"), web_policy("other")).unwrap();
     let denied = until(Duration::from_secs(5), || matches!(curl("/denied").0.as_str(), "502" | "503"));
     assert!(denied, "the gateway still reached the backend after the policy change\n{}", logs());
-    // Refused by the backend node: by its proxy's policy check, or by the
-    // datapath at the pod's veth if the maps changed first.
+    // Refused at the backend's node: by its proxy's policy check, or by the
+    // datapath at the pod's veth (which also cuts the gateway's pooled,
+    // now revoked, connection) if the maps changed first.
     let m = admin_get(&ns[1], 15021, "/metrics");
     assert!(
         m.contains("ztunnel_tunnel_failures_total{reason=\"policy\"}")
-            || m.contains("ztunnel_tunnel_failures_total{reason=\"connect_failed\"}"),
+            || m.contains("ztunnel_flows_total{direction=\"ingress\",verdict=\"denied\""),
         "{m}"
     );
     fs::write(manifests.join("web-policy.yaml"), web_policy("ingress")).unwrap();

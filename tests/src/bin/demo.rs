@@ -5,7 +5,8 @@
 //! each), starts the CA and one agent per node with the mesh, then walks
 //! the seed NetworkPolicies step by step printing the observed reachability
 //! matrix against the expected one, proves that cross-node traffic is
-//! mutual TLS, rotates the CA root during a running transfer, and leaves the
+//! mutual TLS, serves an Ingress over HTTPS through the gateway pod into the
+//! mesh, rotates the CA root during a running transfer, and leaves the
 //! cluster running. `demo down` removes it. `demo serve` is the pods' server.
 
 #![allow(clippy::print_stdout)]
@@ -34,6 +35,10 @@ const STATE: &str = "/tmp/ztunnel-demo";
 const EXTERNAL: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const TCP_PORTS: &str = "80,443,6379,8080";
 const MARKER: &[u8] = b"ZT-DEMO-SECRET-PAYLOAD-7d1f";
+/// The Ingress gateway pod (namespace `ingress`, node-1).
+const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 50);
+/// The HTTP port of the pods' demo backend (behind the Ingress).
+const HTTP_PORT: u16 = 8000;
 
 fn tty() -> bool {
     std::env::var_os("NO_COLOR").is_none() && std::io::IsTerminal::is_terminal(&std::io::stdout())
@@ -69,8 +74,10 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// The pods' server: TCP echo on the demo ports, UDP echo on 53.
+/// The pods' server: TCP echo on the demo ports, UDP echo on 53, and a
+/// small HTTP server on 8000 (what the Ingress routes to).
 fn serve() -> anyhow::Result<()> {
+    testbed::gateway::http_backend(TcpListener::bind(("0.0.0.0", HTTP_PORT))?, "hello from the demo backend");
     for port in TCP_PORTS.split(',').filter_map(|p| p.parse::<u16>().ok()) {
         let l = TcpListener::bind(("0.0.0.0", port))?;
         std::thread::spawn(move || {
@@ -141,6 +148,7 @@ fn up(zt: &Path) -> anyhow::Result<()> {
     }
     let text = fs::read_to_string(manifests.join("pods.yaml"))?;
     let cluster = Cluster::from_objects(parse_str("pods.yaml", &text).objects.into_iter().map(|(_, o)| o));
+    let pki = ingress_manifests(&state, &manifests)?;
 
     heading("cluster in a box: 2 node namespaces, pods as namespaces, 1 external host");
     let nodes = ["node-1", "node-2"];
@@ -152,6 +160,8 @@ fn up(zt: &Path) -> anyhow::Result<()> {
         tb.add_pod(&pod.key.to_string(), n, *ip)?;
         println!("  {:<28} {:<14} on {node}", pod.key.to_string(), ip.to_string());
     }
+    tb.add_pod("ingress/gateway", 0, GATEWAY_IP)?;
+    println!("  {:<28} {:<14} on node-1 (the Ingress gateway)", "ingress/gateway", GATEWAY_IP.to_string());
     tb.add_external(EXTERNAL)?;
     println!("  {:<28} {:<14} outside the cluster", "external", EXTERNAL.to_string());
     for p in tb.pods.iter().chain(tb.external.iter()) {
@@ -194,7 +204,12 @@ fn up(zt: &Path) -> anyhow::Result<()> {
         println!("  {node}: ready, {n} workload certificate(s)   logs {STATE}/{node}.log");
     }
 
+    let gw_ns = tb.pod("ingress/gateway").map(|p| p.ns.name().to_string()).unwrap_or_default();
+    let gw_args = ["gateway", "--local", &m, "--https", "0.0.0.0:8443", "--http", "0.0.0.0:8081"];
+    spawn_bg(&gw_ns, zt, &gw_args, &state.join("gateway.log"))?;
+
     encryption_proof(&tb, &ns, &state)?;
+    ingress(&tb, &ns, &gw_ns, &pki, &state)?;
     walk_policies(&tb, &cluster, &manifests, &examples)?;
     rotation(&tb, zt, &ns, &d)?;
 
@@ -209,6 +224,80 @@ fn up(zt: &Path) -> anyhow::Result<()> {
     println!("  teardown:  sudo ./deploy/demo.sh down   (running the demo again also starts afresh)");
     // Leave namespaces, processes and pins in place.
     std::mem::forget(tb);
+    Ok(())
+}
+
+/// The Ingress objects: the gateway pod, a Service and EndpointSlice for
+/// `default/web`'s HTTP server, a TLS Secret from a throwaway CA, and the
+/// Ingress for `shop.example.com`. Returns the CA certificate's path.
+fn ingress_manifests(state: &Path, manifests: &Path) -> anyhow::Result<PathBuf> {
+    let mut pki = testbed::gateway::Pki::new(&state.join("ingress-pki"))?;
+    let (cert, key) = pki.issue(&["shop.example.com"], 90)?;
+    let yaml = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: ingress, labels: {{name: ingress}}}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: gateway, namespace: ingress, labels: {{app: ztunnel-gateway}}}}\n\
+         spec: {{nodeName: node-1, serviceAccountName: ztunnel-gateway, containers: [{{name: gateway, image: ztunnel}}]}}\n\
+         status: {{phase: Running, podIP: {GATEWAY_IP}, podIPs: [{{ip: {GATEWAY_IP}}}]}}\n---\n{}---\n{}---\n\
+         apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: shop, namespace: default}}\nspec:\n  ingressClassName: ztunnel\n\
+         \x20 tls: [{{hosts: [shop.example.com], secretName: shop-tls}}]\n  rules:\n  - host: shop.example.com\n\
+         \x20   http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}]}}\n",
+        testbed::gateway::service_yaml("default", "web", 80, HTTP_PORT, &["10.244.2.11"]),
+        testbed::gateway::tls_secret_yaml("default", "shop-tls", &cert, &key),
+    );
+    fs::write(manifests.join("ingress.yaml"), yaml)?;
+    Ok(pki.ca())
+}
+
+/// An external client reaches `default/web` (node-2) over HTTPS through
+/// the gateway pod (node-1): TLS ends at the gateway, and its request to
+/// the backend crosses the nodes inside the mesh under its own identity.
+fn ingress(tb: &Testbed, ns: &[String], gw_ns: &str, ca: &Path, state: &Path) -> anyhow::Result<()> {
+    heading("Ingress: HTTPS from outside the cluster, through the gateway pod, into the mesh");
+    let ready = until(Duration::from_secs(30), || admin_get(gw_ns, 15021, "/ready").starts_with("HTTP/1.0 200"));
+    anyhow::ensure!(ready, "gateway not ready; see {STATE}/gateway.log");
+    let ext = tb.external.as_ref().map(|e| e.ns.name().to_string()).unwrap_or_default();
+    let curl = |url: &str, extra: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ext, "curl", "-sS", "--max-time", "10", "--cacert"])
+            .arg(ca)
+            .args(["--resolve", &format!("shop.example.com:8443:{GATEWAY_IP}")])
+            .args(["--resolve", &format!("shop.example.com:8081:{GATEWAY_IP}")])
+            .args(extra)
+            .arg(url)
+            .output()?;
+        Ok(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    println!(
+        "  $ curl --cacert ingress-ca.crt https://shop.example.com:8443/cart   (from the external host {EXTERNAL})"
+    );
+    let body = curl("https://shop.example.com:8443/cart", &[])?;
+    for l in body.lines() {
+        println!("    {}", paint(l, "36"));
+    }
+    let served = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ip netns exec {ext} openssl s_client -connect {GATEWAY_IP}:8443 -servername shop.example.com -alpn h2 </dev/null 2>/dev/null | grep -E '^(subject|issuer)=|ALPN protocol'"
+        ))
+        .output()?;
+    for l in String::from_utf8_lossy(&served.stdout).lines() {
+        println!("  {}", paint(l.trim(), "2"));
+    }
+    let redirect =
+        curl("http://shop.example.com:8081/cart", &["-o", "/dev/null", "-w", "%{http_code} -> %{redirect_url}"])?;
+    println!("  plain HTTP: {redirect}");
+    let metrics = admin_get(&ns[1], 15021, "/metrics");
+    let gateway_id = "spiffe://cluster.local/ns/ingress/sa/ztunnel-gateway";
+    let seen = metrics.lines().any(|l| l.contains("direction=\"inbound\"") && l.contains(gateway_id));
+    println!(
+        "  node-2 proxy received the gateway's request from {}: {}",
+        paint(gateway_id, "36"),
+        if seen { paint("yes", "32") } else { paint("no", "31") }
+    );
+    println!(
+        "  the backend saw the gateway pod as its peer and the client in X-Forwarded-For; logs {}",
+        state.join("gateway.log").display()
+    );
     Ok(())
 }
 
