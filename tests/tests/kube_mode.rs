@@ -151,6 +151,14 @@ fn gateway_follows_the_api_server_through_relists_drops_and_outages() {
     .unwrap();
     assert!(until(Duration::from_secs(5), || logs().contains("Ingress shop/new")), "{}", logs());
     assert_eq!(curl("127.0.6.1", &ca, "new.example.com", "/").0, "200");
+    // ... also through a relist, where the invalid object is all the list
+    // has: it is not taken for a deletion.
+    let lists = api.lists("ingresses");
+    api.compact();
+    api.drop_watches();
+    assert!(until(Duration::from_secs(15), || api.lists("ingresses") > lists), "no relist");
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(curl("127.0.6.1", &ca, "new.example.com", "/").0, "200", "{}", logs());
 
     // Outage: the gateway keeps serving what it knows; slow responses and
     // the return of the API server bring changes again.

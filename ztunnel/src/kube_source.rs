@@ -51,10 +51,15 @@ impl Resource {
     }
 }
 
+/// A decoded API object (or why not) and its reference.
+type Decoded<K> = (Result<Option<<K as Kinds>::Object>, ManifestError>, Option<<K as Kinds>::Ref>);
+
 enum Msg<K: Kinds> {
     Apply(usize, K::Object),
     Delete(usize, K::Ref),
-    Relisted(usize, Vec<K::Object>),
+    /// A complete list: the valid objects, and the references of invalid
+    /// ones (whose last good version stays, as in a manifest directory).
+    Relisted(usize, Vec<K::Object>, Vec<K::Ref>),
     Rejected(ManifestError),
 }
 
@@ -173,6 +178,7 @@ where
             runtime.spawn(async move {
                 let mut stream = watcher::watcher(api, config).default_backoff().boxed();
                 let mut buffer: Vec<K::Object> = Vec::new();
+                let mut rejected: Vec<K::Ref> = Vec::new();
                 while let Some(item) = stream.next().await {
                     let event = match item {
                         Ok(e) => e,
@@ -182,19 +188,21 @@ where
                             continue;
                         }
                     };
-                    let decode = |o: DynamicObject| -> Option<Result<Option<K::Object>, ManifestError>> {
+                    let decode = |o: DynamicObject| -> Option<Decoded<K>> {
                         let raw = to_raw(&r, o).ok()?;
-                        Some(K::decode(&format!("api:{}", r.plural), &raw))
+                        Some((K::decode(&format!("api:{}", r.plural), &raw), K::raw_ref(&raw)))
                     };
                     let sent = match event {
                         Event::Init => {
                             buffer.clear();
+                            rejected.clear();
                             Ok(())
                         }
                         Event::InitApply(o) => {
                             match decode(o) {
-                                Some(Ok(Some(obj))) => buffer.push(obj),
-                                Some(Err(e)) => {
+                                Some((Ok(Some(obj)), _)) => buffer.push(obj),
+                                Some((Err(e), reference)) => {
+                                    rejected.extend(reference);
                                     let _ = tx.send(Msg::Rejected(e));
                                 }
                                 _ => {}
@@ -203,11 +211,11 @@ where
                         }
                         Event::InitDone => {
                             lock(&health).synced[i] = true;
-                            tx.send(Msg::Relisted(i, std::mem::take(&mut buffer)))
+                            tx.send(Msg::Relisted(i, std::mem::take(&mut buffer), std::mem::take(&mut rejected)))
                         }
                         Event::Apply(o) => match decode(o) {
-                            Some(Ok(Some(obj))) => tx.send(Msg::Apply(i, obj)),
-                            Some(Err(e)) => tx.send(Msg::Rejected(e)),
+                            Some((Ok(Some(obj)), _)) => tx.send(Msg::Apply(i, obj)),
+                            Some((Err(e), _)) => tx.send(Msg::Rejected(e)),
                             _ => Ok(()),
                         },
                         Event::Delete(o) => match to_raw(&r, o).ok().and_then(|raw| K::raw_ref(&raw)) {
@@ -264,8 +272,9 @@ where
         match m {
             Msg::Apply(i, o) => self.apply(i, o),
             Msg::Delete(i, r) => self.delete(i, r),
-            Msg::Relisted(i, objects) => {
-                let listed: BTreeSet<K::Ref> = objects.iter().map(K::reference).collect();
+            Msg::Relisted(i, objects, rejected) => {
+                // Invalid objects in the list keep their last good version.
+                let listed: BTreeSet<K::Ref> = objects.iter().map(K::reference).chain(rejected).collect();
                 let gone: Vec<K::Ref> = self.owned[i].difference(&listed).cloned().collect();
                 for r in gone {
                     self.delete(i, r);

@@ -284,7 +284,13 @@ pub async fn serve(
                     (shared.clone(), acceptor.clone(), graceful.clone(), builder.clone(), pool.clone());
                 tokio::spawn(async move {
                     shared.metrics.connections.inc();
-                    let info = ConnInfo { client: peer, tls, inflight: Arc::new(AtomicUsize::new(0)), pool };
+                    let info = ConnInfo {
+                        client: peer,
+                        client_ip: HeaderValue::from_str(&peer.ip().to_string()).ok(),
+                        tls,
+                        inflight: Arc::new(AtomicUsize::new(0)),
+                        pool,
+                    };
                     connection(shared.clone(), tcp, info, tls.then_some(acceptor), &graceful, &builder).await;
                     shared.metrics.connections.dec();
                     drop(permit);
@@ -323,6 +329,8 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 #[derive(Debug)]
 struct ConnInfo {
     client: SocketAddr,
+    /// The client's address as a header value, made once per connection.
+    client_ip: Option<HeaderValue>,
     tls: bool,
     inflight: Arc<AtomicUsize>,
     pool: Arc<Pool>,
@@ -506,10 +514,10 @@ async fn route(
     strip_hop_by_hop(&mut parts.headers);
     let h = &mut parts.headers;
     let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", info.client.ip())),
-        None => HeaderValue::from_str(&info.client.ip().to_string()),
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", info.client.ip())).ok(),
+        None => info.client_ip.clone(),
     };
-    if let Ok(v) = xff {
+    if let Some(v) = xff {
         h.insert("x-forwarded-for", v);
     }
     h.insert("x-forwarded-proto", HeaderValue::from_static(if info.tls { "https" } else { "http" }));
