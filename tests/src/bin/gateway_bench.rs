@@ -96,6 +96,22 @@ fn wrk(url: &str, secs: u32, extra: &[&str]) -> anyhow::Result<Result> {
     Ok(Result { rps, p99_ms })
 }
 
+/// CPU seconds used by `pid` and its children processes (nginx workers).
+fn cpu_tree(pid: u32) -> f64 {
+    let mut total = testbed::perf::cpu_seconds(pid).unwrap_or(0.0);
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            let parent = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if parent == Some(pid) {
+                total += testbed::perf::cpu_seconds(child).unwrap_or(0.0);
+            }
+        }
+    }
+    total
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -118,7 +134,7 @@ fn main() -> anyhow::Result<()> {
             "  access_log off;\n  server {{ listen {BACKEND} backlog=4096; keepalive_requests 100000; location / {{ return 200 \"hello from the backend\\n\"; }} }}"
         ),
     )?;
-    let _nginx = nginx(
+    let nginx_proc = nginx(
         dir,
         "proxy",
         &format!(
@@ -144,7 +160,7 @@ fn main() -> anyhow::Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::from(fs::File::create(dir.join("gateway.log"))?))
         .spawn()?;
-    let _gateway = Proc(child);
+    let gateway_proc = Proc(child);
     let ready = until(Duration::from_secs(20), || {
         ["127.0.9.1:8443", "127.0.9.3:8443", BACKEND].iter().all(|a| std::net::TcpStream::connect(a).is_ok())
     });
@@ -157,16 +173,27 @@ fn main() -> anyhow::Result<()> {
     }
 
     let mut rows: Vec<(&str, Vec<f64>, Vec<f64>)> = Vec::new();
+    let (mut z_cpu, mut n_cpu): (Vec<f64>, Vec<f64>) = (vec![], vec![]);
     let (mut z_rps, mut n_rps, mut z_p99, mut n_p99, mut z_new, mut n_new) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
     for round in 1..=rounds {
         for (name, addr) in [("nginx", NGINX), ("ztunnel", ZTUNNEL)] {
+            let pid = if name == "nginx" { nginx_proc.0.id() } else { gateway_proc.0.id() };
+            let cpu0 = cpu_tree(pid);
             let keep = wrk(&format!("https://{addr}/"), secs, &[])?;
+            // Proxy CPU per request: independent of how much CPU the VM
+            // gave the run.
+            let us_per_request = (cpu_tree(pid) - cpu0) * 1e6 / (keep.rps * f64::from(secs));
             let fresh = wrk(&format!("https://{addr}/"), secs, &["-H", "Connection: close"])?;
             println!(
-                "round {round} {name:8} keep-alive {:>9.0} req/s p99 {:>6.2} ms | new connections {:>7.0}/s",
+                "round {round} {name:8} keep-alive {:>9.0} req/s p99 {:>6.2} ms cpu {us_per_request:>5.1} us/req | new connections {:>7.0}/s",
                 keep.rps, keep.p99_ms, fresh.rps
             );
+            if name == "nginx" {
+                n_cpu.push(us_per_request)
+            } else {
+                z_cpu.push(us_per_request)
+            }
             let (rps, p99, new) = if name == "nginx" {
                 (&mut n_rps, &mut n_p99, &mut n_new)
             } else {
@@ -180,6 +207,7 @@ fn main() -> anyhow::Result<()> {
     rows.push(("keep-alive requests/s", z_rps, n_rps));
     rows.push(("keep-alive p99 ms", z_p99, n_p99));
     rows.push(("new TLS connections/s", z_new, n_new));
+    rows.push(("proxy CPU us/request", z_cpu, n_cpu));
     println!("\nmedian of {rounds} rounds ({secs} s each, wrk -t2 -c64, interleaved):");
     println!("{:24} {:>10} {:>10} {:>8}", "", "ztunnel", "nginx", "ratio");
     for (name, z, n) in rows {

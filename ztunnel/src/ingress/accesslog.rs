@@ -18,6 +18,8 @@ use http::{Method, Version};
 pub struct Entry {
     /// Client address.
     pub client: SocketAddr,
+    /// The same, formatted once per connection.
+    pub client_text: Option<Arc<str>>,
     /// Over TLS.
     pub tls: bool,
     /// Method.
@@ -44,6 +46,7 @@ impl Default for Entry {
     fn default() -> Self {
         Self {
             client: SocketAddr::from(([0, 0, 0, 0], 0)),
+            client_text: None,
             tls: false,
             method: Method::GET,
             host: String::new(),
@@ -72,6 +75,12 @@ fn protocol(v: Version) -> &'static str {
 /// paths come from clients.
 fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        // The common case: nothing to escape.
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.extend_from_slice(b"\\\""),
@@ -89,34 +98,47 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
 }
 
 thread_local! {
+    /// The line being formatted (reused: no allocation per request).
+    static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// The formatted current second, reused for every line in that second.
     static SECOND: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
 }
 
 fn timestamp(out: &mut Vec<u8>) {
-    let now = time::OffsetDateTime::now_utc();
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = i64::try_from(since.as_secs()).unwrap_or(0);
     SECOND.with(|c| {
         let mut c = c.borrow_mut();
-        if c.0 != now.unix_timestamp() {
+        if c.0 != secs {
+            // The calendar is worked out once per second, not per line.
             let f = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
-            *c = (now.unix_timestamp(), now.format(&f).unwrap_or_default());
+            let text = time::OffsetDateTime::from_unix_timestamp(secs)
+                .ok()
+                .and_then(|t| t.format(&f).ok())
+                .unwrap_or_default();
+            *c = (secs, text);
         }
         out.extend_from_slice(c.1.as_bytes());
     });
-    let _ = write!(out, ".{:06}Z", now.microsecond());
+    let _ = write!(out, ".{:06}Z", since.subsec_micros());
 }
 
 /// One line of JSON for `e` (appended to `out`, newline included).
 pub fn format(out: &mut Vec<u8>, e: &Entry) {
     out.extend_from_slice(b"{\"time\":\"");
     timestamp(out);
-    let _ = write!(
-        out,
-        "\",\"client\":\"{}\",\"scheme\":\"{}\",\"protocol\":\"{}\",\"method\":",
-        e.client,
-        if e.tls { "https" } else { "http" },
-        protocol(e.version)
-    );
+    out.extend_from_slice(b"\",\"client\":\"");
+    match &e.client_text {
+        Some(t) => out.extend_from_slice(t.as_bytes()),
+        None => {
+            let _ = write!(out, "{}", e.client);
+        }
+    }
+    out.extend_from_slice(b"\",\"scheme\":\"");
+    out.extend_from_slice(if e.tls { b"https" } else { b"http" });
+    out.extend_from_slice(b"\",\"protocol\":\"");
+    out.extend_from_slice(protocol(e.version).as_bytes());
+    out.extend_from_slice(b"\",\"method\":");
     json_str(out, e.method.as_str());
     out.extend_from_slice(b",\"host\":");
     json_str(out, &e.host);
@@ -132,7 +154,8 @@ pub fn format(out: &mut Vec<u8>, e: &Entry) {
         }
         None => out.extend_from_slice(b",\"endpoint\":null"),
     }
-    let _ = writeln!(out, ",\"duration_ms\":{:.3}}}", e.duration.as_secs_f64() * 1000.0);
+    let us = e.duration.as_micros();
+    let _ = writeln!(out, ",\"duration_ms\":{}.{:03}}}", us / 1000, us % 1000);
 }
 
 type Sink = Arc<Mutex<BufWriter<Box<dyn Write + Send>>>>;
@@ -195,9 +218,12 @@ impl AccessLog {
     /// Writes one line (errors are dropped: logging never fails a request).
     pub fn write(&self, e: &Entry) {
         let Some(out) = &self.out else { return };
-        let mut line = Vec::with_capacity(256);
-        format(&mut line, e);
-        let _ = lock(out).write_all(&line);
+        LINE.with(|line| {
+            let mut line = line.borrow_mut();
+            line.clear();
+            format(&mut line, e);
+            let _ = lock(out).write_all(&line);
+        });
     }
 }
 

@@ -287,6 +287,7 @@ pub async fn serve(
                     let info = ConnInfo {
                         client: peer,
                         client_ip: HeaderValue::from_str(&peer.ip().to_string()).ok(),
+                        client_text: peer.to_string().into(),
                         tls,
                         inflight: Arc::new(AtomicUsize::new(0)),
                         pool,
@@ -331,6 +332,8 @@ struct ConnInfo {
     client: SocketAddr,
     /// The client's address as a header value, made once per connection.
     client_ip: Option<HeaderValue>,
+    /// The client's address for the access log, made once per connection.
+    client_text: Arc<str>,
     tls: bool,
     inflight: Arc<AtomicUsize>,
     pool: Arc<Pool>,
@@ -452,6 +455,7 @@ async fn handle(
     .filter(|h| h.to_str().is_ok());
     let mut entry = shared.log.enabled().then(|| Entry {
         client: info.client,
+        client_text: Some(info.client_text.clone()),
         tls: info.tls,
         method: req.method().clone(),
         host: authority.as_ref().and_then(|h| h.to_str().ok()).unwrap_or_default().to_string(),
