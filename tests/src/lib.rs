@@ -12,6 +12,7 @@
 pub mod cluster;
 pub mod fakeapi;
 pub mod gateway;
+pub mod kubetest;
 pub mod netns;
 pub mod perf;
 pub mod probe;

@@ -5,68 +5,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use serde_json::{Value, json};
-use testbed::cluster::{Proc, until, ztunnel_bin};
+use serde_json::json;
+use testbed::cluster::{until, ztunnel_bin};
 use testbed::fakeapi::{FakeApi, TokenIdentity, b64};
-
-fn spawn(args: &[&str], kubeconfig: &Path, log: &Path) -> Proc {
-    let child = Command::new(ztunnel_bin())
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(fs::File::create(log).unwrap()))
-        .spawn()
-        .unwrap();
-    Proc(child)
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let Ok(mut s) = TcpStream::connect(addr) else { return String::new() };
-    let _ = s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
-
-fn pod(ns: &str, name: &str, node: &str, sa: &str, ip: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
-        "spec": {"nodeName": node, "serviceAccountName": sa, "containers": [{"name": "c", "image": "x"}]},
-        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})
-}
-
-fn csr(dir: &Path, identity: &str) -> String {
-    let out = Command::new("openssl")
-        .args(["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout"])
-        .arg(dir.join("w.key"))
-        .args(["-subj", "/", "-addext", &format!("subjectAltName=URI:{identity}")])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn sign(addr: &str, bundle: &Path, token: &str, csr: &str) -> (String, String) {
-    let body = json!({"csr": csr}).to_string();
-    let port = addr.rsplit(':').next().unwrap();
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10", "--cacert"])
-        .arg(bundle)
-        .args(["--resolve", &format!("localhost:{port}:127.0.0.1"), "-H", &format!("Authorization: Bearer {token}")])
-        .args(["-H", "Content-Type: application/json", "--data-binary", &body, "-w", "\n%{http_code}"])
-        .arg(format!("https://localhost:{port}/v1/sign"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.to_string(), body.to_string())
-}
+use testbed::kubetest::{csr, http_get, pod, sign, spawn};
 
 fn rss_mib(pid: u32) -> f64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
