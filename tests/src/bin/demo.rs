@@ -219,6 +219,11 @@ fn up(zt: &Path) -> anyhow::Result<()> {
     println!("             sudo ip netns exec {} curl -s 127.0.0.1:15021/metrics | grep ztunnel_", ns[0]);
     println!("             sudo ip netns exec {} curl -s 127.0.0.1:15021/config_dump", ns[0]);
     println!("             sudo {} ca status --dir {d}", zt.display());
+    let ext = tb.external.as_ref().map(|e| e.ns.name().to_string()).unwrap_or_default();
+    println!(
+        "  ingress:   sudo ip netns exec {ext} curl --cacert {}/ingress-pki/ca.crt --resolve shop.example.com:8443:{GATEWAY_IP} https://shop.example.com:8443/",
+        STATE
+    );
     println!("  flow logs: {STATE}/node-1.flows.jsonl, {STATE}/node-2.flows.jsonl");
     println!("  policies:  add or remove files in {m} (agents apply them within a second)");
     println!("  teardown:  sudo ./deploy/demo.sh down   (running the demo again also starts afresh)");
