@@ -73,3 +73,18 @@ pub fn sign(addr: &str, bundle: &Path, token: &str, csr: &str) -> (String, Strin
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
     (code.to_string(), format!("{body}{}", String::from_utf8_lossy(&out.stderr)))
 }
+
+/// `ztunnel ca init --dir ca_dir` (as an operator would), then the state
+/// stored in Secret `ztunnel-system/ztunnel-ca` of the fake API server.
+#[allow(clippy::expect_used)] // test helper
+pub fn ca_in_secret(api: &crate::fakeapi::FakeApi, ca_dir: &Path) {
+    if !ca_dir.join("state.json").exists() {
+        let init = Command::new(ztunnel_bin()).args(["ca", "init", "--dir"]).arg(ca_dir).output().expect("ztunnel");
+        assert!(init.status.success(), "ca init: {}", String::from_utf8_lossy(&init.stderr));
+    }
+    let state = fs::read(ca_dir.join("state.json")).expect("state.json");
+    api.apply(
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ztunnel-ca", "namespace": "ztunnel-system"},
+        "type": "Opaque", "data": {"state.json": crate::fakeapi::b64(&state)}}),
+    );
+}

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use testbed::cluster::{until, ztunnel_bin};
 use testbed::fakeapi::{FakeApi, TokenIdentity, b64};
 use testbed::gateway::{Pki, http_backend, service_yaml};
-use testbed::kubetest::{csr, http_get, pod, sign, spawn};
+use testbed::kubetest::{ca_in_secret, csr, http_get, pod, sign, spawn};
 
 fn tls_secret(ns: &str, name: &str, cert: &str, key: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns},
@@ -165,14 +165,7 @@ fn ca_authenticates_by_token_review_keeps_state_in_a_secret_and_publishes_the_bu
 
     // The operator creates the CA state and stores it in the Secret.
     let ca_dir = root.join("ca");
-    let init = Command::new(ztunnel_bin()).args(["ca", "init", "--dir"]).arg(&ca_dir).output().unwrap();
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
-    let put_state = |api: &FakeApi| {
-        let state = fs::read(ca_dir.join("state.json")).unwrap();
-        api.apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ztunnel-ca", "namespace": "ztunnel-system"},
-            "type": "Opaque", "data": {"state.json": b64(&state)}}));
-    };
-    put_state(&api);
+    ca_in_secret(&api, &ca_dir);
     api.apply(pod("shop", "web-1", "node-1", "web", "10.244.1.5"));
     api.apply(pod("shop", "db-1", "node-2", "db", "10.244.2.5"));
     let agent = |node: &str| TokenIdentity {

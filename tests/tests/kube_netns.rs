@@ -16,9 +16,8 @@ use std::time::Duration;
 use policy::eval::{Endpoint, evaluate};
 use policy::manifest::parse_str;
 use policy::{Cluster, Protocol};
-use serde_json::json;
-use testbed::cluster::{CA_ADDR, Proc, admin_get, mesh_agent_args, spawn_env, until, ztunnel_bin};
-use testbed::fakeapi::{FakeApi, TokenIdentity, b64};
+use testbed::cluster::{CA_ADDR, Proc, admin_get, mesh_agent_args, spawn_env, until};
+use testbed::fakeapi::{FakeApi, TokenIdentity};
 use testbed::{Testbed, probe, require_root};
 
 fn example_texts() -> Vec<String> {
@@ -116,13 +115,7 @@ fn kube_mode_agents_and_ca_enforce_the_seed_policies_like_local_mode() {
 
     // The CA's state in its Secret; agent tokens known to TokenReview.
     let ca_dir = root.join("ca");
-    let init = std::process::Command::new(ztunnel_bin()).args(["ca", "init", "--dir"]).arg(&ca_dir).output().unwrap();
-    assert!(init.status.success());
-    let state = fs::read(ca_dir.join("state.json")).unwrap();
-    api.apply(
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ztunnel-ca", "namespace": "ztunnel-system"},
-        "type": "Opaque", "data": {"state.json": b64(&state)}}),
-    );
+    testbed::kubetest::ca_in_secret(&api, &ca_dir);
     let tokens = root.join("tokens");
     fs::create_dir_all(&tokens).unwrap();
     for n in nodes {

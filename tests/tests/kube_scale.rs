@@ -5,13 +5,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
 use std::fs;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
-use testbed::cluster::{until, ztunnel_bin};
-use testbed::fakeapi::{FakeApi, TokenIdentity, b64};
-use testbed::kubetest::{csr, http_get, pod, sign, spawn};
+use testbed::cluster::until;
+use testbed::fakeapi::{FakeApi, TokenIdentity};
+use testbed::kubetest::{ca_in_secret, csr, http_get, pod, sign, spawn};
 
 fn rss_mib(pid: u32) -> f64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -35,13 +34,7 @@ fn fifty_thousand_pods_keep_memory_bounded() {
     let kubeconfig = root.join("kubeconfig");
     api.write_kubeconfig(&kubeconfig).unwrap();
     let ca_dir = root.join("ca");
-    let init = Command::new(ztunnel_bin()).args(["ca", "init", "--dir"]).arg(&ca_dir).output().unwrap();
-    assert!(init.status.success());
-    let state = fs::read(ca_dir.join("state.json")).unwrap();
-    api.apply(
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ztunnel-ca", "namespace": "ztunnel-system"},
-        "type": "Opaque", "data": {"state.json": b64(&state)}}),
-    );
+    ca_in_secret(&api, &ca_dir);
     // 4 KiB of fields per pod that nothing reads (measured: the resident
     // set is the same within 5 MiB with 16 bytes or 4 KiB of them).
     let filler = "x".repeat(4096);
