@@ -106,7 +106,8 @@ impl Workloads for View {
 
 /// The running mTLS side.
 pub struct Mesh {
-    rt: tokio::runtime::Runtime,
+    /// The proxy's runtime (driven by its own thread).
+    rt: tokio::runtime::Handle,
     node: String,
     td: TrustDomain,
     view: Arc<View>,
@@ -135,11 +136,18 @@ impl Mesh {
             .trim()
             .to_string();
         let client = ca_server::CaClient::new(&cfg.ca_address, &cfg.ca_server_name, &bundle, Some(token))?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cfg.threads.max(1))
-            .thread_name("ztunnel-proxy")
-            .enable_all()
-            .build()?;
+        // One thread (the default): a single-threaded runtime, so every
+        // hand-off between a tunnel's tasks is a local queue push with no
+        // cross-thread wake-up machinery; more threads: the work-stealing one.
+        let rt = if cfg.threads <= 1 {
+            tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(cfg.threads)
+                .thread_name("ztunnel-proxy")
+                .enable_all()
+                .build()?
+        };
         let cache = Arc::new(SecretCache::new());
         let view = Arc::new(View(RwLock::new(Cluster::new())));
         let listener =
@@ -200,6 +208,13 @@ impl Mesh {
             });
         }
         tracing::info!(hbone = %cfg.hbone, ca = %cfg.ca_address, "mTLS side started");
+        let handle = rt.handle().clone();
+        // The runtime's driver: a current-thread runtime runs its tasks
+        // only inside `block_on`.
+        std::thread::Builder::new()
+            .name("ztunnel-proxy".into())
+            .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+        let rt = handle;
         Ok(Self { rt, node: node.to_string(), td, view, manager, cache, metrics, shutdown, wanted: Default::default() })
     }
 
