@@ -88,3 +88,12 @@ pub fn ca_in_secret(api: &crate::fakeapi::FakeApi, ca_dir: &Path) {
         "type": "Opaque", "data": {"state.json": crate::fakeapi::b64(&state)}}),
     );
 }
+
+/// A fake API server on loopback and a kubeconfig for it in `root`.
+#[allow(clippy::expect_used)] // test helper
+pub fn local_api(root: &Path) -> (crate::fakeapi::FakeApi, std::path::PathBuf) {
+    let api = crate::fakeapi::FakeApi::start_local().expect("fake API server");
+    let kubeconfig = root.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    (api, kubeconfig)
+}

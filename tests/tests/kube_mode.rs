@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use testbed::cluster::{until, ztunnel_bin};
-use testbed::fakeapi::{FakeApi, TokenIdentity, b64};
+use testbed::fakeapi::{TokenIdentity, b64};
 use testbed::gateway::{Pki, http_backend, service_yaml};
-use testbed::kubetest::{ca_in_secret, csr, http_get, pod, sign, spawn};
+use testbed::kubetest::{ca_in_secret, csr, http_get, local_api, pod, sign, spawn};
 
 fn tls_secret(ns: &str, name: &str, cert: &str, key: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns},
@@ -53,9 +53,7 @@ fn served_serial(ip: &str, ca: &Path, sni: &str) -> String {
 fn gateway_follows_the_api_server_through_relists_drops_and_outages() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let api = FakeApi::start_local().unwrap();
-    let kubeconfig = root.join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig).unwrap();
+    let (api, kubeconfig) = local_api(root);
     let mut pki = Pki::new(&root.join("pki")).unwrap();
     let (c1, k1) = pki.issue(&["shop.example.com", "new.example.com"], 90).unwrap();
     http_backend(TcpListener::bind(("127.0.6.2", 8080)).unwrap(), "web");
@@ -159,9 +157,7 @@ fn gateway_follows_the_api_server_through_relists_drops_and_outages() {
 fn ca_authenticates_by_token_review_keeps_state_in_a_secret_and_publishes_the_bundle() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let api = FakeApi::start_local().unwrap();
-    let kubeconfig = root.join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig).unwrap();
+    let (api, kubeconfig) = local_api(root);
 
     // The operator creates the CA state and stores it in the Secret.
     let ca_dir = root.join("ca");

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 use testbed::cluster::until;
 use testbed::fakeapi::{FakeApi, TokenIdentity};
-use testbed::kubetest::{ca_in_secret, csr, http_get, pod, sign, spawn};
+use testbed::kubetest::{ca_in_secret, csr, http_get, local_api, pod, sign, spawn};
 
 fn rss_mib(pid: u32) -> f64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -30,9 +30,7 @@ fn rss_mib(pid: u32) -> f64 {
 fn fifty_thousand_pods_keep_memory_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let api = FakeApi::start_local().unwrap();
-    let kubeconfig = root.join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig).unwrap();
+    let (api, kubeconfig) = local_api(root);
     let ca_dir = root.join("ca");
     ca_in_secret(&api, &ca_dir);
     // 4 KiB of fields per pod that nothing reads (measured: the resident

@@ -130,7 +130,7 @@ impl Store {
             warn!(problem = %p, "ingress configuration");
         }
         self.problems = problems;
-        info!(ingresses = table.served.len(), routes = table.describe().len(), "routes updated");
+        info!(ingresses = table.served.len(), routes = table.labels.len(), "routes updated");
         shared.set_routes(table);
     }
 }
