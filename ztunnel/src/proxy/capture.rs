@@ -17,9 +17,10 @@ use ca::SpiffeId;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::copy::{self, CopyError, Incoming};
 use super::inbound::Workloads;
 use super::metrics::{ConnLabels, ProxyMetrics};
-use super::outbound::Outbound;
+use super::outbound::{Outbound, OutboundError, Tunnel};
 use crate::identity::SecretCache;
 
 /// Binds the transparent capture listener.
@@ -118,39 +119,49 @@ impl Capture {
             return reset(tcp);
         };
         let peer = SocketAddr::new(node_ip, self.hbone_port);
-        // Boxed: the connect future (TLS handshake state of a new pooled
+        // Boxed: the open future (TLS handshake state of a new pooled
         // connection) is large and would otherwise stay allocated inside
         // this task for the whole life of the tunnel.
-        match Box::pin(self.outbound.connect(&src_id, src, &dst_id, dst, peer)).await {
-            Ok(mut tunnel) => {
-                debug!(source_identity = %src_id, destination_identity = %dst_id, %peer, "tunnel open");
-                let labels = ConnLabels {
-                    direction: "outbound",
-                    source_identity: src_id.to_string(),
-                    destination_identity: dst_id.to_string(),
-                };
-                self.metrics.opened.get_or_create(&labels).inc();
-                self.metrics.active.inc();
-                let mut tcp = tcp;
-                let (mut tx, mut rx) = (0, 0);
-                match super::copy::bidirectional(&mut tcp, &mut tunnel).await {
-                    Ok((a, b)) => {
-                        (tx, rx) = (a, b);
-                        info!(source_identity = %src_id, destination_identity = %dst_id, bytes_sent = tx, bytes_received = rx, "tunnel closed");
-                    }
-                    Err(e) => debug!(error = %e, "tunnel ended with an error"),
-                }
-                self.metrics.finished(&labels, tx, rx);
-                self.metrics.active.dec();
-            }
+        let tunnel = match Box::pin(self.outbound.open(&src_id, src, &dst_id, dst, peer)).await {
+            Ok(t) => t,
             Err(e) => {
                 warn!(source_identity = %src_id, destination_identity = %dst_id, error = %e, "tunnel failed; connection reset");
                 self.metrics.fail(match e {
-                    super::outbound::OutboundError::NoCertificate(_) => "no_certificate",
-                    super::outbound::OutboundError::Refused(_) => "refused_by_peer",
-                    super::outbound::OutboundError::Tls(..) => "tls",
+                    OutboundError::NoCertificate(_) => "no_certificate",
+                    OutboundError::Tls(..) => "tls",
                     _ => "connect_failed",
                 });
+                return reset(tcp);
+            }
+        };
+        let labels = ConnLabels {
+            direction: "outbound",
+            source_identity: src_id.to_string(),
+            destination_identity: dst_id.to_string(),
+        };
+        self.metrics.opened.get_or_create(&labels).inc();
+        self.metrics.active.inc();
+        let mut tcp = tcp;
+        let Tunnel { send, response, slot } = tunnel;
+        // The pod's first bytes follow the CONNECT at once; bytes towards
+        // the pod wait for the peer's 200.
+        let (totals, result) = copy::tunnel(&mut tcp, send, Incoming::Response(response)).await;
+        drop(slot);
+        self.metrics.finished(&labels, totals.up, totals.down);
+        self.metrics.active.dec();
+        match result {
+            Ok(()) => {
+                info!(source_identity = %src_id, destination_identity = %dst_id, bytes_sent = totals.up, bytes_received = totals.down, "tunnel closed");
+            }
+            Err(CopyError::Refused(status)) => {
+                warn!(source_identity = %src_id, destination_identity = %dst_id, %status, "tunnel refused by the peer; connection reset");
+                self.metrics.fail("refused_by_peer");
+                reset(tcp);
+            }
+            Err(e) => {
+                // Passed on as a reset: the pod must not mistake a broken
+                // tunnel for an orderly close.
+                debug!(error = %e, bytes_sent = totals.up, bytes_received = totals.down, "tunnel ended with an error; connection reset");
                 reset(tcp);
             }
         }

@@ -1,13 +1,29 @@
-//! Bidirectional copy that holds no buffer while a connection is idle.
+//! Moving bytes between a pod's TCP connection and its HBONE stream.
 //!
-//! `tokio::io::copy_bidirectional` owns two buffers per connection for its
-//! whole life; with 10,000 mostly idle tunnels per side that is most of the
-//! proxy's memory. Here each worker thread reads into one shared scratch
-//! buffer and writes straight out of it; only bytes the writer cannot take
-//! yet (backpressure) are copied into a buffer owned by that direction, and
-//! that buffer is freed as soon as it drains. Half-close is passed on: EOF
-//! on one side shuts down writing on the other, and the copy ends when both
-//! directions have.
+//! The copy talks to the HTTP/2 stream directly (no `AsyncRead` /
+//! `AsyncWrite` adaptor in between), so a byte is copied once per side in
+//! user space: from the pod's socket into a chunk handed to HTTP/2 as is, or
+//! from a received DATA frame straight into the pod's socket.
+//!
+//! - **Memory**: an idle tunnel holds no buffer. Reads go into a per-thread
+//!   slab; each read's bytes are split off it (reference-counted, no copy)
+//!   and live only until HTTP/2 has written them. Received frames are held
+//!   only until the pod's socket takes them.
+//! - **Backpressure**: data is handed to HTTP/2 only as the stream's flow
+//!   control window allows (no unbounded send buffer), and the receive
+//!   window is released only once the bytes are in the pod's socket, so a
+//!   slow reader slows the peer, never grows a buffer.
+//! - **Early data**: on the client side the copy may start before the
+//!   peer's answer to CONNECT has arrived; bytes from the pod flow at once
+//!   (saving a round trip per new connection), and bytes towards the pod
+//!   only after a `200`. Any other answer ends the copy with
+//!   [`CopyError::Refused`].
+//! - **Half-close**: EOF from the pod ends the stream (END_STREAM); the
+//!   peer's END_STREAM shuts down writing towards the pod. The copy ends
+//!   when both directions have.
+//! - **Syscalls**: a read shorter than the space offered means the socket's
+//!   queue is empty, so its readiness is cleared there and then instead of
+//!   by one more `recv` returning `EAGAIN`.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -15,169 +31,243 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::{Buf, Bytes, BytesMut};
+use h2::{Reason, RecvStream, SendStream};
+use http::StatusCode;
+use tokio::io::{AsyncWrite, Interest};
+use tokio::net::TcpStream;
 
-/// Scratch size per worker thread: several TLS records per read.
-const SCRATCH: usize = 64 * 1024;
+/// Slab size per thread: several TLS records per read.
+const SLAB: usize = 64 * 1024;
+/// A read is offered at least this much room; a smaller remainder of the
+/// slab is left to the chunks already split off it.
+const MIN_READ: usize = 16 * 1024;
 
 thread_local! {
-    static BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH].into_boxed_slice());
+    static SLAB_BUF: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// Why a tunnel's copy ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// The peer answered CONNECT with something other than 200.
+    #[error("peer answered {0}")]
+    Refused(StatusCode),
+    /// The HTTP/2 stream or connection failed (reset, GOAWAY, broken
+    /// connection).
+    #[error("HTTP/2: {0}")]
+    H2(#[from] h2::Error),
+    /// The pod's connection failed.
+    #[error("pod connection: {0}")]
+    Io(#[from] io::Error),
+    /// The stream was closed for sending by the peer.
+    #[error("stream closed by the peer")]
+    Closed,
+}
+
+/// Reads what `tcp` has into a chunk split off the thread's slab: `Ok(None)`
+/// at EOF, `WouldBlock` when nothing is there.
+pub(crate) fn read_chunk(tcp: &TcpStream) -> io::Result<Option<Bytes>> {
+    SLAB_BUF.with(|slab| {
+        let mut slab = slab.borrow_mut();
+        if slab.capacity() - slab.len() < MIN_READ {
+            // Earlier chunks keep the old allocation alive as long as they
+            // need it; this thread moves on to a fresh one.
+            *slab = BytesMut::with_capacity(SLAB);
+        }
+        let room = slab.capacity() - slab.len();
+        let n = tcp.try_read_buf(&mut *slab)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if n < room {
+            clear_read_readiness(tcp);
+        }
+        Ok(Some(slab.split_to(n).freeze()))
+    })
+}
+
+/// After a short read the receive queue is empty: mark the socket not
+/// readable without another syscall. Safe against races: tokio clears only
+/// if no readiness event arrived since it was observed, and never clears
+/// "read closed".
+pub(crate) fn clear_read_readiness(tcp: &TcpStream) {
+    let _ = tcp.try_io(Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+}
+
+/// Where the peer's bytes come from.
+pub enum Incoming {
+    /// Client side, before the peer answered CONNECT.
+    Response(h2::client::ResponseFuture),
+    /// The stream's receive half (server side, or after a 200).
+    Body(RecvStream),
 }
 
 #[derive(Default)]
-struct Half {
-    /// Bytes read but not yet written (only under backpressure).
-    pending: Vec<u8>,
-    written: usize,
+struct Up {
+    /// Bytes read from the pod that HTTP/2 has no window for yet.
+    pending: Bytes,
     eof: bool,
     done: bool,
-    dirty: bool,
     total: u64,
 }
 
-fn poll_half<R, W>(cx: &mut Context<'_>, r: &mut R, w: &mut W, h: &mut Half) -> Poll<io::Result<()>>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
+#[derive(Default)]
+struct Down {
+    /// A received frame's bytes the pod's socket has not taken yet.
+    pending: Bytes,
+    eof: bool,
+    done: bool,
+    total: u64,
+}
+
+/// The copy future; resolves to the byte counts (pod → peer, peer → pod)
+/// and how it ended.
+pub struct Tunnel<'a> {
+    tcp: &'a mut TcpStream,
+    send: SendStream<Bytes>,
+    incoming: Option<Incoming>,
+    up: Up,
+    down: Down,
+}
+
+/// Copies between `tcp` (the pod side) and an HBONE stream (`send`,
+/// `incoming`) until both directions have ended. On an error the stream is
+/// reset; the caller decides what the pod sees.
+pub fn tunnel(tcp: &mut TcpStream, send: SendStream<Bytes>, incoming: Incoming) -> Tunnel<'_> {
+    Tunnel { tcp, send, incoming: Some(incoming), up: Up::default(), down: Down::default() }
+}
+
+/// Byte counts of a finished copy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Pod → peer.
+    pub up: u64,
+    /// Peer → pod.
+    pub down: u64,
+}
+
+fn poll_up(
+    cx: &mut Context<'_>,
+    tcp: &TcpStream,
+    send: &mut SendStream<Bytes>,
+    up: &mut Up,
+) -> Poll<Result<(), CopyError>> {
     loop {
-        while h.written < h.pending.len() {
-            let n = ready!(Pin::new(&mut *w).poll_write(cx, &h.pending[h.written..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        if !up.pending.is_empty() {
+            send.reserve_capacity(up.pending.len());
+            let mut cap = send.capacity();
+            if cap == 0 {
+                cap = match ready!(send.poll_capacity(cx)) {
+                    Some(Ok(c)) => c,
+                    Some(Err(e)) => return Poll::Ready(Err(e.into())),
+                    None => return Poll::Ready(Err(CopyError::Closed)),
+                };
+                if cap == 0 {
+                    continue;
+                }
             }
-            h.written += n;
-            h.dirty = true;
+            let chunk = up.pending.split_to(cap.min(up.pending.len()));
+            send.send_data(chunk, false)?;
+            if up.pending.is_empty() {
+                // Hand back capacity assigned beyond what was sent, so an
+                // idle stream holds none of the connection's window.
+                send.reserve_capacity(0);
+            }
+            continue;
         }
-        if !h.pending.is_empty() {
-            // Drained: give the memory back.
-            h.pending = Vec::new();
-            h.written = 0;
-        }
-        if h.eof {
-            ready!(Pin::new(&mut *w).poll_shutdown(cx))?;
-            h.done = true;
+        if up.eof {
+            send.send_data(Bytes::new(), true)?;
+            up.done = true;
             return Poll::Ready(Ok(()));
         }
-        let step = BUF.with(|b| -> Poll<io::Result<()>> {
-            let mut b = b.borrow_mut();
-            let mut rb = ReadBuf::new(&mut b[..]);
-            match Pin::new(&mut *r).poll_read(cx, &mut rb) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => {}
+        ready!(tcp.poll_read_ready(cx))?;
+        match read_chunk(tcp) {
+            Ok(Some(b)) => {
+                up.total += b.len() as u64;
+                up.pending = b;
             }
-            let data = rb.filled();
-            if data.is_empty() {
-                h.eof = true;
-                return Poll::Ready(Ok(()));
-            }
-            h.total += data.len() as u64;
-            let mut off = 0;
-            while off < data.len() {
-                match Pin::new(&mut *w).poll_write(cx, &data[off..]) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                    Poll::Ready(Ok(n)) => {
-                        off += n;
-                        h.dirty = true;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => break,
-                }
-            }
-            if off < data.len() {
-                h.pending = data[off..].to_vec();
-                h.written = 0;
-            }
-            Poll::Ready(Ok(()))
-        });
-        match step {
-            Poll::Ready(Ok(())) => continue,
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => {
-                // Nothing to read: push out what was written.
-                if h.dirty
-                    && let Poll::Ready(r) = Pin::new(&mut *w).poll_flush(cx)
-                {
-                    r?;
-                    h.dirty = false;
-                }
-                return Poll::Pending;
-            }
+            Ok(None) => up.eof = true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Poll::Ready(Err(e.into())),
         }
     }
 }
 
-/// The copy future.
-pub struct Bidirectional<'a, A, B> {
-    a: &'a mut A,
-    b: &'a mut B,
-    a_to_b: Half,
-    b_to_a: Half,
+fn poll_down(
+    cx: &mut Context<'_>,
+    tcp: &mut TcpStream,
+    incoming: &mut Option<Incoming>,
+    down: &mut Down,
+) -> Poll<Result<(), CopyError>> {
+    if let Some(Incoming::Response(r)) = incoming {
+        let resp = ready!(Pin::new(r).poll(cx))?;
+        if resp.status() != StatusCode::OK {
+            return Poll::Ready(Err(CopyError::Refused(resp.status())));
+        }
+        *incoming = Some(Incoming::Body(resp.into_body()));
+    }
+    let Some(Incoming::Body(recv)) = incoming else {
+        return Poll::Ready(Err(CopyError::Closed));
+    };
+    loop {
+        while !down.pending.is_empty() {
+            ready!(tcp.poll_write_ready(cx))?;
+            match tcp.try_write(&down.pending) {
+                Ok(0) => return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into())),
+                Ok(n) => {
+                    down.pending.advance(n);
+                    // Only bytes the pod's socket took reopen the window.
+                    recv.flow_control().release_capacity(n)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+        }
+        if down.eof {
+            ready!(Pin::new(&mut *tcp).poll_shutdown(cx))?;
+            down.done = true;
+            return Poll::Ready(Ok(()));
+        }
+        match ready!(recv.poll_data(cx)) {
+            Some(Ok(b)) => {
+                down.total += b.len() as u64;
+                if b.is_empty() {
+                    continue;
+                }
+                down.pending = b;
+            }
+            Some(Err(e)) => return Poll::Ready(Err(e.into())),
+            None => down.eof = true,
+        }
+    }
 }
 
-impl<A, B> Future for Bidirectional<'_, A, B>
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    type Output = io::Result<(u64, u64)>;
+impl Future for Tunnel<'_> {
+    type Output = (Totals, Result<(), CopyError>);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let ab = if this.a_to_b.done { Poll::Ready(Ok(())) } else { poll_half(cx, this.a, this.b, &mut this.a_to_b) };
-        if let Poll::Ready(Err(e)) = ab {
-            return Poll::Ready(Err(e));
+        let mut result = Ok(());
+        if !this.up.done
+            && let Poll::Ready(Err(e)) = poll_up(cx, this.tcp, &mut this.send, &mut this.up)
+        {
+            result = Err(e);
         }
-        let ba = if this.b_to_a.done { Poll::Ready(Ok(())) } else { poll_half(cx, this.b, this.a, &mut this.b_to_a) };
-        if let Poll::Ready(Err(e)) = ba {
-            return Poll::Ready(Err(e));
+        if result.is_ok()
+            && !this.down.done
+            && let Poll::Ready(Err(e)) = poll_down(cx, this.tcp, &mut this.incoming, &mut this.down)
+        {
+            result = Err(e);
         }
-        if this.a_to_b.done && this.b_to_a.done {
-            return Poll::Ready(Ok((this.a_to_b.total, this.b_to_a.total)));
+        let totals = Totals { up: this.up.total, down: this.down.total };
+        if let Err(e) = result {
+            this.send.send_reset(Reason::CANCEL);
+            return Poll::Ready((totals, Err(e)));
+        }
+        if this.up.done && this.down.done {
+            return Poll::Ready((totals, Ok(())));
         }
         Poll::Pending
-    }
-}
-
-/// Copies `a` → `b` and `b` → `a` until both reach EOF; returns the byte
-/// counts (a→b, b→a).
-pub fn bidirectional<'a, A, B>(a: &'a mut A, b: &'a mut B) -> Bidirectional<'a, A, B>
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    Bidirectional { a, b, a_to_b: Half::default(), b_to_a: Half::default() }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    #[tokio::test]
-    async fn copies_both_ways_with_backpressure_and_half_close() {
-        // Small pipes force partial writes and pending buffers.
-        let (mut a_outer, mut a) = tokio::io::duplex(1024);
-        let (mut b, mut b_outer) = tokio::io::duplex(1024);
-        let task = tokio::spawn(async move { super::bidirectional(&mut a, &mut b).await });
-        let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        let p2 = payload.clone();
-        let writer = tokio::spawn(async move {
-            a_outer.write_all(&p2).await.unwrap();
-            a_outer.shutdown().await.unwrap();
-            let mut back = Vec::new();
-            a_outer.read_to_end(&mut back).await.unwrap();
-            back
-        });
-        let mut got = Vec::new();
-        b_outer.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, payload);
-        b_outer.write_all(b"reply after EOF").await.unwrap();
-        b_outer.shutdown().await.unwrap();
-        assert_eq!(writer.await.unwrap(), b"reply after EOF");
-        let (ab, ba) = task.await.unwrap().unwrap();
-        assert_eq!((ab, ba), (300_000, 15));
     }
 }

@@ -17,22 +17,21 @@
 //!    see the real flow — answer 200, and copy bytes both ways with bounded
 //!    buffers and half-close; a failed connect answers 503.
 
-use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use ca::SpiffeId;
+use h2::RecvStream;
+use h2::server::SendResponse;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Empty;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::copy::{self, Incoming};
 use super::metrics::{ConnLabels, ProxyMetrics, ReasonLabels};
+use super::outbound::{CONNECTION_WINDOW, MAX_FRAME, MAX_HEADER_LIST, STREAM_WINDOW, keepalive};
 use super::tls;
 use crate::identity::SecretCache;
 
@@ -83,12 +82,21 @@ pub struct Inbound {
     shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
-type Resp = Response<Empty<Bytes>>;
+/// Streams one HBONE connection may carry at once.
+const MAX_STREAMS: u32 = 1000;
+/// Keepalive pings on accepted connections.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn status(code: StatusCode) -> Resp {
-    let mut r = Response::new(Empty::new());
+fn status(code: StatusCode) -> Response<()> {
+    let mut r = Response::new(());
     *r.status_mut() = code;
     r
+}
+
+/// Answers a tunnel that will not be opened (the stream ends with it).
+fn refuse(mut respond: SendResponse<Bytes>, code: StatusCode) {
+    let _ = respond.send_response(status(code), true);
 }
 
 /// Parses `for="1.2.3.4:5"`, `for=1.2.3.4:5` or `for="[::1]:5"` from a
@@ -152,7 +160,7 @@ impl Inbound {
             let (this, acceptor) = (self.clone(), acceptor.clone());
             tokio::spawn(
                 async move {
-                    let stream = match tokio::time::timeout(this.config.handshake_timeout, acceptor.accept(tcp)).await {
+                    let stream = match tokio::time::timeout(this.config.handshake_timeout, acceptor.accept(super::io::ReadAhead::new(tcp))).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             info!(error = %e, "handshake rejected");
@@ -180,34 +188,49 @@ impl Inbound {
                     let sni = conn.server_name().and_then(|s| tls::identity_from_sni(s, &this.cache));
                     let serial = conn.peer_certificates().and_then(|c| c.first()).and_then(|c| ca::peer::serial_of(c));
                     info!(peer_identity = %identity, peer_serial = serial.as_deref().unwrap_or("?"), "HBONE connection accepted");
-                    let svc = {
-                        let this = this.clone();
-                        service_fn(move |req| {
-                            let (this, identity, sni) = (this.clone(), identity.clone(), sni.clone());
-                            async move { Ok::<_, Infallible>(this.tunnel(req, identity, sni).await) }
-                        })
-                    };
-                    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-                    h2.timer(hyper_util::rt::TokioTimer::new())
-                        .max_concurrent_streams(1000)
-                        .keep_alive_interval(Duration::from_secs(30))
-                        .keep_alive_timeout(Duration::from_secs(10))
-                        .initial_stream_window_size(1 << 20)
-                        .initial_connection_window_size(4 << 20)
-                        .max_frame_size(1 << 20);
-                    let conn = h2.serve_connection(TokioIo::new(stream), svc);
-                    tokio::pin!(conn);
-                    let mut shutdown = this.shutdown.clone();
-                    let result = tokio::select! {
-                        r = conn.as_mut() => r,
-                        _ = super::stopped(&mut shutdown) => {
-                            // GOAWAY: no new streams; open tunnels finish.
-                            conn.as_mut().graceful_shutdown();
-                            conn.await
+                    let built = h2::server::Builder::new()
+                        .initial_window_size(STREAM_WINDOW)
+                        .initial_connection_window_size(CONNECTION_WINDOW)
+                        .max_frame_size(MAX_FRAME)
+                        .max_header_list_size(MAX_HEADER_LIST)
+                        .max_concurrent_streams(MAX_STREAMS)
+                        .handshake::<_, Bytes>(stream)
+                        .await;
+                    let mut conn = match built {
+                        Ok(c) => c,
+                        Err(e) => {
+                            info!(error = %e, "HTTP/2 handshake failed");
+                            this.handshake_failed("http2");
+                            return;
                         }
                     };
-                    if let Err(e) = result {
-                        debug!(error = %e, "HBONE connection ended");
+                    let ka = keepalive(conn.ping_pong(), KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT);
+                    tokio::pin!(ka);
+                    let mut shutdown = this.shutdown.clone();
+                    let mut draining = false;
+                    loop {
+                        tokio::select! {
+                            next = conn.accept() => match next {
+                                Some(Ok((req, respond))) => {
+                                    let (this, identity, sni) = (this.clone(), identity.clone(), sni.clone());
+                                    tokio::spawn(async move { this.tunnel(req, respond, identity, sni).await }.in_current_span());
+                                }
+                                Some(Err(e)) => {
+                                    debug!(error = %e, "HBONE connection ended");
+                                    break;
+                                }
+                                None => break,
+                            },
+                            () = super::stopped(&mut shutdown), if !draining => {
+                                // GOAWAY: no new streams; open tunnels finish.
+                                conn.graceful_shutdown();
+                                draining = true;
+                            }
+                            why = &mut ka => {
+                                info!(reason = why, "HBONE connection dropped");
+                                break;
+                            }
+                        }
                     }
                 }
                 .instrument(info_span!("hbone_in", %peer)),
@@ -215,112 +238,126 @@ impl Inbound {
         }
     }
 
-    async fn tunnel(&self, mut req: Request<Incoming>, peer: SpiffeId, sni: Option<SpiffeId>) -> Resp {
-        if req.method() != Method::CONNECT {
-            warn!(method = %req.method(), peer_identity = %peer, "rejected: not a CONNECT");
-            self.metrics.fail("not_connect");
-            return status(StatusCode::METHOD_NOT_ALLOWED);
-        }
-        let Some(dst) = req.uri().authority().and_then(|a| a.as_str().parse::<SocketAddr>().ok()) else {
-            warn!(uri = %req.uri(), "rejected: CONNECT target is not ip:port");
-            self.metrics.fail("bad_request");
-            return status(StatusCode::BAD_REQUEST);
-        };
-        let src = req.headers().get("forwarded").and_then(|v| v.to_str().ok()).and_then(forwarded_for);
-        let Some(src) = src else {
-            warn!(%dst, "rejected: no Forwarded: for= source address");
-            self.metrics.fail("bad_request");
-            return status(StatusCode::BAD_REQUEST);
+    async fn tunnel(
+        &self,
+        req: Request<RecvStream>,
+        respond: SendResponse<Bytes>,
+        peer: SpiffeId,
+        sni: Option<SpiffeId>,
+    ) {
+        let code = self.check(&req, &peer, sni.as_ref());
+        let (src, dst) = match code {
+            Ok(addrs) => addrs,
+            Err(code) => return refuse(respond, code),
         };
         let span = info_span!("tunnel", %src, %dst, peer_identity = %peer);
         async move {
-            // 2. The peer must be the workload that owns the source address.
-            let Some(owner) = self.workloads.by_ip(src.ip()) else {
-                warn!(reason = "unknown_source", "denied: no workload owns the source address");
-                self.metrics.fail("unknown_source");
-                return status(StatusCode::FORBIDDEN);
-            };
-            if owner.namespace != peer.namespace() || owner.service_account != peer.service_account() {
-                warn!(
-                    reason = "identity_mismatch",
-                    owner = %owner.name,
-                    owner_identity = %format!("{}/{}", owner.namespace, owner.service_account),
-                    "denied: peer identity does not own the source address"
-                );
-                self.metrics.fail("identity_mismatch");
-                return status(StatusCode::FORBIDDEN);
-            }
-            // 3. A local destination, the one the client authenticated.
-            let Some(target) = self.workloads.by_ip(dst.ip()).filter(|w| w.node.as_deref() == Some(&self.config.node))
-            else {
-                warn!(reason = "not_local", "rejected: destination is not a workload on this node");
-                self.metrics.fail("not_local");
-                return status(StatusCode::NOT_FOUND);
-            };
-            if sni.as_ref().is_none_or(|s| s.namespace() != target.namespace || s.service_account() != target.service_account)
-            {
-                warn!(reason = "wrong_destination_identity", target = %target.name, "rejected: tunnel opened for another identity");
-                self.metrics.fail("wrong_destination_identity");
-                return status(StatusCode::BAD_REQUEST);
-            }
-            // 4. Ingress policy with the verified source.
-            if let Err(why) = self.workloads.ingress(src.ip(), dst.ip(), dst.port()) {
-                warn!(reason = "policy", policy = %why, target = %target.name, "denied by NetworkPolicy");
-                self.metrics.fail("policy");
-                return status(StatusCode::FORBIDDEN);
-            }
             // 5. Deliver.
-            let upstream = match tokio::time::timeout(self.config.connect_timeout, self.connect(src, dst)).await {
+            let mut upstream = match tokio::time::timeout(self.config.connect_timeout, self.connect(src, dst)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     warn!(error = %e, "destination connect failed");
                     self.metrics.fail("connect_failed");
-                    return status(StatusCode::SERVICE_UNAVAILABLE);
+                    return refuse(respond, StatusCode::SERVICE_UNAVAILABLE);
                 }
                 Err(_) => {
                     warn!("destination connect timed out");
                     self.metrics.fail("connect_failed");
-                    return status(StatusCode::SERVICE_UNAVAILABLE);
+                    return refuse(respond, StatusCode::SERVICE_UNAVAILABLE);
                 }
             };
-            let upgrade = hyper::upgrade::on(&mut req);
+            let mut respond = respond;
+            let send = match respond.send_response(status(StatusCode::OK), false) {
+                Ok(s) => s,
+                Err(e) => {
+                    debug!(error = %e, "stream gone before the tunnel opened");
+                    return;
+                }
+            };
             let labels = ConnLabels {
                 direction: "inbound",
                 source_identity: peer.to_string(),
                 destination_identity: sni.as_ref().map(ToString::to_string).unwrap_or_default(),
             };
-            let metrics = self.metrics.clone();
-            metrics.opened.get_or_create(&labels).inc();
-            metrics.active.inc();
-            tokio::spawn(
-                async move {
-                    let (mut tx, mut rx) = (0, 0);
-                    match upgrade.await {
-                        Ok(up) => {
-                            let mut up = TokioIo::new(up);
-                            let mut upstream = upstream;
-                            match super::copy::bidirectional(&mut up, &mut upstream)
-                                .await
-                            {
-                                Ok((a, b)) => {
-                                    (tx, rx) = (a, b);
-                                    info!(bytes_to_pod = tx, bytes_from_pod = rx, "tunnel closed");
-                                }
-                                Err(e) => debug!(error = %e, "tunnel ended with an error"),
-                            }
-                        }
-                        Err(e) => debug!(error = %e, "upgrade failed"),
-                    }
-                    metrics.finished(&labels, tx, rx);
-                    metrics.active.dec();
+            self.metrics.opened.get_or_create(&labels).inc();
+            self.metrics.active.inc();
+            let (totals, result) = copy::tunnel(&mut upstream, send, Incoming::Body(req.into_body())).await;
+            match result {
+                Ok(()) => info!(bytes_to_pod = totals.down, bytes_from_pod = totals.up, "tunnel closed"),
+                Err(e) => {
+                    // The pod sees a reset, as it would from a direct peer
+                    // whose connection broke.
+                    debug!(error = %e, "tunnel ended with an error");
+                    let _ = upstream.set_zero_linger();
                 }
-                .in_current_span(),
-            );
-            debug!(target = %target.name, "tunnel open");
-            status(StatusCode::OK)
+            }
+            self.metrics.finished(&labels, totals.down, totals.up);
+            self.metrics.active.dec();
         }
         .instrument(span)
         .await
+    }
+
+    /// Steps 1-4 of the module docs: the tunnel's source and destination, or
+    /// the status refusing it.
+    fn check(
+        &self,
+        req: &Request<RecvStream>,
+        peer: &SpiffeId,
+        sni: Option<&SpiffeId>,
+    ) -> Result<(SocketAddr, SocketAddr), StatusCode> {
+        if req.method() != Method::CONNECT {
+            warn!(method = %req.method(), peer_identity = %peer, "rejected: not a CONNECT");
+            self.metrics.fail("not_connect");
+            return Err(StatusCode::METHOD_NOT_ALLOWED);
+        }
+        let Some(dst) = req.uri().authority().and_then(|a| a.as_str().parse::<SocketAddr>().ok()) else {
+            warn!(uri = %req.uri(), "rejected: CONNECT target is not ip:port");
+            self.metrics.fail("bad_request");
+            return Err(StatusCode::BAD_REQUEST);
+        };
+        let src = req.headers().get("forwarded").and_then(|v| v.to_str().ok()).and_then(forwarded_for);
+        let Some(src) = src else {
+            warn!(%dst, "rejected: no Forwarded: for= source address");
+            self.metrics.fail("bad_request");
+            return Err(StatusCode::BAD_REQUEST);
+        };
+        // 2. The peer must be the workload that owns the source address.
+        let Some(owner) = self.workloads.by_ip(src.ip()) else {
+            warn!(%src, %dst, peer_identity = %peer, reason = "unknown_source", "denied: no workload owns the source address");
+            self.metrics.fail("unknown_source");
+            return Err(StatusCode::FORBIDDEN);
+        };
+        if owner.namespace != peer.namespace() || owner.service_account != peer.service_account() {
+            warn!(
+                %src, %dst, peer_identity = %peer,
+                reason = "identity_mismatch",
+                owner = %owner.name,
+                owner_identity = %format!("{}/{}", owner.namespace, owner.service_account),
+                "denied: peer identity does not own the source address"
+            );
+            self.metrics.fail("identity_mismatch");
+            return Err(StatusCode::FORBIDDEN);
+        }
+        // 3. A local destination, the one the client authenticated.
+        let Some(target) = self.workloads.by_ip(dst.ip()).filter(|w| w.node.as_deref() == Some(&self.config.node))
+        else {
+            warn!(%src, %dst, peer_identity = %peer, reason = "not_local", "rejected: destination is not a workload on this node");
+            self.metrics.fail("not_local");
+            return Err(StatusCode::NOT_FOUND);
+        };
+        if sni.is_none_or(|s| s.namespace() != target.namespace || s.service_account() != target.service_account) {
+            warn!(%src, %dst, peer_identity = %peer, reason = "wrong_destination_identity", target = %target.name, "rejected: tunnel opened for another identity");
+            self.metrics.fail("wrong_destination_identity");
+            return Err(StatusCode::BAD_REQUEST);
+        }
+        // 4. Ingress policy with the verified source.
+        if let Err(why) = self.workloads.ingress(src.ip(), dst.ip(), dst.port()) {
+            warn!(%src, %dst, peer_identity = %peer, reason = "policy", policy = %why, target = %target.name, "denied by NetworkPolicy");
+            self.metrics.fail("policy");
+            return Err(StatusCode::FORBIDDEN);
+        }
+        Ok((src, dst))
     }
 
     async fn connect(&self, src: SocketAddr, dst: SocketAddr) -> std::io::Result<TcpStream> {

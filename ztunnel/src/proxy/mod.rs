@@ -13,6 +13,7 @@
 pub mod capture;
 pub mod copy;
 pub mod inbound;
+pub mod io;
 pub mod metrics;
 pub mod outbound;
 pub mod tls;

@@ -6,29 +6,31 @@
 //! connection can carry only flows between those two. Flows multiplex as
 //! HTTP/2 streams (the server bounds concurrent streams; extra flows wait
 //! for capacity); broken connections are dropped from the pool and
-//! re-established on the next flow. Idle connections are closed by the
-//! HTTP/2 keepalive and the pool forgets closed ones.
+//! re-established on the next flow. Each connection is driven by its own
+//! task, which also pings the peer (a connection whose peer stops
+//! answering is dropped) and closes it after [`IDLE_TIMEOUT`] without
+//! tunnels; the pool forgets closed ones.
+//!
+//! HTTP/2 is spoken with the `h2` crate directly rather than through
+//! hyper's CONNECT upgrade: the copy then hands chunks to the stream without
+//! an extra copy or a task and channel per tunnel, and can send the pod's
+//! first bytes right behind the CONNECT instead of a round trip later.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use ca::SpiffeId;
+use h2::SendStream;
+use h2::client::{ResponseFuture, SendRequest};
 use http::{Method, Request, StatusCode};
-use http_body_util::Empty;
-use hyper::client::conn::http2::SendRequest;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::tls;
 use crate::identity::SecretCache;
@@ -49,7 +51,9 @@ pub enum OutboundError {
     /// HTTP/2 failure.
     #[error("HTTP/2: {0}")]
     Http(String),
-    /// The peer refused the tunnel.
+    /// The peer refused the tunnel (only from waiting for the answer, as
+    /// `connect` does; `open` leaves the answer to the copy).
+    #[cfg_attr(not(test), expect(dead_code))]
     #[error("peer answered {0}")]
     Refused(StatusCode),
     /// No answer in time.
@@ -67,49 +71,69 @@ type Key = (SpiffeId, String, SpiffeId, SocketAddr);
 /// (bounds head-of-line blocking and per-connection flow-control sharing;
 /// the server allows more).
 const STREAMS_PER_CONNECTION: usize = 100;
+/// A connection's stream count once it is closed: above any real count, so
+/// no new tunnel can take a slot on it.
+const CLOSED: usize = usize::MAX / 2;
+/// Keepalive: a PING this often while the connection is open...
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// ...answered within this, or the connection is dropped.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A pooled connection with no tunnel for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// HTTP/2 settings both sides use: large windows and frames so one bulk
+/// stream is not throttled by flow control on a fast node link.
+pub const STREAM_WINDOW: u32 = 1 << 20;
+/// Connection-level receive window.
+pub const CONNECTION_WINDOW: u32 = 4 << 20;
+/// Largest DATA frame either side accepts.
+pub const MAX_FRAME: u32 = 1 << 20;
+/// Largest header block accepted (CONNECT requests and answers are tiny).
+pub const MAX_HEADER_LIST: u32 = 16 * 1024;
 
 /// One pooled HTTP/2 connection and its number of open tunnels.
 struct Pooled {
-    send: SendRequest<Empty<Bytes>>,
+    send: SendRequest<Bytes>,
     streams: Arc<AtomicUsize>,
 }
 
-/// An open tunnel. Dropping it closes the stream and frees its slot in the
-/// pooled connection.
+impl Pooled {
+    fn is_closed(&self) -> bool {
+        self.streams.load(Ordering::Acquire) >= CLOSED
+    }
+
+    /// Takes a stream slot if the connection is open and has one free.
+    fn take_slot(&self) -> bool {
+        self.streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < STREAMS_PER_CONNECTION).then_some(n + 1))
+            .is_ok()
+    }
+}
+
+/// A stream slot on a pooled connection, given back on drop.
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A tunnel whose CONNECT is on its way: bytes may be sent at once; the
+/// peer's answer arrives on `response` (see `copy::tunnel`). Dropping it
+/// resets the stream and frees its slot.
 pub struct Tunnel {
-    io: TokioIo<Upgraded>,
-    streams: Arc<AtomicUsize>,
+    /// Sending half of the stream.
+    pub send: SendStream<Bytes>,
+    /// The peer's answer to CONNECT.
+    pub response: ResponseFuture,
+    /// The stream's slot on its connection.
+    pub slot: Slot,
 }
 
 impl std::fmt::Debug for Tunnel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tunnel").field("streams_on_connection", &self.streams.load(Ordering::Relaxed)).finish()
-    }
-}
-
-impl Drop for Tunnel {
-    fn drop(&mut self) {
-        self.streams.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl AsyncRead for Tunnel {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Tunnel {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        f.debug_struct("Tunnel").field("streams_on_connection", &self.slot.0.load(Ordering::Relaxed)).finish()
     }
 }
 
@@ -120,17 +144,33 @@ pub struct Outbound {
     timeout: Duration,
 }
 
+/// Sends a PING every `interval`; resolves (with the reason) when one is not
+/// answered within `timeout` or the connection is gone.
+pub async fn keepalive(ping_pong: Option<h2::PingPong>, interval: Duration, timeout: Duration) -> &'static str {
+    let Some(mut pp) = ping_pong else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        match tokio::time::timeout(timeout, pp.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return "connection closed",
+            Err(_) => return "keepalive timed out",
+        }
+    }
+}
+
 impl Outbound {
     /// A client using certificates from `cache`.
     pub fn new(cache: Arc<SecretCache>) -> Self {
         Self { cache, pool: Mutex::new(HashMap::new()), timeout: Duration::from_secs(10) }
     }
 
-    /// Number of pooled connections (closed ones are pruned first).
+    /// Number of open pooled connections (closed ones are pruned first).
     #[cfg(test)]
     pub async fn pool_size(&self) -> usize {
         let mut pool = self.pool.lock().await;
-        pool.values_mut().for_each(|v| v.retain(|p| !p.send.is_closed()));
+        pool.values_mut().for_each(|v| v.retain(|p| !p.is_closed()));
         pool.values().map(Vec::len).sum()
     }
 
@@ -138,59 +178,83 @@ impl Outbound {
     /// is no longer current (they close once their streams end).
     fn prune(&self, pool: &mut HashMap<Key, Vec<Pooled>>) {
         pool.retain(|(src, serial, _, _), conns| {
-            conns.retain(|p| !p.send.is_closed());
+            conns.retain(|p| !p.is_closed());
             !conns.is_empty() && self.cache.cert(src).is_some_and(|c| &c.serial == serial)
         });
     }
 
-    async fn dial(&self, key: &Key) -> Result<SendRequest<Empty<Bytes>>, OutboundError> {
+    async fn dial(&self, key: &Key) -> Result<(SendRequest<Bytes>, Arc<AtomicUsize>), OutboundError> {
         let (src, _, dst, peer) = key;
         let config = tls::client_config(&self.cache, src, dst).map_err(|e| OutboundError::Http(e.to_string()))?;
         let tcp = TcpStream::connect(peer).await.map_err(|e| OutboundError::Connect(*peer, e))?;
         let _ = tcp.set_nodelay(true);
         let name = ServerName::try_from(tls::sni_for(dst)).map_err(|e| OutboundError::Http(e.to_string()))?;
         let stream = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
+            .connect(name, super::io::ReadAhead::new(tcp))
             .await
             .map_err(|e| OutboundError::Tls(*peer, e))?;
-        let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-        b.timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
-            .max_frame_size(1 << 20);
-        let (send, conn) = b.handshake(TokioIo::new(stream)).await.map_err(|e| OutboundError::Http(e.to_string()))?;
+        let (send, mut conn) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .max_header_list_size(MAX_HEADER_LIST)
+            .enable_push(false)
+            .handshake::<_, Bytes>(stream)
+            .await
+            .map_err(|e| OutboundError::Http(e.to_string()))?;
+        // One slot taken for the tunnel that dialled.
+        let streams = Arc::new(AtomicUsize::new(1));
+        let slots = streams.clone();
+        let ping_pong = conn.ping_pong();
+        let peer = *peer;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(error = %e, "HBONE client connection ended");
+            let ka = keepalive(ping_pong, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT);
+            let idle = async {
+                let mut idle_for = Duration::ZERO;
+                loop {
+                    tokio::time::sleep(KEEPALIVE_INTERVAL).await;
+                    idle_for =
+                        if slots.load(Ordering::Acquire) == 0 { idle_for + KEEPALIVE_INTERVAL } else { Duration::ZERO };
+                    // Closing only succeeds while no tunnel holds a slot.
+                    if idle_for >= IDLE_TIMEOUT
+                        && slots.compare_exchange(0, CLOSED, Ordering::AcqRel, Ordering::Acquire).is_ok()
+                    {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                r = &mut conn => if let Err(e) = r {
+                    debug!(%peer, error = %e, "HBONE client connection ended");
+                },
+                why = ka => info!(%peer, reason = why, "HBONE client connection dropped"),
+                () = idle => debug!(%peer, "idle HBONE client connection closed"),
             }
+            // Whatever ended it, no new tunnel may pick it from the pool.
+            slots.fetch_add(CLOSED, Ordering::AcqRel);
         });
-        Ok(send)
+        Ok((send, streams))
     }
 
     /// A connection with a free stream slot (taken), dialling a new one when
     /// all pooled connections are full.
-    async fn sender(&self, key: &Key) -> Result<(SendRequest<Empty<Bytes>>, Arc<AtomicUsize>), OutboundError> {
+    async fn sender(&self, key: &Key) -> Result<(SendRequest<Bytes>, Slot), OutboundError> {
         let mut pool = self.pool.lock().await;
-        if let Some(p) = pool.get(key).and_then(|conns| {
-            conns.iter().find(|p| !p.send.is_closed() && p.streams.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION)
-        }) {
-            p.streams.fetch_add(1, Ordering::Relaxed);
-            return Ok((p.send.clone(), p.streams.clone()));
+        if let Some(p) = pool.get(key).and_then(|conns| conns.iter().find(|p| p.take_slot())) {
+            return Ok((p.send.clone(), Slot(p.streams.clone())));
         }
         // Only when a connection must be opened: sweep out closed and
         // superseded ones (not on every tunnel).
         self.prune(&mut pool);
-        let send = self.dial(key).await?;
-        let streams = Arc::new(AtomicUsize::new(1));
+        let (send, streams) = self.dial(key).await?;
         pool.entry(key.clone()).or_default().push(Pooled { send: send.clone(), streams: streams.clone() });
-        Ok((send, streams))
+        Ok((send, Slot(streams)))
     }
 
     /// Opens a tunnel for the flow `src_addr` → `dst_addr` through the proxy
-    /// at `peer`.
-    pub async fn connect(
+    /// at `peer`. Returns once the CONNECT is sent, without waiting for the
+    /// answer.
+    pub async fn open(
         &self,
         src: &SpiffeId,
         src_addr: SocketAddr,
@@ -202,44 +266,117 @@ impl Outbound {
             return Err(OutboundError::NoCertificate(src.clone()));
         };
         let key = (src.clone(), cert.serial.clone(), dst.clone(), peer);
-        let (mut send, streams) =
-            tokio::time::timeout(self.timeout, self.sender(&key)).await.map_err(|_| OutboundError::Timeout)??;
-        // From here the slot is ours: the guard gives it back on any exit.
-        let guard = SlotGuard(Some(streams));
         let fut = async {
-            send.ready().await.map_err(|e| OutboundError::Http(e.to_string()))?;
+            let (send, slot) = self.sender(&key).await?;
+            let mut send = send.ready().await.map_err(|e| OutboundError::Http(e.to_string()))?;
             let req = Request::builder()
                 .method(Method::CONNECT)
                 .uri(dst_addr.to_string())
                 .header("forwarded", format!("for=\"{src_addr}\""))
-                .body(Empty::new())
+                .body(())
                 .map_err(|e| OutboundError::Http(e.to_string()))?;
-            let resp = send.send_request(req).await.map_err(|e| OutboundError::Http(e.to_string()))?;
-            if resp.status() != StatusCode::OK {
-                return Err(OutboundError::Refused(resp.status()));
-            }
-            let up = hyper::upgrade::on(resp).await.map_err(|e| OutboundError::Http(e.to_string()))?;
-            Ok(TokioIo::new(up))
+            let (response, send) = send.send_request(req, false).map_err(|e| OutboundError::Http(e.to_string()))?;
+            Ok(Tunnel { send, response, slot })
         };
-        let io = tokio::time::timeout(self.timeout, fut).await.map_err(|_| OutboundError::Timeout)??;
-        Ok(Tunnel { io, streams: guard.take() })
+        tokio::time::timeout(self.timeout, fut).await.map_err(|_| OutboundError::Timeout)?
+    }
+
+    /// Opens a tunnel and waits for the peer to accept it (tests, tools):
+    /// a byte stream over the tunnel.
+    #[cfg(test)]
+    pub async fn connect(
+        &self,
+        src: &SpiffeId,
+        src_addr: SocketAddr,
+        dst: &SpiffeId,
+        dst_addr: SocketAddr,
+        peer: SocketAddr,
+    ) -> Result<test_io::Stream, OutboundError> {
+        let t = self.open(src, src_addr, dst, dst_addr, peer).await?;
+        let resp = tokio::time::timeout(self.timeout, t.response)
+            .await
+            .map_err(|_| OutboundError::Timeout)?
+            .map_err(|e| OutboundError::Http(e.to_string()))?;
+        if resp.status() != StatusCode::OK {
+            return Err(OutboundError::Refused(resp.status()));
+        }
+        Ok(test_io::Stream { send: t.send, recv: resp.into_body(), buf: Bytes::new(), _slot: t.slot })
     }
 }
 
-/// Returns a taken stream slot unless handed over to a [`Tunnel`].
-struct SlotGuard(Option<Arc<AtomicUsize>>);
+/// A byte-stream view of a tunnel for tests.
+#[cfg(test)]
+pub mod test_io {
+    use std::pin::Pin;
+    use std::task::{Context, Poll, ready};
 
-impl SlotGuard {
-    fn take(mut self) -> Arc<AtomicUsize> {
-        // `take` leaves None, so Drop below does nothing.
-        self.0.take().unwrap_or_default()
+    use bytes::{Buf, Bytes};
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+    fn io_err(e: h2::Error) -> std::io::Error {
+        std::io::Error::other(e)
     }
-}
 
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        if let Some(s) = &self.0 {
-            s.fetch_sub(1, Ordering::Relaxed);
+    /// An accepted tunnel.
+    pub struct Stream {
+        pub(super) send: h2::SendStream<Bytes>,
+        pub(super) recv: h2::RecvStream,
+        pub(super) buf: Bytes,
+        pub(super) _slot: super::Slot,
+    }
+
+    impl std::fmt::Debug for Stream {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Stream").field("stream_id", &self.send.stream_id().as_u32()).finish()
+        }
+    }
+
+    impl AsyncRead for Stream {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            out: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            while self.buf.is_empty() {
+                match ready!(self.recv.poll_data(cx)) {
+                    Some(Ok(b)) => {
+                        let _ = self.recv.flow_control().release_capacity(b.len());
+                        self.buf = b;
+                    }
+                    Some(Err(e)) => return Poll::Ready(Err(io_err(e))),
+                    None => return Poll::Ready(Ok(())),
+                }
+            }
+            let n = out.remaining().min(self.buf.len());
+            out.put_slice(&self.buf[..n]);
+            self.buf.advance(n);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Stream {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+            self.send.reserve_capacity(buf.len());
+            let cap = match self.send.capacity() {
+                0 => match ready!(self.send.poll_capacity(cx)) {
+                    Some(Ok(c)) => c,
+                    Some(Err(e)) => return Poll::Ready(Err(io_err(e))),
+                    None => return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+                },
+                c => c,
+            };
+            let n = cap.min(buf.len());
+            self.send.send_data(Bytes::copy_from_slice(&buf[..n]), false).map_err(io_err)?;
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            self.send.send_data(Bytes::new(), true).map_err(io_err)?;
+            Poll::Ready(Ok(()))
         }
     }
 }
