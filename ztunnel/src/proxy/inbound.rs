@@ -193,7 +193,7 @@ impl Inbound {
                         .initial_connection_window_size(CONNECTION_WINDOW)
                         .max_frame_size(MAX_FRAME)
                         .max_header_list_size(MAX_HEADER_LIST)
-                        .max_concurrent_streams(MAX_STREAMS)
+                                    .max_concurrent_streams(MAX_STREAMS)
                         .handshake::<_, Bytes>(stream)
                         .await;
                     let mut conn = match built {

@@ -83,9 +83,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// HTTP/2 settings both sides use: large windows and frames so one bulk
 /// stream is not throttled by flow control on a fast node link.
-pub const STREAM_WINDOW: u32 = 1 << 20;
+pub const STREAM_WINDOW: u32 = 4 << 20;
 /// Connection-level receive window.
-pub const CONNECTION_WINDOW: u32 = 4 << 20;
+pub const CONNECTION_WINDOW: u32 = 16 << 20;
 /// Largest DATA frame either side accepts.
 pub const MAX_FRAME: u32 = 1 << 20;
 /// Largest header block accepted (CONNECT requests and answers are tiny).
