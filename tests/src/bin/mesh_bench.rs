@@ -216,7 +216,10 @@ fn main() -> anyhow::Result<()> {
     let mesh = Mesh { ns: &ns, m: manifests.display().to_string(), d: ca_dir.display().to_string(), root };
     let _ca = spawn_args(&ns[0], &ca_serve_args(&mesh.d, &mesh.m), &root.join("ca.log"))?;
 
-    let rounds: usize = std::env::var("ZT_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    // ZT_BENCH_ONLY=mem: only the memory measurement.
+    let mem_only = std::env::var("ZT_BENCH_ONLY").is_ok_and(|o| o == "mem");
+    let rounds: usize =
+        if mem_only { 0 } else { std::env::var("ZT_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3) };
     let (mut direct, mut meshed) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         eprintln!("round {}: direct", round + 1);
@@ -243,6 +246,11 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_secs(3));
         let cpu = 100.0 * (pids.iter().filter_map(|p| cpu_seconds(*p)).sum::<f64>() - cpu0) / 3.0;
         eprintln!("{n_idle} tunnelled connections opened in {opened:?}");
+        for p in &pids {
+            let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+            let mem: Vec<&str> = status.lines().filter(|l| l.starts_with("Rss")).collect();
+            eprintln!("agent {p}: {}", mem.join(", ").split_whitespace().collect::<Vec<_>>().join(" "));
+        }
         (pids.iter().filter_map(|p| rss_mib(*p)).collect::<Vec<f64>>(), cpu)
     })?;
     drop(agents);
@@ -263,6 +271,10 @@ fn main() -> anyhow::Result<()> {
         cps: med(r.iter().map(|m| m.cps).collect()),
         cpu: med(r.iter().map(|m| m.cpu).collect()),
     };
+    if mem_only {
+        println!("RSS per agent idle {idle_rss:?} MiB; with {n_idle} idle tunnels {loaded_rss:?} MiB");
+        return Ok(());
+    }
     let (a, b) = (summarise(&direct), summarise(&meshed));
     println!("mesh benchmark: pod to pod across two nodes, median of {rounds} interleaved rounds");
     println!(

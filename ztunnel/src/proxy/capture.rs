@@ -85,44 +85,60 @@ impl Capture {
                 }
             };
             let Ok(dst) = tcp.local_addr() else { continue };
-            let this = self.clone();
+            let span = info_span!("capture", src = %peer, %dst);
+            // The setup (lookups, the CONNECT, perhaps a new pooled
+            // connection) is boxed and freed once done: the task that lives
+            // as long as the tunnel holds only what the copy needs.
+            let setup = Box::pin(self.clone().setup(tcp, peer, dst).instrument(span.clone()));
             tokio::spawn(
-                async move { this.handle(tcp, peer, dst).await }.instrument(info_span!("capture", src = %peer, %dst)),
+                async move {
+                    if let Some(open) = setup.await {
+                        open.run().await;
+                    }
+                }
+                .instrument(span),
             );
         }
     }
 
-    async fn handle(&self, tcp: TcpStream, src: SocketAddr, dst: SocketAddr) {
+    /// Opens the tunnel for a captured connection; `None` once the
+    /// connection has been reset instead.
+    async fn setup(self: Arc<Self>, tcp: TcpStream, src: SocketAddr, dst: SocketAddr) -> Option<Open> {
         let _ = tcp.set_nodelay(true);
         let Some(td) = self.cache.bundle().map(|b| b.trust_domain().clone()) else {
             warn!("no trust bundle yet; connection reset");
-            return reset(tcp);
+            reset(tcp);
+            return None;
         };
         let from = self.workloads.by_ip(src.ip()).filter(|w| w.node.as_deref() == Some(self.node.as_str()));
         let Some(from) = from else {
             warn!("source is not a pod of this node; connection reset");
-            return reset(tcp);
+            reset(tcp);
+            return None;
         };
         let Some(to) = self.workloads.by_ip(dst.ip()) else {
             warn!("destination is not a pod; connection reset");
-            return reset(tcp);
+            reset(tcp);
+            return None;
         };
         let (Ok(src_id), Ok(dst_id)) = (
             SpiffeId::new(&td, &from.namespace, &from.service_account),
             SpiffeId::new(&td, &to.namespace, &to.service_account),
         ) else {
             warn!("workload identity invalid; connection reset");
-            return reset(tcp);
+            reset(tcp);
+            return None;
         };
         let Some(node_ip) = to.node.as_deref().and_then(|n| self.workloads.node_address(n)) else {
             warn!(target = %to.name, "destination node address unknown; connection reset");
-            return reset(tcp);
+            reset(tcp);
+            return None;
         };
         let peer = SocketAddr::new(node_ip, self.hbone_port);
         // Boxed: the open future (TLS handshake state of a new pooled
         // connection) is large and would otherwise stay allocated inside
         // this task for the whole life of the tunnel.
-        let tunnel = match Box::pin(self.outbound.open(&src_id, src, &dst_id, dst, peer)).await {
+        let tunnel = match self.outbound.open(&src_id, src, &dst_id, dst, peer).await {
             Ok(t) => t,
             Err(e) => {
                 warn!(source_identity = %src_id, destination_identity = %dst_id, error = %e, "tunnel failed; connection reset");
@@ -131,7 +147,8 @@ impl Capture {
                     OutboundError::Tls(..) => "tls",
                     _ => "connect_failed",
                 });
-                return reset(tcp);
+                reset(tcp);
+                return None;
             }
         };
         let labels = ConnLabels {
@@ -141,21 +158,37 @@ impl Capture {
         };
         self.metrics.opened.get_or_create(&labels).inc();
         self.metrics.active.inc();
-        let mut tcp = tcp;
+        Some(Open { tcp, tunnel, labels, metrics: self.metrics.clone() })
+    }
+}
+
+/// A captured connection with its tunnel: what the copy needs and no more
+/// (one of these lives per open tunnel).
+struct Open {
+    tcp: TcpStream,
+    tunnel: Tunnel,
+    labels: ConnLabels,
+    metrics: Arc<ProxyMetrics>,
+}
+
+impl Open {
+    async fn run(self) {
+        let Open { mut tcp, tunnel, labels, metrics } = self;
         let Tunnel { send, response, slot } = tunnel;
         // The pod's first bytes follow the CONNECT at once; bytes towards
         // the pod wait for the peer's 200.
         let (totals, result) = copy::tunnel(&mut tcp, send, Incoming::Response(response)).await;
         drop(slot);
-        self.metrics.finished(&labels, totals.up, totals.down);
-        self.metrics.active.dec();
+        metrics.finished(&labels, totals.up, totals.down);
+        metrics.active.dec();
+        let (src, dst) = (&labels.source_identity, &labels.destination_identity);
         match result {
             Ok(()) => {
-                info!(source_identity = %src_id, destination_identity = %dst_id, bytes_sent = totals.up, bytes_received = totals.down, "tunnel closed");
+                info!(source_identity = %src, destination_identity = %dst, bytes_sent = totals.up, bytes_received = totals.down, "tunnel closed");
             }
             Err(CopyError::Refused(status)) => {
-                warn!(source_identity = %src_id, destination_identity = %dst_id, %status, "tunnel refused by the peer; connection reset");
-                self.metrics.fail("refused_by_peer");
+                warn!(source_identity = %src, destination_identity = %dst, %status, "tunnel refused by the peer; connection reset");
+                metrics.fail("refused_by_peer");
                 reset(tcp);
             }
             Err(e) => {

@@ -73,6 +73,36 @@ pub struct InboundConfig {
     pub handshake_timeout: Duration,
 }
 
+/// An accepted tunnel: what its copy needs and no more (one of these lives
+/// per open tunnel).
+struct Open {
+    upstream: TcpStream,
+    send: h2::SendStream<Bytes>,
+    recv: RecvStream,
+    labels: ConnLabels,
+    metrics: Arc<ProxyMetrics>,
+    span: tracing::Span,
+}
+
+impl Open {
+    async fn run(self) {
+        let Open { mut upstream, send, recv, labels, metrics, span } = self;
+        let (totals, result) = copy::tunnel(&mut upstream, send, Incoming::Body(recv)).await;
+        let _entered = span.enter();
+        match result {
+            Ok(()) => info!(bytes_to_pod = totals.down, bytes_from_pod = totals.up, "tunnel closed"),
+            Err(e) => {
+                // The pod sees a reset, as it would from a direct peer whose
+                // connection broke.
+                debug!(error = %e, bytes_to_pod = totals.down, bytes_from_pod = totals.up, "tunnel ended with an error");
+                let _ = upstream.set_zero_linger();
+            }
+        }
+        metrics.finished(&labels, totals.down, totals.up);
+        metrics.active.dec();
+    }
+}
+
 /// The inbound side.
 pub struct Inbound {
     cache: Arc<SecretCache>,
@@ -212,8 +242,18 @@ impl Inbound {
                         tokio::select! {
                             next = conn.accept() => match next {
                                 Some(Ok((req, respond))) => {
-                                    let (this, identity, sni) = (this.clone(), identity.clone(), sni.clone());
-                                    tokio::spawn(async move { this.tunnel(req, respond, identity, sni).await }.in_current_span());
+                                    // The setup (checks, connect) is boxed and freed
+                                    // once done: the task that lives as long as the
+                                    // tunnel holds only what the copy needs.
+                                    let setup = Box::pin(this.clone().setup(req, respond, identity.clone(), sni.clone()));
+                                    tokio::spawn(
+                                        async move {
+                                            if let Some(open) = setup.await {
+                                                open.run().await;
+                                            }
+                                        }
+                                        .in_current_span(),
+                                    );
                                 }
                                 Some(Err(e)) => {
                                     debug!(error = %e, "HBONE connection ended");
@@ -238,64 +278,54 @@ impl Inbound {
         }
     }
 
-    async fn tunnel(
-        &self,
+    /// Checks and connects a tunnel; `None` once it has been refused.
+    async fn setup(
+        self: Arc<Self>,
         req: Request<RecvStream>,
-        respond: SendResponse<Bytes>,
+        mut respond: SendResponse<Bytes>,
         peer: SpiffeId,
         sni: Option<SpiffeId>,
-    ) {
-        let code = self.check(&req, &peer, sni.as_ref());
-        let (src, dst) = match code {
+    ) -> Option<Open> {
+        let (src, dst) = match self.check(&req, &peer, sni.as_ref()) {
             Ok(addrs) => addrs,
-            Err(code) => return refuse(respond, code),
+            Err(code) => {
+                refuse(respond, code);
+                return None;
+            }
         };
         let span = info_span!("tunnel", %src, %dst, peer_identity = %peer);
-        async move {
-            // 5. Deliver.
-            let mut upstream = match tokio::time::timeout(self.config.connect_timeout, self.connect(src, dst)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    warn!(error = %e, "destination connect failed");
-                    self.metrics.fail("connect_failed");
-                    return refuse(respond, StatusCode::SERVICE_UNAVAILABLE);
-                }
-                Err(_) => {
-                    warn!("destination connect timed out");
-                    self.metrics.fail("connect_failed");
-                    return refuse(respond, StatusCode::SERVICE_UNAVAILABLE);
-                }
-            };
-            let mut respond = respond;
-            let send = match respond.send_response(status(StatusCode::OK), false) {
-                Ok(s) => s,
-                Err(e) => {
-                    debug!(error = %e, "stream gone before the tunnel opened");
-                    return;
-                }
-            };
-            let labels = ConnLabels {
-                direction: "inbound",
-                source_identity: peer.to_string(),
-                destination_identity: sni.as_ref().map(ToString::to_string).unwrap_or_default(),
-            };
-            self.metrics.opened.get_or_create(&labels).inc();
-            self.metrics.active.inc();
-            let (totals, result) = copy::tunnel(&mut upstream, send, Incoming::Body(req.into_body())).await;
-            match result {
-                Ok(()) => info!(bytes_to_pod = totals.down, bytes_from_pod = totals.up, "tunnel closed"),
-                Err(e) => {
-                    // The pod sees a reset, as it would from a direct peer
-                    // whose connection broke.
-                    debug!(error = %e, "tunnel ended with an error");
-                    let _ = upstream.set_zero_linger();
-                }
+        // 5. Deliver.
+        let connect = tokio::time::timeout(self.config.connect_timeout, self.connect(src, dst));
+        let upstream = match connect.instrument(span.clone()).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                span.in_scope(|| warn!(error = %e, "destination connect failed"));
+                self.metrics.fail("connect_failed");
+                refuse(respond, StatusCode::SERVICE_UNAVAILABLE);
+                return None;
             }
-            self.metrics.finished(&labels, totals.down, totals.up);
-            self.metrics.active.dec();
-        }
-        .instrument(span)
-        .await
+            Err(_) => {
+                span.in_scope(|| warn!("destination connect timed out"));
+                self.metrics.fail("connect_failed");
+                refuse(respond, StatusCode::SERVICE_UNAVAILABLE);
+                return None;
+            }
+        };
+        let send = match respond.send_response(status(StatusCode::OK), false) {
+            Ok(s) => s,
+            Err(e) => {
+                span.in_scope(|| debug!(error = %e, "stream gone before the tunnel opened"));
+                return None;
+            }
+        };
+        let labels = ConnLabels {
+            direction: "inbound",
+            source_identity: peer.to_string(),
+            destination_identity: sni.as_ref().map(ToString::to_string).unwrap_or_default(),
+        };
+        self.metrics.opened.get_or_create(&labels).inc();
+        self.metrics.active.inc();
+        Some(Open { upstream, send, recv: req.into_body(), labels, metrics: self.metrics.clone(), span })
     }
 
     /// Steps 1-4 of the module docs: the tunnel's source and destination, or
