@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use ca::SpiffeId;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{debug, info, info_span, warn};
 
 use super::copy::{self, CopyError, Incoming};
 use super::inbound::Workloads;
 use super::metrics::{ConnLabels, ProxyMetrics};
-use super::outbound::{Outbound, OutboundError, Tunnel};
+use super::outbound::{Outbound, OutboundError, Slot, Tunnel};
 use crate::identity::SecretCache;
 
 /// Binds the transparent capture listener.
@@ -86,24 +86,18 @@ impl Capture {
             };
             let Ok(dst) = tcp.local_addr() else { continue };
             let span = info_span!("capture", src = %peer, %dst);
-            // The setup (lookups, the CONNECT, perhaps a new pooled
-            // connection) is boxed and freed once done: the task that lives
-            // as long as the tunnel holds only what the copy needs.
-            let setup = Box::pin(self.clone().setup(tcp, peer, dst).instrument(span.clone()));
-            tokio::spawn(
-                async move {
-                    if let Some(open) = setup.await {
-                        open.run().await;
-                    }
-                }
-                .instrument(span),
-            );
+            tokio::spawn(copy::task(span, self.clone().setup(tcp, peer, dst)));
         }
     }
 
-    /// Opens the tunnel for a captured connection; `None` once the
-    /// connection has been reset instead.
-    async fn setup(self: Arc<Self>, tcp: TcpStream, src: SocketAddr, dst: SocketAddr) -> Option<Open> {
+    /// Opens the tunnel for a captured connection (runs inside its span);
+    /// `None` once the connection has been reset instead.
+    async fn setup(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        src: SocketAddr,
+        dst: SocketAddr,
+    ) -> Option<(copy::Tunnel, Captured)> {
         let _ = tcp.set_nodelay(true);
         let Some(td) = self.cache.bundle().map(|b| b.trust_domain().clone()) else {
             warn!("no trust bundle yet; connection reset");
@@ -158,26 +152,25 @@ impl Capture {
         };
         self.metrics.opened.get_or_create(&labels).inc();
         self.metrics.active.inc();
-        Some(Open { tcp, tunnel, labels, metrics: self.metrics.clone() })
-    }
-}
-
-/// A captured connection with its tunnel: what the copy needs and no more
-/// (one of these lives per open tunnel).
-struct Open {
-    tcp: TcpStream,
-    tunnel: Tunnel,
-    labels: ConnLabels,
-    metrics: Arc<ProxyMetrics>,
-}
-
-impl Open {
-    async fn run(self) {
-        let Open { mut tcp, tunnel, labels, metrics } = self;
         let Tunnel { send, response, slot } = tunnel;
         // The pod's first bytes follow the CONNECT at once; bytes towards
         // the pod wait for the peer's 200.
-        let (totals, result) = copy::tunnel(&mut tcp, send, Incoming::Response(response)).await;
+        let copy = copy::tunnel(tcp, send, Incoming::Response(response));
+        Some((copy, Captured { labels, metrics: self.metrics.clone(), _slot: slot }))
+    }
+}
+
+/// What the capture side does when a tunnel's copy ends.
+struct Captured {
+    labels: ConnLabels,
+    metrics: Arc<ProxyMetrics>,
+    /// The stream's slot on its pooled connection, freed with this.
+    _slot: Slot,
+}
+
+impl copy::Finish for Captured {
+    fn finish(self, tcp: TcpStream, totals: copy::Totals, result: Result<(), CopyError>) {
+        let Captured { labels, metrics, _slot: slot } = self;
         drop(slot);
         metrics.finished(&labels, totals.up, totals.down);
         metrics.active.dec();

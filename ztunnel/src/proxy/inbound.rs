@@ -73,22 +73,14 @@ pub struct InboundConfig {
     pub handshake_timeout: Duration,
 }
 
-/// An accepted tunnel: what its copy needs and no more (one of these lives
-/// per open tunnel).
-struct Open {
-    upstream: TcpStream,
-    send: h2::SendStream<Bytes>,
-    recv: RecvStream,
+/// What the inbound side does when a tunnel's copy ends.
+struct Delivered {
     labels: ConnLabels,
     metrics: Arc<ProxyMetrics>,
-    span: tracing::Span,
 }
 
-impl Open {
-    async fn run(self) {
-        let Open { mut upstream, send, recv, labels, metrics, span } = self;
-        let (totals, result) = copy::tunnel(&mut upstream, send, Incoming::Body(recv)).await;
-        let _entered = span.enter();
+impl copy::Finish for Delivered {
+    fn finish(self, upstream: TcpStream, totals: copy::Totals, result: Result<(), copy::CopyError>) {
         match result {
             Ok(()) => info!(bytes_to_pod = totals.down, bytes_from_pod = totals.up, "tunnel closed"),
             Err(e) => {
@@ -98,8 +90,8 @@ impl Open {
                 let _ = upstream.set_zero_linger();
             }
         }
-        metrics.finished(&labels, totals.down, totals.up);
-        metrics.active.dec();
+        self.metrics.finished(&self.labels, totals.down, totals.up);
+        self.metrics.active.dec();
     }
 }
 
@@ -242,18 +234,8 @@ impl Inbound {
                         tokio::select! {
                             next = conn.accept() => match next {
                                 Some(Ok((req, respond))) => {
-                                    // The setup (checks, connect) is boxed and freed
-                                    // once done: the task that lives as long as the
-                                    // tunnel holds only what the copy needs.
-                                    let setup = Box::pin(this.clone().setup(req, respond, identity.clone(), sni.clone()));
-                                    tokio::spawn(
-                                        async move {
-                                            if let Some(open) = setup.await {
-                                                open.run().await;
-                                            }
-                                        }
-                                        .in_current_span(),
-                                    );
+                                    let span = info_span!("tunnel", src = tracing::field::Empty, dst = tracing::field::Empty, peer_identity = %identity);
+                                    tokio::spawn(copy::task(span, this.clone().setup(req, respond, identity.clone(), sni.clone())));
                                 }
                                 Some(Err(e)) => {
                                     debug!(error = %e, "HBONE connection ended");
@@ -278,14 +260,15 @@ impl Inbound {
         }
     }
 
-    /// Checks and connects a tunnel; `None` once it has been refused.
+    /// Checks and connects a tunnel (runs inside its span); `None` once it
+    /// has been refused.
     async fn setup(
         self: Arc<Self>,
         req: Request<RecvStream>,
         mut respond: SendResponse<Bytes>,
         peer: SpiffeId,
         sni: Option<SpiffeId>,
-    ) -> Option<Open> {
+    ) -> Option<(copy::Tunnel, Delivered)> {
         let (src, dst) = match self.check(&req, &peer, sni.as_ref()) {
             Ok(addrs) => addrs,
             Err(code) => {
@@ -293,19 +276,20 @@ impl Inbound {
                 return None;
             }
         };
-        let span = info_span!("tunnel", %src, %dst, peer_identity = %peer);
+        let span = tracing::Span::current();
+        span.record("src", tracing::field::display(src));
+        span.record("dst", tracing::field::display(dst));
         // 5. Deliver.
-        let connect = tokio::time::timeout(self.config.connect_timeout, self.connect(src, dst));
-        let upstream = match connect.instrument(span.clone()).await {
+        let upstream = match tokio::time::timeout(self.config.connect_timeout, self.connect(src, dst)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                span.in_scope(|| warn!(error = %e, "destination connect failed"));
+                warn!(error = %e, "destination connect failed");
                 self.metrics.fail("connect_failed");
                 refuse(respond, StatusCode::SERVICE_UNAVAILABLE);
                 return None;
             }
             Err(_) => {
-                span.in_scope(|| warn!("destination connect timed out"));
+                warn!("destination connect timed out");
                 self.metrics.fail("connect_failed");
                 refuse(respond, StatusCode::SERVICE_UNAVAILABLE);
                 return None;
@@ -314,7 +298,7 @@ impl Inbound {
         let send = match respond.send_response(status(StatusCode::OK), false) {
             Ok(s) => s,
             Err(e) => {
-                span.in_scope(|| debug!(error = %e, "stream gone before the tunnel opened"));
+                debug!(error = %e, "stream gone before the tunnel opened");
                 return None;
             }
         };
@@ -325,7 +309,8 @@ impl Inbound {
         };
         self.metrics.opened.get_or_create(&labels).inc();
         self.metrics.active.inc();
-        Some(Open { upstream, send, recv: req.into_body(), labels, metrics: self.metrics.clone(), span })
+        let copy = copy::tunnel(upstream, send, Incoming::Body(req.into_body()));
+        Some((copy, Delivered { labels, metrics: self.metrics.clone() }))
     }
 
     /// Steps 1-4 of the module docs: the tunnel's source and destination, or
