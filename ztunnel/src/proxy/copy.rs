@@ -225,8 +225,10 @@ fn poll_down(
                 Ok(0) => return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into())),
                 Ok(n) => {
                     down.pending.advance(n);
-                    // Only bytes the pod's socket took reopen the window.
-                    recv.flow_control().release_capacity(n)?;
+                    // Only bytes the pod's socket took reopen the window. A
+                    // failure here means the connection is gone; the next
+                    // `poll_data` reports that, after what was received.
+                    let _ = recv.flow_control().release_capacity(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Err(e.into())),
@@ -256,15 +258,17 @@ impl Future for Tunnel {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        // The peer's answer first: a refusal also closes the stream for
+        // sending, and the refusal is the better reason to report.
         let mut result = Ok(());
-        if !this.up.done
-            && let Poll::Ready(Err(e)) = poll_up(cx, &this.tcp, &mut this.send, &mut this.up)
+        if !this.down.done
+            && let Poll::Ready(Err(e)) = poll_down(cx, &mut this.tcp, &mut this.incoming, &mut this.down)
         {
             result = Err(e);
         }
         if result.is_ok()
-            && !this.down.done
-            && let Poll::Ready(Err(e)) = poll_down(cx, &mut this.tcp, &mut this.incoming, &mut this.down)
+            && !this.up.done
+            && let Poll::Ready(Err(e)) = poll_up(cx, &this.tcp, &mut this.send, &mut this.up)
         {
             result = Err(e);
         }
@@ -335,5 +339,137 @@ where
             fin.finish(copy.into_tcp(), totals, result);
         }
         Poll::Ready(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use bytes::Bytes;
+    use http::{Request, Response, StatusCode};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::{CopyError, Incoming, tunnel};
+
+    /// A connected loopback pair (application end, proxy end).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    /// HTTP/2 client and server over an in-memory pipe, with small windows
+    /// so flow control and backpressure are exercised.
+    async fn h2() -> (h2::client::SendRequest<Bytes>, h2::server::Connection<tokio::io::DuplexStream, Bytes>) {
+        let (c, s) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move {
+            h2::server::Builder::new()
+                .initial_window_size(16 * 1024)
+                .initial_connection_window_size(32 * 1024)
+                .handshake::<_, Bytes>(s)
+                .await
+                .unwrap()
+        });
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(16 * 1024)
+            .initial_connection_window_size(32 * 1024)
+            .handshake::<_, Bytes>(c)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        (send, server.await.unwrap())
+    }
+
+    fn connect() -> Request<()> {
+        Request::builder().method("CONNECT").uri("10.0.0.1:80").body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn early_data_backpressure_half_close_and_counts() {
+        let (send_req, mut server) = h2().await;
+        // Server side: read the early data before answering, then hand the
+        // stream to a copy towards an echo "pod".
+        let server_side = tokio::spawn(async move {
+            let (req, mut respond) = server.accept().await.unwrap().unwrap();
+            // The connection must be driven for any stream to make progress.
+            let drive = tokio::spawn(async move { while server.accept().await.is_some() {} });
+            let mut body = req.into_body();
+            let early = body.data().await.unwrap().unwrap();
+            let _ = body.flow_control().release_capacity(early.len());
+            let (mut echo_app, echo_proxy) = pair().await;
+            tokio::spawn(async move {
+                // The echo pod: reads slowly in small pieces, echoes, and
+                // closes after EOF.
+                let mut buf = [0u8; 1000];
+                loop {
+                    let n = echo_app.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    echo_app.write_all(&buf[..n]).await.unwrap();
+                }
+                echo_app.shutdown().await.unwrap();
+            });
+            let send = respond.send_response(Response::new(()), false).unwrap();
+            // The test kept the early chunk; the rest goes to the pod.
+            let (totals, result) = tunnel(echo_proxy, send, Incoming::Body(body)).await;
+            (early, totals, result, drive)
+        });
+        let (mut app, proxy_end) = pair().await;
+        let mut sr = send_req.ready().await.unwrap();
+        let (response, send) = sr.send_request(connect(), false).unwrap();
+        let client = tokio::spawn(tunnel(proxy_end, send, Incoming::Response(response)));
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+        let p2 = payload.clone();
+        let (mut rd, mut wr) = app.split();
+        let writer = async move {
+            wr.write_all(&p2).await.unwrap();
+            wr.shutdown().await.unwrap();
+        };
+        let mut back = Vec::new();
+        let reader = rd.read_to_end(&mut back);
+        let ((), n) = tokio::join!(writer, reader);
+        n.unwrap();
+        let (early, server_totals, server_result, drive) = server_side.await.unwrap();
+        server_result.unwrap();
+        // Everything after the early chunk came back, in order, then EOF.
+        assert!(!early.is_empty());
+        assert!(early[..] == payload[..early.len()], "early bytes are the first bytes");
+        let expect = &payload[early.len()..];
+        let first_diff = back.iter().zip(expect).position(|(a, b)| a != b);
+        assert!(
+            back[..] == *expect,
+            "echo: got {} bytes, expected {}; first difference at {first_diff:?}",
+            back.len(),
+            expect.len()
+        );
+        assert_eq!(server_totals.down as usize, payload.len() - early.len());
+        assert_eq!(server_totals.up as usize, payload.len() - early.len());
+        let (totals, result) = client.await.unwrap();
+        result.unwrap();
+        assert_eq!(totals.up as usize, payload.len());
+        assert_eq!(totals.down as usize, payload.len() - early.len());
+        drive.abort();
+    }
+
+    #[tokio::test]
+    async fn a_refusal_ends_the_copy_with_its_status() {
+        let (send_req, mut server) = h2().await;
+        tokio::spawn(async move {
+            while let Some(Ok((_req, mut respond))) = server.accept().await {
+                let mut r = Response::new(());
+                *r.status_mut() = StatusCode::FORBIDDEN;
+                let _ = respond.send_response(r, true);
+            }
+        });
+        let (mut app, proxy_end) = pair().await;
+        let mut sr = send_req.ready().await.unwrap();
+        let (response, send) = sr.send_request(connect(), false).unwrap();
+        app.write_all(b"sent before the answer").await.unwrap();
+        let (_, result) = tunnel(proxy_end, send, Incoming::Response(response)).await;
+        assert!(matches!(result, Err(CopyError::Refused(s)) if s == StatusCode::FORBIDDEN), "{result:?}");
     }
 }
