@@ -53,7 +53,9 @@ pub fn spawn_env(ns: &str, env: &[(&str, &str)], args: &[&str], log: &Path) -> a
         .arg(ztunnel_bin())
         .args(args)
         .envs(env.iter().copied())
-        .env("RUST_LOG", "info")
+        // ZT_AGENT_LOG overrides the components' log filter (e.g. to compare
+        // benchmark runs with and without per-connection logs).
+        .env("RUST_LOG", std::env::var("ZT_AGENT_LOG").unwrap_or_else(|_| "info".into()))
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::from(fs::File::create(log)?))

@@ -104,15 +104,16 @@ pub fn record(e: &ZtEvent, tables: &Tables) -> Record {
     }
 }
 
-/// Writes records as JSON lines.
+/// Writes records as JSON lines, buffered: the agent flushes once per batch
+/// of events ([`FlowLog::flush`]) instead of a few syscalls per record.
 pub struct FlowLog {
-    out: Box<dyn Write + Send>,
+    out: std::io::BufWriter<Box<dyn Write + Send>>,
 }
 
 impl FlowLog {
     /// A flow log writing to `out`.
     pub fn new(out: Box<dyn Write + Send>) -> Self {
-        Self { out }
+        Self { out: std::io::BufWriter::with_capacity(64 * 1024, out) }
     }
 
     /// Writes one event and returns its record. IO errors are logged,
@@ -121,12 +122,18 @@ impl FlowLog {
         let rec = record(e, tables);
         let res = serde_json::to_writer(&mut self.out, &rec)
             .map_err(std::io::Error::other)
-            .and_then(|()| self.out.write_all(b"\n"))
-            .and_then(|()| self.out.flush());
+            .and_then(|()| self.out.write_all(b"\n"));
         if let Err(err) = res {
             tracing::warn!(error = %err, "writing the flow log");
         }
         rec
+    }
+
+    /// Pushes buffered records out (after each batch of events).
+    pub fn flush(&mut self) {
+        if let Err(err) = self.out.flush() {
+            tracing::warn!(error = %err, "writing the flow log");
+        }
     }
 }
 

@@ -182,6 +182,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 })
                 .inc();
         });
+        flowlog.flush();
         let now = dp.counters();
         for (i, ((p, b), (lp, lb))) in now.iter().zip(last_counters.iter()).enumerate() {
             let labels = PacketLabels {
