@@ -52,11 +52,12 @@ pub fn spawn_env(ns: &str, env: &[(&str, &str)], args: &[&str], log: &Path) -> a
         .args(["netns", "exec", ns])
         .arg(ztunnel_bin())
         .args(args)
-        .envs(env.iter().copied())
         // ZT_AGENT_LOG overrides the components' log filter (e.g. to compare
-        // benchmark runs with and without per-connection logs).
+        // benchmark runs with and without per-connection logs); `env` may
+        // set RUST_LOG too.
         .env("RUST_LOG", std::env::var("ZT_AGENT_LOG").unwrap_or_else(|_| "info".into()))
         .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::from(fs::File::create(log)?))
         .spawn()?;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use testbed::cluster::{
-    Proc, admin_get, ca_init, ca_serve_args, example_manifests, mesh_agent_args, spawn_args, until,
+    Proc, admin_get, ca_init, ca_serve_args, example_manifests, mesh_agent_args, spawn_args, spawn_env, until,
 };
 use testbed::perf::{conns_per_sec, cpu_seconds, iperf, rr, rss_mib, wrk};
 use testbed::{Testbed, require_root};
@@ -119,6 +119,9 @@ fn measure(client: &str, server: Ipv4Addr, agents: &[u32]) -> anyhow::Result<Mea
 
 struct Mesh<'a> {
     ns: &'a [String],
+    /// The agents' log filter: their default (`warn`: no line per tunnel)
+    /// unless ZT_AGENT_LOG says otherwise.
+    log: String,
     m: String,
     d: String,
     root: &'a Path,
@@ -129,11 +132,9 @@ impl Mesh<'_> {
         let nodes = ["node-1", "node-2"];
         let agents = (0..2)
             .map(|i| {
-                spawn_args(
-                    &self.ns[i],
-                    &mesh_agent_args(&self.m, nodes[i], i, &self.d, None, "/dev/null"),
-                    &self.root.join(format!("{}.log", nodes[i])),
-                )
+                let args = mesh_agent_args(&self.m, nodes[i], i, &self.d, None, "/dev/null");
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                spawn_env(&self.ns[i], &[("RUST_LOG", &self.log)], &args, &self.root.join(format!("{}.log", nodes[i])))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let ready = until(Duration::from_secs(30), || {
@@ -213,7 +214,9 @@ fn main() -> anyhow::Result<()> {
     let ns: Vec<String> = tb.nodes.iter().map(|n| n.ns.name().to_string()).collect();
     let ca_dir = root.join("ca");
     ca_init(&ca_dir, &[])?;
-    let mesh = Mesh { ns: &ns, m: manifests.display().to_string(), d: ca_dir.display().to_string(), root };
+    let log = std::env::var("ZT_AGENT_LOG").unwrap_or_else(|_| "warn".into());
+    eprintln!("agents log at {log:?} (ZT_AGENT_LOG)");
+    let mesh = Mesh { log, ns: &ns, m: manifests.display().to_string(), d: ca_dir.display().to_string(), root };
     let _ca = spawn_args(&ns[0], &ca_serve_args(&mesh.d, &mesh.m), &root.join("ca.log"))?;
 
     // ZT_BENCH_ONLY=mem: only the memory measurement.
