@@ -41,7 +41,13 @@ pub fn iperf(client_ns: &str, server: Ipv4Addr, parallel: u32) -> anyhow::Result
 
 /// Request/response round trips of one byte on one connection: (p50, p99).
 pub fn rr(client_ns: &str, to: SocketAddr, n: usize) -> anyhow::Result<(Duration, Duration)> {
-    crate::netns::run_in(client_ns, move || -> anyhow::Result<(Duration, Duration)> {
+    let times = rr_samples(client_ns, to, n)?;
+    Ok(percentiles(times))
+}
+
+/// The round-trip times of `n` one-byte request/responses on one connection.
+pub fn rr_samples(client_ns: &str, to: SocketAddr, n: usize) -> anyhow::Result<Vec<Duration>> {
+    crate::netns::run_in(client_ns, move || -> anyhow::Result<Vec<Duration>> {
         let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
         s.set_nodelay(true)?;
         let mut buf = [0u8; 1];
@@ -52,9 +58,15 @@ pub fn rr(client_ns: &str, to: SocketAddr, n: usize) -> anyhow::Result<(Duration
             s.read_exact(&mut buf)?;
             times.push(t.elapsed());
         }
-        times.sort();
-        Ok((times[n / 2], times[n * 99 / 100]))
+        Ok(times)
     })?
+}
+
+/// p50 and p99 of `times` (not empty).
+pub fn percentiles(mut times: Vec<Duration>) -> (Duration, Duration) {
+    times.sort();
+    let n = times.len();
+    (times[n / 2], times[n * 99 / 100])
 }
 
 /// New connections per second (connect, echo one byte, close).

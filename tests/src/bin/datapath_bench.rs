@@ -19,14 +19,17 @@ use policy::compile::{Compiler, Scope, Tables, diff_tables};
 use policy::labels::Selector;
 use policy::model::{NamedPort, NetworkPolicy, ObjectKey, Pod, Protocol, Rule};
 use policy::{Cluster, Object};
-use testbed::perf::{conns_per_sec, iperf, rr};
+use testbed::perf::{conns_per_sec, iperf, percentiles, rr_samples};
 use testbed::{Testbed, probe, require_root};
-use zt_ebpf::loader::{AyaMaps, PodLinks, apply_diff, attach_pod, load_programs};
+use zt_ebpf::loader::{AyaMaps, PodLinks, apply_diff, attach_pod, detach_pod, load_programs};
 
+/// One node's programs and maps, loaded with a mode's tables; attached to
+/// the node's pod interfaces only while that mode is measured.
 struct Loaded {
-    _bpf: aya::Ebpf,
+    bpf: aya::Ebpf,
     _maps: AyaMaps,
-    _links: Vec<PodLinks>,
+    ifaces: Vec<String>,
+    links: Vec<PodLinks>,
 }
 
 fn pod(ns: &str, name: &str, ip: Ipv4Addr, node: &str) -> Pod {
@@ -58,8 +61,21 @@ fn load(tb: &Testbed, node: usize, tables: Tables) -> anyhow::Result<Loaded> {
             &|p| index.get(&p.to_string()).copied(),
             &|_| None,
         )?;
-        let links = ifaces.iter().map(|(_, i)| attach_pod(&mut bpf, i)).collect::<Result<Vec<_>, _>>()?;
-        Ok(Loaded { _bpf: bpf, _maps: maps, _links: links })
+        Ok(Loaded { bpf, _maps: maps, ifaces: ifaces.into_iter().map(|(_, i)| i).collect(), links: Vec::new() })
+    })?
+}
+
+/// Attaches (`on`) or detaches a node's loaded programs.
+fn switch(tb: &Testbed, node: usize, mut l: Loaded, on: bool) -> anyhow::Result<Loaded> {
+    tb.nodes[node].ns.run(move || -> anyhow::Result<Loaded> {
+        if on {
+            l.links = l.ifaces.iter().map(|i| attach_pod(&mut l.bpf, i)).collect::<Result<Vec<_>, _>>()?;
+        } else {
+            for links in std::mem::take(&mut l.links) {
+                detach_pod(&mut l.bpf, links)?;
+            }
+        }
+        Ok(l)
     })?
 }
 
@@ -72,19 +88,27 @@ struct Measured {
     cps: f64,
 }
 
-fn measure(name: &'static str, client: &str, server: Ipv4Addr) -> anyhow::Result<Measured> {
+/// One round of one mode; the round trips' samples are kept for pooling.
+struct Round {
+    single: f64,
+    multi: f64,
+    rr: Vec<Duration>,
+    cps: f64,
+}
+
+fn measure(name: &'static str, client: &str, server: Ipv4Addr) -> anyhow::Result<Round> {
     let echo = SocketAddr::from((server, 80));
     let single = iperf(client, server, 1)?;
     let multi = iperf(client, server, 4)?;
-    let (p50, p99) = rr(client, echo, 20_000)?;
-    let cps = conns_per_sec(client, echo, 3.0)?;
+    let rr = rr_samples(client, echo, 10_000)?;
+    let cps = conns_per_sec(client, echo, 2.0)?;
     if std::env::var("ZT_BENCH_DEBUG").is_ok() {
         let out = Command::new("ip")
             .args(["netns", "exec", client, "nstat", "-az", "TcpExtTCPSynRetrans", "TcpRetransSegs", "TcpActiveOpens"])
             .output()?;
         eprintln!("{name}: {}", String::from_utf8_lossy(&out.stdout));
     }
-    Ok(Measured { name, single, multi, p50, p99, cps })
+    Ok(Round { single, multi, rr, cps })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -125,7 +149,7 @@ fn main() -> anyhow::Result<()> {
         |cluster: &Cluster, node: &str| Compiler::from_cluster(Scope::Node(node.into()), cluster).tables().clone();
 
     // The three modes, interleaved over rounds (drift on a shared VM hits
-    // every mode alike); each number reported is the median over rounds.
+    // every mode alike).
     let small = Cluster::from_objects(ours.iter().cloned());
     let mut objs = ztunnel_benches::cluster(ztunnel_benches::Scale::TARGET);
     objs.extend(ours.iter().cloned());
@@ -137,14 +161,28 @@ fn main() -> anyhow::Result<()> {
         big_tables.0.ipcache.len(),
         big_tables.0.identities.len()
     );
-    let rounds: usize = std::env::var("ZT_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    let rounds: usize = std::env::var("ZT_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(5);
     let names = ["(a) no programs", "(b) programs, 1 policy", "(c) programs, 10k policies"];
-    let mut runs: Vec<Vec<Measured>> = (0..3).map(|_| Vec::new()).collect();
-    for _ in 0..rounds {
-        runs[0].push(measure(names[0], &client_ns, server_ip)?);
-        for (i, t) in [(1, &small_tables), (2, &big_tables)] {
-            let _l = (load(&tb, 0, t.0.clone())?, load(&tb, 1, t.1.clone())?);
+    // Both program sets are loaded once, with their tables; a mode switch
+    // only attaches or detaches (milliseconds), so the modes interleave
+    // finely and each round rotates which mode goes first.
+    let mut loaded: Vec<Option<(Loaded, Loaded)>> = vec![
+        None,
+        Some((load(&tb, 0, small_tables.0.clone())?, load(&tb, 1, small_tables.1.clone())?)),
+        Some((load(&tb, 0, big_tables.0.clone())?, load(&tb, 1, big_tables.1.clone())?)),
+    ];
+    let mut runs: Vec<Vec<Round>> = (0..3).map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        for k in 0..3 {
+            let i = (round + k) % 3;
+            if let Some((a, b)) = loaded[i].take() {
+                loaded[i] = Some((switch(&tb, 0, a, true)?, switch(&tb, 1, b, true)?));
+            }
+            std::thread::sleep(Duration::from_millis(200));
             runs[i].push(measure(names[i], &client_ns, server_ip)?);
+            if let Some((a, b)) = loaded[i].take() {
+                loaded[i] = Some((switch(&tb, 0, a, false)?, switch(&tb, 1, b, false)?));
+            }
         }
     }
     let med = |v: &mut Vec<f64>| {
@@ -154,13 +192,17 @@ fn main() -> anyhow::Result<()> {
     let results: Vec<Measured> = runs
         .iter()
         .enumerate()
-        .map(|(i, r)| Measured {
-            name: names[i],
-            single: med(&mut r.iter().map(|m| m.single).collect()),
-            multi: med(&mut r.iter().map(|m| m.multi).collect()),
-            p50: Duration::from_secs_f64(med(&mut r.iter().map(|m| m.p50.as_secs_f64()).collect())),
-            p99: Duration::from_secs_f64(med(&mut r.iter().map(|m| m.p99.as_secs_f64()).collect())),
-            cps: med(&mut r.iter().map(|m| m.cps).collect()),
+        .map(|(i, r)| {
+            // Round-trip percentiles over every round's samples pooled.
+            let (p50, p99) = percentiles(r.iter().flat_map(|m| m.rr.iter().copied()).collect());
+            Measured {
+                name: names[i],
+                single: med(&mut r.iter().map(|m| m.single).collect()),
+                multi: med(&mut r.iter().map(|m| m.multi).collect()),
+                p50,
+                p99,
+                cps: med(&mut r.iter().map(|m| m.cps).collect()),
+            }
         })
         .collect();
     let _ = iperf_srv.kill();
@@ -168,7 +210,7 @@ fn main() -> anyhow::Result<()> {
 
     let base = &results[0];
     println!(
-        "datapath benchmark: pod to pod across two nodes (veth + node link), median of {rounds} interleaved rounds"
+        "datapath benchmark: pod to pod across two nodes (veth + node link), {rounds} interleaved rounds (throughput and conn/s: medians; round trips: pooled percentiles)"
     );
     println!(
         "{:<28} {:>12} {:>12} {:>10} {:>10} {:>12}",
