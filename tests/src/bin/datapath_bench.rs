@@ -19,9 +19,9 @@ use policy::compile::{Compiler, Scope, Tables, diff_tables};
 use policy::labels::Selector;
 use policy::model::{NamedPort, NetworkPolicy, ObjectKey, Pod, Protocol, Rule};
 use policy::{Cluster, Object};
-use testbed::perf::{conns_per_sec, iperf, percentiles, rr_samples};
+use testbed::perf::{conns_per_sec, iperf, percentiles, pinned_echo, rr_samples_on};
 use testbed::{Testbed, probe, require_root};
-use zt_ebpf::loader::{AyaMaps, PodLinks, apply_diff, attach_pod, detach_pod, load_programs};
+use zt_ebpf::loader::{AyaMaps, MapWriter, PodLinks, apply_diff, attach_pod, detach_pod, load_programs};
 
 /// One node's programs and maps, loaded with a mode's tables; attached to
 /// the node's pod interfaces only while that mode is measured.
@@ -65,6 +65,56 @@ fn load(tb: &Testbed, node: usize, tables: Tables) -> anyhow::Result<Loaded> {
     })?
 }
 
+/// An Ethernet + IPv4 + TCP packet with `flags`.
+fn tcp_packet(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
+    let mut p = vec![0u8; 12];
+    p.extend_from_slice(&0x0800u16.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0];
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&ip);
+    let mut tcp = vec![0u8; 20];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[12] = 0x50;
+    tcp[13] = flags;
+    p.extend_from_slice(&tcp);
+    p
+}
+
+/// Per-packet cost of the classifiers (BPF_PROG_TEST_RUN, averaged over a
+/// million runs each) with `tables` loaded, as the client pod's programs:
+/// an established flow's packet leaving the pod, its reply arriving, and a
+/// new flow's SYN (policy lookups, conntrack insert, event). Steadier than
+/// the network measurements: no scheduler, no other traffic.
+fn per_packet(tables: &Tables, client: Ipv4Addr, server: Ipv4Addr) -> anyhow::Result<[(&'static str, f64); 3]> {
+    use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+    let mut bpf = aya::Ebpf::load(zt_ebpf::OBJECT)?;
+    load_programs(&mut bpf)?;
+    let mut maps = AyaMaps::take(&mut bpf)?;
+    apply_diff(&mut maps, &diff_tables(&Tables::default(), tables), &|_| None, &|_| None)?;
+    let (id, info) =
+        tables.endpoints.iter().find(|(_, e)| e.pod.to_string() == "bench/client").context("client endpoint")?;
+    // Test runs see the loopback device (ifindex 1) as the packet's.
+    maps.put_endpoint(1, zt_ebpf::maps::endpoint(*id, info))?;
+    let run = |name: &str, pkt: &[u8], repeat: u32| -> anyhow::Result<f64> {
+        let prog: &SchedClassifier = bpf.program(name).context("program")?.try_into()?;
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(pkt);
+        opts.repeat = repeat;
+        let r = prog.test_run(opts)?;
+        anyhow::ensure!(r.return_value == 0, "{name}: verdict {} (expected allow)", r.return_value);
+        Ok(r.duration.as_nanos() as f64)
+    };
+    let (from, to) = (zt_ebpf::programs::FROM_POD, zt_ebpf::programs::TO_POD);
+    let syn = tcp_packet(client, 40000, server, 80, 0x02);
+    run(from, &syn, 1)?;
+    let out = run(from, &tcp_packet(client, 40000, server, 80, 0x10), 1_000_000)?;
+    let back = run(to, &tcp_packet(server, 80, client, 40000, 0x10), 1_000_000)?;
+    let new = run(from, &syn, 1_000_000)?;
+    Ok([("established, leaving the pod", out), ("established, reply arriving", back), ("new flow (SYN)", new)])
+}
+
 /// Attaches (`on`) or detaches a node's loaded programs.
 fn switch(tb: &Testbed, node: usize, mut l: Loaded, on: bool) -> anyhow::Result<Loaded> {
     tb.nodes[node].ns.run(move || -> anyhow::Result<Loaded> {
@@ -88,6 +138,9 @@ struct Measured {
     cps: f64,
 }
 
+/// The pinned echo server for round trips (CPU 1; the client runs on 0).
+const RR_PORT: u16 = 81;
+
 /// One round of one mode; the round trips' samples are kept for pooling.
 struct Round {
     single: f64,
@@ -100,7 +153,9 @@ fn measure(name: &'static str, client: &str, server: Ipv4Addr) -> anyhow::Result
     let echo = SocketAddr::from((server, 80));
     let single = iperf(client, server, 1)?;
     let multi = iperf(client, server, 4)?;
-    let rr = rr_samples(client, echo, 10_000)?;
+    // Round trips against a second echo server, client and server pinned
+    // to different CPUs: the same placement in every mode and round.
+    let rr = rr_samples_on(client, SocketAddr::from((server, RR_PORT)), 10_000, Some(0))?;
     let cps = conns_per_sec(client, echo, 2.0)?;
     if std::env::var("ZT_BENCH_DEBUG").is_ok() {
         let out = Command::new("ip")
@@ -122,6 +177,8 @@ fn main() -> anyhow::Result<()> {
     let server_ns = tb.pod("bench/server").context("server")?.ns.name().to_string();
     let client_ns = tb.pod("bench/client").context("client")?.ns.name().to_string();
     probe::serve(&tb.pod("bench/server").context("server")?.ns, &[80], &[])?;
+    let server_cpu = usize::from(std::thread::available_parallelism().map_or(1, usize::from) > 1);
+    pinned_echo(&tb.pod("bench/server").context("server")?.ns, RR_PORT, server_cpu)?;
     // The connection-rate loop leaves thousands of TIME_WAIT sockets; let
     // the client reuse them and widen its port range, or each later mode
     // would measure the kernel's ephemeral-port search, not the datapath.
@@ -161,6 +218,18 @@ fn main() -> anyhow::Result<()> {
         big_tables.0.ipcache.len(),
         big_tables.0.identities.len()
     );
+    let mut micro = Vec::new();
+    for (name, t) in [("(b)", &small_tables.0), ("(c)", &big_tables.0)] {
+        micro.push((name, per_packet(t, client_ip, server_ip)?));
+    }
+    for (name, m) in &micro {
+        for (what, ns) in m {
+            println!("per packet {name} {what:<30} {ns:>6.0} ns");
+        }
+    }
+    if std::env::var("ZT_BENCH_ONLY").is_ok_and(|o| o == "micro") {
+        return Ok(());
+    }
     let rounds: usize = std::env::var("ZT_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(5);
     let names = ["(a) no programs", "(b) programs, 1 policy", "(c) programs, 10k policies"];
     // Both program sets are loaded once, with their tables; a mode switch
