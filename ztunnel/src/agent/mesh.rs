@@ -174,7 +174,7 @@ impl Mesh {
                 let _guard = rt.enter();
                 crate::proxy::capture::bind(addr).with_context(|| format!("--capture {addr}"))?
             };
-            let outbound = Arc::new(crate::proxy::outbound::Outbound::new(cache.clone()));
+            let outbound = Arc::new(crate::proxy::outbound::Outbound::new(cache.clone(), metrics.clone()));
             let capture = Arc::new(crate::proxy::capture::Capture::new(
                 cache.clone(),
                 view.clone(),

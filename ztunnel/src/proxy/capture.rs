@@ -19,7 +19,7 @@ use tracing::{debug, info, info_span, warn};
 
 use super::copy::{self, CopyError, Incoming};
 use super::inbound::Workloads;
-use super::metrics::{ConnLabels, ProxyMetrics};
+use super::metrics::{PairMetrics, ProxyMetrics};
 use super::outbound::{Outbound, OutboundError, Slot, Tunnel};
 use crate::identity::SecretCache;
 
@@ -145,24 +145,18 @@ impl Capture {
                 return None;
             }
         };
-        let labels = ConnLabels {
-            direction: "outbound",
-            source_identity: src_id.to_string(),
-            destination_identity: dst_id.to_string(),
-        };
-        self.metrics.opened.get_or_create(&labels).inc();
-        self.metrics.active.inc();
-        let Tunnel { send, response, slot } = tunnel;
+        let Tunnel { send, response, slot, pair } = tunnel;
+        pair.opened();
         // The pod's first bytes follow the CONNECT at once; bytes towards
         // the pod wait for the peer's 200.
         let copy = copy::tunnel(tcp, send, Incoming::Response(response));
-        Some((copy, Captured { labels, metrics: self.metrics.clone(), _slot: slot }))
+        Some((copy, Captured { pair, metrics: self.metrics.clone(), _slot: slot }))
     }
 }
 
 /// What the capture side does when a tunnel's copy ends.
 struct Captured {
-    labels: ConnLabels,
+    pair: Arc<PairMetrics>,
     metrics: Arc<ProxyMetrics>,
     /// The stream's slot on its pooled connection, freed with this.
     _slot: Slot,
@@ -170,11 +164,10 @@ struct Captured {
 
 impl copy::Finish for Captured {
     fn finish(self, tcp: TcpStream, totals: copy::Totals, result: Result<(), CopyError>) {
-        let Captured { labels, metrics, _slot: slot } = self;
+        let Captured { pair, metrics, _slot: slot } = self;
         drop(slot);
-        metrics.finished(&labels, totals.up, totals.down);
-        metrics.active.dec();
-        let (src, dst) = (&labels.source_identity, &labels.destination_identity);
+        pair.finished(totals.up, totals.down);
+        let (src, dst) = (&pair.labels.source_identity, &pair.labels.destination_identity);
         match result {
             Ok(()) => {
                 info!(source_identity = %src, destination_identity = %dst, bytes_sent = totals.up, bytes_received = totals.down, "tunnel closed");

@@ -30,7 +30,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::copy::{self, Incoming};
-use super::metrics::{ConnLabels, ProxyMetrics, ReasonLabels};
+use super::metrics::{ConnLabels, PairMetrics, ProxyMetrics, ReasonLabels};
 use super::outbound::{CONNECTION_WINDOW, MAX_FRAME, MAX_HEADER_LIST, STREAM_WINDOW, keepalive};
 use super::tls;
 use crate::identity::SecretCache;
@@ -75,8 +75,7 @@ pub struct InboundConfig {
 
 /// What the inbound side does when a tunnel's copy ends.
 struct Delivered {
-    labels: ConnLabels,
-    metrics: Arc<ProxyMetrics>,
+    pair: Arc<PairMetrics>,
 }
 
 impl copy::Finish for Delivered {
@@ -90,8 +89,7 @@ impl copy::Finish for Delivered {
                 let _ = upstream.set_zero_linger();
             }
         }
-        self.metrics.finished(&self.labels, totals.down, totals.up);
-        self.metrics.active.dec();
+        self.pair.finished(totals.down, totals.up);
     }
 }
 
@@ -226,6 +224,13 @@ impl Inbound {
                             return;
                         }
                     };
+                    // Every tunnel of this connection is between the same
+                    // two identities: one set of counters for all of them.
+                    let pair = this.metrics.pair(ConnLabels {
+                        direction: "inbound",
+                        source_identity: identity.to_string(),
+                        destination_identity: sni.as_ref().map(ToString::to_string).unwrap_or_default(),
+                    });
                     let ka = keepalive(conn.ping_pong(), KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT);
                     tokio::pin!(ka);
                     let mut shutdown = this.shutdown.clone();
@@ -235,7 +240,7 @@ impl Inbound {
                             next = conn.accept() => match next {
                                 Some(Ok((req, respond))) => {
                                     let span = info_span!("tunnel", src = tracing::field::Empty, dst = tracing::field::Empty, peer_identity = %identity);
-                                    tokio::spawn(copy::task(span, this.clone().setup(req, respond, identity.clone(), sni.clone())));
+                                    tokio::spawn(copy::task(span, this.clone().setup(req, respond, identity.clone(), sni.clone(), pair.clone())));
                                 }
                                 Some(Err(e)) => {
                                     debug!(error = %e, "HBONE connection ended");
@@ -268,6 +273,7 @@ impl Inbound {
         mut respond: SendResponse<Bytes>,
         peer: SpiffeId,
         sni: Option<SpiffeId>,
+        pair: Arc<PairMetrics>,
     ) -> Option<(copy::Tunnel, Delivered)> {
         let (src, dst) = match self.check(&req, &peer, sni.as_ref()) {
             Ok(addrs) => addrs,
@@ -302,15 +308,9 @@ impl Inbound {
                 return None;
             }
         };
-        let labels = ConnLabels {
-            direction: "inbound",
-            source_identity: peer.to_string(),
-            destination_identity: sni.as_ref().map(ToString::to_string).unwrap_or_default(),
-        };
-        self.metrics.opened.get_or_create(&labels).inc();
-        self.metrics.active.inc();
+        pair.opened();
         let copy = copy::tunnel(upstream, send, Incoming::Body(req.into_body()));
-        Some((copy, Delivered { labels, metrics: self.metrics.clone() }))
+        Some((copy, Delivered { pair }))
     }
 
     /// Steps 1-4 of the module docs: the tunnel's source and destination, or

@@ -1,5 +1,6 @@
 //! Prometheus metrics of the proxy (registered on the agent's `/metrics`).
 
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -86,10 +87,46 @@ impl ProxyMetrics {
         self.tunnel_failures.get_or_create(&ReasonLabels { reason }).inc();
     }
 
-    /// Counts a connection's bytes and close.
-    pub fn finished(&self, labels: &ConnLabels, sent: u64, received: u64) {
-        self.bytes_sent.get_or_create(labels).inc_by(sent);
-        self.bytes_received.get_or_create(labels).inc_by(received);
-        self.closed.get_or_create(labels).inc();
+    /// The counters of one identity pair and direction, looked up once.
+    pub fn pair(&self, labels: ConnLabels) -> Arc<PairMetrics> {
+        Arc::new(PairMetrics {
+            opened: self.opened.get_or_create(&labels).clone(),
+            closed: self.closed.get_or_create(&labels).clone(),
+            sent: self.bytes_sent.get_or_create(&labels).clone(),
+            received: self.bytes_received.get_or_create(&labels).clone(),
+            active: self.active.clone(),
+            labels,
+        })
+    }
+}
+
+/// The counters of one identity pair and direction, shared by every tunnel
+/// between them (per HBONE connection on the inbound side, per pooled
+/// connection on the outbound side): a tunnel holds one reference instead
+/// of its own label strings, and counts without hashing labels.
+#[derive(Debug)]
+pub struct PairMetrics {
+    /// The labels (also used in log lines).
+    pub labels: ConnLabels,
+    opened: Counter,
+    closed: Counter,
+    sent: Counter,
+    received: Counter,
+    active: Gauge,
+}
+
+impl PairMetrics {
+    /// Counts a tunnel opened (and active).
+    pub fn opened(&self) {
+        self.opened.inc();
+        self.active.inc();
+    }
+
+    /// Counts a tunnel's bytes and close.
+    pub fn finished(&self, sent: u64, received: u64) {
+        self.sent.inc_by(sent);
+        self.received.inc_by(received);
+        self.closed.inc();
+        self.active.dec();
     }
 }

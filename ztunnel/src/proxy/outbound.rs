@@ -32,6 +32,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tracing::{debug, info};
 
+use super::metrics::{ConnLabels, PairMetrics, ProxyMetrics};
 use super::tls;
 use crate::identity::SecretCache;
 
@@ -91,10 +92,12 @@ pub const MAX_FRAME: u32 = 1 << 20;
 /// Largest header block accepted (CONNECT requests and answers are tiny).
 pub const MAX_HEADER_LIST: u32 = 16 * 1024;
 
-/// One pooled HTTP/2 connection and its number of open tunnels.
+/// One pooled HTTP/2 connection, its number of open tunnels and the
+/// counters of its identity pair.
 struct Pooled {
     send: SendRequest<Bytes>,
     streams: Arc<AtomicUsize>,
+    pair: Arc<PairMetrics>,
 }
 
 impl Pooled {
@@ -129,6 +132,8 @@ pub struct Tunnel {
     pub response: ResponseFuture,
     /// The stream's slot on its connection.
     pub slot: Slot,
+    /// The counters of the tunnel's identity pair.
+    pub pair: Arc<PairMetrics>,
 }
 
 impl std::fmt::Debug for Tunnel {
@@ -142,6 +147,7 @@ pub struct Outbound {
     cache: Arc<SecretCache>,
     pool: Mutex<HashMap<Key, Vec<Pooled>>>,
     timeout: Duration,
+    metrics: Arc<ProxyMetrics>,
 }
 
 /// Sends a PING every `interval`; resolves (with the reason) when one is not
@@ -161,9 +167,10 @@ pub async fn keepalive(ping_pong: Option<h2::PingPong>, interval: Duration, time
 }
 
 impl Outbound {
-    /// A client using certificates from `cache`.
-    pub fn new(cache: Arc<SecretCache>) -> Self {
-        Self { cache, pool: Mutex::new(HashMap::new()), timeout: Duration::from_secs(10) }
+    /// A client using certificates from `cache`, counting tunnels in
+    /// `metrics`.
+    pub fn new(cache: Arc<SecretCache>, metrics: Arc<ProxyMetrics>) -> Self {
+        Self { cache, pool: Mutex::new(HashMap::new()), timeout: Duration::from_secs(10), metrics }
     }
 
     /// Number of open pooled connections (closed ones are pruned first).
@@ -238,17 +245,27 @@ impl Outbound {
 
     /// A connection with a free stream slot (taken), dialling a new one when
     /// all pooled connections are full.
-    async fn sender(&self, key: &Key) -> Result<(SendRequest<Bytes>, Slot), OutboundError> {
+    async fn sender(&self, key: &Key) -> Result<(SendRequest<Bytes>, Slot, Arc<PairMetrics>), OutboundError> {
         let mut pool = self.pool.lock().await;
         if let Some(p) = pool.get(key).and_then(|conns| conns.iter().find(|p| p.take_slot())) {
-            return Ok((p.send.clone(), Slot(p.streams.clone())));
+            return Ok((p.send.clone(), Slot(p.streams.clone()), p.pair.clone()));
         }
         // Only when a connection must be opened: sweep out closed and
         // superseded ones (not on every tunnel).
         self.prune(&mut pool);
         let (send, streams) = self.dial(key).await?;
-        pool.entry(key.clone()).or_default().push(Pooled { send: send.clone(), streams: streams.clone() });
-        Ok((send, Slot(streams)))
+        let (src, _, dst, _) = key;
+        let pair = self.metrics.pair(ConnLabels {
+            direction: "outbound",
+            source_identity: src.to_string(),
+            destination_identity: dst.to_string(),
+        });
+        pool.entry(key.clone()).or_default().push(Pooled {
+            send: send.clone(),
+            streams: streams.clone(),
+            pair: pair.clone(),
+        });
+        Ok((send, Slot(streams), pair))
     }
 
     /// Opens a tunnel for the flow `src_addr` → `dst_addr` through the proxy
@@ -267,7 +284,7 @@ impl Outbound {
         };
         let key = (src.clone(), cert.serial.clone(), dst.clone(), peer);
         let fut = async {
-            let (send, slot) = self.sender(&key).await?;
+            let (send, slot, pair) = self.sender(&key).await?;
             let mut send = send.ready().await.map_err(|e| OutboundError::Http(e.to_string()))?;
             let req = Request::builder()
                 .method(Method::CONNECT)
@@ -276,7 +293,7 @@ impl Outbound {
                 .body(())
                 .map_err(|e| OutboundError::Http(e.to_string()))?;
             let (response, send) = send.send_request(req, false).map_err(|e| OutboundError::Http(e.to_string()))?;
-            Ok(Tunnel { send, response, slot })
+            Ok(Tunnel { send, response, slot, pair })
         };
         tokio::time::timeout(self.timeout, fut).await.map_err(|_| OutboundError::Timeout)?
     }

@@ -126,6 +126,8 @@ struct Mesh {
     out: Outbound,
     frontend: SpiffeId,
     db: SpiffeId,
+    /// node-b's proxy metrics.
+    metrics_b: Arc<super::metrics::ProxyMetrics>,
 }
 
 async fn mesh() -> Mesh {
@@ -147,9 +149,9 @@ async fn mesh() -> Mesh {
     let metrics = Arc::new(super::metrics::ProxyMetrics::default());
     let (tx, rx) = tokio::sync::watch::channel(false);
     std::mem::forget(tx); // never shut down during a test
-    tokio::spawn(Arc::new(Inbound::new(b.clone(), cluster(), config, metrics, rx)).serve(listener));
-    let out = Outbound::new(a.clone());
-    Mesh { pki, a, b, proxy_b, out, frontend, db }
+    tokio::spawn(Arc::new(Inbound::new(b.clone(), cluster(), config, metrics.clone(), rx)).serve(listener));
+    let out = Outbound::new(a.clone(), Default::default());
+    Mesh { pki, a, b, proxy_b, out, frontend, db, metrics_b: metrics }
 }
 
 async fn roundtrip(io: &mut (impl AsyncReadExt + AsyncWriteExt + Unpin), msg: &[u8]) -> Vec<u8> {
@@ -177,6 +179,37 @@ async fn tunnel_carries_bytes_and_connections_are_pooled() {
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), t1.read_to_end(&mut rest)).await.unwrap().unwrap();
     assert!(rest.is_empty());
+}
+
+#[tokio::test]
+async fn inbound_counts_tunnels_and_bytes_per_identity_pair() {
+    let m = mesh().await;
+    let pod = echo_pod().await;
+    for i in 0..2 {
+        let mut t = m.out.connect(&m.frontend, src(41000 + i), &m.db, pod, m.proxy_b).await.unwrap();
+        assert_eq!(roundtrip(&mut t, b"12345").await, b"12345");
+        t.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut rest)).await.unwrap().unwrap();
+    }
+    let labels = super::metrics::ConnLabels {
+        direction: "inbound",
+        source_identity: m.frontend.to_string(),
+        destination_identity: m.db.to_string(),
+    };
+    let metrics = &m.metrics_b;
+    // The tunnel tasks finish just after the EOF the client saw.
+    for _ in 0..100 {
+        if metrics.closed.get_or_create(&labels).get() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metrics.opened.get_or_create(&labels).get(), 2);
+    assert_eq!(metrics.closed.get_or_create(&labels).get(), 2);
+    assert_eq!(metrics.bytes_sent.get_or_create(&labels).get(), 10, "bytes towards the pod");
+    assert_eq!(metrics.bytes_received.get_or_create(&labels).get(), 10, "bytes from the pod");
+    assert_eq!(metrics.active.get(), 0);
 }
 
 #[tokio::test]
@@ -223,27 +256,27 @@ async fn certificates_that_must_not_be_accepted_are_not() {
     let c = Arc::new(SecretCache::new());
     c.put_bundle(m.pki.bundle());
     c.put_cert(foreign.cert(&evil, time::Duration::ZERO, HOUR));
-    let r = Outbound::new(c).connect(&evil, src(1), &m.db, pod, m.proxy_b).await;
+    let r = Outbound::new(c, Default::default()).connect(&evil, src(1), &m.db, pod, m.proxy_b).await;
     assert!(matches!(r, Err(OutboundError::Tls(..) | OutboundError::Http(_))), "{r:?}");
     // A foreign CA in *our* trust domain: the chain does not verify.
     let rogue = Pki::new("cluster.local");
     let c = Arc::new(SecretCache::new());
     c.put_bundle(m.pki.bundle());
     c.put_cert(rogue.cert(&m.frontend, time::Duration::ZERO, HOUR));
-    let r = Outbound::new(c).connect(&m.frontend, src(1), &m.db, pod, m.proxy_b).await;
+    let r = Outbound::new(c, Default::default()).connect(&m.frontend, src(1), &m.db, pod, m.proxy_b).await;
     assert!(matches!(r, Err(OutboundError::Tls(..) | OutboundError::Http(_))), "{r:?}");
     // Expired, and not yet valid.
     for (shift, what) in [(-HOUR * 3, "expired"), (HOUR * 2, "not yet valid")] {
         let c = Arc::new(SecretCache::new());
         c.put_bundle(m.pki.bundle());
         c.put_cert(m.pki.cert(&m.frontend, shift, HOUR));
-        let r = Outbound::new(c).connect(&m.frontend, src(1), &m.db, pod, m.proxy_b).await;
+        let r = Outbound::new(c, Default::default()).connect(&m.frontend, src(1), &m.db, pod, m.proxy_b).await;
         assert!(matches!(r, Err(OutboundError::Tls(..) | OutboundError::Http(_))), "{what}: {r:?}");
     }
     // No certificate for the source identity: fails closed before dialling.
     let c = Arc::new(SecretCache::new());
     c.put_bundle(m.pki.bundle());
-    let r = Outbound::new(c).connect(&m.frontend, src(1), &m.db, pod, m.proxy_b).await;
+    let r = Outbound::new(c, Default::default()).connect(&m.frontend, src(1), &m.db, pod, m.proxy_b).await;
     assert!(matches!(r, Err(OutboundError::NoCertificate(_))), "{r:?}");
     // The client refuses a server that is not the expected identity: node-b
     // holds no certificate for `other`, so it cannot prove it.
@@ -328,7 +361,7 @@ async fn renewal_and_bundle_change_take_effect_on_new_handshakes_only() {
     let (_, cert) = x509_parser::parse_x509_certificate(&presented).unwrap();
     assert_eq!(cert.raw_serial_as_string().replace(':', ""), new_serial);
     // And new tunnels work across the rotation.
-    let out = Outbound::new(m.a.clone());
+    let out = Outbound::new(m.a.clone(), Default::default());
     let mut t = out.connect(&m.frontend, src(101), &m.db, pod, m.proxy_b).await.unwrap();
     assert_eq!(roundtrip(&mut t, b"after").await, b"after");
     assert_eq!(roundtrip(&mut long, b"still").await, b"still");
