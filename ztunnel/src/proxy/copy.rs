@@ -23,7 +23,8 @@
 //!   when both directions have.
 //! - **Syscalls**: a read shorter than the space offered means the socket's
 //!   queue is empty, so its readiness is cleared there and then instead of
-//!   by one more `recv` returning `EAGAIN`.
+//!   by one more `recv` returning `EAGAIN` (see [`read_chunk`] for why
+//!   that is race-free).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -67,6 +68,13 @@ pub enum CopyError {
 
 /// Reads what `tcp` has into a chunk split off the thread's slab: `Ok(None)`
 /// at EOF, `WouldBlock` when nothing is there.
+///
+/// A read shorter than the room offered means the receive queue is now
+/// empty, so the socket's readiness is cleared without another `recv`
+/// returning `EAGAIN`. The read runs inside `try_io`, whose readiness
+/// snapshot is taken *before* it: tokio clears only if no new readiness
+/// event arrived since (and never clears "read closed"), so bytes arriving
+/// during or after the read still wake the task, on any runtime flavour.
 pub(crate) fn read_chunk(tcp: &TcpStream) -> io::Result<Option<Bytes>> {
     SLAB_BUF.with(|slab| {
         let mut slab = slab.borrow_mut();
@@ -76,23 +84,19 @@ pub(crate) fn read_chunk(tcp: &TcpStream) -> io::Result<Option<Bytes>> {
             *slab = BytesMut::with_capacity(SLAB);
         }
         let room = slab.capacity() - slab.len();
-        let n = tcp.try_read_buf(&mut *slab)?;
-        if n == 0 {
-            return Ok(None);
+        let mut got = None;
+        let outcome = tcp.try_io(Interest::READABLE, || {
+            let n = tcp.try_read_buf(&mut *slab)?;
+            got = Some(n);
+            if n > 0 && n < room { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(()) }
+        });
+        match (got, outcome) {
+            (Some(0), _) => Ok(None),
+            (Some(n), _) => Ok(Some(slab.split_to(n).freeze())),
+            (None, Err(e)) => Err(e),
+            (None, Ok(())) => Err(io::ErrorKind::WouldBlock.into()),
         }
-        if n < room {
-            clear_read_readiness(tcp);
-        }
-        Ok(Some(slab.split_to(n).freeze()))
     })
-}
-
-/// After a short read the receive queue is empty: mark the socket not
-/// readable without another syscall. Safe against races: tokio clears only
-/// if no readiness event arrived since it was observed, and never clears
-/// "read closed".
-pub(crate) fn clear_read_readiness(tcp: &TcpStream) {
-    let _ = tcp.try_io(Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
 }
 
 /// Where the peer's bytes come from.
@@ -389,6 +393,19 @@ mod tests {
 
     #[tokio::test]
     async fn early_data_backpressure_half_close_and_counts() {
+        early_data_case().await;
+    }
+
+    /// The same on the work-stealing runtime (`--proxy-threads` > 1), where
+    /// readiness events are handled by other threads while a copy reads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn early_data_backpressure_half_close_and_counts_multi_thread() {
+        for _ in 0..20 {
+            early_data_case().await;
+        }
+    }
+
+    async fn early_data_case() {
         let (send_req, mut server) = h2().await;
         // Server side: read the early data before answering, then hand the
         // stream to a copy towards an echo "pod".

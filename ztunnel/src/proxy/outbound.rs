@@ -237,8 +237,9 @@ impl Outbound {
                 why = ka => info!(%peer, reason = why, "HBONE client connection dropped"),
                 () = idle => debug!(%peer, "idle HBONE client connection closed"),
             }
-            // Whatever ended it, no new tunnel may pick it from the pool.
-            slots.fetch_add(CLOSED, Ordering::AcqRel);
+            // Whatever ended it, no new tunnel may pick it from the pool
+            // (the idle path has already marked it).
+            let _ = slots.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < CLOSED).then_some(n + CLOSED));
         });
         Ok((send, streams))
     }
