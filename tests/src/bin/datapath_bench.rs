@@ -11,7 +11,7 @@
 //! installs it).
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -185,11 +185,14 @@ fn main() -> anyhow::Result<()> {
     let client_pod = &tb.pod("bench/client").context("client")?.ns;
     client_pod.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
     client_pod.sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
-    let mut iperf_srv: Child = Command::new("ip")
-        .args(["netns", "exec", &server_ns, "iperf3", "-s"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    // Killed on every way out (a guard), also on an early return or error.
+    let _iperf_srv = testbed::cluster::Proc(
+        Command::new("ip")
+            .args(["netns", "exec", &server_ns, "iperf3", "-s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
     std::thread::sleep(Duration::from_millis(300));
 
     let ours = [
@@ -274,8 +277,6 @@ fn main() -> anyhow::Result<()> {
             }
         })
         .collect();
-    let _ = iperf_srv.kill();
-    let _ = iperf_srv.wait();
 
     let base = &results[0];
     println!(

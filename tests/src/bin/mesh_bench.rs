@@ -9,7 +9,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -204,11 +204,14 @@ fn main() -> anyhow::Result<()> {
     let _server = Proc(
         Command::new("ip").args(["netns", "exec", &server_ns]).arg(&me).arg("serve").stdout(Stdio::null()).spawn()?,
     );
-    let mut iperf_srv: Child = Command::new("ip")
-        .args(["netns", "exec", &server_ns, "iperf3", "-s"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    // Killed on every way out (a guard), also on an error.
+    let iperf_srv = Proc(
+        Command::new("ip")
+            .args(["netns", "exec", &server_ns, "iperf3", "-s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
     std::thread::sleep(Duration::from_millis(300));
 
     let ns: Vec<String> = tb.nodes.iter().map(|n| n.ns.name().to_string()).collect();
@@ -257,8 +260,7 @@ fn main() -> anyhow::Result<()> {
         (pids.iter().filter_map(|p| rss_mib(*p)).collect::<Vec<f64>>(), cpu)
     })?;
     drop(agents);
-    let _ = iperf_srv.kill();
-    let _ = iperf_srv.wait();
+    drop(iperf_srv);
 
     let med = |v: Vec<f64>| {
         let mut v = v;
