@@ -129,9 +129,6 @@ impl Capture {
             return None;
         };
         let peer = SocketAddr::new(node_ip, self.hbone_port);
-        // Boxed: the open future (TLS handshake state of a new pooled
-        // connection) is large and would otherwise stay allocated inside
-        // this task for the whole life of the tunnel.
         let tunnel = match self.outbound.open(&src_id, src, &dst_id, dst, peer).await {
             Ok(t) => t,
             Err(e) => {

@@ -180,7 +180,8 @@ impl Inbound {
             let (this, acceptor) = (self.clone(), acceptor.clone());
             tokio::spawn(
                 async move {
-                    let stream = match tokio::time::timeout(this.config.handshake_timeout, acceptor.accept(super::io::ReadAhead::new(tcp))).await {
+                    let handshake = acceptor.accept(super::io::ReadAhead::new(tcp));
+                    let stream = match tokio::time::timeout(this.config.handshake_timeout, handshake).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             info!(error = %e, "handshake rejected");
@@ -213,14 +214,20 @@ impl Inbound {
                         .initial_connection_window_size(CONNECTION_WINDOW)
                         .max_frame_size(MAX_FRAME)
                         .max_header_list_size(MAX_HEADER_LIST)
-                                    .max_concurrent_streams(MAX_STREAMS)
-                        .handshake::<_, Bytes>(stream)
-                        .await;
-                    let mut conn = match built {
-                        Ok(c) => c,
-                        Err(e) => {
+                        .max_concurrent_streams(MAX_STREAMS)
+                        .handshake::<_, Bytes>(stream);
+                    // A peer that never sends the HTTP/2 preface must not
+                    // hold the task: the same bound as the TLS handshake.
+                    let mut conn = match tokio::time::timeout(this.config.handshake_timeout, built).await {
+                        Ok(Ok(c)) => c,
+                        Ok(Err(e)) => {
                             info!(error = %e, "HTTP/2 handshake failed");
                             this.handshake_failed("http2");
+                            return;
+                        }
+                        Err(_) => {
+                            info!("HTTP/2 handshake timed out");
+                            this.handshake_failed("timeout");
                             return;
                         }
                     };

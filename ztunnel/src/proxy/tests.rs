@@ -327,6 +327,30 @@ async fn garbage_and_non_connect_requests_are_rejected_without_harm() {
 }
 
 #[tokio::test]
+async fn a_peer_that_never_speaks_http2_is_dropped() {
+    let m = mesh().await;
+    let config = super::tls::client_config(&m.a, &m.frontend, &m.db).unwrap();
+    let tcp = tokio::net::TcpStream::connect(m.proxy_b).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from(super::tls::sni_for(&m.db)).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap();
+    // Mutually authenticated, then silence: no HTTP/2 preface. The server
+    // gives up after its handshake timeout (2 s here) and closes.
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the silent connection is still open");
+    let reason = super::metrics::ReasonLabels { reason: "timeout" };
+    assert_eq!(m.metrics_b.handshake_failures.get_or_create(&reason).get(), 1);
+}
+
+#[tokio::test]
 async fn renewal_and_bundle_change_take_effect_on_new_handshakes_only() {
     let m = mesh().await;
     let pod = echo_pod().await;
