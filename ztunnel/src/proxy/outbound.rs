@@ -92,6 +92,9 @@ pub const MAX_FRAME: u32 = 1 << 20;
 /// Largest header block accepted (CONNECT requests and answers are tiny).
 pub const MAX_HEADER_LIST: u32 = 16 * 1024;
 
+/// The pooled connections of one key.
+type Conns = Arc<Mutex<Vec<Pooled>>>;
+
 /// One pooled HTTP/2 connection, its number of open tunnels and the
 /// counters of its identity pair.
 struct Pooled {
@@ -145,7 +148,11 @@ impl std::fmt::Debug for Tunnel {
 /// The tunnel client.
 pub struct Outbound {
     cache: Arc<SecretCache>,
-    pool: Mutex<HashMap<Key, Vec<Pooled>>>,
+    /// Connections per key. Each key has its own lock, held while a new
+    /// connection for that key is dialled (tunnels for the same key wait
+    /// and then share it); the map's lock is held only to find the entry,
+    /// so a slow or unreachable peer never delays tunnels to other peers.
+    pool: std::sync::Mutex<HashMap<Key, Conns>>,
     timeout: Duration,
     metrics: Arc<ProxyMetrics>,
 }
@@ -170,21 +177,31 @@ impl Outbound {
     /// A client using certificates from `cache`, counting tunnels in
     /// `metrics`.
     pub fn new(cache: Arc<SecretCache>, metrics: Arc<ProxyMetrics>) -> Self {
-        Self { cache, pool: Mutex::new(HashMap::new()), timeout: Duration::from_secs(10), metrics }
+        Self { cache, pool: std::sync::Mutex::new(HashMap::new()), timeout: Duration::from_secs(10), metrics }
     }
 
-    /// Number of open pooled connections (closed ones are pruned first).
+    /// Number of open pooled connections.
     #[cfg(test)]
     pub async fn pool_size(&self) -> usize {
-        let mut pool = self.pool.lock().await;
-        pool.values_mut().for_each(|v| v.retain(|p| !p.is_closed()));
-        pool.values().map(Vec::len).sum()
+        let all: Vec<Conns> = self.map().values().cloned().collect();
+        let mut n = 0;
+        for conns in all {
+            n += conns.lock().await.iter().filter(|p| !p.is_closed()).count();
+        }
+        n
     }
 
-    /// Forgets closed connections, and connections whose client certificate
-    /// is no longer current (they close once their streams end).
-    fn prune(&self, pool: &mut HashMap<Key, Vec<Pooled>>) {
-        pool.retain(|(src, serial, _, _), conns| {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Conns>> {
+        // The map holds no invariant a panic could break half-way.
+        self.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Forgets keys whose connections are all closed, and keys whose client
+    /// certificate is no longer current (their connections close once
+    /// their streams end). Keys in use right now (locked) stay.
+    fn prune(&self) {
+        self.map().retain(|(src, serial, _, _), conns| {
+            let Ok(mut conns) = conns.try_lock() else { return true };
             conns.retain(|p| !p.is_closed());
             !conns.is_empty() && self.cache.cert(src).is_some_and(|c| &c.serial == serial)
         });
@@ -247,13 +264,15 @@ impl Outbound {
     /// A connection with a free stream slot (taken), dialling a new one when
     /// all pooled connections are full.
     async fn sender(&self, key: &Key) -> Result<(SendRequest<Bytes>, Slot, Arc<PairMetrics>), OutboundError> {
-        let mut pool = self.pool.lock().await;
-        if let Some(p) = pool.get(key).and_then(|conns| conns.iter().find(|p| p.take_slot())) {
+        let entry = self.map().entry(key.clone()).or_default().clone();
+        let mut conns = entry.lock().await;
+        if let Some(p) = conns.iter().find(|p| p.take_slot()) {
             return Ok((p.send.clone(), Slot(p.streams.clone()), p.pair.clone()));
         }
-        // Only when a connection must be opened: sweep out closed and
-        // superseded ones (not on every tunnel).
-        self.prune(&mut pool);
+        // Only when a connection must be opened: sweep out closed ones, and
+        // other keys' leftovers (not on every tunnel).
+        conns.retain(|p| !p.is_closed());
+        self.prune();
         let (send, streams) = self.dial(key).await?;
         let (src, _, dst, _) = key;
         let pair = self.metrics.pair(ConnLabels {
@@ -261,11 +280,11 @@ impl Outbound {
             source_identity: src.to_string(),
             destination_identity: dst.to_string(),
         });
-        pool.entry(key.clone()).or_default().push(Pooled {
-            send: send.clone(),
-            streams: streams.clone(),
-            pair: pair.clone(),
-        });
+        conns.push(Pooled { send: send.clone(), streams: streams.clone(), pair: pair.clone() });
+        drop(conns);
+        // A key pruned while this dial ran (its entry was locked, so it was
+        // kept) is back in the map if it had been removed.
+        self.map().entry(key.clone()).or_insert(entry);
         Ok((send, Slot(streams), pair))
     }
 

@@ -327,6 +327,33 @@ async fn garbage_and_non_connect_requests_are_rejected_without_harm() {
 }
 
 #[tokio::test]
+async fn a_peer_that_hangs_does_not_delay_tunnels_to_other_peers() {
+    let m = mesh().await;
+    let pod = echo_pod().await;
+    // A "node" that accepts TCP and then never answers the TLS handshake.
+    let hole = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_addr = hole.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            held.push(s);
+        }
+    });
+    let out = Arc::new(Outbound::new(m.a.clone(), Default::default()));
+    let stuck = {
+        let (out, frontend, db) = (out.clone(), m.frontend.clone(), m.db.clone());
+        tokio::spawn(async move { out.connect(&frontend, src(50000), &db, pod, hole_addr).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = std::time::Instant::now();
+    let mut t = out.connect(&m.frontend, src(50001), &m.db, pod, m.proxy_b).await.unwrap();
+    assert_eq!(roundtrip(&mut t, b"not blocked").await, b"not blocked");
+    assert!(t0.elapsed() < Duration::from_secs(3), "waited {:?} behind the hanging peer", t0.elapsed());
+    assert!(!stuck.is_finished(), "the hanging dial is still pending");
+    stuck.abort();
+}
+
+#[tokio::test]
 async fn a_peer_that_never_speaks_http2_is_dropped() {
     let m = mesh().await;
     let config = super::tls::client_config(&m.a, &m.frontend, &m.db).unwrap();
