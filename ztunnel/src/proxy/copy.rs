@@ -7,8 +7,10 @@
 //!
 //! - **Memory**: an idle tunnel holds no buffer. Reads go into a per-thread
 //!   slab; each read's bytes are split off it (reference-counted, no copy)
-//!   and live only until HTTP/2 has written them. Received frames are held
-//!   only until the pod's socket takes them.
+//!   and live only until HTTP/2 has written them; a small chunk that must
+//!   wait for the peer's window is copied out first, so a stalled tunnel
+//!   does not pin a whole slab. Received frames are held only until the
+//!   pod's socket takes them.
 //! - **Backpressure**: data is handed to HTTP/2 only as the stream's flow
 //!   control window allows (no unbounded send buffer), and the receive
 //!   window is released only once the bytes are in the pod's socket, so a
@@ -111,6 +113,8 @@ pub enum Incoming {
 struct Up {
     /// Bytes read from the pod that HTTP/2 has no window for yet.
     pending: Bytes,
+    /// `pending` is its own allocation (not a slice of the read slab).
+    compact: bool,
     eof: bool,
     done: bool,
     total: u64,
@@ -170,10 +174,20 @@ fn poll_up(
             send.reserve_capacity(up.pending.len());
             let mut cap = send.capacity();
             if cap == 0 {
-                cap = match ready!(send.poll_capacity(cx)) {
-                    Some(Ok(c)) => c,
-                    Some(Err(e)) => return Poll::Ready(Err(e.into())),
-                    None => return Poll::Ready(Err(CopyError::Closed)),
+                cap = match send.poll_capacity(cx) {
+                    Poll::Ready(Some(Ok(c))) => c,
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),
+                    Poll::Ready(None) => return Poll::Ready(Err(CopyError::Closed)),
+                    Poll::Pending => {
+                        // Waiting for the peer's window (a slow reader over
+                        // there): keep just these bytes, not the 64 KiB slab
+                        // they were read into, however long that takes.
+                        if up.pending.len() <= MIN_READ && !up.compact {
+                            up.pending = Bytes::copy_from_slice(&up.pending);
+                            up.compact = true;
+                        }
+                        return Poll::Pending;
+                    }
                 };
                 if cap == 0 {
                     continue;
@@ -198,6 +212,7 @@ fn poll_up(
             Ok(Some(b)) => {
                 up.total += b.len() as u64;
                 up.pending = b;
+                up.compact = false;
             }
             Ok(None) => up.eof = true,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
