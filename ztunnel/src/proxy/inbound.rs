@@ -31,8 +31,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::copy::{self, Incoming};
 use super::metrics::{ConnLabels, PairMetrics, ProxyMetrics, ReasonLabels};
-use super::outbound::{CONNECTION_WINDOW, MAX_FRAME, MAX_HEADER_LIST, STREAM_WINDOW, keepalive};
 use super::tls;
+use super::{CONNECTION_WINDOW, MAX_FRAME, MAX_HEADER_LIST, STREAM_WINDOW, keepalive};
 use crate::identity::SecretCache;
 
 /// A workload as the proxy needs it.
@@ -104,9 +104,6 @@ pub struct Inbound {
 
 /// Streams one HBONE connection may carry at once.
 const MAX_STREAMS: u32 = 1000;
-/// Keepalive pings on accepted connections.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn status(code: StatusCode) -> Response<()> {
     let mut r = Response::new(());
@@ -238,7 +235,7 @@ impl Inbound {
                         source_identity: identity.to_string(),
                         destination_identity: sni.as_ref().map(ToString::to_string).unwrap_or_default(),
                     });
-                    let ka = keepalive(conn.ping_pong(), KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT);
+                    let ka = keepalive(conn.ping_pong());
                     tokio::pin!(ka);
                     let mut shutdown = this.shutdown.clone();
                     let mut draining = false;

@@ -18,6 +18,37 @@ pub mod metrics;
 pub mod outbound;
 pub mod tls;
 
+/// HTTP/2 settings both sides of a tunnel use: large windows and frames so
+/// one bulk stream is not throttled by flow control on a fast node link.
+pub const STREAM_WINDOW: u32 = 4 << 20;
+/// Connection-level receive window.
+pub const CONNECTION_WINDOW: u32 = 16 << 20;
+/// Largest DATA frame either side accepts.
+pub const MAX_FRAME: u32 = 1 << 20;
+/// Largest header block accepted (CONNECT requests and answers are tiny).
+pub const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// Keepalive: a PING this often while an HBONE connection is open...
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+/// ...answered within this, or the connection is dropped.
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Pings the peer every [`KEEPALIVE_INTERVAL`]; resolves (with the reason)
+/// when a ping is not answered within [`KEEPALIVE_TIMEOUT`] or the
+/// connection is gone.
+pub async fn keepalive(ping_pong: Option<h2::PingPong>) -> &'static str {
+    let Some(mut pp) = ping_pong else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(KEEPALIVE_INTERVAL).await;
+        match tokio::time::timeout(KEEPALIVE_TIMEOUT, pp.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return "connection closed",
+            Err(_) => return "keepalive timed out",
+        }
+    }
+}
+
 /// Resolves once `shutdown` turns true (or its sender is gone).
 pub async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     // The guard `wait_for` returns is dropped here, not held across awaits.

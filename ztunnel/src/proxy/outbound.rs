@@ -33,7 +33,7 @@ use tokio::sync::Mutex;
 use tracing::{debug, info};
 
 use super::metrics::{ConnLabels, PairMetrics, ProxyMetrics};
-use super::tls;
+use super::{CONNECTION_WINDOW, KEEPALIVE_INTERVAL, MAX_FRAME, MAX_HEADER_LIST, STREAM_WINDOW, keepalive, tls};
 use crate::identity::SecretCache;
 
 /// Why a tunnel could not be opened. The caller resets the original
@@ -75,22 +75,8 @@ const STREAMS_PER_CONNECTION: usize = 100;
 /// A connection's stream count once it is closed: above any real count, so
 /// no new tunnel can take a slot on it.
 const CLOSED: usize = usize::MAX / 2;
-/// Keepalive: a PING this often while the connection is open...
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-/// ...answered within this, or the connection is dropped.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A pooled connection with no tunnel for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// HTTP/2 settings both sides use: large windows and frames so one bulk
-/// stream is not throttled by flow control on a fast node link.
-pub const STREAM_WINDOW: u32 = 4 << 20;
-/// Connection-level receive window.
-pub const CONNECTION_WINDOW: u32 = 16 << 20;
-/// Largest DATA frame either side accepts.
-pub const MAX_FRAME: u32 = 1 << 20;
-/// Largest header block accepted (CONNECT requests and answers are tiny).
-pub const MAX_HEADER_LIST: u32 = 16 * 1024;
 
 /// The pooled connections of one key.
 type Conns = Arc<Mutex<Vec<Pooled>>>;
@@ -157,22 +143,6 @@ pub struct Outbound {
     metrics: Arc<ProxyMetrics>,
 }
 
-/// Sends a PING every `interval`; resolves (with the reason) when one is not
-/// answered within `timeout` or the connection is gone.
-pub async fn keepalive(ping_pong: Option<h2::PingPong>, interval: Duration, timeout: Duration) -> &'static str {
-    let Some(mut pp) = ping_pong else {
-        return std::future::pending().await;
-    };
-    loop {
-        tokio::time::sleep(interval).await;
-        match tokio::time::timeout(timeout, pp.ping(h2::Ping::opaque())).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => return "connection closed",
-            Err(_) => return "keepalive timed out",
-        }
-    }
-}
-
 impl Outbound {
     /// A client using certificates from `cache`, counting tunnels in
     /// `metrics`.
@@ -232,7 +202,7 @@ impl Outbound {
         let ping_pong = conn.ping_pong();
         let peer = *peer;
         tokio::spawn(async move {
-            let ka = keepalive(ping_pong, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT);
+            let ka = keepalive(ping_pong);
             let idle = async {
                 let mut idle_for = Duration::ZERO;
                 loop {
