@@ -18,19 +18,19 @@ use tokio::net::TcpStream;
 
 /// A socket that reads ahead in large chunks (see the module docs).
 #[derive(Debug)]
-pub struct ReadAhead<T = TcpStream> {
-    io: T,
+pub struct ReadAhead {
+    io: TcpStream,
     buf: Bytes,
 }
 
-impl<T> ReadAhead<T> {
+impl ReadAhead {
     /// Wraps `io`.
-    pub fn new(io: T) -> Self {
+    pub fn new(io: TcpStream) -> Self {
         Self { io, buf: Bytes::new() }
     }
 }
 
-impl AsyncRead for ReadAhead<TcpStream> {
+impl AsyncRead for ReadAhead {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         while this.buf.is_empty() {
@@ -50,7 +50,7 @@ impl AsyncRead for ReadAhead<TcpStream> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for ReadAhead<T> {
+impl AsyncWrite for ReadAhead {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
