@@ -256,6 +256,12 @@ fn main() -> anyhow::Result<()> {
             let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
             let mem: Vec<&str> = status.lines().filter(|l| l.starts_with("Rss")).collect();
             eprintln!("agent {p}: {}", mem.join(", ").split_whitespace().collect::<Vec<_>>().join(" "));
+            // ZT_BENCH_SMAPS=DIR keeps each agent's memory map for a look at
+            // which mappings the RSS is made of.
+            if let Ok(dir) = std::env::var("ZT_BENCH_SMAPS") {
+                let smaps = std::fs::read_to_string(format!("/proc/{p}/smaps")).unwrap_or_default();
+                let _ = std::fs::write(Path::new(&dir).join(format!("agent-{p}.smaps")), smaps);
+            }
         }
         (pids.iter().filter_map(|p| rss_mib(*p)).collect::<Vec<f64>>(), cpu)
     })?;

@@ -119,6 +119,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         crate::kube_source::open::<source::PolicyKinds>(&cfg.source, crate::kube_source::policy_resources())?;
     tracing::info!(node = %cfg.node, source = %cfg.source.describe(), "agent started");
     let mut last_problems: Vec<String> = Vec::new();
+    let mut last_trim: Option<std::time::Instant> = None;
     loop {
         let poll = source.poll();
         for e in &poll.errors {
@@ -206,7 +207,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 format!("API server unreachable, enforcing the last known state: {}\n", health.detail)
             };
         }
-        state.ready.store(mesh.as_ref().is_none_or(mesh::Mesh::ready) && health.connected, Ordering::Relaxed);
+        let ready = mesh.as_ref().is_none_or(mesh::Mesh::ready) && health.connected;
+        state.ready.store(ready, Ordering::Relaxed);
         if stop.load(Ordering::Relaxed) {
             tracing::info!("SIGTERM: draining");
             state.ready.store(false, Ordering::Relaxed);
@@ -217,7 +219,33 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             // mesh, fail-closed steering) continues until the next agent.
             return Ok(());
         }
+        // First once start-up is over (datapath loaded, certificates
+        // issued), then periodically.
+        if ready && last_trim.is_none_or(|t| t.elapsed() >= TRIM_EVERY) {
+            last_trim = Some(std::time::Instant::now());
+            release_free_memory();
+        }
         std::thread::sleep(cfg.poll);
+    }
+}
+
+/// How often the allocator is asked to give free pages back.
+const TRIM_EVERY: Duration = Duration::from_secs(30);
+
+/// Returns the allocator's free pages to the kernel. glibc gives memory
+/// back only from the top of a heap; loading the datapath (the kernel's BTF
+/// is parsed into ~10 MB of short-lived tables), a policy recompile or a
+/// burst of tunnel set-ups leaves free pages behind live allocations, which
+/// would stay resident for the life of the agent: ~2 MB idle and under
+/// load. Runs on this control thread, every `TRIM_EVERY`; ~50 µs
+/// per call in the mesh benchmark.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    // SAFETY: malloc_trim has no preconditions; it only returns free,
+    // unused pages of the allocator's own heaps to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

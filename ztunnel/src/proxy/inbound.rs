@@ -102,8 +102,9 @@ pub struct Inbound {
     shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
-/// Streams one HBONE connection may carry at once.
-const MAX_STREAMS: u32 = 1000;
+/// Streams one HBONE connection may carry at once: twice what a client
+/// opens (see `outbound::STREAMS_PER_CONNECTION`).
+const MAX_STREAMS: u32 = 2 * super::outbound::STREAMS_PER_CONNECTION as u32;
 
 fn status(code: StatusCode) -> Response<()> {
     let mut r = Response::new(());
