@@ -230,7 +230,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 }
 
 /// How often the allocator is asked to give free pages back.
-const TRIM_EVERY: Duration = Duration::from_secs(30);
+const TRIM_EVERY: Duration = Duration::from_secs(10);
 
 /// Returns the allocator's free pages to the kernel. glibc gives memory
 /// back only from the top of a heap; loading the datapath (the kernel's BTF
