@@ -80,11 +80,12 @@ struct {
 } zt_config SEC(".maps");
 
 /*
- * 256 KiB = 4096 events: the agent drains every poll (200 ms), so this
- * holds 20k new flows per second, well above what one node's proxy opens;
- * a burst beyond it loses events, not traffic. Kept small because the
- * agent maps the data pages twice (the ring wraps through a second
- * mapping): 1 MiB here was 2 MiB of the agent's resident memory.
+ * 256 KiB holds ~3,600 events (64 bytes plus the ring's 8-byte record
+ * header each); the agent drains it every poll (200 ms), so ~18k new flows
+ * per second, well above what one node's proxy opens. A burst beyond it
+ * loses events (counted), never traffic. Kept small because the agent maps
+ * the data pages twice (the ring wraps through a second mapping): 1 MiB
+ * here was 2 MiB of the agent's resident memory.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -93,7 +94,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 4);
+	__uint(max_entries, ZT_COUNTERS);
 	__type(key, __u32);
 	__type(value, struct zt_counter);
 } zt_counters SEC(".maps");
@@ -291,8 +292,15 @@ static __always_inline void count(__u8 dir, int allowed, __u32 bytes)
 static __always_inline void emit(__u32 endpoint, __u8 dir, struct flow *f, int reason, __u32 rule, __u32 peer_id)
 {
 	struct zt_event *e = bpf_ringbuf_reserve(&zt_events, sizeof(*e), 0);
-	if (!e)
-		return; /* full: the agent counts lost events from the counters */
+	if (!e) {
+		/* Ring full (the agent drains it every poll): the verdict stands,
+		 * only its event is lost, and counted so the agent can say so. */
+		__u32 idx = ZT_COUNTER_EVENTS_LOST;
+		struct zt_counter *c = bpf_map_lookup_elem(&zt_counters, &idx);
+		if (c)
+			c->packets += 1;
+		return;
+	}
 	e->ts_ns = bpf_ktime_get_ns();
 	e->endpoint = endpoint;
 	e->rule = rule;

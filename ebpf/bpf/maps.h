@@ -196,8 +196,12 @@ struct zt_event {
 };
 
 /*
- * zt_counters (PERCPU_ARRAY): index = direction * 2 + allowed.
+ * zt_counters (PERCPU_ARRAY): index = direction * 2 + allowed (packets and
+ * bytes judged); index ZT_COUNTER_EVENTS_LOST counts, in `packets`, verdict
+ * events dropped because the zt_events ring was full.
  */
+#define ZT_COUNTER_EVENTS_LOST 4
+#define ZT_COUNTERS 5
 struct zt_counter {
 	__u64 packets;
 	__u64 bytes;

@@ -235,6 +235,10 @@ impl ZtEvent {
     }
 }
 
+/// Index of `zt_counters` whose `packets` counts verdict events lost to a
+/// full `zt_events` ring (indices 0–3: direction * 2 + allowed).
+pub const COUNTER_EVENTS_LOST: u32 = 4;
+
 /// `struct zt_counter` (one per CPU).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]

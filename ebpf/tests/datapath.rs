@@ -139,6 +139,38 @@ fn events(dp: &mut Datapath) -> Vec<maps::ZtEvent> {
     out
 }
 
+/// A full event ring loses events, never verdicts, and counts every lost
+/// event: events drained + events lost = new flows judged.
+#[test]
+fn a_full_event_ring_counts_lost_events() {
+    if !privileged("a_full_event_ring_counts_lost_events") {
+        return;
+    }
+    let cluster = example_cluster();
+    let compiler = Compiler::from_cluster(Scope::Cluster, &cluster);
+    let mut dp = load(compiler.tables());
+    let tables = compiler.tables().clone();
+    let db = tables.endpoint_of(&policy::ObjectKey::new("default", "db")).unwrap();
+    dp.maps.put_endpoint(TEST_IFINDEX, maps::endpoint(db, &tables.endpoints[&db])).unwrap();
+    let _ = events(&mut dp);
+    let lost = |dp: &Datapath| -> u64 {
+        let c: aya::maps::PerCpuArray<_, maps::ZtCounter> =
+            aya::maps::PerCpuArray::try_from(dp.bpf.map(zt_ebpf::map_names::COUNTERS).unwrap()).unwrap();
+        c.get(&maps::COUNTER_EVENTS_LOST, 0).unwrap().iter().map(|c| c.packets).sum()
+    };
+    let before = lost(&dp);
+    // More new flows than the ring holds, none drained in between.
+    let flows = 5000u16;
+    for i in 0..flows {
+        let syn = tcp("10.244.2.10", 20000 + i, "10.244.1.11", 6379, 0x02);
+        assert_eq!(dp.test_run(Direction::Ingress, &syn), TC_ACT_OK, "the verdict stands when the ring is full");
+    }
+    let drained = events(&mut dp).len() as u64;
+    let lost = lost(&dp) - before;
+    assert!(lost > 0 && drained > 0, "drained {drained}, lost {lost}");
+    assert_eq!(drained + lost, u64::from(flows));
+}
+
 #[test]
 fn conntrack_passes_replies_and_policy_changes_revoke_flows() {
     if !privileged("conntrack_passes_replies_and_policy_changes_revoke_flows") {

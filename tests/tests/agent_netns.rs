@@ -227,6 +227,8 @@ fn agent_enforces_policy_changes_from_the_manifest_directory() {
     assert!(count("ztunnel_datapath_packets_total{direction=\"egress\",verdict=\"dropped\"}") > 0, "{}", metrics.1);
     assert!(count("ztunnel_datapath_packets_total{direction=\"ingress\",verdict=\"allowed\"}") > 0, "{}", metrics.1);
     assert_eq!(count("ztunnel_attached_pods"), 2, "{}", metrics.1);
+    // Exported, and nothing lost at this rate.
+    assert!(metrics.1.lines().any(|l| l == "ztunnel_flow_events_lost_total 0"), "{}", metrics.1);
 
     // The flow log names pods, verdicts and policies.
     std::thread::sleep(Duration::from_millis(300));

@@ -41,6 +41,9 @@ pub struct PacketLabels {
 pub struct Metrics {
     /// Flow decisions (one per verdict event).
     pub flows: Family<FlowLabels, Counter>,
+    /// Verdict events lost to a full event ring (the verdicts stand; the
+    /// flow log and `flows` miss them).
+    pub flow_events_lost: Counter,
     /// Packets through the classifiers (from the per-CPU counters).
     pub packets: Family<PacketLabels, Counter>,
     /// Bytes through the classifiers.
@@ -60,6 +63,11 @@ impl Metrics {
     pub fn register(self: &Arc<Self>, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("ztunnel");
         r.register("flows", "Flow decisions of the datapath", self.flows.clone());
+        r.register(
+            "flow_events_lost",
+            "Flow decisions not logged because the event ring was full",
+            self.flow_events_lost.clone(),
+        );
         r.register("datapath_packets", "Packets judged by the classifiers", self.packets.clone());
         r.register("datapath_bytes", "Bytes judged by the classifiers", self.bytes.clone());
         r.register("policy_syncs", "Policy changes written to the maps", self.syncs.clone());

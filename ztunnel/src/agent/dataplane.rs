@@ -308,6 +308,15 @@ impl Dataplane {
         out
     }
 
+    /// Verdict events lost to a full event ring so far, summed over CPUs
+    /// (0 with maps pinned by an agent that predates the counter).
+    pub fn events_lost(&self) -> u64 {
+        self.counters
+            .get(&maps::COUNTER_EVENTS_LOST, 0)
+            .map(|per_cpu| per_cpu.iter().map(|c| c.packets).sum())
+            .unwrap_or(0)
+    }
+
     /// Number of pods with classifiers attached.
     pub fn attached_count(&self) -> usize {
         self.attached.len()

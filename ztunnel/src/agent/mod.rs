@@ -91,6 +91,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let mut last_counters = [(0u64, 0u64); 4];
     let (mut dp, numbers) = Dataplane::load(cfg.pin_dir.as_deref())?;
+    // The counter lives in the (pinned) maps across agents: count from here.
+    let mut last_lost = dp.events_lost();
     let mut compiler = Compiler::new(Scope::Node(cfg.node.clone()));
     compiler.reserve_numbers(numbers.identity, numbers.endpoint, numbers.rule);
     let mesh = match &cfg.mesh {
@@ -184,6 +186,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 .inc();
         });
         flowlog.flush();
+        let lost = dp.events_lost();
+        if lost > last_lost {
+            tracing::warn!(lost = lost - last_lost, "flow events lost: the event ring was full");
+            metrics.flow_events_lost.inc_by(lost - last_lost);
+        }
+        last_lost = lost;
         let now = dp.counters();
         for (i, ((p, b), (lp, lb))) in now.iter().zip(last_counters.iter()).enumerate() {
             let labels = PacketLabels {
