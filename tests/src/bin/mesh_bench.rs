@@ -345,10 +345,10 @@ fn main() -> anyhow::Result<()> {
         ok(max_loaded <= 30.0 * 1e6 / (1 << 20) as f64 && max_idle <= 30.0 * 1e6 / (1 << 20) as f64)
     );
     let round = |v: &[f64]| v.iter().map(|x| (x * 10.0).round() / 10.0).collect::<Vec<_>>();
-    let (second, last) = (&again_rss[0], &again_rss[again_rss.len() - 1]);
-    let growth = last.iter().zip(second).map(|(b, a)| b - a).fold(f64::MIN, f64::max);
+    let (before, last) = (&again_rss[again_rss.len() - 2], &again_rss[again_rss.len() - 1]);
+    let growth = last.iter().zip(before).map(|(b, a)| b - a).fold(f64::MIN, f64::max);
     println!(
-        "  RSS with the same {n_idle} tunnels opened {} more times {:?} MiB (last - second {growth:+.1} MiB)",
+        "  RSS with the same {n_idle} tunnels opened {} more times {:?} MiB (last two rounds differ by {growth:+.1} MiB)",
         again_rss.len(),
         again_rss.iter().map(|r| round(r)).collect::<Vec<_>>()
     );
