@@ -98,11 +98,10 @@ impl Pooled {
         self.streams.load(Ordering::Acquire) >= CLOSED
     }
 
-    /// Takes a stream slot if the connection is open and has one free.
-    fn take_slot(&self) -> bool {
-        self.streams
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < STREAMS_PER_CONNECTION).then_some(n + 1))
-            .is_ok()
+    /// Takes a stream slot if the connection is open and has one of its
+    /// `limit` free.
+    fn take_slot(&self, limit: usize) -> bool {
+        self.streams.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1)).is_ok()
     }
 }
 
@@ -144,6 +143,8 @@ pub struct Outbound {
     /// so a slow or unreachable peer never delays tunnels to other peers.
     pool: std::sync::Mutex<HashMap<Key, Conns>>,
     timeout: Duration,
+    /// Tunnels per connection ([`STREAMS_PER_CONNECTION`]; tests lower it).
+    streams_per_connection: usize,
     metrics: Arc<ProxyMetrics>,
 }
 
@@ -151,7 +152,20 @@ impl Outbound {
     /// A client using certificates from `cache`, counting tunnels in
     /// `metrics`.
     pub fn new(cache: Arc<SecretCache>, metrics: Arc<ProxyMetrics>) -> Self {
-        Self { cache, pool: std::sync::Mutex::new(HashMap::new()), timeout: Duration::from_secs(10), metrics }
+        Self {
+            cache,
+            pool: std::sync::Mutex::new(HashMap::new()),
+            timeout: Duration::from_secs(10),
+            streams_per_connection: STREAMS_PER_CONNECTION,
+            metrics,
+        }
+    }
+
+    /// The same with another bound on tunnels per connection.
+    #[cfg(test)]
+    pub fn with_streams_per_connection(mut self, n: usize) -> Self {
+        self.streams_per_connection = n;
+        self
     }
 
     /// Number of open pooled connections.
@@ -240,7 +254,7 @@ impl Outbound {
     async fn sender(&self, key: &Key) -> Result<(SendRequest<Bytes>, Slot, Arc<PairMetrics>), OutboundError> {
         let entry = self.map().entry(key.clone()).or_default().clone();
         let mut conns = entry.lock().await;
-        if let Some(p) = conns.iter().find(|p| p.take_slot()) {
+        if let Some(p) = conns.iter().find(|p| p.take_slot(self.streams_per_connection)) {
             return Ok((p.send.clone(), Slot(p.streams.clone()), p.pair.clone()));
         }
         // Only when a connection must be opened: sweep out closed ones, and

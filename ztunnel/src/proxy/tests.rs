@@ -182,6 +182,26 @@ async fn tunnel_carries_bytes_and_connections_are_pooled() {
 }
 
 #[tokio::test]
+async fn streams_per_connection_are_bounded_and_freed_slots_are_reused() {
+    let mut m = mesh().await;
+    m.out = Outbound::new(m.a.clone(), Default::default()).with_streams_per_connection(2);
+    let pod = echo_pod().await;
+    let mut t1 = m.out.connect(&m.frontend, src(40100), &m.db, pod, m.proxy_b).await.unwrap();
+    let mut t2 = m.out.connect(&m.frontend, src(40101), &m.db, pod, m.proxy_b).await.unwrap();
+    assert_eq!(m.out.pool_size().await, 1, "two tunnels fit on one connection");
+    let mut t3 = m.out.connect(&m.frontend, src(40102), &m.db, pod, m.proxy_b).await.unwrap();
+    assert_eq!(m.out.pool_size().await, 2, "the third opens a second connection");
+    for (t, msg) in [(&mut t1, &b"one"[..]), (&mut t2, b"two"), (&mut t3, b"three")] {
+        assert_eq!(roundtrip(t, msg).await, msg);
+    }
+    // A finished tunnel gives its slot back: the next one uses it.
+    drop(t1);
+    let mut t4 = m.out.connect(&m.frontend, src(40103), &m.db, pod, m.proxy_b).await.unwrap();
+    assert_eq!(roundtrip(&mut t4, b"four").await, b"four");
+    assert_eq!(m.out.pool_size().await, 2, "no third connection");
+}
+
+#[tokio::test]
 async fn inbound_counts_tunnels_and_bytes_per_identity_pair() {
     let m = mesh().await;
     let pod = echo_pod().await;
