@@ -226,6 +226,7 @@ fn poll_down(
     tcp: &mut TcpStream,
     incoming: &mut Option<Incoming>,
     down: &mut Down,
+    up_done: bool,
 ) -> Poll<Result<(), CopyError>> {
     if let Some(Incoming::Response(r)) = incoming {
         let resp = ready!(Pin::new(r).poll(cx))?;
@@ -254,7 +255,11 @@ fn poll_down(
             }
         }
         if down.eof {
-            ready!(Pin::new(&mut *tcp).poll_shutdown(cx))?;
+            // With the pod's side already ended the socket is closed right
+            // after this, and the close sends the FIN: no separate shutdown.
+            if !up_done {
+                ready!(Pin::new(&mut *tcp).poll_shutdown(cx))?;
+            }
             down.done = true;
             return Poll::Ready(Ok(()));
         }
@@ -281,7 +286,7 @@ impl Future for Tunnel {
         // sending, and the refusal is the better reason to report.
         let mut result = Ok(());
         if !this.down.done
-            && let Poll::Ready(Err(e)) = poll_down(cx, &mut this.tcp, &mut this.incoming, &mut this.down)
+            && let Poll::Ready(Err(e)) = poll_down(cx, &mut this.tcp, &mut this.incoming, &mut this.down, this.up.done)
         {
             result = Err(e);
         }
