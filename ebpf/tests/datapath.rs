@@ -139,6 +139,19 @@ fn events(dp: &mut Datapath) -> Vec<maps::ZtEvent> {
     out
 }
 
+/// The example cluster's datapath with the test interface as `default/db`
+/// (its event ring drained).
+fn at_db() -> (Compiler, Datapath, u32) {
+    let cluster = example_cluster();
+    let compiler = Compiler::from_cluster(Scope::Cluster, &cluster);
+    let mut dp = load(compiler.tables());
+    let tables = compiler.tables();
+    let db = tables.endpoint_of(&policy::ObjectKey::new("default", "db")).unwrap();
+    dp.maps.put_endpoint(TEST_IFINDEX, maps::endpoint(db, &tables.endpoints[&db])).unwrap();
+    let _ = events(&mut dp);
+    (compiler, dp, db)
+}
+
 /// A full event ring loses events, never verdicts, and counts every lost
 /// event: events drained + events lost = new flows judged.
 #[test]
@@ -146,13 +159,7 @@ fn a_full_event_ring_counts_lost_events() {
     if !privileged("a_full_event_ring_counts_lost_events") {
         return;
     }
-    let cluster = example_cluster();
-    let compiler = Compiler::from_cluster(Scope::Cluster, &cluster);
-    let mut dp = load(compiler.tables());
-    let tables = compiler.tables().clone();
-    let db = tables.endpoint_of(&policy::ObjectKey::new("default", "db")).unwrap();
-    dp.maps.put_endpoint(TEST_IFINDEX, maps::endpoint(db, &tables.endpoints[&db])).unwrap();
-    let _ = events(&mut dp);
+    let (_, mut dp, _) = at_db();
     let lost = |dp: &Datapath| -> u64 {
         let c: aya::maps::PerCpuArray<_, maps::ZtCounter> =
             aya::maps::PerCpuArray::try_from(dp.bpf.map(zt_ebpf::map_names::COUNTERS).unwrap()).unwrap();
@@ -176,13 +183,7 @@ fn conntrack_passes_replies_and_policy_changes_revoke_flows() {
     if !privileged("conntrack_passes_replies_and_policy_changes_revoke_flows") {
         return;
     }
-    let cluster = example_cluster();
-    let mut compiler = Compiler::from_cluster(Scope::Cluster, &cluster);
-    let mut dp = load(compiler.tables());
-    let tables = compiler.tables().clone();
-    let db = tables.endpoint_of(&policy::ObjectKey::new("default", "db")).unwrap();
-    dp.maps.put_endpoint(TEST_IFINDEX, maps::endpoint(db, &tables.endpoints[&db])).unwrap();
-    let _ = events(&mut dp);
+    let (mut compiler, mut dp, db) = at_db();
 
     let syn = tcp("10.244.2.10", 40000, "10.244.1.11", 6379, 0x02);
     let syn_ack = tcp("10.244.1.11", 6379, "10.244.2.10", 40000, 0x12);
