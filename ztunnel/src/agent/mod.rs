@@ -215,8 +215,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 format!("API server unreachable, enforcing the last known state: {}\n", health.detail)
             };
         }
-        let ready = mesh.as_ref().is_none_or(mesh::Mesh::ready) && health.connected;
-        state.ready.store(ready, Ordering::Relaxed);
+        let started = mesh.as_ref().is_none_or(mesh::Mesh::ready);
+        state.ready.store(started && health.connected, Ordering::Relaxed);
         if stop.load(Ordering::Relaxed) {
             tracing::info!("SIGTERM: draining");
             state.ready.store(false, Ordering::Relaxed);
@@ -229,7 +229,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         }
         // First once start-up is over (datapath loaded, certificates
         // issued), then periodically.
-        if ready && last_trim.is_none_or(|t| t.elapsed() >= TRIM_EVERY) {
+        if started && last_trim.is_none_or(|t| t.elapsed() >= TRIM_EVERY) {
             last_trim = Some(std::time::Instant::now());
             release_free_memory();
         }
