@@ -335,6 +335,19 @@ fn main() -> anyhow::Result<()> {
     println!("  rr p99        {:.2}x", b.p99.as_secs_f64() / a.p99.as_secs_f64());
     println!("  HTTP req/s    {rhttp:.2}x  (>= 0.32)  {}", ok(rhttp >= 0.32));
     println!("  conn/s        {rcps:.2}x  (>= 0.28)  {}", ok(rcps >= 0.28));
+    // Each round's own ratios (direct and mesh of the same round), to show
+    // the spread behind the medians.
+    let per_round = |f: &dyn Fn(&Measured) -> f64| -> String {
+        direct.iter().zip(&meshed).map(|(d, m)| format!("{:.2}", f(m) / f(d))).collect::<Vec<_>>().join(" ")
+    };
+    println!(
+        "  per round: 1 stream {} | 4 streams {} | rr p50 {} | HTTP {} | conn/s {}",
+        per_round(&|m| m.single),
+        per_round(&|m| m.multi),
+        per_round(&|m| m.p50.as_secs_f64()),
+        per_round(&|m| m.http),
+        per_round(&|m| m.cps)
+    );
     println!("agents: CPU during 1-stream transfer {:.0}% of a core (both agents)", b.cpu);
     let max_idle = idle_rss.iter().copied().fold(0.0, f64::max);
     let max_loaded = loaded_rss.iter().chain(again_rss.iter().flatten()).copied().fold(0.0, f64::max);
