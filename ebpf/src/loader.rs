@@ -151,17 +151,83 @@ fn del_ok(map: &'static str, r: Result<(), aya::maps::MapError>) -> Result<(), S
     }
 }
 
-/// Loads the object. With `pin_dir`, every map is pinned there by name
-/// (and an existing pin is reused: a restarted agent re-adopts the maps its
-/// predecessor left, so enforcement never starts from empty).
-pub fn load_object(pin_dir: Option<&Path>) -> Result<aya::Ebpf, aya::EbpfError> {
+/// The object could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The embedded object does not parse (a build problem).
+    #[error("parsing the BPF object: {0}")]
+    Object(String),
+    /// A map pinned by a predecessor has another definition than this
+    /// build's and holds state that cannot simply be dropped.
+    #[error(
+        "pinned map {path} was made by an incompatible version ({found}; this build needs {wanted}): remove it, or the whole pin directory, to start afresh"
+    )]
+    IncompatiblePin {
+        /// The pin.
+        path: String,
+        /// Its definition.
+        found: String,
+        /// This build's definition.
+        wanted: String,
+    },
+    /// A replaceable pin could not be removed.
+    #[error("replacing pinned map {path}: {source}")]
+    Unpin {
+        /// The pin.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The loader failed.
+    #[error(transparent)]
+    Ebpf(#[from] aya::EbpfError),
+}
+
+/// Maps whose contents need not outlive an agent (verdict events not yet
+/// read, statistics): a pin of another definition is replaced by a fresh
+/// map instead of refused.
+const REPLACEABLE: [&str; 2] = [crate::map_names::EVENTS, crate::map_names::COUNTERS];
+
+/// Loads the object. With `pin_dir`, every map is pinned there by name and
+/// an existing pin is reused: a restarted agent re-adopts the maps its
+/// predecessor left, so enforcement never starts from empty. The loader
+/// would reuse a pin whatever its definition, so each is checked first
+/// (type, key and value size, entries): a replaceable map of another
+/// definition is unpinned and made afresh — returned by name — and any other
+/// is refused with [`LoadError::IncompatiblePin`] rather than misread.
+pub fn load_object(pin_dir: Option<&Path>) -> Result<(aya::Ebpf, Vec<&'static str>), LoadError> {
     let mut loader = aya::EbpfLoader::new();
+    let mut replaced = Vec::new();
     if let Some(dir) = pin_dir {
+        let object = aya_obj::Object::parse(crate::OBJECT).map_err(|e| LoadError::Object(e.to_string()))?;
+        for name in crate::map_names::ALL {
+            let path = dir.join(name);
+            // No pin (or one the loader cannot open either, and reports).
+            let Ok(info) = aya::maps::MapInfo::from_pin(&path) else { continue };
+            let Some(def) = object.maps.get(name) else { continue };
+            let found = (info.key_size(), info.value_size(), info.max_entries());
+            let wanted = (def.key_size(), def.value_size(), def.max_entries());
+            let same_type = info.map_type().ok().map(|t| t as u32) == Some(def.map_type());
+            if found == wanted && same_type {
+                continue;
+            }
+            let shown = |(k, v, n): (u32, u32, u32)| format!("key {k} B, value {v} B, {n} entries");
+            if !REPLACEABLE.contains(&name) {
+                return Err(LoadError::IncompatiblePin {
+                    path: path.display().to_string(),
+                    found: shown(found),
+                    wanted: shown(wanted),
+                });
+            }
+            std::fs::remove_file(&path)
+                .map_err(|source| LoadError::Unpin { path: path.display().to_string(), source })?;
+            replaced.push(name);
+        }
         for name in crate::map_names::ALL {
             loader.map_pin_path(name, dir.join(name));
         }
     }
-    loader.load(crate::OBJECT)
+    Ok((loader.load(crate::OBJECT)?, replaced))
 }
 
 /// The largest numbers found in existing maps: (identity, endpoint, rule).

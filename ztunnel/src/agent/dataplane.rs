@@ -107,9 +107,10 @@ impl Dataplane {
             }
             None => (None, None),
         };
-        let mut bpf = load_object(maps_dir.as_deref()).context(
-            "loading the BPF object (if maps pinned by an incompatible version are in the way, remove the pin directory)",
-        )?;
+        let (mut bpf, replaced) = load_object(maps_dir.as_deref()).context("loading the BPF object")?;
+        for name in replaced {
+            tracing::warn!(map = name, "pinned map had an older definition; replaced by a fresh one");
+        }
         load_programs(&mut bpf)?;
         let maps = AyaMaps::take(&mut bpf)?;
         let numbers = maps.max_numbers();
