@@ -184,20 +184,43 @@ pub enum LoadError {
 }
 
 /// Maps whose contents need not outlive an agent (verdict events not yet
-/// read, statistics): a pin of another definition is replaced by a fresh
-/// map instead of refused.
-const REPLACEABLE: [&str; 2] = [crate::map_names::EVENTS, crate::map_names::COUNTERS];
+/// read, statistics): a pin of another definition is adapted to or
+/// replaced, not refused.
+const STATELESS: [&str; 2] = [crate::map_names::EVENTS, crate::map_names::COUNTERS];
+
+/// What [`load_object`] did about a stateless map a predecessor pinned with
+/// another definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PinAdjustment {
+    /// Only its size differs: re-adopted at the predecessor's size, because
+    /// the predecessor's programs, still attached to existing pods, keep
+    /// writing to it. This build's size applies once the pin is gone (the
+    /// bpffs does not survive a reboot).
+    KeptSize {
+        /// The map.
+        map: &'static str,
+        /// Its entries (bytes, for the ring).
+        entries: u32,
+    },
+    /// Another layout altogether: replaced by a fresh map (the
+    /// predecessor's programs write to the old one until re-attached).
+    Replaced {
+        /// The map.
+        map: &'static str,
+    },
+}
 
 /// Loads the object. With `pin_dir`, every map is pinned there by name and
 /// an existing pin is reused: a restarted agent re-adopts the maps its
 /// predecessor left, so enforcement never starts from empty. The loader
-/// would reuse a pin whatever its definition, so each is checked first
-/// (type, key and value size, entries): a replaceable map of another
-/// definition is unpinned and made afresh — returned by name — and any other
-/// is refused with [`LoadError::IncompatiblePin`] rather than misread.
-pub fn load_object(pin_dir: Option<&Path>) -> Result<(aya::Ebpf, Vec<&'static str>), LoadError> {
+/// would adopt a pin whatever its definition — and read a ring or array of
+/// another size with this build's size — so each pin is checked first
+/// (type, key and value size, entries): see [`PinAdjustment`] for the
+/// stateless maps; any other map that differs is refused with
+/// [`LoadError::IncompatiblePin`] rather than misread.
+pub fn load_object(pin_dir: Option<&Path>) -> Result<(aya::Ebpf, Vec<PinAdjustment>), LoadError> {
     let mut loader = aya::EbpfLoader::new();
-    let mut replaced = Vec::new();
+    let mut adjusted = Vec::new();
     if let Some(dir) = pin_dir {
         let object = aya_obj::Object::parse(crate::OBJECT).map_err(|e| LoadError::Object(e.to_string()))?;
         for name in crate::map_names::ALL {
@@ -205,29 +228,33 @@ pub fn load_object(pin_dir: Option<&Path>) -> Result<(aya::Ebpf, Vec<&'static st
             // No pin (or one the loader cannot open either, and reports).
             let Ok(info) = aya::maps::MapInfo::from_pin(&path) else { continue };
             let Some(def) = object.maps.get(name) else { continue };
-            let found = (info.key_size(), info.value_size(), info.max_entries());
-            let wanted = (def.key_size(), def.value_size(), def.max_entries());
-            let same_type = info.map_type().ok().map(|t| t as u32) == Some(def.map_type());
-            if found == wanted && same_type {
+            let same_layout = info.map_type().ok().map(|t| t as u32) == Some(def.map_type())
+                && (info.key_size(), info.value_size()) == (def.key_size(), def.value_size());
+            if same_layout && info.max_entries() == def.max_entries() {
                 continue;
             }
-            let shown = |(k, v, n): (u32, u32, u32)| format!("key {k} B, value {v} B, {n} entries");
-            if !REPLACEABLE.contains(&name) {
+            if !STATELESS.contains(&name) {
+                let shown = |k: u32, v: u32, n: u32| format!("key {k} B, value {v} B, {n} entries");
                 return Err(LoadError::IncompatiblePin {
                     path: path.display().to_string(),
-                    found: shown(found),
-                    wanted: shown(wanted),
+                    found: shown(info.key_size(), info.value_size(), info.max_entries()),
+                    wanted: shown(def.key_size(), def.value_size(), def.max_entries()),
                 });
             }
-            std::fs::remove_file(&path)
-                .map_err(|source| LoadError::Unpin { path: path.display().to_string(), source })?;
-            replaced.push(name);
+            if same_layout {
+                loader.map_max_entries(name, info.max_entries());
+                adjusted.push(PinAdjustment::KeptSize { map: name, entries: info.max_entries() });
+            } else {
+                std::fs::remove_file(&path)
+                    .map_err(|source| LoadError::Unpin { path: path.display().to_string(), source })?;
+                adjusted.push(PinAdjustment::Replaced { map: name });
+            }
         }
         for name in crate::map_names::ALL {
             loader.map_pin_path(name, dir.join(name));
         }
     }
-    Ok((loader.load(crate::OBJECT)?, replaced))
+    Ok((loader.load(crate::OBJECT)?, adjusted))
 }
 
 /// The largest numbers found in existing maps: (identity, endpoint, rule).

@@ -10,35 +10,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
-use std::fs;
 use std::net::IpAddr;
-use std::path::Path;
 
 use policy::compile::{Compiler, Scope};
 use policy::eval::evaluate_packet;
-use policy::manifest::parse_str;
-use policy::{Cluster, Direction, Protocol};
+use policy::{Direction, Protocol};
 use zt_ebpf::loader::{MapWriter, apply_diff};
 use zt_ebpf::maps;
 
 mod common;
 
 use common::*;
-
-fn example_cluster() -> Cluster {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
-    let mut objects = Vec::new();
-    for dir in ["workload", "policies"] {
-        let mut files: Vec<_> = fs::read_dir(root.join(dir)).unwrap().map(|e| e.unwrap().path()).collect();
-        files.sort();
-        for f in files {
-            let parsed = parse_str(&f.display().to_string(), &fs::read_to_string(&f).unwrap());
-            assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-            objects.extend(parsed.objects.into_iter().map(|(_, o)| o));
-        }
-    }
-    Cluster::from_objects(objects)
-}
 
 #[test]
 fn seed_cluster_verdicts_match_the_evaluator() {
@@ -120,14 +102,6 @@ fn unknown_endpoint_and_malformed_packets_are_dropped_non_ip_passes() {
     let ep = compiler.tables().endpoint_of(&policy::ObjectKey::new("default", "test")).unwrap();
     dp.maps.put_endpoint(TEST_IFINDEX, maps::endpoint(ep, &compiler.tables().endpoints[&ep])).unwrap();
     assert_eq!(dp.test_run(Direction::Egress, truncated), TC_ACT_SHOT);
-}
-
-fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Vec<u8> {
-    let mut p = packet(src.parse().unwrap(), dst.parse().unwrap(), Protocol::Tcp, dport);
-    let l4 = 14 + 20;
-    p[l4..l4 + 2].copy_from_slice(&sport.to_be_bytes());
-    p[l4 + 13] = flags;
-    p
 }
 
 fn events(dp: &mut Datapath) -> Vec<maps::ZtEvent> {

@@ -9,8 +9,10 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use aya::maps::MapInfo;
-use common::privileged;
-use zt_ebpf::loader::{LoadError, load_object};
+use common::{Datapath, TC_ACT_OK, TEST_IFINDEX, privileged};
+use policy::Direction;
+use policy::compile::{Compiler, Scope, Tables, diff_tables};
+use zt_ebpf::loader::{AyaMaps, LoadError, MapWriter, PinAdjustment, apply_diff, load_object, load_programs};
 use zt_ebpf::map_names::{ALL, COUNTERS, CT, EVENTS};
 
 /// A directory on the bpffs, removed with its pins.
@@ -52,34 +54,69 @@ fn wanted(name: &str) -> u32 {
     aya_obj::Object::parse(zt_ebpf::OBJECT).unwrap().maps[name].max_entries()
 }
 
+/// Drains the event ring of `bpf`, checking every event.
+fn drain(bpf: &mut aya::Ebpf, dport: u16) -> u64 {
+    let mut rb = aya::maps::RingBuf::try_from(bpf.map_mut(EVENTS).unwrap()).unwrap();
+    let mut n = 0;
+    while let Some(item) = rb.next() {
+        let e = zt_ebpf::maps::ZtEvent::from_bytes(&item).expect("an event of the right size");
+        assert_eq!(u16::from_be(e.dport), dport, "event read intact");
+        n += 1;
+    }
+    n
+}
+
 #[test]
-fn pins_of_another_definition_are_replaced_or_refused() {
-    if !privileged("pins_of_another_definition_are_replaced_or_refused") {
+fn pins_of_another_definition_are_adapted_to_or_refused() {
+    if !privileged("pins_of_another_definition_are_adapted_to_or_refused") {
         return;
     }
     let dir = PinDir::new("pins");
     // A predecessor with a 1 MiB event ring and four counters.
     pin_as_predecessor(&dir.0, &ALL, &[(EVENTS, 1 << 20), (COUNTERS, 4)]);
-    assert_eq!(entries(&dir.0, EVENTS), 1 << 20);
+    assert_ne!(wanted(EVENTS), 1 << 20);
 
-    // Stateless maps of another size are made afresh; the rest re-adopted.
-    let (bpf, replaced) = load_object(Some(&dir.0)).unwrap();
-    assert_eq!(replaced, [EVENTS, COUNTERS]);
-    assert_eq!(entries(&dir.0, EVENTS), wanted(EVENTS));
-    assert_eq!(entries(&dir.0, COUNTERS), wanted(COUNTERS));
-    drop(bpf);
-    let (bpf, replaced) = load_object(Some(&dir.0)).unwrap();
-    assert!(replaced.is_empty(), "a second start replaces nothing: {replaced:?}");
-    drop(bpf);
+    // Only their sizes differ: both re-adopted at the predecessor's size
+    // (its programs, still attached to pods, write to them).
+    let (mut bpf, adjusted) = load_object(Some(&dir.0)).unwrap();
+    assert_eq!(
+        adjusted,
+        [
+            PinAdjustment::KeptSize { map: EVENTS, entries: 1 << 20 },
+            PinAdjustment::KeptSize { map: COUNTERS, entries: 4 }
+        ]
+    );
+    assert_eq!(entries(&dir.0, EVENTS), 1 << 20);
+    // The ring is read with its real size: 20,000 events (1.4 MB) wrap the
+    // 1 MiB ring, and every one comes out intact.
+    load_programs(&mut bpf).unwrap();
+    let mut maps = AyaMaps::take(&mut bpf).unwrap();
+    let cluster = common::example_cluster();
+    let compiler = Compiler::from_cluster(Scope::Cluster, &cluster);
+    let tables = compiler.tables();
+    apply_diff(&mut maps, &diff_tables(&Tables::default(), tables), &|_| None, &|_| None).unwrap();
+    let db = tables.endpoint_of(&policy::ObjectKey::new("default", "db")).unwrap();
+    maps.put_endpoint(TEST_IFINDEX, zt_ebpf::maps::endpoint(db, &tables.endpoints[&db])).unwrap();
+    let mut dp = Datapath { bpf, maps };
+    drain(&mut dp.bpf, 6379);
+    let mut seen = 0;
+    for i in 0..20_000u32 {
+        let syn = common::tcp("10.244.2.10", 10_000 + u16::try_from(i).unwrap(), "10.244.1.11", 6379, 0x02);
+        assert_eq!(dp.test_run(Direction::Ingress, &syn), TC_ACT_OK);
+        if i % 1000 == 999 {
+            seen += drain(&mut dp.bpf, 6379);
+        }
+    }
+    seen += drain(&mut dp.bpf, 6379);
+    assert_eq!(seen, 20_000);
+    drop(dp);
 
     // A map that carries state (connection tracking) of another size is
     // refused with its path, never reused.
     std::fs::remove_file(dir.0.join(CT)).unwrap();
     pin_as_predecessor(&dir.0, &[CT], &[(CT, 1024)]);
     match load_object(Some(&dir.0)) {
-        Err(e @ LoadError::IncompatiblePin { .. }) => {
-            assert!(e.to_string().contains(CT), "{e}");
-        }
+        Err(e @ LoadError::IncompatiblePin { .. }) => assert!(e.to_string().contains(CT), "{e}"),
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("an incompatible conntrack pin was adopted"),
     }

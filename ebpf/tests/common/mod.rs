@@ -37,6 +37,31 @@ pub fn privileged(test: &str) -> bool {
     false
 }
 
+/// The seed example cluster (`deploy/examples`: workload and policies).
+pub fn example_cluster() -> policy::Cluster {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    let mut objects = Vec::new();
+    for dir in ["workload", "policies"] {
+        let mut files: Vec<_> = fs::read_dir(root.join(dir)).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        for f in files {
+            let parsed = policy::manifest::parse_str(&f.display().to_string(), &fs::read_to_string(&f).unwrap());
+            assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+            objects.extend(parsed.objects.into_iter().map(|(_, o)| o));
+        }
+    }
+    policy::Cluster::from_objects(objects)
+}
+
+/// An IPv4 TCP packet with the given ports and flags.
+pub fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Vec<u8> {
+    let mut p = packet(src.parse().unwrap(), dst.parse().unwrap(), Protocol::Tcp, dport);
+    let l4 = 14 + 20;
+    p[l4..l4 + 2].copy_from_slice(&sport.to_be_bytes());
+    p[l4 + 13] = flags;
+    p
+}
+
 /// Ethernet + IP + the first bytes of the L4 header (ports, or ICMP type).
 pub fn packet(src: IpAddr, dst: IpAddr, proto: Protocol, dport: u16) -> Vec<u8> {
     let mut p = vec![0u8; 12]; // MACs

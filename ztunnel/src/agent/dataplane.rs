@@ -9,8 +9,8 @@ use anyhow::Context;
 use policy::ObjectKey;
 use policy::compile::{EndpointId, TableDiff, Tables};
 use zt_ebpf::loader::{
-    AyaMaps, MapWriter, Numbers, PinnedPod, PodLinks, adopt_pinned, apply_diff, attach_pod, attach_pod_pinned,
-    detach_pod, load_object, load_programs, unpin_pod,
+    AyaMaps, MapWriter, Numbers, PinAdjustment, PinnedPod, PodLinks, adopt_pinned, apply_diff, attach_pod,
+    attach_pod_pinned, detach_pod, load_object, load_programs, unpin_pod,
 };
 use zt_ebpf::maps::{self, ZtConfig, ZtEvent};
 
@@ -107,9 +107,18 @@ impl Dataplane {
             }
             None => (None, None),
         };
-        let (mut bpf, replaced) = load_object(maps_dir.as_deref()).context("loading the BPF object")?;
-        for name in replaced {
-            tracing::warn!(map = name, "pinned map had an older definition; replaced by a fresh one");
+        let (mut bpf, adjusted) = load_object(maps_dir.as_deref()).context("loading the BPF object")?;
+        for a in adjusted {
+            match a {
+                PinAdjustment::KeptSize { map, entries } => tracing::info!(
+                    map,
+                    entries,
+                    "pinned map kept at its predecessor's size (this build's applies once the pins are cleared)"
+                ),
+                PinAdjustment::Replaced { map } => {
+                    tracing::warn!(map, "pinned map had another layout; replaced by a fresh one")
+                }
+            }
         }
         load_programs(&mut bpf)?;
         let maps = AyaMaps::take(&mut bpf)?;
