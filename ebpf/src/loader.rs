@@ -517,12 +517,88 @@ pub fn attach_pod_pinned(
     Ok(PinnedPod { from_pod: Some(from_pod), to_pod: Some(to_pod) })
 }
 
+/// Moves a pod's pinned links from a predecessor's programs to this
+/// object's, so that an upgraded agent's datapath (and maps) apply to pods
+/// that were already running, with no moment without enforcement: the new
+/// programs are attached behind the old ones (TCX runs them in order and the
+/// first verdict ends the chain, so the old ones keep deciding), each new
+/// link is pinned beside the old pin and renamed over it (bpffs renames
+/// atomically; a crash leaves one of the two pinned and attached), and only
+/// then are the old links let go, which detaches them. On failure the error
+/// comes back with the old links, which keep enforcing.
+pub fn replace_pinned(
+    bpf: &mut aya::Ebpf,
+    old: PinnedPod,
+    interface: &str,
+    ifindex: u32,
+    dir: &Path,
+) -> Result<PinnedPod, Box<ReplaceFailed>> {
+    use aya::programs::links::{FdLink, LinkError, PinnedLink};
+    let links = match attach_pod(bpf, interface) {
+        Ok(l) => l,
+        Err(error) => return Err(Box::new(ReplaceFailed { error, old })),
+    };
+    let mut swap = |name: &'static str, id, which: &str| -> Result<PinnedLink, AttachError> {
+        let link = classifier(bpf, name)?.take_link(id).map_err(prog_err("pin", name, interface))?;
+        let path = link_pin(dir, ifindex, which);
+        let pin_err = |reason: String| AttachError::Pin { path: path.display().to_string(), reason };
+        let fd: FdLink = link.try_into().map_err(|e: LinkError| pin_err(e.to_string()))?;
+        let staged = staged_pin(&path);
+        let _ = std::fs::remove_file(&staged);
+        let pinned = fd.pin(&staged).map_err(|e| pin_err(e.to_string()))?;
+        if let Err(e) = std::fs::rename(&staged, &path) {
+            // Unpinned and closed below: the new link goes, the old stays.
+            let _ = std::fs::remove_file(&staged);
+            return Err(pin_err(e.to_string()));
+        }
+        // The pin now names the new link; hold it by its real path.
+        drop(pinned);
+        PinnedLink::from_pin(&path).map_err(|e| pin_err(e.to_string()))
+    };
+    let from_pod = match swap(crate::programs::FROM_POD, links.from_pod, "from") {
+        Ok(l) => l,
+        Err(error) => return Err(Box::new(ReplaceFailed { error, old })),
+    };
+    let to_pod = match swap(crate::programs::TO_POD, links.to_pod, "to") {
+        Ok(l) => l,
+        // The old to-pod link stays; the from-pod pin already names the new
+        // link, which enforces either way.
+        Err(error) => return Err(Box::new(ReplaceFailed { error, old })),
+    };
+    // The last references to the old links: dropping them detaches them.
+    drop(old);
+    Ok(PinnedPod { from_pod: Some(from_pod), to_pod: Some(to_pod) })
+}
+
+/// A replacement of a pod's programs that did not happen.
+#[derive(Debug)]
+pub struct ReplaceFailed {
+    /// Why.
+    pub error: AttachError,
+    /// The previous links, still attached and enforcing.
+    pub old: PinnedPod,
+}
+
+/// Where a replacement link is pinned before it is renamed over `path`
+/// (bpffs refuses names with a dot).
+fn staged_pin(path: &Path) -> std::path::PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push("-new");
+    p.into()
+}
+
 /// The pinned pod links a previous agent left under `dir`, by ifindex.
+/// A staged pin (`*-new`) is a replacement a crash interrupted before its
+/// rename: the old pin beside it still enforces, so it is removed.
 pub fn adopt_pinned(dir: &Path) -> BTreeMap<u32, PinnedPod> {
     let mut out: BTreeMap<u32, PinnedPod> = BTreeMap::new();
     let Ok(entries) = std::fs::read_dir(dir) else { return out };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with("-new") {
+            let _ = std::fs::remove_file(e.path());
+            continue;
+        }
         let Some((idx, which)) = name.split_once('-') else { continue };
         let Ok(ifindex) = idx.parse::<u32>() else { continue };
         let Ok(link) = aya::programs::links::PinnedLink::from_pin(e.path()) else { continue };

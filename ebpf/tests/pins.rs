@@ -122,3 +122,80 @@ fn pins_of_another_definition_are_adapted_to_or_refused() {
     }
     assert_eq!(entries(&dir.0, CT), 1024, "the refused pin is left alone");
 }
+
+/// A veth pair nothing sends on, deleted (both ends) on drop.
+struct Dummy(String);
+
+impl Dummy {
+    fn new(name: &str) -> Self {
+        let _ = std::process::Command::new("ip").args(["link", "del", name]).output();
+        let peer = format!("{name}p");
+        for args in [vec!["link", "add", name, "type", "veth", "peer", "name", &peer], vec!["link", "set", name, "up"]]
+        {
+            let out = std::process::Command::new("ip").args(&args).output().expect("ip");
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Self(name.to_string())
+    }
+
+    fn ifindex(&self) -> u32 {
+        std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", self.0)).unwrap().trim().parse().unwrap()
+    }
+}
+
+impl Drop for Dummy {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["link", "del", &self.0]).output();
+    }
+}
+
+/// Program ids attached to `iface` in TCX order, per direction.
+fn attached(iface: &str) -> (Vec<u32>, Vec<u32>) {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let ids = |t| SchedClassifier::query_tcx(iface, t).unwrap().1.iter().map(|p| p.id()).collect();
+    (ids(TcAttachType::Ingress), ids(TcAttachType::Egress))
+}
+
+fn loaded_ids(bpf: &aya::Ebpf) -> (u32, u32) {
+    use aya::programs::SchedClassifier;
+    let id = |name| -> u32 {
+        let p: &SchedClassifier = bpf.program(name).unwrap().try_into().unwrap();
+        p.info().unwrap().id()
+    };
+    (id(zt_ebpf::programs::FROM_POD), id(zt_ebpf::programs::TO_POD))
+}
+
+#[test]
+fn a_restarted_agent_puts_its_programs_in_place_of_its_predecessors() {
+    if !privileged("a_restarted_agent_puts_its_programs_in_place_of_its_predecessors") {
+        return;
+    }
+    let dir = PinDir::new("links");
+    let iface = Dummy::new(&format!("zt-t{}", std::process::id() % 100_000));
+    let ifindex = iface.ifindex();
+
+    // The predecessor attached and pinned, then went away.
+    let (mut old, _) = load_object(None).unwrap();
+    load_programs(&mut old).unwrap();
+    let old_ids = loaded_ids(&old);
+    drop(zt_ebpf::loader::attach_pod_pinned(&mut old, &iface.0, ifindex, &dir.0).unwrap());
+    drop(old);
+    assert_eq!(attached(&iface.0), (vec![old_ids.0], vec![old_ids.1]), "pins keep the predecessor's programs");
+
+    // The new agent adopts the pins and replaces the programs behind them.
+    let (mut new, _) = load_object(None).unwrap();
+    load_programs(&mut new).unwrap();
+    let new_ids = loaded_ids(&new);
+    let mut adopted = zt_ebpf::loader::adopt_pinned(&dir.0);
+    let pod = adopted.remove(&ifindex).expect("the predecessor's pins");
+    assert!(pod.complete());
+    let pod = zt_ebpf::loader::replace_pinned(&mut new, pod, &iface.0, ifindex, &dir.0).map_err(|f| f.error).unwrap();
+    assert_eq!(attached(&iface.0), (vec![new_ids.0], vec![new_ids.1]), "only the new programs, on both sides");
+    let leftovers: Vec<_> = std::fs::read_dir(&dir.0).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(leftovers.len(), 2, "one pin per direction, nothing staged: {leftovers:?}");
+
+    // The replaced pins are ordinary pins: unpinning detaches.
+    zt_ebpf::loader::unpin_pod(pod).unwrap();
+    drop(new);
+    assert_eq!(attached(&iface.0), (vec![], vec![]));
+}

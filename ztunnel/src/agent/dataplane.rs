@@ -10,7 +10,7 @@ use policy::ObjectKey;
 use policy::compile::{EndpointId, TableDiff, Tables};
 use zt_ebpf::loader::{
     AyaMaps, MapWriter, Numbers, PinAdjustment, PinnedPod, PodLinks, adopt_pinned, apply_diff, attach_pod,
-    attach_pod_pinned, detach_pod, load_object, load_programs, unpin_pod,
+    attach_pod_pinned, detach_pod, load_object, load_programs, replace_pinned, unpin_pod,
 };
 use zt_ebpf::maps::{self, ZtConfig, ZtEvent};
 
@@ -256,13 +256,28 @@ impl Dataplane {
                 problems.push(format!("endpoint entry for {pod}: {e}"));
                 continue;
             }
-            // A previous agent's pinned links on this interface keep
-            // enforcing with the same maps: claim them instead of attaching.
+            // A previous agent's pinned links on this interface: this
+            // agent's programs take their place without a gap (and so do
+            // its maps, where it made fresh ones).
             if let Some(p) = self.adopted.remove(&ifindex) {
-                if p.complete() {
-                    tracing::info!(pod = %pod, interface = %iface, ifindex, "re-adopted");
-                    let links = Links::Pinned(p);
-                    self.attached.insert(pod, Attached { ifindex, interface: iface, endpoint, links });
+                if p.complete()
+                    && let Some(dir) = &self.links_dir
+                {
+                    let links = match replace_pinned(&mut self.bpf, p, &iface, ifindex, dir) {
+                        Ok(new) => {
+                            tracing::info!(pod = %pod, interface = %iface, ifindex, "re-adopted, programs replaced");
+                            new
+                        }
+                        Err(failed) => {
+                            problems.push(format!(
+                                "replacing the programs on {pod} ({iface}): {}; the previous ones keep enforcing",
+                                failed.error
+                            ));
+                            failed.old
+                        }
+                    };
+                    self.attached
+                        .insert(pod, Attached { ifindex, interface: iface, endpoint, links: Links::Pinned(links) });
                     continue;
                 }
                 let _ = unpin_pod(p);
