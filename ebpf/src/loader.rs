@@ -192,10 +192,11 @@ const STATELESS: [&str; 2] = [crate::map_names::EVENTS, crate::map_names::COUNTE
 /// another definition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PinAdjustment {
-    /// Only its size differs: re-adopted at the predecessor's size, because
-    /// the predecessor's programs, still attached to existing pods, keep
-    /// writing to it. This build's size applies once the pin is gone (the
-    /// bpffs does not survive a reboot).
+    /// Only its size differs: re-adopted at the predecessor's size, so that
+    /// nothing is lost — its unread events are still read, and its
+    /// programs write to it until this agent's replace them
+    /// ([`replace_pinned`]). This build's size applies once the pin is gone
+    /// (the bpffs does not survive a reboot).
     KeptSize {
         /// The map.
         map: &'static str,
@@ -203,7 +204,8 @@ pub enum PinAdjustment {
         entries: u32,
     },
     /// Another layout altogether: replaced by a fresh map (the
-    /// predecessor's programs write to the old one until re-attached).
+    /// predecessor's programs write to the old one until this agent's
+    /// replace them).
     Replaced {
         /// The map.
         map: &'static str,
