@@ -201,6 +201,14 @@ pub fn evaluate_packet(cluster: &Cluster, src: IpAddr, dst: IpAddr, port: u16, p
     evaluate_parties(cluster, Party::from_ip(cluster, src), Party::from_ip(cluster, dst), port, protocol)
 }
 
+/// Only the ingress half of [`evaluate_packet`]: whether `dst`'s ingress
+/// policy admits the packet (what a receiving node's proxy re-checks for
+/// each tunnel, without paying for the source side it does not use).
+pub fn evaluate_ingress(cluster: &Cluster, src: IpAddr, dst: IpAddr, port: u16, protocol: Protocol) -> SideVerdict {
+    let (src, dst) = (Party::from_ip(cluster, src), Party::from_ip(cluster, dst));
+    side(cluster, Direction::Ingress, &dst, &src, &dst, port, protocol)
+}
+
 /// The verdict on a packet travelling in the reply direction of a connection
 /// whose opening packet got `forward`: allowed exactly when the connection
 /// was. NetworkPolicy has no other state; the dataplane keeps this one bit

@@ -17,7 +17,7 @@ use policy::Direction;
 use policy::arbitrary::{Op, op};
 use policy::cluster::AddressOwner;
 use policy::compile::{Compiler, Scope, Tables};
-use policy::eval::evaluate_packet;
+use policy::eval::{evaluate_ingress, evaluate_packet};
 use policy::model::Protocol;
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -74,6 +74,7 @@ fn check_against_evaluator(
             }
             for &(port, proto) in ports {
                 let v = evaluate_packet(c, src, dst, port, proto);
+                prop_assert_eq!(&evaluate_ingress(c, src, dst, port, proto), &v.ingress, "ingress half alone");
                 if let Some(egress) = decide(src, Direction::Egress, dst, proto, port) {
                     prop_assert_eq!(
                         egress,

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ca::{SpiffeId, TrustDomain};
-use policy::eval::{SideVerdict, evaluate_packet};
+use policy::eval::{SideVerdict, evaluate_ingress};
 use policy::{Cluster, Protocol};
 
 use super::source::Change;
@@ -95,7 +95,7 @@ impl Workloads for View {
 
     fn ingress(&self, src: IpAddr, dst: IpAddr, port: u16) -> Result<(), String> {
         let c = self.0.read().map_err(|_| "cluster state unavailable".to_string())?;
-        match evaluate_packet(&c, src, dst, port, Protocol::Tcp).ingress {
+        match evaluate_ingress(&c, src, dst, port, Protocol::Tcp) {
             SideVerdict::Allowed(_) => Ok(()),
             SideVerdict::Denied { isolated_by } => {
                 Err(isolated_by.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
