@@ -81,11 +81,11 @@ struct {
 
 /*
  * 256 KiB holds ~3,600 events (64 bytes plus the ring's 8-byte record
- * header each); the agent drains it every poll (200 ms), so ~18k new flows
- * per second, well above what one node's proxy opens. A burst beyond it
- * loses events (counted), never traffic. Kept small because the agent maps
- * the data pages twice (the ring wraps through a second mapping): 1 MiB
- * here was 2 MiB of the agent's resident memory.
+ * header each); the agent drains it every 50 ms, so ~70k new flows per
+ * second, well above what one node's proxy opens. A burst beyond it loses
+ * events (counted), never traffic. Kept small because the agent maps the
+ * data pages twice (the ring wraps through a second mapping): 1 MiB here
+ * was 2 MiB of the agent's resident memory.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
