@@ -175,7 +175,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 "policy synced"
             );
         }
-        drain_events(&mut dp, &mut flowlog, compiler.tables(), &metrics);
+        log_events(&mut dp, &mut flowlog, compiler.tables(), &metrics);
         let lost = dp.events_lost();
         if lost > last_lost {
             tracing::warn!(lost = lost - last_lost, "flow events lost: the event ring was full");
@@ -232,7 +232,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 break;
             }
             std::thread::sleep(left.min(EVENT_DRAIN));
-            drain_events(&mut dp, &mut flowlog, compiler.tables(), &metrics);
+            log_events(&mut dp, &mut flowlog, compiler.tables(), &metrics);
         }
     }
 }
@@ -242,7 +242,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 const EVENT_DRAIN: Duration = Duration::from_millis(50);
 
 /// Verdict events into the flow log and the per-verdict flow counter.
-fn drain_events(dp: &mut Dataplane, flowlog: &mut FlowLog, tables: &policy::compile::Tables, metrics: &Metrics) {
+fn log_events(dp: &mut Dataplane, flowlog: &mut FlowLog, tables: &policy::compile::Tables, metrics: &Metrics) {
     dp.drain_events(|e| {
         let rec = flowlog.write(&e, tables);
         metrics

@@ -21,8 +21,9 @@
 //!   only after a `200`. Any other answer ends the copy with
 //!   [`CopyError::Refused`].
 //! - **Half-close**: EOF from the pod ends the stream (END_STREAM); the
-//!   peer's END_STREAM shuts down writing towards the pod. The copy ends
-//!   when both directions have.
+//!   peer's END_STREAM shuts down writing towards the pod (or, when the
+//!   pod's side has ended already, the close that follows sends the FIN).
+//!   The copy ends when both directions have.
 //! - **Syscalls**: a read shorter than the space offered means the socket's
 //!   queue is empty, so its readiness is cleared there and then instead of
 //!   by one more `recv` returning `EAGAIN` (see [`read_chunk`] for why
