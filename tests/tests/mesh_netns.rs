@@ -194,6 +194,9 @@ fn cross_node_pod_traffic_is_mutual_tls_with_real_source_and_port_policy() {
     assert!(metrics.contains("ztunnel_tcp_connections_opened_total{direction=\"inbound\""), "{metrics}");
     assert!(metrics.contains("ztunnel_tunnel_failures_total{reason=\"policy\"}"), "{metrics}");
     assert!(metrics.contains("ztunnel_certificate_expiry_seconds{identity=\"spiffe://"), "{metrics}");
+    assert!(metrics.contains("ztunnel_hbone_connections{direction=\"inbound\"}"), "{metrics}");
+    let client_metrics = admin_get(&ns[1], 15021, "/metrics");
+    assert!(client_metrics.contains("ztunnel_hbone_connections{direction=\"outbound\"}"), "{client_metrics}");
     assert!(admin_get(&ns[0], 15021, "/ready").starts_with("HTTP/1.0 200"));
 
     // SIGTERM on node-2's agent: it stops accepting (new pod connections

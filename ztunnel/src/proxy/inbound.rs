@@ -236,6 +236,7 @@ impl Inbound {
                         source_identity: identity.to_string(),
                         destination_identity: sni.as_ref().map(ToString::to_string).unwrap_or_default(),
                     });
+                    let _gauge = this.metrics.hbone_connection("inbound");
                     let ka = keepalive(conn.ping_pong());
                     tokio::pin!(ka);
                     let mut shutdown = this.shutdown.clone();

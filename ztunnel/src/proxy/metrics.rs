@@ -54,6 +54,16 @@ pub struct ProxyMetrics {
     pub cert_expiry_seconds: Family<IdentityLabels, Gauge<f64, AtomicU64>>,
     /// Tunnels currently open (both directions).
     pub active: Gauge,
+    /// HBONE connections currently open: `outbound` are the pooled client
+    /// connections, `inbound` those accepted on the HBONE listener.
+    pub hbone_connections: Family<DirectionLabels, Gauge>,
+}
+
+/// Labels of [`ProxyMetrics::hbone_connections`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    /// `outbound` or `inbound`.
+    pub direction: &'static str,
 }
 
 impl ProxyMetrics {
@@ -80,6 +90,18 @@ impl ProxyMetrics {
             self.cert_expiry_seconds.clone(),
         );
         r.register("tunnels_active", "Tunnels currently open", self.active.clone());
+        r.register(
+            "hbone_connections",
+            "HBONE connections open (outbound: pooled client connections; inbound: accepted)",
+            self.hbone_connections.clone(),
+        );
+    }
+
+    /// Counts an HBONE connection open until the returned guard is dropped.
+    pub fn hbone_connection(&self, direction: &'static str) -> ConnectionGauge {
+        let g = self.hbone_connections.get_or_create(&DirectionLabels { direction }).clone();
+        g.inc();
+        ConnectionGauge(g)
     }
 
     /// Counts a failure.
@@ -97,6 +119,17 @@ impl ProxyMetrics {
             active: self.active.clone(),
             labels,
         })
+    }
+}
+
+/// One open HBONE connection in [`ProxyMetrics::hbone_connections`];
+/// uncounted on drop.
+#[derive(Debug)]
+pub struct ConnectionGauge(Gauge);
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -9,7 +9,9 @@
 //! re-established on the next flow. Each connection is driven by its own
 //! task, which also pings the peer (a connection whose peer stops
 //! answering is dropped) and closes it after [`IDLE_TIMEOUT`] without
-//! tunnels; the pool forgets closed ones.
+//! tunnels; the pool forgets closed ones. A connection that once carried
+//! more than [`RETIRE_AFTER_PEAK`] tunnels at a time is closed as soon as
+//! its last tunnel ends (see there).
 //!
 //! HTTP/2 is spoken with the `h2` crate directly rather than through
 //! hyper's CONNECT upgrade: the copy then hands chunks to the stream without
@@ -81,36 +83,75 @@ pub(crate) const STREAMS_PER_CONNECTION: usize = 1000;
 const CLOSED: usize = usize::MAX / 2;
 /// A pooled connection with no tunnel for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// A connection that once carried more tunnels than this at a time is
+/// closed (gracefully) as soon as it carries none, instead of idling in the
+/// pool. HTTP/2 keeps a connection's stream table and frame queue at the
+/// size of the largest burst it has seen (~0.6 KB per tunnel of the peak,
+/// on each node) for as long as the connection lives: after a burst of a
+/// thousand tunnels that is ~0.6 MB per connection and side, held until
+/// the idle timeout, or forever while a trickle keeps the connection in
+/// use. Retiring it costs the next tunnel one TLS handshake; a pair of
+/// workloads with steady traffic below this never pays it.
+pub(crate) const RETIRE_AFTER_PEAK: usize = 64;
 
 /// The pooled connections of one key.
 type Conns = Arc<Mutex<Vec<Pooled>>>;
 
-/// One pooled HTTP/2 connection, its number of open tunnels and the
-/// counters of its identity pair.
+/// One pooled HTTP/2 connection, its state and the counters of its
+/// identity pair.
 struct Pooled {
     send: SendRequest<Bytes>,
-    streams: Arc<AtomicUsize>,
+    state: Arc<ConnState>,
     pair: Arc<PairMetrics>,
+}
+
+/// What the pool, the tunnels and a connection's task share about it.
+struct ConnState {
+    /// Tunnels open on it, or [`CLOSED`] and more once it may take none.
+    streams: AtomicUsize,
+    /// The most tunnels it has carried at once.
+    peak: AtomicUsize,
+    /// Above this peak it is retired when its last tunnel ends.
+    retire_after: usize,
+    /// Tells its task that it was retired.
+    retired: tokio::sync::Notify,
 }
 
 impl Pooled {
     fn is_closed(&self) -> bool {
-        self.streams.load(Ordering::Acquire) >= CLOSED
+        self.state.streams.load(Ordering::Acquire) >= CLOSED
     }
 
     /// Takes a stream slot if the connection is open and has one of its
     /// `limit` free.
     fn take_slot(&self, limit: usize) -> bool {
-        self.streams.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1)).is_ok()
+        let taken =
+            self.state.streams.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1));
+        match taken {
+            Ok(before) => {
+                self.state.peak.fetch_max(before + 1, Ordering::Relaxed);
+                true
+            }
+            Err(_) => false,
+        }
     }
 }
 
 /// A stream slot on a pooled connection, given back on drop.
-pub struct Slot(Arc<AtomicUsize>);
+pub struct Slot(Arc<ConnState>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let state = &self.0;
+        let before = state.streams.fetch_sub(1, Ordering::AcqRel);
+        // The last tunnel of a connection that has seen a large burst:
+        // retire it, unless a new tunnel took a slot in the meantime.
+        if before == 1
+            && state.peak.load(Ordering::Relaxed) > state.retire_after
+            && state.streams.compare_exchange(0, CLOSED, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        {
+            state.retired.notify_one();
+        }
     }
 }
 
@@ -130,7 +171,7 @@ pub struct Tunnel {
 
 impl std::fmt::Debug for Tunnel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tunnel").field("streams_on_connection", &self.slot.0.load(Ordering::Relaxed)).finish()
+        f.debug_struct("Tunnel").field("streams_on_connection", &self.slot.0.streams.load(Ordering::Relaxed)).finish()
     }
 }
 
@@ -145,6 +186,8 @@ pub struct Outbound {
     timeout: Duration,
     /// Tunnels per connection ([`STREAMS_PER_CONNECTION`]; tests lower it).
     streams_per_connection: usize,
+    /// [`RETIRE_AFTER_PEAK`] (tests lower it).
+    retire_after: usize,
     metrics: Arc<ProxyMetrics>,
 }
 
@@ -157,6 +200,7 @@ impl Outbound {
             pool: std::sync::Mutex::new(HashMap::new()),
             timeout: Duration::from_secs(10),
             streams_per_connection: STREAMS_PER_CONNECTION,
+            retire_after: RETIRE_AFTER_PEAK,
             metrics,
         }
     }
@@ -165,6 +209,13 @@ impl Outbound {
     #[cfg(test)]
     pub fn with_streams_per_connection(mut self, n: usize) -> Self {
         self.streams_per_connection = n;
+        self
+    }
+
+    /// The same with another peak above which a connection is retired.
+    #[cfg(test)]
+    pub fn with_retire_after(mut self, n: usize) -> Self {
+        self.retire_after = n;
         self
     }
 
@@ -195,7 +246,9 @@ impl Outbound {
         });
     }
 
-    async fn dial(&self, key: &Key) -> Result<(SendRequest<Bytes>, Arc<AtomicUsize>), OutboundError> {
+    /// Opens a connection for `key`; its task removes it from `conns` when
+    /// it is retired.
+    async fn dial(&self, key: &Key, conns: &Conns) -> Result<(SendRequest<Bytes>, Arc<ConnState>), OutboundError> {
         let (src, _, dst, peer) = key;
         let config = tls::client_config(&self.cache, src, dst).map_err(|e| OutboundError::Http(e.to_string()))?;
         let tcp = TcpStream::connect(peer).await.map_err(|e| OutboundError::Connect(*peer, e))?;
@@ -215,38 +268,75 @@ impl Outbound {
             .await
             .map_err(|e| OutboundError::Http(e.to_string()))?;
         // One slot taken for the tunnel that dialled.
-        let streams = Arc::new(AtomicUsize::new(1));
-        let slots = streams.clone();
+        let state = Arc::new(ConnState {
+            streams: AtomicUsize::new(1),
+            peak: AtomicUsize::new(1),
+            retire_after: self.retire_after,
+            retired: tokio::sync::Notify::new(),
+        });
+        let shared = state.clone();
+        let pooled_in = Arc::downgrade(conns);
+        let gauge = self.metrics.hbone_connection("outbound");
         let ping_pong = conn.ping_pong();
         let peer = *peer;
         tokio::spawn(async move {
+            let _gauge = gauge;
             let ka = keepalive(ping_pong);
+            tokio::pin!(ka);
             let idle = async {
                 let mut idle_for = Duration::ZERO;
                 loop {
                     tokio::time::sleep(KEEPALIVE_INTERVAL).await;
-                    idle_for =
-                        if slots.load(Ordering::Acquire) == 0 { idle_for + KEEPALIVE_INTERVAL } else { Duration::ZERO };
+                    idle_for = if shared.streams.load(Ordering::Acquire) == 0 {
+                        idle_for + KEEPALIVE_INTERVAL
+                    } else {
+                        Duration::ZERO
+                    };
                     // Closing only succeeds while no tunnel holds a slot.
                     if idle_for >= IDLE_TIMEOUT
-                        && slots.compare_exchange(0, CLOSED, Ordering::AcqRel, Ordering::Acquire).is_ok()
+                        && shared.streams.compare_exchange(0, CLOSED, Ordering::AcqRel, Ordering::Acquire).is_ok()
                     {
                         return;
                     }
                 }
             };
-            tokio::select! {
-                r = &mut conn => if let Err(e) = r {
-                    debug!(%peer, error = %e, "HBONE client connection ended");
-                },
-                why = ka => info!(%peer, reason = why, "HBONE client connection dropped"),
-                () = idle => debug!(%peer, "idle HBONE client connection closed"),
-            }
+            let retired = tokio::select! {
+                r = &mut conn => {
+                    if let Err(e) = r {
+                        debug!(%peer, error = %e, "HBONE client connection ended");
+                    }
+                    false
+                }
+                why = &mut ka => {
+                    info!(%peer, reason = why, "HBONE client connection dropped");
+                    false
+                }
+                () = idle => {
+                    debug!(%peer, "idle HBONE client connection closed");
+                    false
+                }
+                () = shared.retired.notified() => true,
+            };
             // Whatever ended it, no new tunnel may pick it from the pool
-            // (the idle path has already marked it).
-            let _ = slots.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < CLOSED).then_some(n + CLOSED));
+            // (the idle and retire paths have already marked it).
+            let _ = shared
+                .streams
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < CLOSED).then_some(n + CLOSED));
+            if retired {
+                // Closed gracefully: once the pool's handle is gone and no
+                // stream is left, h2 sends GOAWAY and completes after
+                // flushing what the last tunnel queued (its END_STREAM).
+                if let Some(conns) = pooled_in.upgrade() {
+                    conns.lock().await.retain(|p| !Arc::ptr_eq(&p.state, &shared));
+                }
+                debug!(%peer, "HBONE client connection retired after a burst");
+                tokio::select! {
+                    _ = &mut conn => {}
+                    _ = tokio::time::sleep(super::KEEPALIVE_TIMEOUT) => {}
+                }
+            }
         });
-        Ok((send, streams))
+        Ok((send, state))
     }
 
     /// A connection with a free stream slot (taken), dialling a new one when
@@ -255,25 +345,25 @@ impl Outbound {
         let entry = self.map().entry(key.clone()).or_default().clone();
         let mut conns = entry.lock().await;
         if let Some(p) = conns.iter().find(|p| p.take_slot(self.streams_per_connection)) {
-            return Ok((p.send.clone(), Slot(p.streams.clone()), p.pair.clone()));
+            return Ok((p.send.clone(), Slot(p.state.clone()), p.pair.clone()));
         }
         // Only when a connection must be opened: sweep out closed ones, and
         // other keys' leftovers (not on every tunnel).
         conns.retain(|p| !p.is_closed());
         self.prune();
-        let (send, streams) = self.dial(key).await?;
+        let (send, state) = self.dial(key, &entry).await?;
         let (src, _, dst, _) = key;
         let pair = self.metrics.pair(ConnLabels {
             direction: "outbound",
             source_identity: src.to_string(),
             destination_identity: dst.to_string(),
         });
-        conns.push(Pooled { send: send.clone(), streams: streams.clone(), pair: pair.clone() });
+        conns.push(Pooled { send: send.clone(), state: state.clone(), pair: pair.clone() });
         drop(conns);
         // A key pruned while this dial ran (its entry was locked, so it was
         // kept) is back in the map if it had been removed.
         self.map().entry(key.clone()).or_insert(entry);
-        Ok((send, Slot(streams), pair))
+        Ok((send, Slot(state), pair))
     }
 
     /// Opens a tunnel for the flow `src_addr` → `dst_addr` through the proxy

@@ -201,6 +201,74 @@ async fn streams_per_connection_are_bounded_and_freed_slots_are_reused() {
     assert_eq!(m.out.pool_size().await, 2, "no third connection");
 }
 
+/// The number of HBONE connections `metrics` counts open in `direction`,
+/// once it equals `want` (or what it is after 5 s).
+async fn hbone_connections(metrics: &super::metrics::ProxyMetrics, direction: &'static str, want: i64) -> i64 {
+    let g = metrics.hbone_connections.get_or_create(&super::metrics::DirectionLabels { direction }).clone();
+    for _ in 0..250 {
+        if g.get() == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    g.get()
+}
+
+#[tokio::test]
+async fn a_connection_is_retired_when_the_last_tunnel_of_a_burst_ends_and_not_otherwise() {
+    let mut m = mesh().await;
+    let metrics = Arc::new(super::metrics::ProxyMetrics::default());
+    m.out = Outbound::new(m.a.clone(), metrics.clone()).with_retire_after(2);
+    let pod = echo_pod().await;
+    // Two tunnels at a time: not above the bound, the connection stays.
+    for round in 0..2u16 {
+        let mut a = m.out.connect(&m.frontend, src(40200 + 2 * round), &m.db, pod, m.proxy_b).await.unwrap();
+        let mut b = m.out.connect(&m.frontend, src(40201 + 2 * round), &m.db, pod, m.proxy_b).await.unwrap();
+        assert_eq!(roundtrip(&mut a, b"a").await, b"a");
+        assert_eq!(roundtrip(&mut b, b"b").await, b"b");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(m.out.pool_size().await, 1, "a small peak keeps the connection pooled");
+    assert_eq!(hbone_connections(&metrics, "outbound", 1).await, 1);
+    // Three at a time: once all three have ended, cleanly, it is closed.
+    let mut ts = Vec::new();
+    for i in 0..3 {
+        ts.push(m.out.connect(&m.frontend, src(40210 + i), &m.db, pod, m.proxy_b).await.unwrap());
+    }
+    assert_eq!(m.out.pool_size().await, 1, "the burst shares the pooled connection");
+    for (i, t) in ts.iter_mut().enumerate() {
+        let msg = format!("burst {i}");
+        assert_eq!(roundtrip(t, msg.as_bytes()).await, msg.as_bytes());
+    }
+    for mut t in ts {
+        // Each ends with a half-close both ways; the last one's END_STREAM
+        // must still reach the peer (graceful close, no reset).
+        t.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut rest)).await.unwrap().unwrap();
+        assert!(rest.is_empty());
+    }
+    assert_eq!(hbone_connections(&metrics, "outbound", 0).await, 0, "retired on the client");
+    assert_eq!(hbone_connections(&m.metrics_b, "inbound", 0).await, 0, "and closed on the server");
+    assert_eq!(m.out.pool_size().await, 0);
+    let labels = super::metrics::ConnLabels {
+        direction: "inbound",
+        source_identity: m.frontend.to_string(),
+        destination_identity: m.db.to_string(),
+    };
+    assert_eq!(m.metrics_b.closed.get_or_create(&labels).get(), 7, "every tunnel ended on the server");
+    let failures: u64 = ["connect_failed", "bad_request", "policy"]
+        .iter()
+        .map(|reason| m.metrics_b.tunnel_failures.get_or_create(&super::metrics::ReasonLabels { reason }).get())
+        .sum();
+    assert_eq!(failures, 0);
+    // The next tunnel opens a fresh connection.
+    let mut t = m.out.connect(&m.frontend, src(40220), &m.db, pod, m.proxy_b).await.unwrap();
+    assert_eq!(roundtrip(&mut t, b"again").await, b"again");
+    assert_eq!(m.out.pool_size().await, 1);
+    assert_eq!(hbone_connections(&metrics, "outbound", 1).await, 1);
+}
+
 #[tokio::test]
 async fn inbound_counts_tunnels_and_bytes_per_identity_pair() {
     let m = mesh().await;
