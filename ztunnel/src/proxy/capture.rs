@@ -147,21 +147,20 @@ impl Capture {
         // The pod's first bytes follow the CONNECT at once; bytes towards
         // the pod wait for the peer's 200.
         let copy = copy::tunnel(tcp, send, Incoming::Response(response));
-        Some((copy, Captured { pair, metrics: self.metrics.clone(), _slot: slot }))
+        Some((copy, Captured { pair, _slot: slot }))
     }
 }
 
 /// What the capture side does when a tunnel's copy ends.
 struct Captured {
     pair: Arc<PairMetrics>,
-    metrics: Arc<ProxyMetrics>,
     /// The stream's slot on its pooled connection, freed with this.
     _slot: Slot,
 }
 
 impl copy::Finish for Captured {
     fn finish(self, tcp: TcpStream, totals: copy::Totals, result: Result<(), CopyError>) {
-        let Captured { pair, metrics, _slot: slot } = self;
+        let Captured { pair, _slot: slot } = self;
         drop(slot);
         pair.finished(totals.up, totals.down);
         let (src, dst) = (&pair.labels.source_identity, &pair.labels.destination_identity);
@@ -171,7 +170,7 @@ impl copy::Finish for Captured {
             }
             Err(CopyError::Refused(status)) => {
                 warn!(source_identity = %src, destination_identity = %dst, %status, "tunnel refused by the peer; connection reset");
-                metrics.fail("refused_by_peer");
+                pair.refused_by_peer();
                 reset(tcp);
             }
             Err(e) => {

@@ -117,6 +117,7 @@ impl ProxyMetrics {
             sent: self.bytes_sent.get_or_create(&labels).clone(),
             received: self.bytes_received.get_or_create(&labels).clone(),
             active: self.active.clone(),
+            refused_by_peer: self.tunnel_failures.get_or_create(&ReasonLabels { reason: "refused_by_peer" }).clone(),
             labels,
         })
     }
@@ -146,6 +147,7 @@ pub struct PairMetrics {
     sent: Counter,
     received: Counter,
     active: Gauge,
+    refused_by_peer: Counter,
 }
 
 impl PairMetrics {
@@ -153,6 +155,11 @@ impl PairMetrics {
     pub fn opened(&self) {
         self.opened.inc();
         self.active.inc();
+    }
+
+    /// Counts a tunnel the peer refused (in `tunnel_failures`).
+    pub fn refused_by_peer(&self) {
+        self.refused_by_peer.inc();
     }
 
     /// Counts a tunnel's bytes and close.
