@@ -65,6 +65,7 @@ impl Config {
 
 /// Runs the agent until the process is stopped.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
+    fix_mmap_threshold();
     cfg.validate()?;
     let out: Box<dyn std::io::Write + Send> = match &cfg.flow_log {
         Some(p) => Box::new(
@@ -274,6 +275,23 @@ fn release_free_memory() {
     // unused pages of the allocator's own heaps to the kernel.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// Keeps glibc's threshold for serving an allocation with its own `mmap`
+/// at 128 KiB. By default the first free of such a block raises the
+/// threshold to that block's size, and from then on blocks of that size —
+/// HTTP/2's per-connection stream tables and frame queues are 100 KB to
+/// 1 MB after a burst — come from the heap, where freeing them leaves holes
+/// between live allocations instead of returning the memory. With the
+/// threshold fixed they are unmapped when freed.
+fn fix_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    // SAFETY: mallopt only changes the allocator's tuning parameters; it is
+    // called before any other thread of the agent exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
 
