@@ -65,7 +65,6 @@ impl Config {
 
 /// Runs the agent until the process is stopped.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
-    fix_mmap_threshold();
     cfg.validate()?;
     let out: Box<dyn std::io::Write + Send> = match &cfg.flow_log {
         Some(p) => Box::new(
@@ -261,37 +260,28 @@ fn log_events(dp: &mut Dataplane, flowlog: &mut FlowLog, tables: &policy::compil
 /// How often the allocator is asked to give free pages back.
 const TRIM_EVERY: Duration = Duration::from_secs(10);
 
-/// Returns the allocator's free pages to the kernel. glibc gives memory
-/// back only from the top of a heap; loading the datapath (the kernel's BTF
-/// is parsed into ~10 MB of short-lived tables), a policy recompile or a
-/// burst of tunnel set-ups leaves free pages behind live allocations, which
-/// would stay resident for the life of the agent: ~2 MB idle and under
-/// load. Runs on this control thread, every `TRIM_EVERY`; ~50 µs
-/// per call in the mesh benchmark.
+/// Returns the allocator's free pages to the kernel now rather than after
+/// jemalloc's decay time: loading the datapath (the kernel's BTF is parsed
+/// into ~10 MB of short-lived tables), a policy recompile or a burst of
+/// tunnels that closed leave free pages behind. Runs on this control
+/// thread, once start-up is over and then every `TRIM_EVERY`.
 fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // "arena.<MALLCTL_ARENAS_ALL>.purge": every arena's unused pages.
+    const PURGE_ALL: &[u8] = b"arena.4096.purge\0";
     #[allow(unsafe_code)]
-    // SAFETY: malloc_trim has no preconditions; it only returns free,
-    // unused pages of the allocator's own heaps to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-/// Keeps glibc's threshold for serving an allocation with its own `mmap`
-/// at 128 KiB. By default the first free of such a block raises the
-/// threshold to that block's size, and from then on blocks of that size —
-/// HTTP/2's per-connection stream tables and frame queues are 100 KB to
-/// 1 MB after a burst — come from the heap, where freeing them leaves holes
-/// between live allocations instead of returning the memory. With the
-/// threshold fixed they are unmapped when freed.
-fn fix_mmap_threshold() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    #[allow(unsafe_code)]
-    // SAFETY: mallopt only changes the allocator's tuning parameters; it is
-    // called before any other thread of the agent exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    // SAFETY: the name is NUL-terminated and this control takes no value
+    // and returns none (all pointers null, length 0).
+    let rc = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            PURGE_ALL.as_ptr().cast(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(rc, "jemalloc purge failed");
     }
 }
 
