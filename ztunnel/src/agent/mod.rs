@@ -286,19 +286,6 @@ fn release_free_memory() -> bool {
     rc == 0
 }
 
-#[cfg(test)]
-mod tests {
-    /// The purge names a control this jemalloc has (with a wrong name it
-    /// would do nothing, and start-up's freed pages would stay resident
-    /// until jemalloc's decay got to them), here with freed pages to purge.
-    #[test]
-    fn the_allocator_purge_is_accepted() {
-        let big = vec![1u8; 8 << 20];
-        drop(std::hint::black_box(big));
-        assert!(super::release_free_memory());
-    }
-}
-
 /// How long a draining agent lets open tunnels finish.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -326,4 +313,17 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
         set.store(true, Ordering::Relaxed);
     })?;
     Ok(flag)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The purge names a control this jemalloc has (with a wrong name it
+    /// would do nothing, and start-up's freed pages would stay resident
+    /// until jemalloc's decay got to them), here with freed pages to purge.
+    #[test]
+    fn the_allocator_purge_is_accepted() {
+        let big = vec![1u8; 8 << 20];
+        drop(std::hint::black_box(big));
+        assert!(super::release_free_memory());
+    }
 }
