@@ -7,9 +7,9 @@
 //!
 //! - **Memory**: an idle tunnel holds no buffer. Reads go into a per-thread
 //!   slab; each read's bytes are split off it (reference-counted, no copy)
-//!   and live only until HTTP/2 has written them; a small chunk that must
-//!   wait for the peer's window is copied out first, so a stalled tunnel
-//!   does not pin a whole slab. Received frames are held only until the
+//!   and live only until HTTP/2 has written them; a chunk that must wait
+//!   for the peer's window is copied out first, so a stalled tunnel does
+//!   not pin a whole slab. Received frames are held only until the
 //!   pod's socket takes them.
 //! - **Backpressure**: data is handed to HTTP/2 only as the stream's flow
 //!   control window allows (no unbounded send buffer), and the receive
@@ -41,11 +41,13 @@ use http::StatusCode;
 use tokio::io::{AsyncWrite, Interest};
 use tokio::net::TcpStream;
 
-/// Slab size per thread: several TLS records per read.
-const SLAB: usize = 64 * 1024;
+/// Slab size per thread: a bulk transfer's read takes up to a quarter of
+/// it (sixteen TLS records), one DATA frame. 256 KiB slabs carried a single
+/// stream 3–5% faster than 64 KiB ones (8 of 9 alternating runs).
+const SLAB: usize = 256 * 1024;
 /// A read is offered at least this much room; a smaller remainder of the
 /// slab is left to the chunks already split off it.
-const MIN_READ: usize = 16 * 1024;
+const MIN_READ: usize = 64 * 1024;
 
 thread_local! {
     static SLAB_BUF: RefCell<BytesMut> = RefCell::new(BytesMut::new());
@@ -186,9 +188,9 @@ fn poll_up(
                     Poll::Ready(None) => return Poll::Ready(Err(CopyError::Closed)),
                     Poll::Pending => {
                         // Waiting for the peer's window (a slow reader over
-                        // there): keep just these bytes, not the 64 KiB slab
+                        // there): keep just these bytes, not the 256 KiB slab
                         // they were read into, however long that takes.
-                        if pending.len() <= MIN_READ && !up.compact {
+                        if !up.compact {
                             *pending = Bytes::copy_from_slice(pending);
                             up.compact = true;
                         }

@@ -3,11 +3,11 @@
 //! [`ReadAhead`] sits between a node-to-node TCP socket and rustls. rustls
 //! asks its transport for at most 4 KiB per read (a bound on its own
 //! buffer), so a 16 KiB TLS record costs four `recv` calls and a 1 Gb/s
-//! stream a quarter of a million of them per second. Here one `recv` takes
-//! up to 64 KiB (a chunk of the thread's read slab, see `copy`); rustls then
+//! stream a quarter of a million of them per second. Here one `recv` offers
+//! 64–256 KiB (a chunk of the thread's read slab, see `copy`); rustls then
 //! copies its 4 KiB pieces out of memory. The chunk is released once
 //! drained, so an idle connection holds no buffer (an emptied `Bytes`
-//! would still keep the whole 64 KiB slab it was split from alive).
+//! would still keep the whole 256 KiB slab it was split from alive).
 
 use std::io;
 use std::pin::Pin;
