@@ -98,6 +98,12 @@ fn measure(client: &str, server: Ipv4Addr, agents: &[u32]) -> anyhow::Result<Mea
         match only.as_str() {
             "cps" => m.cps = conns_per_sec(client, echo, 10.0)?,
             "rr" => (m.p50, m.p99) = rr(client, echo, 200_000)?,
+            // ZT_BENCH_ONLY=hold: keep each mode up for a minute, to poke
+            // at by hand (`ip netns exec CLIENT_NS iperf3 -c SERVER`).
+            "hold" => {
+                eprintln!("holding: client namespace {client}, server {server} (iperf3 -s, echo on :80)");
+                std::thread::sleep(Duration::from_secs(60));
+            }
             _ => m.single = iperf(client, server, 1)?,
         }
         return Ok(m);
