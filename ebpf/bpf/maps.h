@@ -229,6 +229,87 @@ _Static_assert(sizeof(struct zt_cidr4_key) == 16, "zt_cidr4_key layout");
 _Static_assert(sizeof(struct zt_cidr6_key) == 28, "zt_cidr6_key layout");
 _Static_assert(sizeof(struct zt_policy_key) == 16, "zt_policy_key layout");
 _Static_assert(sizeof(struct zt_policy_value) == 4, "zt_policy_value layout");
+/*
+ * Splicing of the local legs (sockmap). With the mesh on, every permitted
+ * pod TCP connection has two local legs: pod <-> capture socket of its
+ * node's proxy (source node), delivery socket of the proxy <-> pod
+ * (destination node). Both ends of a leg are sockets on this kernel, so
+ * the sk_msg program hands each send straight to the other end's receive
+ * queue instead of through TCP, the veth and TCP again.
+ *
+ * zt_splice_flows (LRU_HASH): which connections have spliceable legs,
+ *   written by the from-pod program: a pod's SYN assigned to the capture
+ *   listener (CAPTURE), a pod's SYN-ACK assigned to a delivery socket
+ *   (DELIVERY). key: kind + the connection's original tuple (the SYN's);
+ *   value: the key of the flow's zt_ct entry, which carries its verdict.
+ * zt_splice_socks (SOCKHASH): the sockets of those legs, put there by the
+ *   sock_ops program when they become established. key: the socket's own
+ *   view (local, remote, ports in host order) + role (POD or PROXY): a
+ *   pod-side socket and the proxy-side socket of its leg have mirrored
+ *   tuples, so a socket's peer is (remote, local, rport, lport, !role).
+ *   Which is which: a proxy socket lives in the agent's network namespace
+ *   and carries the proxy mark (zt_splice_config); on a CAPTURE leg the pod
+ *   connects (active) and the proxy accepts, on a DELIVERY leg the reverse.
+ * zt_splice_state (SK_STORAGE): per spliced socket its peer's key, its
+ *   flow's ct key and its mode. A socket's sends are spliced only if its
+ *   first one was: once a byte went through TCP every later byte must too
+ *   (the receiver reads spliced bytes before TCP ones), and a spliced
+ *   socket falls back to TCP for good when its peer is gone, the mesh is
+ *   off, its ct entry is gone or its verdict is from an older policy epoch
+ *   — the TCP path then re-decides the flow (revocation) as for any packet.
+ * zt_splice_config (ARRAY, 1): the agent's netns cookie, the proxy mark,
+ *   enabled. Not pinned: splicing lives and dies with its agent.
+ * zt_splice_counters (PERCPU_ARRAY, 1): sends spliced, their bytes, and
+ *   sockets that fell back to TCP.
+ */
+#define ZT_SPLICE_CAPTURE 1
+#define ZT_SPLICE_DELIVERY 2
+
+#define ZT_SPLICE_ROLE_POD 0
+#define ZT_SPLICE_ROLE_PROXY 1
+
+#define ZT_SPLICE_UNDECIDED 0
+#define ZT_SPLICE_SPLICED 1
+#define ZT_SPLICE_TCP 2
+
+struct zt_splice_flow {
+	__u32 kind;
+	__u32 saddr; /* network byte order */
+	__u32 daddr;
+	__be16 sport;
+	__be16 dport;
+};
+
+struct zt_splice_sock {
+	__u32 local; /* network byte order */
+	__u32 remote;
+	__u16 lport; /* host byte order */
+	__u16 rport;
+	__u32 role;
+};
+
+struct zt_splice_state {
+	struct zt_splice_sock peer;
+	struct zt_ct_key ct;
+	__u32 mode;
+};
+
+struct zt_splice_config {
+	__u64 netns_cookie;
+	__u32 proxy_mark;
+	__u32 enabled;
+};
+
+struct zt_splice_counter {
+	__u64 messages;
+	__u64 bytes;
+	__u64 fallbacks;
+};
+
+_Static_assert(sizeof(struct zt_splice_flow) == 16, "zt_splice_flow layout");
+_Static_assert(sizeof(struct zt_splice_sock) == 16, "zt_splice_sock layout");
+_Static_assert(sizeof(struct zt_splice_config) == 16, "zt_splice_config layout");
+_Static_assert(sizeof(struct zt_splice_counter) == 24, "zt_splice_counter layout");
 _Static_assert(sizeof(struct zt_ct_key) == 44, "zt_ct_key layout");
 _Static_assert(sizeof(struct zt_ct_value) == 16, "zt_ct_value layout");
 _Static_assert(sizeof(struct zt_config) == 40, "zt_config layout");

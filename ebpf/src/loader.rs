@@ -630,3 +630,108 @@ pub fn unpin_pod(p: PinnedPod) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Splicing the local legs could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SpliceError {
+    /// The object lacks a program or map.
+    #[error("{0} not found in the loaded object")]
+    Missing(&'static str),
+    /// A map could not be opened or written.
+    #[error("map {map}: {source}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// The error.
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// The kernel refused to load or attach a program.
+    #[error("{what} {program}")]
+    Program {
+        /// load or attach.
+        what: &'static str,
+        /// Program name.
+        program: &'static str,
+        /// The error (boxed: aya's error is large).
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    /// The cgroup could not be opened.
+    #[error("cgroup {path}: {source}")]
+    Cgroup {
+        /// Its path.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn splice_prog_err(
+    what: &'static str,
+    program: &'static str,
+) -> impl FnOnce(aya::programs::ProgramError) -> SpliceError {
+    move |source| SpliceError::Program { what, program, source: Box::new(source) }
+}
+
+/// Turns splicing of the local legs on: loads the `sk_msg` program onto the
+/// splice socket map and the `sock_ops` program onto `cgroup` (the cgroup
+/// v2 root, or any cgroup holding every pod and the agent; several agents
+/// may attach theirs, each takes only its own sockets), then enables it for
+/// the proxy sockets of this network namespace (`netns_cookie`) that carry
+/// `proxy_mark`. The attachments live as long as `bpf`; on any error nothing
+/// is enabled and legs stay on TCP, which is always correct.
+pub fn attach_splice(
+    bpf: &mut aya::Ebpf,
+    cgroup: &Path,
+    netns_cookie: u64,
+    proxy_mark: u32,
+) -> Result<(), SpliceError> {
+    use crate::map_names::{SPLICE_CONFIG, SPLICE_SOCKS};
+    use crate::programs::{SPLICE_MSG, SPLICE_OPS};
+    let socks_fd = {
+        let map = bpf.map(SPLICE_SOCKS).ok_or(SpliceError::Missing(SPLICE_SOCKS))?;
+        let socks: aya::maps::SockHash<&aya::maps::MapData, [u8; 16]> =
+            aya::maps::SockHash::try_from(map).map_err(|source| SpliceError::Map { map: SPLICE_SOCKS, source })?;
+        socks
+            .fd()
+            .try_clone()
+            .map_err(|e| SpliceError::Map { map: SPLICE_SOCKS, source: aya::maps::MapError::from(e) })?
+    };
+    let msg: &mut aya::programs::SkMsg = bpf
+        .program_mut(SPLICE_MSG)
+        .ok_or(SpliceError::Missing(SPLICE_MSG))?
+        .try_into()
+        .map_err(splice_prog_err("load", SPLICE_MSG))?;
+    msg.load().map_err(splice_prog_err("load", SPLICE_MSG))?;
+    msg.attach(&socks_fd).map_err(splice_prog_err("attach", SPLICE_MSG))?;
+    let cg = std::fs::File::open(cgroup)
+        .map_err(|source| SpliceError::Cgroup { path: cgroup.display().to_string(), source })?;
+    let ops: &mut aya::programs::SockOps = bpf
+        .program_mut(SPLICE_OPS)
+        .ok_or(SpliceError::Missing(SPLICE_OPS))?
+        .try_into()
+        .map_err(splice_prog_err("load", SPLICE_OPS))?;
+    ops.load().map_err(splice_prog_err("load", SPLICE_OPS))?;
+    // Through a BPF link (kernel 5.7+), which the kernel always attaches
+    // beside others ("multi"): its flags must be 0, which aya spells
+    // `Single`. Other agents' and other tools' programs keep running.
+    ops.attach(&cg, aya::programs::links::CgroupAttachMode::Single).map_err(splice_prog_err("attach", SPLICE_OPS))?;
+    let map = bpf.map_mut(SPLICE_CONFIG).ok_or(SpliceError::Missing(SPLICE_CONFIG))?;
+    let mut config: aya::maps::Array<&mut aya::maps::MapData, crate::maps::ZtSpliceConfig> =
+        aya::maps::Array::try_from(map).map_err(|source| SpliceError::Map { map: SPLICE_CONFIG, source })?;
+    let value = crate::maps::ZtSpliceConfig { netns_cookie, proxy_mark, enabled: 1 };
+    config.set(0, value, 0).map_err(|source| SpliceError::Map { map: SPLICE_CONFIG, source })?;
+    Ok(())
+}
+
+/// The splice counters summed over CPUs: (sends spliced, their bytes,
+/// sockets that went to TCP).
+pub fn splice_counters(bpf: &aya::Ebpf) -> Option<(u64, u64, u64)> {
+    let map = bpf.map(crate::map_names::SPLICE_COUNTERS)?;
+    let counters: aya::maps::PerCpuArray<&aya::maps::MapData, crate::maps::ZtSpliceCounter> =
+        aya::maps::PerCpuArray::try_from(map).ok()?;
+    let per_cpu = counters.get(&0, 0).ok()?;
+    Some(per_cpu.iter().fold((0, 0, 0), |(m, b, f), c| (m + c.messages, b + c.bytes, f + c.fallbacks)))
+}
