@@ -99,41 +99,6 @@ struct {
 	__type(value, struct zt_counter);
 } zt_counters SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct zt_splice_flow);
-	__type(value, struct zt_ct_key);
-} zt_splice_flows SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_SOCKHASH);
-	__uint(max_entries, 131072);
-	__type(key, struct zt_splice_sock);
-	__type(value, __u32);
-} zt_splice_socks SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct zt_splice_state);
-} zt_splice_state SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct zt_splice_config);
-} zt_splice_config SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct zt_splice_counter);
-} zt_splice_counters SEC(".maps");
-
 /* A parsed packet: the peer is the end that is not the local pod. */
 struct flow {
 	struct zt_addr src;
@@ -145,7 +110,6 @@ struct flow {
 	__u8 icmp6_type;
 	__u8 has_ports;
 	__u8 tcp_syn_only; /* also set for ICMP echo requests: never a reply */
-	__u8 tcp_syn_ack;
 };
 
 static __always_inline int parse_l4(void *l4, void *end, struct flow *f, int first_fragment)
@@ -172,7 +136,6 @@ static __always_inline int parse_l4(void *l4, void *end, struct flow *f, int fir
 				return -1;
 			/* SYN set, ACK clear: the first packet of a connection. */
 			f->tcp_syn_only = (*flags & 0x12) == 0x02;
-			f->tcp_syn_ack = (*flags & 0x12) == 0x12;
 		}
 		} else if (f->protocol == IPPROTO_ICMP || f->protocol == IPPROTO_ICMPV6_) {
 		__u8 *icmp = l4;
@@ -375,44 +338,6 @@ static __always_inline void ct_key(struct zt_ct_key *k, __u32 endpoint, __u8 dir
 	}
 }
 
-/*
- * Remembers that a connection's local leg may be spliced (zt_splice_flows):
- * its SYN went to the capture listener (CAPTURE, the pod is the client) or
- * its SYN-ACK to a delivery socket (DELIVERY, the pod is the server). The
- * value is the key of the zt_ct entry holding the flow's verdict: the
- * pod's egress entry for a capture, its ingress entry (the delivery SYN,
- * tracked in the original direction) for a delivery.
- */
-static __always_inline void splice_record(struct __sk_buff *skb, struct flow *f, int capture)
-{
-	__u32 zero = 0;
-	struct zt_splice_config *sc = bpf_map_lookup_elem(&zt_splice_config, &zero);
-	if (!sc || !sc->enabled)
-		return;
-	__u32 ifindex = skb->ifindex;
-	struct zt_endpoint *ep = bpf_map_lookup_elem(&zt_endpoints, &ifindex);
-	if (!ep)
-		return;
-	struct zt_splice_flow k = {};
-	struct zt_ct_key ct;
-	if (capture) {
-		k.kind = ZT_SPLICE_CAPTURE;
-		k.saddr = f->src.addr[0];
-		k.daddr = f->dst.addr[0];
-		k.sport = f->sport_be;
-		k.dport = f->dport_be;
-		ct_key(&ct, ep->endpoint, ZT_DIR_EGRESS, f, 0);
-	} else {
-		k.kind = ZT_SPLICE_DELIVERY;
-		k.saddr = f->dst.addr[0];
-		k.daddr = f->src.addr[0];
-		k.sport = f->dport_be;
-		k.dport = f->sport_be;
-		ct_key(&ct, ep->endpoint, ZT_DIR_INGRESS, f, 1);
-	}
-	bpf_map_update_elem(&zt_splice_flows, &k, &ct, BPF_ANY);
-}
-
 static __always_inline int decide_packet(struct __sk_buff *skb, __u8 dir, struct flow *fp);
 
 /*
@@ -449,14 +374,11 @@ static __always_inline int steer(struct __sk_buff *skb, struct flow *f, struct z
 		return TC_ACT_SHOT;
 	}
 assign:;
-	int listener = sk->state == BPF_TCP_LISTEN;
 	long err = bpf_sk_assign(skb, sk, 0);
 	bpf_sk_release(sk);
 	if (err)
 		return TC_ACT_SHOT;
 	skb->mark = cfg->redirect_mark;
-	if ((f->tcp_syn_only && listener) || (f->tcp_syn_ack && !listener))
-		splice_record(skb, f, listener);
 	return TC_ACT_OK;
 }
 
@@ -596,126 +518,6 @@ SEC("classifier/to_pod")
 int zt_to_pod(struct __sk_buff *skb)
 {
 	return handle(skb, ZT_DIR_INGRESS);
-}
-
-/*
- * sock_ops (cgroup): when a socket of a recorded leg (zt_splice_flows)
- * becomes established, put it in zt_splice_socks under its role and give
- * it its splice state. Every agent on a kernel attaches its own copy (to
- * the root cgroup, several allowed) and takes only its own sockets: proxy
- * sockets in its network namespace with its mark, pod sockets of legs its
- * datapath recorded, in any other namespace and without the mark.
- */
-SEC("sockops")
-int zt_splice_ops(struct bpf_sock_ops *s)
-{
-	if (s->family != 2 /* AF_INET */)
-		return 0;
-	int active = s->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB;
-	if (!active && s->op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
-		return 0;
-	__u32 zero = 0;
-	struct zt_splice_config *sc = bpf_map_lookup_elem(&zt_splice_config, &zero);
-	if (!sc || !sc->enabled)
-		return 0;
-	struct bpf_sock *sk = s->sk;
-	if (!sk)
-		return 0;
-	int own_ns = bpf_get_netns_cookie(s) == sc->netns_cookie;
-	int proxy = own_ns && sk->mark == sc->proxy_mark;
-	int pod = !own_ns && sk->mark != sc->proxy_mark;
-	if (!proxy && !pod)
-		return 0;
-
-	struct zt_splice_sock self = {
-		.local = s->local_ip4,
-		.remote = s->remote_ip4,
-		.lport = (__u16)s->local_port,
-		.rport = (__u16)bpf_ntohl(s->remote_port),
-	};
-	/* The connection's original tuple: the client's view. */
-	struct zt_splice_flow k = {};
-	if (active) {
-		k.saddr = self.local;
-		k.daddr = self.remote;
-		k.sport = bpf_htons(self.lport);
-		k.dport = bpf_htons(self.rport);
-	} else {
-		k.saddr = self.remote;
-		k.daddr = self.local;
-		k.sport = bpf_htons(self.rport);
-		k.dport = bpf_htons(self.lport);
-	}
-	/* Capture leg: the pod connects, the proxy accepts. Delivery leg: the
-	 * proxy connects, the pod accepts. */
-	k.kind = (active == pod) ? ZT_SPLICE_CAPTURE : ZT_SPLICE_DELIVERY;
-	struct zt_ct_key *ct = bpf_map_lookup_elem(&zt_splice_flows, &k);
-	if (!ct)
-		return 0;
-	self.role = proxy ? ZT_SPLICE_ROLE_PROXY : ZT_SPLICE_ROLE_POD;
-	struct zt_splice_state *st = bpf_sk_storage_get(&zt_splice_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!st)
-		return 0;
-	st->peer.local = self.remote;
-	st->peer.remote = self.local;
-	st->peer.lport = self.rport;
-	st->peer.rport = self.lport;
-	st->peer.role = proxy ? ZT_SPLICE_ROLE_POD : ZT_SPLICE_ROLE_PROXY;
-	__builtin_memcpy(&st->ct, ct, sizeof(st->ct));
-	st->mode = ZT_SPLICE_UNDECIDED;
-	if (bpf_sock_hash_update(s, &zt_splice_socks, &self, BPF_NOEXIST))
-		st->mode = ZT_SPLICE_TCP;
-	return 0;
-}
-
-static __always_inline void splice_count(__u64 bytes, int fallback)
-{
-	__u32 zero = 0;
-	struct zt_splice_counter *c = bpf_map_lookup_elem(&zt_splice_counters, &zero);
-	if (!c)
-		return;
-	if (fallback) {
-		c->fallbacks++;
-	} else {
-		c->messages++;
-		c->bytes += bytes;
-	}
-}
-
-/*
- * sk_msg (on zt_splice_socks): a send on a leg socket goes straight to its
- * peer's receive queue while the flow's verdict stands; otherwise, and for
- * good, through TCP (see zt_splice_state).
- */
-SEC("sk_msg")
-int zt_splice_msg(struct sk_msg_md *m)
-{
-	struct bpf_sock *sk = m->sk;
-	if (!sk)
-		return SK_PASS;
-	struct zt_splice_state *st = bpf_sk_storage_get(&zt_splice_state, sk, 0, 0);
-	if (!st || st->mode == ZT_SPLICE_TCP)
-		return SK_PASS;
-	__u32 zero = 0;
-	struct zt_config *cfg = bpf_map_lookup_elem(&zt_config, &zero);
-	struct zt_splice_config *sc = bpf_map_lookup_elem(&zt_splice_config, &zero);
-	if (!cfg || !cfg->mesh || !sc || !sc->enabled)
-		goto tcp;
-	struct zt_ct_value *ct = bpf_map_lookup_elem(&zt_ct, &st->ct);
-	if (!ct || ct->epoch != cfg->epoch)
-		goto tcp;
-	__u64 now = bpf_ktime_get_coarse_ns();
-	if (now - ct->last_seen_ns > 100000000ULL)
-		ct->last_seen_ns = now;
-	if (bpf_msg_redirect_hash(m, &zt_splice_socks, &st->peer, BPF_F_INGRESS) != SK_PASS)
-		goto tcp;
-	st->mode = ZT_SPLICE_SPLICED;
-	splice_count(m->size, 0);
-	return SK_PASS;
-tcp:
-	st->mode = ZT_SPLICE_TCP;
-	splice_count(0, 1);
-	return SK_PASS;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

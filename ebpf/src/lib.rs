@@ -4,9 +4,7 @@
 //! every pod veth (`bpf/datapath.c`), built by `build.rs` with clang and
 //! embedded here, and the one definition of the maps they read
 //! (`bpf/maps.h`) with its Rust mirrors ([`maps`]). The programs only look
-//! things up; every decision is precompiled by `policy::compile`. With the
-//! mesh on, a cgroup `sock_ops` and an `sk_msg` program splice the local
-//! legs between pods and the node proxy (`loader::attach_splice`).
+//! things up; every decision is precompiled by `policy::compile`.
 
 pub mod loader;
 pub mod maps;
@@ -20,10 +18,6 @@ pub mod programs {
     pub const FROM_POD: &str = "zt_from_pod";
     /// Packets delivered to a pod: TC egress of its host-side veth.
     pub const TO_POD: &str = "zt_to_pod";
-    /// Puts the sockets of local legs in the splice map (cgroup sock_ops).
-    pub const SPLICE_OPS: &str = "zt_splice_ops";
-    /// Splices sends on those sockets (sk_msg on the splice map).
-    pub const SPLICE_MSG: &str = "zt_splice_msg";
 }
 
 /// Map names in the object.
@@ -46,14 +40,6 @@ pub mod map_names {
     pub const EVENTS: &str = "zt_events";
     /// Per-CPU packet/byte counters.
     pub const COUNTERS: &str = "zt_counters";
-    /// Legs that may be spliced (not pinned, like every splice map).
-    pub const SPLICE_FLOWS: &str = "zt_splice_flows";
-    /// The sockets of spliced legs.
-    pub const SPLICE_SOCKS: &str = "zt_splice_socks";
-    /// Splice settings.
-    pub const SPLICE_CONFIG: &str = "zt_splice_config";
-    /// Per-CPU splice counters.
-    pub const SPLICE_COUNTERS: &str = "zt_splice_counters";
-    /// Every map that is pinned (by these names).
+    /// Every map (pinned by these names).
     pub const ALL: [&str; 9] = [IPCACHE, ENDPOINTS, CIDR4, CIDR6, POLICY, CT, CONFIG, EVENTS, COUNTERS];
 }

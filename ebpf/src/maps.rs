@@ -249,31 +249,6 @@ pub struct ZtCounter {
     pub bytes: u64,
 }
 
-/// `struct zt_splice_config`: what the splice programs need to tell this
-/// agent's sockets from pods' (see `maps.h`).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct ZtSpliceConfig {
-    /// Cookie of the agent's network namespace (`SO_NETNS_COOKIE`).
-    pub netns_cookie: u64,
-    /// `SO_MARK` of the proxy's capture and delivery sockets.
-    pub proxy_mark: u32,
-    /// Non-zero: record and splice legs.
-    pub enabled: u32,
-}
-
-/// `struct zt_splice_counter` (one per CPU).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct ZtSpliceCounter {
-    /// Sends handed straight to the peer socket.
-    pub messages: u64,
-    /// Their bytes.
-    pub bytes: u64,
-    /// Leg sockets that went (back) to TCP.
-    pub fallbacks: u64,
-}
-
 // SAFETY: every type is repr(C) with only integer fields and explicit
 // padding arrays, so it has no implicit padding and every bit pattern is
 // valid, which is what `Pod` requires.
@@ -300,10 +275,6 @@ unsafe impl aya::Pod for ZtConfig {}
 unsafe impl aya::Pod for ZtEvent {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ZtCounter {}
-// SAFETY: as above.
-unsafe impl aya::Pod for ZtSpliceConfig {}
-// SAFETY: as above.
-unsafe impl aya::Pod for ZtSpliceCounter {}
 
 /// Bits of a cidr key always matched exactly (endpoint, direction, pad).
 pub const CIDR_FIXED_BITS: u32 = 64;
@@ -362,12 +333,6 @@ pub fn layouts() -> Vec<Layout> {
                 pad2
             ),
         ),
-        (
-            "zt_splice_config",
-            size_of::<ZtSpliceConfig>(),
-            fields!(ZtSpliceConfig, 0, netns_cookie, proxy_mark, enabled),
-        ),
-        ("zt_splice_counter", size_of::<ZtSpliceCounter>(), fields!(ZtSpliceCounter, 0, messages, bytes, fallbacks)),
     ]
 }
 

@@ -56,13 +56,6 @@ pub struct Metrics {
     pub rejected_objects: Counter,
     /// Pods with classifiers attached.
     pub attached_pods: Gauge,
-    /// Sends on local legs handed straight to the other end (sockmap).
-    pub spliced_sends: Counter,
-    /// Their bytes (not in `bytes`: they never cross the classifiers).
-    pub spliced_bytes: Counter,
-    /// Leg sockets that went to TCP instead (first send before the other
-    /// end existed, peer closed, policy changed since the verdict).
-    pub splice_fallbacks: Counter,
 }
 
 impl Metrics {
@@ -81,13 +74,6 @@ impl Metrics {
         r.register("map_sync_errors", "Failed map writes (affected traffic is denied)", self.sync_errors.clone());
         r.register("rejected_objects", "Manifests rejected as invalid", self.rejected_objects.clone());
         r.register("attached_pods", "Pods with classifiers attached", self.attached_pods.clone());
-        r.register(
-            "spliced_sends",
-            "Sends on local legs handed straight to the peer socket",
-            self.spliced_sends.clone(),
-        );
-        r.register("spliced_bytes", "Bytes sent on spliced local legs", self.spliced_bytes.clone());
-        r.register("splice_fallbacks", "Local leg sockets that went to TCP", self.splice_fallbacks.clone());
     }
 }
 

@@ -50,71 +50,6 @@ pub struct Dataplane {
     links_dir: Option<PathBuf>,
     epoch: u32,
     pruned: bool,
-    /// Local legs are spliced (`enable_splice`).
-    splice: bool,
-}
-
-/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on a unified
-/// host, `/sys/fs/cgroup/unified` on a hybrid one), from `/proc/self/mounts`;
-/// if this mount namespace shows none (`ip netns exec` remounts `/sys`),
-/// one is mounted at [`CGROUP2_FALLBACK`]. Its root is the same hierarchy.
-pub fn cgroup2_root() -> Option<PathBuf> {
-    let mounted = std::fs::read_to_string("/proc/self/mounts").ok().and_then(|mounts| {
-        mounts.lines().find_map(|l| {
-            let mut f = l.split_whitespace();
-            let (_, dir, kind) = (f.next()?, f.next()?, f.next()?);
-            (kind == "cgroup2").then(|| PathBuf::from(dir))
-        })
-    });
-    if mounted.is_some() {
-        return mounted;
-    }
-    let dir = Path::new(CGROUP2_FALLBACK);
-    let made = std::fs::create_dir_all(dir).map_err(|e| e.to_string()).and_then(|()| {
-        nix::mount::mount(Some("cgroup2"), dir, Some("cgroup2"), nix::mount::MsFlags::empty(), None::<&str>)
-            .map_err(|e| e.to_string())
-    });
-    match made {
-        Ok(()) => Some(dir.to_path_buf()),
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "no cgroup2 mount and mounting one failed");
-            None
-        }
-    }
-}
-
-/// Where [`cgroup2_root`] mounts the cgroup v2 hierarchy if none is visible.
-pub const CGROUP2_FALLBACK: &str = "/run/ztunnel/cgroup2";
-
-/// This network namespace's cookie (`SO_NETNS_COOKIE`, kernel 5.14+): what
-/// the splice programs compare a socket's namespace with.
-fn netns_cookie() -> std::io::Result<u64> {
-    use std::os::fd::AsRawFd;
-    const SO_NETNS_COOKIE: nix::libc::c_int = 71;
-    let fd = nix::sys::socket::socket(
-        nix::sys::socket::AddressFamily::Inet,
-        nix::sys::socket::SockType::Datagram,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as nix::libc::socklen_t;
-    #[allow(unsafe_code)]
-    // SAFETY: `fd` is an open socket; the kernel writes at most `len` bytes
-    // (8, the cookie's size) to `cookie` and the written length to `len`.
-    let rc = unsafe {
-        nix::libc::getsockopt(
-            fd.as_raw_fd(),
-            nix::libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &raw mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(cookie)
 }
 
 /// The bpffs magic number (`BPF_FS_MAGIC`).
@@ -230,7 +165,6 @@ impl Dataplane {
             epoch,
             pruned: false,
             steering,
-            splice: false,
         };
         Ok((dp, numbers))
     }
@@ -397,25 +331,6 @@ impl Dataplane {
             }
         }
         out
-    }
-
-    /// Splices the local legs of meshed connections from now on (see
-    /// `zt_ebpf::loader::attach_splice`): the `sock_ops` program goes on
-    /// `cgroup`, which must hold every pod and this agent.
-    pub fn enable_splice(&mut self, cgroup: &Path) -> anyhow::Result<()> {
-        let cookie = netns_cookie().context("reading this network namespace's cookie")?;
-        zt_ebpf::loader::attach_splice(&mut self.bpf, cgroup, cookie, crate::proxy::PROXY_MARK)?;
-        self.splice = true;
-        Ok(())
-    }
-
-    /// Whether legs are spliced, and the counters: (sends spliced, their
-    /// bytes, leg sockets that went to TCP).
-    pub fn splice_counters(&self) -> Option<(u64, u64, u64)> {
-        if !self.splice {
-            return None;
-        }
-        zt_ebpf::loader::splice_counters(&self.bpf)
     }
 
     /// Verdict events lost to a full event ring so far, summed over CPUs

@@ -44,11 +44,6 @@ pub struct MeshConfig {
     /// Capture listener the datapath steers pod TCP to; `None` serves
     /// inbound tunnels only.
     pub capture: Option<std::net::SocketAddrV4>,
-    /// Splice the local legs (pod <-> proxy) with sockmap, attaching the
-    /// `sock_ops` program to this cgroup (v2; it must hold every pod and
-    /// the agent, e.g. the root `/sys/fs/cgroup`); `None`: plain TCP.
-    /// Needs `capture` and `transparent`.
-    pub splice: Option<PathBuf>,
     /// Proxy worker threads. One keeps every hand-off of a tunnel on one
     /// core (lowest latency; on the 2-core benchmark machine also the most
     /// throughput); raise it on nodes with cores to spare.

@@ -92,7 +92,6 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         tracing::info!(%bound, "admin endpoint listening");
     }
     let mut last_counters = [(0u64, 0u64); 4];
-    let mut last_splice = (0u64, 0u64, 0u64);
     let (mut dp, numbers) = Dataplane::load(cfg.pin_dir.as_deref())?;
     // The counter lives in the (pinned) maps across agents: count from here.
     let mut last_lost = dp.events_lost();
@@ -110,19 +109,6 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             if let Some(listener) = m.capture {
                 dp.set_steering(Some(dataplane::Steering { listener, mark: mesh::REDIRECT_MARK }))?;
                 tracing::info!(%listener, "pod-to-pod TCP is steered into the proxy");
-            }
-            // Splicing only ever takes work off the TCP path; without it
-            // every leg is still enforced and carried, so a kernel or cgroup
-            // that refuses it is a warning, not a failure.
-            match (&m.splice, m.capture, m.transparent) {
-                (Some(cgroup), Some(_), true) => match dp.enable_splice(cgroup) {
-                    Ok(()) => tracing::info!(cgroup = %cgroup.display(), "local legs are spliced (sockmap)"),
-                    Err(e) => {
-                        tracing::warn!(error = format!("{e:#}"), "local legs stay on TCP: splicing is unavailable")
-                    }
-                },
-                (None, _, _) => tracing::info!("local legs stay on TCP (splicing off or no cgroup2)"),
-                _ => tracing::info!("local legs stay on TCP (splicing needs capture and transparent delivery)"),
             }
             Some(mesh)
         }
@@ -206,12 +192,6 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             metrics.bytes.get_or_create(&labels).inc_by(b.saturating_sub(*lb));
         }
         last_counters = now;
-        if let Some(now) = dp.splice_counters() {
-            metrics.spliced_sends.inc_by(now.0.saturating_sub(last_splice.0));
-            metrics.spliced_bytes.inc_by(now.1.saturating_sub(last_splice.1));
-            metrics.splice_fallbacks.inc_by(now.2.saturating_sub(last_splice.2));
-            last_splice = now;
-        }
         metrics.attached_pods.set(i64::try_from(dp.attached_count()).unwrap_or(i64::MAX));
         // Ready once policy is synced and, with the mesh, every local
         // identity has its certificate.

@@ -356,14 +356,6 @@ pub struct RunArgs {
     /// Do not steer pod TCP into the proxy (serve inbound tunnels only).
     #[arg(long)]
     pub no_capture: bool,
-    /// Splice the local legs between pods and the proxy (sockmap): the
-    /// cgroup (v2) to attach the socket program to; it must hold every pod
-    /// and this agent (default: the root of the first cgroup2 mount).
-    #[arg(long, value_name = "DIR", env = "ZTUNNEL_SPLICE_CGROUP")]
-    pub splice_cgroup: Option<PathBuf>,
-    /// Carry the local legs over TCP instead of splicing them.
-    #[arg(long)]
-    pub no_splice: bool,
     /// Proxy worker threads (1: every hand-off of a tunnel stays on one
     /// core, the lowest latency; raise on nodes with cores to spare).
     #[arg(long, default_value_t = 1, env = "ZTUNNEL_PROXY_THREADS")]
@@ -445,11 +437,6 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                         hbone: args.hbone,
                         transparent: args.transparent,
                         capture: (!args.no_capture).then_some(args.capture),
-                        splice: if args.no_splice {
-                            None
-                        } else {
-                            args.splice_cgroup.or_else(crate::agent::dataplane::cgroup2_root)
-                        },
                         threads: args.proxy_threads,
                     }),
                     _ => None,

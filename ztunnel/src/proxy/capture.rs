@@ -28,7 +28,6 @@ pub fn bind(addr: SocketAddrV4) -> std::io::Result<TcpListener> {
     use nix::sys::socket::{setsockopt, sockopt};
     let s = TcpSocket::new_v4()?;
     setsockopt(&s, sockopt::IpTransparent, &true).map_err(std::io::Error::from)?;
-    super::set_proxy_mark(&s)?;
     s.set_reuseaddr(true)?;
     s.bind(SocketAddr::V4(addr))?;
     s.listen(4096)

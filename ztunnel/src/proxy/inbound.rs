@@ -385,7 +385,6 @@ impl Inbound {
         let socket = if dst.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
         if self.config.transparent {
             set_transparent(&socket)?;
-            super::set_proxy_mark(&socket)?;
             socket.set_reuseaddr(true)?;
             // Pick the source port at connect time (unique per 4-tuple), not
             // at bind time (unique per address): with many connections from

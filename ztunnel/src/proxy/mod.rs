@@ -18,18 +18,6 @@ pub mod metrics;
 pub mod outbound;
 pub mod tls;
 
-/// `SO_MARK` of the proxy's pod-facing sockets (the capture listener, whose
-/// accepted sockets inherit it, and transparent delivery sockets): how the
-/// datapath's splice program tells them from pods' sockets with the same
-/// addresses (`ebpf/bpf/maps.h`, zt_splice_*). Not the redirect mark's value
-/// under its mask (`agent::mesh::REDIRECT_MARK`), so no ip rule matches it.
-pub const PROXY_MARK: u32 = 0x7b00;
-
-/// Sets [`PROXY_MARK`] on a socket (needs CAP_NET_ADMIN, as transparency does).
-pub fn set_proxy_mark(socket: &impl std::os::fd::AsFd) -> std::io::Result<()> {
-    nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::Mark, &PROXY_MARK).map_err(std::io::Error::from)
-}
-
 /// HTTP/2 settings both sides of a tunnel use: large windows and frames so
 /// one bulk stream is not throttled by flow control on a fast node link.
 pub const STREAM_WINDOW: u32 = 4 << 20;
