@@ -4,6 +4,9 @@
 # namespace over a veth (one of the mesh's local legs: pod <-> its node's
 # proxy); iperf3 single stream, plain and then spliced by splice.bpf.c.
 # Prints Gb/s and CPU (both cores, whole machine) per GB moved.
+# The receiver here keeps up with the sender; when it does not (the mesh's
+# proxies), redirected bytes queue without bound: see BENCHMARKS.md,
+# session 7, for why splicing was built into the datapath and reverted.
 set -euo pipefail
 cd "$(dirname "$0")"
 out=""
