@@ -349,14 +349,22 @@ static __always_inline int steer(struct __sk_buff *skb, struct flow *f, struct z
 	struct zt_ip_info *dst = bpf_map_lookup_elem(&zt_ipcache, &f->dst);
 	if (!dst || dst->identity == 0)
 		return TC_ACT_OK; /* not a pod: external, node, host network */
-	if (f->src.family != ZT_FAMILY_V4)
-		return TC_ACT_SHOT;
+	/* The connection's own proxy socket, by its 4-tuple. */
+	int v6 = f->src.family == ZT_FAMILY_V6;
+	__u32 tlen = v6 ? sizeof(struct bpf_sock_tuple) : sizeof(((struct bpf_sock_tuple *)0)->ipv4);
 	struct bpf_sock_tuple t = {};
-	t.ipv4.saddr = f->src.addr[0];
-	t.ipv4.daddr = f->dst.addr[0];
-	t.ipv4.sport = f->sport_be;
-	t.ipv4.dport = f->dport_be;
-	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (v6) {
+		__builtin_memcpy(t.ipv6.saddr, f->src.addr, 16);
+		__builtin_memcpy(t.ipv6.daddr, f->dst.addr, 16);
+		t.ipv6.sport = f->sport_be;
+		t.ipv6.dport = f->dport_be;
+	} else {
+		t.ipv4.saddr = f->src.addr[0];
+		t.ipv4.daddr = f->dst.addr[0];
+		t.ipv4.sport = f->sport_be;
+		t.ipv4.dport = f->dport_be;
+	}
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, tlen, BPF_F_CURRENT_NETNS, 0);
 	if (sk) {
 		if (sk->state != BPF_TCP_LISTEN)
 			goto assign;
@@ -364,9 +372,17 @@ static __always_inline int steer(struct __sk_buff *skb, struct flow *f, struct z
 	}
 	if (!f->tcp_syn_only)
 		return TC_ACT_SHOT;
-	t.ipv4.daddr = cfg->proxy_addr4;
-	t.ipv4.dport = cfg->proxy_port;
-	sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	/* A new connection: the capture listener, proxy_addr4:proxy_port, or
+	 * for IPv6 the same port on ::1. */
+	if (v6) {
+		__builtin_memset(t.ipv6.daddr, 0, 16);
+		t.ipv6.daddr[3] = bpf_htonl(1);
+		t.ipv6.dport = cfg->proxy_port;
+	} else {
+		t.ipv4.daddr = cfg->proxy_addr4;
+		t.ipv4.dport = cfg->proxy_port;
+	}
+	sk = bpf_skc_lookup_tcp(skb, &t, tlen, BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return TC_ACT_SHOT;
 	if (sk->state != BPF_TCP_LISTEN) {

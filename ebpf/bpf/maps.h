@@ -155,10 +155,10 @@ struct zt_ct_value {
  *         socket (bpf_sk_assign): the socket of its connection if one
  *         exists (the capture side on the source node, the delivery side's
  *         transparent socket for replies on the destination node), else,
- *         for a SYN, the capture listener at proxy_addr4:proxy_port. No
- *         socket means the packet is dropped: with the proxy down, pod TCP
- *         fails closed instead of leaving the node in plaintext. IPv6 pod
- *         TCP is dropped while mesh is on (the proxy captures IPv4 only).
+ *         for a SYN, the capture listener at proxy_addr4:proxy_port (IPv6:
+ *         [::1]:proxy_port). No socket means the packet is dropped: with
+ *         the proxy down, pod TCP fails closed instead of leaving the node
+ *         in plaintext.
  *   redirect_mark: set on steered packets; the agent routes marked packets
  *         to the local stack (ip rule fwmark -> local default route).
  */

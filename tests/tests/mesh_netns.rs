@@ -316,3 +316,126 @@ fn a_killed_agent_fails_closed_and_a_restarted_one_resumes() {
     eprintln!("service resumed {:?} after the restart", restarted.elapsed());
     drop(agents);
 }
+
+const DUAL_STACK: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: default}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+status: {addresses: [{type: InternalIP, address: 192.168.100.1}, {type: InternalIP, address: "fd00:100::1"}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-2}
+status: {addresses: [{type: InternalIP, address: 192.168.100.2}, {type: InternalIP, address: "fd00:100::2"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: default, labels: {app: server}}
+spec: {nodeName: node-1, serviceAccountName: server, containers: [{name: c, image: x}]}
+status: {podIP: 10.244.1.70, podIPs: [{ip: 10.244.1.70}, {ip: "fd00:244:1::70"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: default, labels: {app: client}}
+spec: {nodeName: node-2, serviceAccountName: client, containers: [{name: c, image: x}]}
+status: {podIP: 10.244.2.70, podIPs: [{ip: 10.244.2.70}, {ip: "fd00:244:2::70"}]}
+"#;
+
+/// [`whoami_server`] on every address family (`[::]`).
+fn whoami_server_dual(ns: &testbed::netns::Netns, port: u16) {
+    let l = ns.run(move || TcpListener::bind(("::", port))).unwrap().unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            std::thread::spawn(move || {
+                let peer = c.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+                let _ = c.write_all(format!("{peer}\n").as_bytes());
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn ipv6_pod_traffic_is_captured_and_carried_in_mutual_tls() {
+    if !require_root("ipv6_pod_traffic_is_captured_and_carried_in_mutual_tls") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let manifests = root.join("manifests");
+    fs::create_dir(&manifests).unwrap();
+    fs::write(manifests.join("all.yaml"), DUAL_STACK).unwrap();
+    let nodes = ["node-1", "node-2"];
+    let mut tb = Testbed::new(&nodes).unwrap();
+    let server6: std::net::Ipv6Addr = "fd00:244:1::70".parse().unwrap();
+    let client6: std::net::Ipv6Addr = "fd00:244:2::70".parse().unwrap();
+    tb.add_pod_dual("default/server", 0, Ipv4Addr::new(10, 244, 1, 70), server6).unwrap();
+    tb.add_pod_dual("default/client", 1, Ipv4Addr::new(10, 244, 2, 70), client6).unwrap();
+    whoami_server_dual(&tb.pod("default/server").unwrap().ns, 9000);
+    whoami_server_dual(&tb.pod("default/server").unwrap().ns, 80);
+    let ns: Vec<String> = tb.nodes.iter().map(|n| n.ns.name().to_string()).collect();
+    let client = tb.pod("default/client").unwrap().ns.name().to_string();
+    let to = |port: u16| SocketAddr::from((server6, port));
+    // The testbed routes IPv6 between the nodes before any agent runs.
+    assert!(until(Duration::from_secs(5), || converse(&client, to(9000), b"x").is_some()), "no IPv6 path");
+
+    let ca_dir = root.join("ca");
+    ca_init(&ca_dir, &[]).unwrap();
+    let (d, m) = (ca_dir.to_str().unwrap(), manifests.to_str().unwrap());
+    let _ca = spawn_args(&ns[0], &ca_serve_args(d, m), &root.join("ca.log")).unwrap();
+    let _agents: Vec<Proc> = (0..2)
+        .map(|i| {
+            let log = root.join(format!("{}.log", nodes[i]));
+            spawn_args(&ns[i], &mesh_agent_args(m, nodes[i], i, d, None, "/dev/null"), &log).unwrap()
+        })
+        .collect();
+    let logs = || -> String {
+        nodes.iter().map(|n| fs::read_to_string(root.join(format!("{n}.log"))).unwrap_or_default()).collect()
+    };
+    let ready = until(Duration::from_secs(30), || {
+        admin_get(&ns[0], 15021, "/config_dump").contains("spiffe://cluster.local/ns/default/sa/server")
+            && admin_get(&ns[1], 15021, "/config_dump").contains("spiffe://cluster.local/ns/default/sa/client")
+            && logs().matches("attached").count() >= 2
+    });
+    assert!(ready, "agents did not get certificates or attach:\n{}", logs());
+    assert!(!logs().contains("no IPv6 capture"), "IPv6 capture listener missing:\n{}", logs());
+
+    // An IPv6 connection across the nodes: through both proxies, inside
+    // TLS on the link, delivered from the client's real IPv6 address.
+    let pcap = root.join("link6.pcap");
+    let capture = LinkCapture::start(&ns[0], "zt-link0", &pcap).unwrap();
+    let seen = converse(&client, to(9000), MARKER);
+    let (captured, summary) = capture.stop().unwrap();
+    assert_eq!(seen.as_deref(), Some(client6.to_string().as_str()), "destination saw the real source\n{}", logs());
+    assert!(!captured.windows(MARKER.len()).any(|w| w == MARKER), "payload crossed the link in plaintext");
+    assert!(summary.contains(".15008"), "traffic went through HBONE port 15008:\n{summary}");
+    assert!(!summary.contains(&format!("{server6}.9000")), "no direct IPv6 pod packets on the link:\n{summary}");
+    let tunnels = admin_get(&ns[1], 15021, "/metrics");
+    assert!(
+        tunnels.lines().any(|l| l.starts_with("ztunnel_tcp_connections_opened_total{")
+            && l.contains("direction=\"outbound\"")
+            && !l.ends_with(" 0")),
+        "the client's node counted no outbound tunnel:\n{tunnels}"
+    );
+
+    // Port policy at the destination decides for IPv6 under the mesh too.
+    fs::write(
+        manifests.join("port-80-only.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: port-80-only, namespace: default}\n\
+         spec:\n  podSelector: {matchLabels: {app: server}}\n  ingress:\n  - ports: [{port: 80}]\n",
+    )
+    .unwrap();
+    let enforced = until(Duration::from_secs(5), || converse(&client, to(9000), b"x").is_none());
+    assert!(enforced, "IPv6 port 9000 still reachable after the policy\n{}", logs());
+    assert_eq!(converse(&client, to(80), b"y").as_deref(), Some(client6.to_string().as_str()), "port 80 stays open");
+}

@@ -57,18 +57,20 @@ const REDIRECT_TABLE: &str = "122";
 
 /// Routes packets carrying the redirect mark to the local stack (where
 /// `bpf_sk_assign` hands them to the proxy's socket): `ip rule fwmark ->
-/// table 122: local 0.0.0.0/0 dev lo`. Idempotent.
-fn install_redirect_routing() -> anyhow::Result<()> {
+/// table 122: local 0.0.0.0/0 dev lo`, and with `v6` the same for IPv6
+/// (`local ::/0`). Idempotent.
+fn install_redirect_routing(v6: bool) -> anyhow::Result<()> {
     let ip = |args: &[&str]| -> anyhow::Result<std::process::Output> {
         std::process::Command::new("ip").args(args).output().with_context(|| format!("running ip {}", args.join(" ")))
     };
     let mark = format!("{REDIRECT_MARK:#x}/{REDIRECT_MASK:#x}");
+    let (family, any) = if v6 { ("-6", "::/0") } else { ("-4", "0.0.0.0/0") };
     // Remove an existing rule first so restarts do not stack duplicates.
-    while ip(&["rule", "del", "fwmark", &mark, "lookup", REDIRECT_TABLE])?.status.success() {}
-    let out = ip(&["rule", "add", "fwmark", &mark, "lookup", REDIRECT_TABLE, "pref", "122"])?;
-    anyhow::ensure!(out.status.success(), "ip rule add: {}", String::from_utf8_lossy(&out.stderr).trim());
-    let out = ip(&["route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", REDIRECT_TABLE])?;
-    anyhow::ensure!(out.status.success(), "ip route replace: {}", String::from_utf8_lossy(&out.stderr).trim());
+    while ip(&[family, "rule", "del", "fwmark", &mark, "lookup", REDIRECT_TABLE])?.status.success() {}
+    let out = ip(&[family, "rule", "add", "fwmark", &mark, "lookup", REDIRECT_TABLE, "pref", "122"])?;
+    anyhow::ensure!(out.status.success(), "ip {family} rule add: {}", String::from_utf8_lossy(&out.stderr).trim());
+    let out = ip(&[family, "route", "replace", "local", any, "dev", "lo", "table", REDIRECT_TABLE])?;
+    anyhow::ensure!(out.status.success(), "ip {family} route replace: {}", String::from_utf8_lossy(&out.stderr).trim());
     Ok(())
 }
 
@@ -169,10 +171,28 @@ impl Mesh {
         ));
         rt.spawn(inbound.serve(listener));
         if let Some(addr) = cfg.capture {
-            install_redirect_routing()?;
+            install_redirect_routing(false)?;
             let listener = {
                 let _guard = rt.enter();
-                crate::proxy::capture::bind(addr).with_context(|| format!("--capture {addr}"))?
+                crate::proxy::capture::bind(addr.into()).with_context(|| format!("--capture {addr}"))?
+            };
+            // IPv6 pod TCP is steered to [::1] on the same port. Without
+            // IPv6 on the node it stays dropped (fail closed), as the
+            // datapath finds no listener.
+            let addr6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()));
+            let listener6 = install_redirect_routing(true).and_then(|()| {
+                let _guard = rt.enter();
+                crate::proxy::capture::bind(addr6).with_context(|| format!("IPv6 capture listener {addr6}"))
+            });
+            let listener6 = match listener6 {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "no IPv6 capture: IPv6 pod TCP is dropped while the mesh is on"
+                    );
+                    None
+                }
             };
             let outbound = Arc::new(crate::proxy::outbound::Outbound::new(cache.clone(), metrics.clone()));
             let capture = Arc::new(crate::proxy::capture::Capture::new(
@@ -184,7 +204,10 @@ impl Mesh {
                 metrics.clone(),
                 shutdown_rx.clone(),
             ));
-            rt.spawn(capture.serve(listener));
+            rt.spawn(capture.clone().serve(listener));
+            if let Some(l) = listener6 {
+                rt.spawn(capture.serve(l));
+            }
         }
         let manager = {
             let _guard = rt.enter();

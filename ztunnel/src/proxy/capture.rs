@@ -9,7 +9,7 @@
 //! listener: identity and policy checks stay in one place, at the cost of a
 //! local TLS hop.
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,13 +23,16 @@ use super::metrics::{PairMetrics, ProxyMetrics};
 use super::outbound::{Outbound, OutboundError, Slot, Tunnel};
 use crate::identity::SecretCache;
 
-/// Binds the transparent capture listener.
-pub fn bind(addr: SocketAddrV4) -> std::io::Result<TcpListener> {
+/// Binds a transparent capture listener: the IPv4 one at the configured
+/// address, the IPv6 one at `[::1]` on the same port (where the datapath
+/// steers IPv6 pod TCP).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     use nix::sys::socket::{setsockopt, sockopt};
-    let s = TcpSocket::new_v4()?;
+    let s = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    // IP_TRANSPARENT also applies to IPv6 sockets on Linux.
     setsockopt(&s, sockopt::IpTransparent, &true).map_err(std::io::Error::from)?;
     s.set_reuseaddr(true)?;
-    s.bind(SocketAddr::V4(addr))?;
+    s.bind(addr)?;
     s.listen(4096)
 }
 
