@@ -393,10 +393,14 @@ fn ipv6_pod_traffic_is_captured_and_carried_in_mutual_tls() {
     ca_init(&ca_dir, &[]).unwrap();
     let (d, m) = (ca_dir.to_str().unwrap(), manifests.to_str().unwrap());
     let _ca = spawn_args(&ns[0], &ca_serve_args(d, m), &root.join("ca.log")).unwrap();
-    let _agents: Vec<Proc> = (0..2)
+    // Pinned, so that a killed agent leaves its programs enforcing.
+    let bpffs = BpfFs::mount(&root.join("bpf")).unwrap();
+    let mut agents: Vec<Proc> = (0..2)
         .map(|i| {
             let log = root.join(format!("{}.log", nodes[i]));
-            spawn_args(&ns[i], &mesh_agent_args(m, nodes[i], i, d, None, "/dev/null"), &log).unwrap()
+            let pins = bpffs.0.join(nodes[i]);
+            spawn_args(&ns[i], &mesh_agent_args(m, nodes[i], i, d, Some(pins.to_str().unwrap()), "/dev/null"), &log)
+                .unwrap()
         })
         .collect();
     let logs = || -> String {
@@ -438,4 +442,18 @@ fn ipv6_pod_traffic_is_captured_and_carried_in_mutual_tls() {
     let enforced = until(Duration::from_secs(5), || converse(&client, to(9000), b"x").is_none());
     assert!(enforced, "IPv6 port 9000 still reachable after the policy\n{}", logs());
     assert_eq!(converse(&client, to(80), b"y").as_deref(), Some(client6.to_string().as_str()), "port 80 stays open");
+
+    // kill -9 the client node's agent: IPv6 pod TCP fails closed as IPv4
+    // does, and nothing crosses the link in clear.
+    let pcap = root.join("down6.pcap");
+    let capture = LinkCapture::start(&ns[0], "zt-link0", &pcap).unwrap();
+    let _ = agents[1].0.kill();
+    let _ = agents[1].0.wait();
+    std::thread::sleep(Duration::from_millis(800));
+    for _ in 0..3 {
+        assert!(converse(&client, to(80), b"z").is_none(), "an IPv6 connection got through with the proxy down");
+    }
+    let (_, summary) = capture.stop().unwrap();
+    assert!(!summary.contains(&format!("> {server6}.80")), "plaintext IPv6 SYN on the link:\n{summary}");
+    drop(agents);
 }
