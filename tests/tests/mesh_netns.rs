@@ -19,15 +19,16 @@ use testbed::cluster::{
 use testbed::netns::run_in;
 use testbed::{Testbed, probe, require_root};
 
-/// A server in the pod that answers each connection with the address it
-/// sees the client at, then echoes.
+/// A server in the pod (IPv4 and IPv6) that answers each connection with
+/// the address it sees the client at, then echoes.
 fn whoami_server(ns: &testbed::netns::Netns, port: u16) {
-    let l = ns.run(move || TcpListener::bind(("0.0.0.0", port))).unwrap().unwrap();
+    let l = ns.run(move || TcpListener::bind(("::", port))).unwrap().unwrap();
     std::thread::spawn(move || {
         for c in l.incoming() {
             let Ok(mut c) = c else { continue };
             std::thread::spawn(move || {
-                let peer = c.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+                // An IPv4 client shows as ::ffff:a.b.c.d on the dual-stack socket.
+                let peer = c.peer_addr().map(|a| a.ip().to_canonical().to_string()).unwrap_or_default();
                 let _ = c.write_all(format!("{peer}\n").as_bytes());
                 let mut buf = [0u8; 4096];
                 while let Ok(n) = c.read(&mut buf) {
@@ -345,26 +346,6 @@ spec: {nodeName: node-2, serviceAccountName: client, containers: [{name: c, imag
 status: {podIP: 10.244.2.70, podIPs: [{ip: 10.244.2.70}, {ip: "fd00:244:2::70"}]}
 "#;
 
-/// [`whoami_server`] on every address family (`[::]`).
-fn whoami_server_dual(ns: &testbed::netns::Netns, port: u16) {
-    let l = ns.run(move || TcpListener::bind(("::", port))).unwrap().unwrap();
-    std::thread::spawn(move || {
-        for c in l.incoming() {
-            let Ok(mut c) = c else { continue };
-            std::thread::spawn(move || {
-                let peer = c.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
-                let _ = c.write_all(format!("{peer}\n").as_bytes());
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = c.read(&mut buf) {
-                    if n == 0 || c.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-}
-
 #[test]
 fn ipv6_pod_traffic_is_captured_and_carried_in_mutual_tls() {
     if !require_root("ipv6_pod_traffic_is_captured_and_carried_in_mutual_tls") {
@@ -381,8 +362,8 @@ fn ipv6_pod_traffic_is_captured_and_carried_in_mutual_tls() {
     let client6: std::net::Ipv6Addr = "fd00:244:2::70".parse().unwrap();
     tb.add_pod_dual("default/server", 0, Ipv4Addr::new(10, 244, 1, 70), server6).unwrap();
     tb.add_pod_dual("default/client", 1, Ipv4Addr::new(10, 244, 2, 70), client6).unwrap();
-    whoami_server_dual(&tb.pod("default/server").unwrap().ns, 9000);
-    whoami_server_dual(&tb.pod("default/server").unwrap().ns, 80);
+    whoami_server(&tb.pod("default/server").unwrap().ns, 9000);
+    whoami_server(&tb.pod("default/server").unwrap().ns, 80);
     let ns: Vec<String> = tb.nodes.iter().map(|n| n.ns.name().to_string()).collect();
     let client = tb.pod("default/client").unwrap().ns.name().to_string();
     let to = |port: u16| SocketAddr::from((server6, port));
