@@ -84,7 +84,8 @@ struct Measured {
 
 fn measure(client: &str, server: Ipv4Addr, agents: &[u32]) -> anyhow::Result<Measured> {
     let echo = SocketAddr::from((server, 80));
-    // ZT_BENCH_ONLY=cps (or rr): one measurement, for profiling.
+    // ZT_BENCH_ONLY=cps (or rr, iperf, iperf4): one measurement, for
+    // profiling.
     if let Ok(only) = std::env::var("ZT_BENCH_ONLY") {
         let mut m = Measured {
             single: 1.0,
@@ -104,6 +105,7 @@ fn measure(client: &str, server: Ipv4Addr, agents: &[u32]) -> anyhow::Result<Mea
                 eprintln!("holding: client namespace {client}, server {server} (iperf3 -s, echo on :80)");
                 std::thread::sleep(Duration::from_secs(60));
             }
+            "iperf4" => m.multi = iperf(client, server, 4)?,
             _ => m.single = iperf(client, server, 1)?,
         }
         return Ok(m);
