@@ -156,7 +156,6 @@ impl Inbound {
                 return;
             }
         };
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let mut shutdown = self.shutdown.clone();
         loop {
             let accepted = tokio::select! {
@@ -175,10 +174,10 @@ impl Inbound {
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let (this, acceptor) = (self.clone(), acceptor.clone());
+            let (this, tls) = (self.clone(), tls.clone());
             tokio::spawn(
                 async move {
-                    let handshake = acceptor.accept(super::io::ReadAhead::new(tcp));
+                    let handshake = super::session::accept(&tls, tcp);
                     let stream = match tokio::time::timeout(this.config.handshake_timeout, handshake).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
@@ -196,16 +195,14 @@ impl Inbound {
                             return;
                         }
                     };
-                    let (_, conn) = stream.get_ref();
-                    let identity =
-                        conn.peer_certificates().and_then(|c| c.first()).map(|c| tls::peer_identity(&this.cache, c));
+                    let identity = stream.peer_certificates().first().map(|c| tls::peer_identity(&this.cache, c));
                     let Some(Ok(identity)) = identity else {
                         info!("no usable peer identity after handshake");
                         this.handshake_failed("identity");
                         return;
                     };
-                    let sni = conn.server_name().and_then(|s| tls::identity_from_sni(s, &this.cache));
-                    let serial = conn.peer_certificates().and_then(|c| c.first()).and_then(|c| ca::peer::serial_of(c));
+                    let sni = stream.server_name().and_then(|s| tls::identity_from_sni(s, &this.cache));
+                    let serial = stream.peer_certificates().first().and_then(|c| ca::peer::serial_of(c));
                     info!(peer_identity = %identity, peer_serial = serial.as_deref().unwrap_or("?"), "HBONE connection accepted");
                     let built = h2::server::Builder::new()
                         .initial_window_size(STREAM_WINDOW)

@@ -9,13 +9,17 @@
 //!   the destination pod and copies bytes.
 //! - [`outbound`]: pooled tunnels to peer nodes.
 //! - [`capture`]: the transparent listener the datapath steers pod TCP to.
+//! - [`session`] and [`record`]: the HBONE connections' TLS — rustls'
+//!   handshake, then a record layer that encrypts and decrypts where the
+//!   bytes already are.
 
 pub mod capture;
 pub mod copy;
 pub mod inbound;
-pub mod io;
 pub mod metrics;
 pub mod outbound;
+pub mod record;
+pub mod session;
 pub mod tls;
 
 /// HTTP/2 settings both sides of a tunnel use: large windows and frames so

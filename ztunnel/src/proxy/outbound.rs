@@ -254,10 +254,7 @@ impl Outbound {
         let tcp = TcpStream::connect(peer).await.map_err(|e| OutboundError::Connect(*peer, e))?;
         let _ = tcp.set_nodelay(true);
         let name = ServerName::try_from(tls::sni_for(dst)).map_err(|e| OutboundError::Http(e.to_string()))?;
-        let stream = tokio_rustls::TlsConnector::from(config)
-            .connect(name, super::io::ReadAhead::new(tcp))
-            .await
-            .map_err(|e| OutboundError::Tls(*peer, e))?;
+        let stream = super::session::connect(config, name, tcp).await.map_err(|e| OutboundError::Tls(*peer, e))?;
         let (send, mut conn) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)

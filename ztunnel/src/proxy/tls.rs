@@ -205,6 +205,9 @@ pub fn client_config(cache: &Arc<SecretCache>, src: &SpiffeId, dst: &SpiffeId) -
     // resumption would skip the per-handshake checks and a session cache
     // costs ~14 KiB per configuration.
     c.resumption = rustls::client::Resumption::disabled();
+    // The traffic secrets go to `session`'s record layer after the
+    // handshake (rustls keeps the key schedule).
+    c.enable_secret_extraction = true;
     Ok(Arc::new(c))
 }
 
@@ -219,5 +222,6 @@ pub fn server_config(cache: &Arc<SecretCache>) -> Result<Arc<ServerConfig>, Erro
     // Clients never resume (see `client_config`): no tickets to mint.
     c.send_tls13_tickets = 0;
     c.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    c.enable_secret_extraction = true;
     Ok(Arc::new(c))
 }

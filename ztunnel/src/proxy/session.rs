@@ -1,0 +1,930 @@
+//! TLS sessions of HBONE connections: rustls runs the handshake, then
+//! [`record`](super::record) protects the traffic.
+//!
+//! The handshake is rustls' own, through its unbuffered API, with the
+//! verifiers and certificate resolvers of [`tls`](super::tls); nothing about
+//! who is trusted changes here. Once it completes, rustls hands over the
+//! traffic secrets and keeps the key schedule ([`KernelConnection`]): when
+//! either side updates its key (this side does after
+//! [`TlsStream::update_after`] records, well inside AES-GCM's
+//! confidentiality limit) rustls derives the next secret.
+//!
+//! Why not rustls' buffered stream: see the `record` module — per received
+//! byte it makes three copies in user space, here none (the AEAD writes the
+//! plaintext into HTTP/2's read buffer), and per sent byte one, here none
+//! for all but the record that starts each HTTP/2 write.
+//!
+//! - **Buffers**: received ciphertext waits in a buffer that offers the
+//!   socket 64–256 KiB per `recv` and is released whenever it holds no
+//!   partial record; sealed records wait in chunks (one per write from
+//!   HTTP/2) released as the socket takes them. An idle connection holds
+//!   neither.
+//! - **Backpressure**: at most [`WRITE_HIGH`] bytes of sealed records wait
+//!   for the socket; beyond that a write waits.
+//! - **Closing**: `poll_shutdown` sends `close_notify` and then the FIN;
+//!   a received `close_notify` (or a clean EOF between records) reads as
+//!   EOF; an EOF inside a record is an error.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::kernel::KernelConnection;
+use rustls::server::{ClientHello, ResolvesServerCert, ServerConnectionData, UnbufferedServerConnection};
+use rustls::sign::CertifiedKey;
+use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
+use rustls::{ClientConfig, ConnectionTrafficSecrets, ExtractedSecrets, ServerConfig};
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::record::{self, Keys, PostHandshake, RecordError, content};
+
+/// Room offered to one `recv` of ciphertext...
+const READ_ROOM: usize = 256 * 1024;
+/// ...unless less than this is left after a partial record, when the
+/// buffer is compacted first.
+const MIN_READ: usize = 64 * 1024;
+/// Sealed bytes that may wait for the socket before a write waits.
+pub const WRITE_HIGH: usize = 256 * 1024;
+/// Longest post-handshake message accepted (a session ticket is a few
+/// hundred bytes).
+const MAX_HANDSHAKE: usize = 64 * 1024;
+/// At most this many chunks go to one `writev`.
+const MAX_IOV: usize = 16;
+
+fn invalid(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// rustls' side of an established connection: the key schedule.
+enum Kernel {
+    Client(KernelConnection<ClientConnectionData>),
+    Server(KernelConnection<ServerConnectionData>),
+}
+
+impl Kernel {
+    fn update_tx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+        match self {
+            Self::Client(k) => k.update_tx_secret(),
+            Self::Server(k) => k.update_tx_secret(),
+        }
+    }
+
+    fn update_rx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+        match self {
+            Self::Client(k) => k.update_rx_secret(),
+            Self::Server(k) => k.update_rx_secret(),
+        }
+    }
+
+    /// Records one key may seal before it must be replaced.
+    fn confidentiality_limit(&self) -> u64 {
+        let suite = match self {
+            Self::Client(k) => k.negotiated_cipher_suite(),
+            Self::Server(k) => k.negotiated_cipher_suite(),
+        };
+        suite.tls13().map_or(1 << 24, |s| s.common.confidentiality_limit)
+    }
+
+    fn new_session_ticket(&mut self, body: &[u8]) -> Result<(), io::Error> {
+        match self {
+            // Resumption is off (see `tls`); rustls checks the ticket and
+            // stores nothing.
+            Self::Client(k) => k.handle_new_session_ticket(body).map_err(invalid),
+            // Only servers send tickets.
+            Self::Server(_) => Err(invalid(RecordError::UnexpectedMessage(4))),
+        }
+    }
+}
+
+/// An established HBONE TLS connection (see the module docs).
+pub struct TlsStream {
+    io: TcpStream,
+    kernel: Kernel,
+    rx: Keys,
+    tx: Keys,
+    /// This side replaces its key after this many records.
+    update_after: u64,
+    /// Received ciphertext not opened yet (ends with a partial record, if
+    /// any).
+    rbuf: BytesMut,
+    /// Opened content the caller's buffer had no room for.
+    plain: Bytes,
+    /// Sealed records waiting for the socket, each with how much of it was
+    /// written already.
+    wq: VecDeque<(Vec<u8>, usize)>,
+    /// Bytes in `wq` not written yet.
+    pending: usize,
+    /// The peer's `close_notify` arrived (or a clean EOF).
+    read_closed: bool,
+    /// This side's `close_notify` is queued.
+    write_closed: bool,
+    /// The start of a post-handshake message continued in the next record.
+    hs: Vec<u8>,
+    /// A record failed after earlier ones had filled the caller's buffer:
+    /// the bytes are returned first, this error with the next read.
+    failed: Option<io::Error>,
+    peer_certs: Vec<CertificateDer<'static>>,
+    sni: Option<String>,
+}
+
+impl std::fmt::Debug for TlsStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsStream")
+            .field("tx_seq", &self.tx.seq())
+            .field("rx_seq", &self.rx.seq())
+            .field("pending", &self.pending)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Either side's unbuffered connection, as the handshake driver needs it.
+trait Handshaking: std::ops::DerefMut<Target = rustls::unbuffered::UnbufferedConnectionCommon<Self::Data>> {
+    type Data;
+    fn process<'c, 'i>(&'c mut self, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data>;
+    fn into_kernel(self) -> Result<(ExtractedSecrets, Kernel), rustls::Error>;
+}
+
+impl Handshaking for UnbufferedClientConnection {
+    type Data = ClientConnectionData;
+    fn process<'c, 'i>(&'c mut self, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+    fn into_kernel(self) -> Result<(ExtractedSecrets, Kernel), rustls::Error> {
+        self.dangerous_into_kernel_connection().map(|(s, k)| (s, Kernel::Client(k)))
+    }
+}
+
+impl Handshaking for UnbufferedServerConnection {
+    type Data = ServerConnectionData;
+    fn process<'c, 'i>(&'c mut self, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+    fn into_kernel(self) -> Result<(ExtractedSecrets, Kernel), rustls::Error> {
+        self.dangerous_into_kernel_connection().map(|(s, k)| (s, Kernel::Server(k)))
+    }
+}
+
+/// Runs the client side of a handshake on `io`.
+pub async fn connect(config: Arc<ClientConfig>, name: ServerName<'static>, io: TcpStream) -> io::Result<TlsStream> {
+    let conn = UnbufferedClientConnection::new(config, name).map_err(invalid)?;
+    TlsStream::establish(conn, io, None).await
+}
+
+/// Runs the server side of a handshake on `io`. The SNI the client sent is
+/// kept (rustls' unbuffered server does not expose it), see
+/// [`TlsStream::server_name`].
+pub async fn accept(config: &Arc<ServerConfig>, io: TcpStream) -> io::Result<TlsStream> {
+    let sni = Arc::new(OnceLock::new());
+    let mut c = ServerConfig::clone(config);
+    c.cert_resolver = Arc::new(SniRecorder { inner: c.cert_resolver.clone(), sni: sni.clone() });
+    let conn = UnbufferedServerConnection::new(Arc::new(c)).map_err(invalid)?;
+    TlsStream::establish(conn, io, Some(sni)).await
+}
+
+/// Remembers the SNI of the one handshake it serves.
+#[derive(Debug)]
+struct SniRecorder {
+    inner: Arc<dyn ResolvesServerCert>,
+    sni: Arc<OnceLock<String>>,
+}
+
+impl ResolvesServerCert for SniRecorder {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = hello.server_name() {
+            let _ = self.sni.set(name.to_string());
+        }
+        self.inner.resolve(hello)
+    }
+}
+
+/// Where the whole record starting at `at` in `buf` ends, if it is there.
+fn record_end(buf: &[u8], at: usize) -> Option<usize> {
+    let hdr = buf.get(at..at + record::HEADER)?;
+    let end = at + record::HEADER + usize::from(u16::from_be_bytes([hdr[3], hdr[4]]));
+    (end <= buf.len()).then_some(end)
+}
+
+async fn read_more(io: &TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.reserve(16 * 1024);
+    loop {
+        io.readable().await?;
+        match io.try_read_buf(buf) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed during the TLS handshake")),
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl TlsStream {
+    async fn establish<C: Handshaking>(
+        mut conn: C,
+        mut io: TcpStream,
+        sni: Option<Arc<OnceLock<String>>>,
+    ) -> io::Result<Self> {
+        let mut incoming: Vec<u8> = Vec::new();
+        let mut outgoing: Vec<u8> = Vec::new();
+        // Application data that arrived behind the peer's last handshake
+        // message and that rustls therefore opened itself.
+        let mut early = BytesMut::new();
+        // Bytes of `incoming` rustls has been offered (whole records).
+        let mut offered = 0;
+        loop {
+            // rustls is offered whole records one more at a time, and none
+            // once the handshake is complete: whatever follows (application
+            // data, a key update, a ticket) is the record layer's. rustls
+            // would otherwise act on a key update itself and keep the
+            // answer it owes the peer to itself.
+            if !conn.is_handshaking() {
+                offered = 0;
+            } else if offered == 0 {
+                offered = record_end(&incoming, 0).unwrap_or(0);
+            }
+            let end = offered;
+            let UnbufferedStatus { discard, state } = conn.process(&mut incoming[..end]);
+            let state = match state {
+                Ok(s) => s,
+                Err(e) => {
+                    // rustls queued an alert saying why; send it (best
+                    // effort) so the peer learns more than a reset.
+                    let UnbufferedStatus { state, .. } = conn.process(&mut []);
+                    if let Ok(ConnectionState::EncodeTlsData(mut enc)) = state {
+                        let mut alert = vec![0; 64];
+                        if let Ok(n) = enc.encode(&mut alert) {
+                            let _ = io.write_all(&alert[..n]).await;
+                        }
+                    }
+                    return Err(invalid(e));
+                }
+            };
+            let mut blocked = false;
+            let mut established = false;
+            match state {
+                ConnectionState::EncodeTlsData(mut enc) => {
+                    let at = outgoing.len();
+                    outgoing.resize(at + 16 * 1024, 0);
+                    let n = match enc.encode(&mut outgoing[at..]) {
+                        Err(EncodeError::InsufficientSize(s)) => {
+                            outgoing.resize(at + s.required_size, 0);
+                            enc.encode(&mut outgoing[at..])
+                        }
+                        other => other,
+                    }
+                    .map_err(|e| invalid(format!("{e:?}")))?;
+                    outgoing.truncate(at + n);
+                }
+                ConnectionState::TransmitTlsData(t) => {
+                    io.write_all(&outgoing).await?;
+                    outgoing.clear();
+                    t.done();
+                }
+                ConnectionState::BlockedHandshake => blocked = true,
+                ConnectionState::ReadTraffic(mut r) => {
+                    while let Some(rec) = r.next_record() {
+                        early.extend_from_slice(rec.map_err(invalid)?.payload);
+                    }
+                }
+                ConnectionState::WriteTraffic(_) => established = true,
+                ConnectionState::PeerClosed | ConnectionState::Closed => {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed during the TLS handshake"));
+                }
+                // Early (0-RTT) data is never enabled.
+                _ => return Err(invalid("unexpected TLS state during the handshake")),
+            }
+            incoming.drain(..discard);
+            offered -= discard.min(offered);
+            if established && !conn.is_handshaking() {
+                break;
+            }
+            // A server may send its first data before the client's last
+            // handshake message arrived: that still needs reading.
+            if blocked || established {
+                // rustls needs more: the next whole record (a handshake
+                // message may span several), or else more bytes.
+                match record_end(&incoming, offered) {
+                    Some(end) => offered = end,
+                    None => read_more(&io, &mut incoming).await?,
+                }
+            }
+        }
+        let peer_certs = conn.peer_certificates().map(<[_]>::to_vec).unwrap_or_default();
+        let (secrets, kernel) = conn.into_kernel().map_err(invalid)?;
+        let rx = Keys::new(secrets.rx.0, &secrets.rx.1).map_err(invalid)?;
+        let tx = Keys::new(secrets.tx.0, &secrets.tx.1).map_err(invalid)?;
+        // Well inside the limit: a key update costs one small record.
+        let update_after = kernel.confidentiality_limit().min(1 << 24) / 2;
+        Ok(Self {
+            io,
+            kernel,
+            rx,
+            tx,
+            update_after,
+            rbuf: BytesMut::from(&incoming[..]),
+            plain: early.freeze(),
+            wq: VecDeque::new(),
+            pending: 0,
+            read_closed: false,
+            write_closed: false,
+            failed: None,
+            hs: Vec::new(),
+            peer_certs,
+            sni: sni.and_then(|s| s.get().cloned()),
+        })
+    }
+
+    /// The peer's certificate chain (leaf first), as verified in the
+    /// handshake.
+    pub fn peer_certificates(&self) -> &[CertificateDer<'static>] {
+        &self.peer_certs
+    }
+
+    /// The SNI the client sent (server side).
+    pub fn server_name(&self) -> Option<&str> {
+        self.sni.as_deref()
+    }
+
+    /// Replace this side's key after `records` records (tests use small
+    /// values to exercise key updates).
+    #[cfg(test)]
+    pub fn update_after(&mut self, records: u64) {
+        self.update_after = records;
+    }
+
+    /// Queues one record of `typ` with `content` (control messages).
+    fn queue_control(&mut self, typ: u8, content: &[u8]) -> Result<(), RecordError> {
+        let mut out = vec![0; record::sealed_len(content.len())];
+        self.tx.seal(typ, content, &mut out)?;
+        self.pending += out.len();
+        self.wq.push_back((out, 0));
+        Ok(())
+    }
+
+    /// Sends a key update under the current key and switches to the next.
+    fn update_tx_key(&mut self) -> io::Result<()> {
+        self.queue_control(content::HANDSHAKE, &record::KEY_UPDATE_NOT_REQUESTED).map_err(invalid)?;
+        let (seq, secrets) = self.kernel.update_tx().map_err(invalid)?;
+        self.tx = Keys::new(seq, &secrets).map_err(invalid)?;
+        Ok(())
+    }
+
+    /// Acts on a control record's content.
+    fn control(&mut self, typ: u8, msg: &[u8]) -> io::Result<()> {
+        if !self.hs.is_empty() && typ != content::HANDSHAKE {
+            // A handshake message was cut and something else came between.
+            return Err(invalid(RecordError::Malformed("handshake message interleaved with other records")));
+        }
+        match typ {
+            content::ALERT => {
+                if record::alert(msg).map_err(invalid)? {
+                    self.read_closed = true;
+                }
+            }
+            content::HANDSHAKE => {
+                let mut hs = std::mem::take(&mut self.hs);
+                hs.extend_from_slice(msg);
+                if hs.len() > MAX_HANDSHAKE {
+                    return Err(invalid(RecordError::Malformed("oversized handshake message")));
+                }
+                let (msgs, used) = record::post_handshake(&hs).map_err(invalid)?;
+                for m in msgs {
+                    match m {
+                        PostHandshake::KeyUpdate { update_requested } => {
+                            // The next record is under the new key: nothing
+                            // of this key's may be left over (§5.1).
+                            if used != hs.len() {
+                                return Err(invalid(RecordError::Malformed("key_update not at a record boundary")));
+                            }
+                            let (seq, secrets) = self.kernel.update_rx().map_err(invalid)?;
+                            self.rx = Keys::new(seq, &secrets).map_err(invalid)?;
+                            // Nothing may follow this side's close_notify.
+                            if update_requested && !self.write_closed {
+                                self.update_tx_key()?;
+                            }
+                        }
+                        PostHandshake::NewSessionTicket(body) => self.kernel.new_session_ticket(body)?,
+                    }
+                }
+                hs.drain(..used);
+                self.hs = hs;
+            }
+            other => return Err(invalid(RecordError::UnexpectedContent(other))),
+        }
+        Ok(())
+    }
+
+    /// Opens the complete records in `rbuf`: application data straight into
+    /// `out` while it has room for a whole record, the rest into `plain`.
+    #[allow(unsafe_code)]
+    fn open_records(&mut self, out: &mut ReadBuf<'_>) -> io::Result<()> {
+        let start = out.filled().len();
+        while self.plain.is_empty() && !self.read_closed {
+            let Some(len) = record::complete(&self.rbuf).map_err(invalid)? else { break };
+            let room = len - record::HEADER - record::TAG;
+            let (typ, n, ctl) = if out.remaining() >= room {
+                // SAFETY: the AEAD writes all `room` bytes before anything
+                // reads them (and on failure nothing is read); only the
+                // content it wrote is then marked initialized.
+                let dst = unsafe { as_bytes(&mut out.unfilled_mut()[..room]) };
+                let (typ, n) = self.rx.open(&self.rbuf[..len], dst).map_err(invalid)?;
+                if typ == content::APPLICATION_DATA {
+                    // SAFETY: `n` bytes were written by the AEAD just now.
+                    unsafe { out.assume_init(n) };
+                    out.advance(n);
+                    (typ, n, None)
+                } else {
+                    (typ, n, Some(dst[..n].to_vec()))
+                }
+            } else if out.filled().len() > start {
+                // The caller has bytes; this record waits for the next read.
+                break;
+            } else {
+                let mut dst = vec![0; room];
+                let (typ, n) = self.rx.open(&self.rbuf[..len], &mut dst).map_err(invalid)?;
+                dst.truncate(n);
+                if typ == content::APPLICATION_DATA {
+                    let mut b = Bytes::from(dst);
+                    let k = out.remaining().min(n);
+                    out.put_slice(&b.split_to(k));
+                    self.plain = b;
+                    (typ, n, None)
+                } else {
+                    (typ, n, Some(dst))
+                }
+            };
+            self.rbuf.advance(len);
+            match ctl {
+                Some(msg) => self.control(typ, &msg[..n])?,
+                None if !self.hs.is_empty() => {
+                    return Err(invalid(RecordError::Malformed("handshake message interleaved with application data")));
+                }
+                None => debug_assert_eq!(typ, content::APPLICATION_DATA),
+            }
+        }
+        if self.rbuf.is_empty() {
+            // Nothing partial: release the buffer (an idle connection holds
+            // none).
+            self.rbuf = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    /// Reads what the socket has into `rbuf`: `Ok(0)` at EOF.
+    ///
+    /// As in `copy::read_chunk`, a read shorter than the room offered
+    /// means the receive queue is empty, so readiness is cleared without a
+    /// second `recv` returning `EAGAIN` (race-free: `try_io` snapshots the
+    /// readiness before the read).
+    fn fill(&mut self) -> io::Result<usize> {
+        if self.rbuf.capacity() - self.rbuf.len() < MIN_READ {
+            // Moves a partial record (at most one, < 17 KiB) to the front
+            // when the buffer is uniquely owned, else reallocates.
+            self.rbuf.reserve(READ_ROOM - self.rbuf.len().min(READ_ROOM / 2));
+        }
+        let room = self.rbuf.capacity() - self.rbuf.len();
+        let (io, rbuf) = (&self.io, &mut self.rbuf);
+        let mut got = None;
+        let outcome = io.try_io(Interest::READABLE, || {
+            let n = io.try_read_buf(rbuf)?;
+            got = Some(n);
+            if n > 0 && n < room { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(()) }
+        });
+        match (got, outcome) {
+            (Some(n), _) => Ok(n),
+            (None, Err(e)) => {
+                if e.kind() == io::ErrorKind::WouldBlock && self.rbuf.is_empty() {
+                    self.rbuf = BytesMut::new();
+                }
+                Err(e)
+            }
+            (None, Ok(())) => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    /// Seals `bufs` (as much as the write budget allows) into one chunk:
+    /// returns how many plaintext bytes it took.
+    #[allow(unsafe_code)]
+    fn seal_from(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let budget = WRITE_HIGH.saturating_sub(self.pending).max(record::MAX_CONTENT);
+        let take = total.min(budget);
+        if take == 0 {
+            return Ok(0);
+        }
+        let records = take.div_ceil(record::MAX_CONTENT) as u64;
+        if self.tx.seq().saturating_add(records) >= self.update_after {
+            self.update_tx_key()?;
+        }
+        let size = take + records as usize * (record::sealed_len(0));
+        let mut chunk: Vec<u8> = Vec::with_capacity(size);
+        let (mut i, mut off, mut done) = (0, 0, 0);
+        while done < take {
+            let n = (take - done).min(record::MAX_CONTENT);
+            while bufs[i].len() == off {
+                i += 1;
+                off = 0;
+            }
+            let at = chunk.len();
+            let rec_len = record::sealed_len(n);
+            // SAFETY: every byte of the record is written below (the header
+            // and, by the AEAD, the ciphertext, type and tag; in the gathered
+            // case the content first) before `set_len` exposes it; on an
+            // error the length is not extended.
+            let out = unsafe { as_bytes(&mut chunk.spare_capacity_mut()[..rec_len]) };
+            if bufs[i].len() - off >= n {
+                self.tx.seal(content::APPLICATION_DATA, &bufs[i][off..off + n], out).map_err(invalid)?;
+                off += n;
+            } else {
+                // The record's content spans buffers (an HTTP/2 frame header
+                // and the start of its payload): gather it, seal in place.
+                let mut got = 0;
+                while got < n {
+                    while bufs[i].len() == off {
+                        i += 1;
+                        off = 0;
+                    }
+                    let k = (bufs[i].len() - off).min(n - got);
+                    out[record::HEADER + got..record::HEADER + got + k].copy_from_slice(&bufs[i][off..off + k]);
+                    got += k;
+                    off += k;
+                }
+                self.tx.seal_in_place(content::APPLICATION_DATA, n, out).map_err(invalid)?;
+            }
+            // SAFETY: see above; `rec_len` more bytes are initialized.
+            unsafe { chunk.set_len(at + rec_len) };
+            done += n;
+        }
+        self.pending += chunk.len();
+        self.wq.push_back((chunk, 0));
+        Ok(take)
+    }
+
+    /// Writes queued records until none are left or the socket is full.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.pending > 0 {
+            ready!(self.io.poll_write_ready(cx))?;
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut n_iov = 0;
+            for ((chunk, done), slot) in self.wq.iter().zip(iov.iter_mut()) {
+                *slot = IoSlice::new(&chunk[*done..]);
+                n_iov += 1;
+            }
+            match self.io.try_write_vectored(&iov[..n_iov]) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(mut n) => {
+                    self.pending -= n;
+                    while n > 0 {
+                        let Some((chunk, done)) = self.wq.front_mut() else { break };
+                        let k = (chunk.len() - *done).min(n);
+                        *done += k;
+                        n -= k;
+                        if *done == chunk.len() {
+                            self.wq.pop_front();
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Views memory the AEAD is about to write as bytes.
+///
+/// # Safety
+/// Nothing may read a byte of the result before it has been written.
+#[allow(unsafe_code)]
+unsafe fn as_bytes(buf: &mut [MaybeUninit<u8>]) -> &mut [u8] {
+    // SAFETY: same layout; the caller guarantees write-before-read.
+    unsafe { &mut *(buf as *mut [MaybeUninit<u8>] as *mut [u8]) }
+}
+
+impl AsyncRead for TlsStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if out.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if !this.plain.is_empty() {
+                let k = out.remaining().min(this.plain.len());
+                out.put_slice(&this.plain.split_to(k));
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(e) = this.failed.take() {
+                return Poll::Ready(Err(e));
+            }
+            let before = out.filled().len();
+            if let Err(e) = this.open_records(out) {
+                if out.filled().len() == before {
+                    return Poll::Ready(Err(e));
+                }
+                this.failed = Some(e);
+                return Poll::Ready(Ok(()));
+            }
+            if this.pending > 0 {
+                // A key update answered while reading goes out now, not
+                // only with the next write. A failed write is the writer's
+                // to report (the next write finds the socket broken).
+                let _ = this.poll_send(cx);
+            }
+            if out.filled().len() > before || !this.plain.is_empty() || this.read_closed {
+                return Poll::Ready(Ok(()));
+            }
+            ready!(this.io.poll_read_ready(cx))?;
+            match this.fill() {
+                Ok(0) if this.rbuf.is_empty() => {
+                    // EOF between records: the connection ended without
+                    // close_notify. HTTP/2 above notices a cut frame.
+                    this.read_closed = true;
+                }
+                Ok(0) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "peer closed inside a TLS record",
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TlsStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.write_closed {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        if this.pending >= WRITE_HIGH {
+            ready!(this.poll_send(cx))?;
+        }
+        let n = this.seal_from(bufs)?;
+        // Start sending at once; what the socket does not take now waits
+        // for the flush that follows every write.
+        if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_send(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if !this.write_closed {
+            this.queue_control(content::ALERT, &record::CLOSE_NOTIFY).map_err(invalid)?;
+            this.write_closed = true;
+        }
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use rustls::{ClientConfig, RootCertStore, ServerConfig};
+    use rustls_pki_types::{PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A client and a server configuration around one self-signed
+    /// certificate, both allowing secret extraction.
+    fn configs() -> (Arc<ClientConfig>, Arc<ServerConfig>) {
+        let ck = rcgen::generate_simple_self_signed(vec!["peer.test".into()]).unwrap();
+        let cert = ck.cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.clone()).unwrap();
+        let mut c = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        c.enable_secret_extraction = true;
+        let mut s = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+        s.enable_secret_extraction = true;
+        (Arc::new(c), Arc::new(s))
+    }
+
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        (c, s)
+    }
+
+    fn name() -> ServerName<'static> {
+        ServerName::try_from("peer.test").unwrap()
+    }
+
+    fn payload(n: usize, seed: u8) -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    /// Writes `mine` in uneven pieces (and then closes) while reading the
+    /// peer's bytes to EOF; returns what was read.
+    async fn exchange<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: S, mine: Vec<u8>) -> Vec<u8> {
+        let (mut r, mut w) = tokio::io::split(io);
+        let writer = tokio::spawn(async move {
+            let mut at = 0;
+            let mut step = 1;
+            while at < mine.len() {
+                let end = (at + step).min(mine.len());
+                w.write_all(&mine[at..end]).await.unwrap();
+                at = end;
+                step = (step * 7 + 13) % 70_000 + 1;
+            }
+            w.shutdown().await.unwrap();
+        });
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.unwrap();
+        writer.await.unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn both_sides_here_carry_bytes_across_many_key_updates_and_close_cleanly() {
+        let (cc, sc) = configs();
+        let (c, s) = tcp_pair().await;
+        let server = tokio::spawn(async move { super::accept(&sc, s).await.unwrap() });
+        let mut client = super::connect(cc, name(), c).await.unwrap();
+        let mut server = server.await.unwrap();
+        assert_eq!(server.server_name(), Some("peer.test"));
+        assert_eq!(client.peer_certificates().len(), 1);
+        // A key update every 5 records each way: ~150 of them in 2.5 MB.
+        client.update_after(5);
+        server.update_after(5);
+        let (a, b) = (payload(2_500_000, 1), payload(1_300_000, 2));
+        let (got_b, got_a) = tokio::join!(exchange(client, a.clone()), exchange(server, b.clone()));
+        assert!(got_a == a && got_b == b, "bytes differ after key updates");
+    }
+
+    #[tokio::test]
+    async fn a_rustls_server_and_this_client_agree_through_key_updates_both_ways() {
+        let (cc, sc) = configs();
+        // The server's handshake messages arrive split over many records.
+        let mut sc = ServerConfig::clone(&sc);
+        sc.max_fragment_size = Some(100);
+        let sc = Arc::new(sc);
+        let (c, s) = tcp_pair().await;
+        let server = tokio::spawn(async move {
+            let mut tls = tokio_rustls::TlsAcceptor::from(sc).accept(s).await.unwrap();
+            // rustls asks this side to update too (update_requested).
+            let mut first = vec![0; 100_000];
+            tls.read_exact(&mut first).await.unwrap();
+            tls.get_mut().1.refresh_traffic_keys().unwrap();
+            let b = payload(900_000, 4);
+            let (mut r, mut w) = tokio::io::split(tls);
+            let w = tokio::spawn(async move {
+                w.write_all(&b).await.unwrap();
+                w.shutdown().await.unwrap();
+            });
+            let mut rest = Vec::new();
+            let mut b = vec![0; 65536];
+            loop {
+                match r.read(&mut b).await {
+                    Ok(0) => break,
+                    Ok(n) => rest.extend_from_slice(&b[..n]),
+                    Err(e) => panic!("rustls server read after {} bytes: {e:?}", rest.len() + 100_000),
+                }
+            }
+            w.await.unwrap();
+            first.extend(rest);
+            first
+        });
+        let mut client = super::connect(cc, name(), c).await.unwrap();
+        client.update_after(7);
+        let a = payload(1_700_000, 3);
+        let got = exchange(client, a.clone()).await;
+        assert!(got == payload(900_000, 4), "client read wrong bytes");
+        assert!(server.await.unwrap() == a, "rustls server read wrong bytes");
+    }
+
+    #[tokio::test]
+    async fn this_server_and_a_rustls_client_agree_and_a_requested_key_update_is_answered() {
+        let (cc, sc) = configs();
+        // The client's handshake messages arrive split over many records.
+        let mut cc = ClientConfig::clone(&cc);
+        cc.max_fragment_size = Some(100);
+        let cc = Arc::new(cc);
+        let (c, s) = tcp_pair().await;
+        let client = tokio::spawn(async move {
+            let mut tls = tokio_rustls::TlsConnector::from(cc).connect(name(), c).await.unwrap();
+            let mut x = [0; 1];
+            tls.read_exact(&mut x).await.unwrap();
+            tls.write_all(b"hello ").await.unwrap();
+            tls.flush().await.unwrap();
+            // key_update with update_requested, between two records.
+            tls.get_mut().1.refresh_traffic_keys().unwrap();
+            tls.write_all(b"world!").await.unwrap();
+            tls.flush().await.unwrap();
+            exchange(tls, payload(600_000, 6)).await
+        });
+        let mut server = super::accept(&sc, s).await.unwrap();
+        server.write_all(b"x").await.unwrap();
+        server.flush().await.unwrap();
+        // (The seq counts the server's session tickets too.)
+        let before = server.tx.seq();
+        assert!(before >= 1);
+        let mut hello = [0; 12];
+        server.read_exact(&mut hello).await.unwrap();
+        assert_eq!(&hello, b"hello world!");
+        // Answered: this side sent its own key_update and moved to its
+        // next key (the rustls client reads the rest under it).
+        assert_eq!((server.tx.seq(), server.rx.seq()), (0, 1), "tx was at {before}");
+        server.update_after(3);
+        let got = exchange(server, payload(800_000, 5)).await;
+        assert!(got == payload(600_000, 6), "server read wrong bytes");
+        assert!(client.await.unwrap() == payload(800_000, 5), "rustls client read wrong bytes");
+    }
+
+    #[tokio::test]
+    async fn tampered_truncated_or_unprotected_records_end_the_connection_with_an_error() {
+        // The server side talks to a raw socket once the handshake is done
+        // by a rustls client whose socket is then taken over.
+        for case in 0..3 {
+            let (cc, sc) = configs();
+            let (c, s) = tcp_pair().await;
+            let client = tokio::spawn(async move {
+                let tls = tokio_rustls::TlsConnector::from(cc).connect(name(), c).await.unwrap();
+                let (mut raw, _) = tls.into_inner();
+                match case {
+                    // A record whose body was altered on the way.
+                    0 => {
+                        raw.write_all(&[
+                            23, 3, 3, 0, 20, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
+                        ])
+                        .await
+                    }
+                    // A plaintext handshake record after the handshake.
+                    1 => raw.write_all(&[22, 3, 3, 0, 4, 1, 0, 0, 0]).await,
+                    // Half a record, then EOF.
+                    _ => raw.write_all(&[23, 3, 3, 1, 0, 9, 9]).await,
+                }
+                .unwrap();
+                raw.shutdown().await.unwrap();
+                // Whatever the server answers, it must not hang.
+                let mut sink = Vec::new();
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), raw.read_to_end(&mut sink)).await;
+            });
+            let mut server = super::accept(&sc, s).await.unwrap();
+            let mut buf = [0; 64];
+            let e = server.read(&mut buf).await.unwrap_err();
+            let want = if case == 2 { std::io::ErrorKind::UnexpectedEof } else { std::io::ErrorKind::InvalidData };
+            assert_eq!(e.kind(), want, "case {case}: {e}");
+            drop(server);
+            client.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_handshake_is_an_error_on_both_sides_and_the_peer_gets_an_alert() {
+        let (_, sc) = configs();
+        let (other, _) = configs();
+        let (c, s) = tcp_pair().await;
+        // The client trusts another certificate.
+        let client = tokio::spawn(async move { super::connect(other, name(), c).await });
+        let server = super::accept(&sc, s).await;
+        let ce = client.await.unwrap().unwrap_err();
+        assert!(ce.to_string().contains("invalid peer certificate"), "{ce}");
+        let se = server.unwrap_err();
+        // The server learnt why from the client's alert, not from a reset.
+        assert!(se.to_string().to_lowercase().contains("alert"), "{se}");
+    }
+}
