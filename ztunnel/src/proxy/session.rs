@@ -1,13 +1,13 @@
 //! TLS sessions of HBONE connections: rustls runs the handshake, then
-//! [`record`](super::record) protects the traffic.
+//! [`super::record`] protects the traffic.
 //!
 //! The handshake is rustls' own, through its unbuffered API, with the
 //! verifiers and certificate resolvers of [`tls`](super::tls); nothing about
 //! who is trusted changes here. Once it completes, rustls hands over the
 //! traffic secrets and keeps the key schedule ([`KernelConnection`]): when
-//! either side updates its key (this side does after
-//! [`TlsStream::update_after`] records, well inside AES-GCM's
-//! confidentiality limit) rustls derives the next secret.
+//! either side updates its key (this side does after half of the suite's
+//! confidentiality limit, at most 2^23 records, well inside AES-GCM's) rustls
+//! derives the next secret.
 //!
 //! Why not rustls' buffered stream: see the `record` module — per received
 //! byte it makes three copies in user space, here none (the AEAD writes the
