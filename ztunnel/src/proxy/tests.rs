@@ -371,6 +371,16 @@ async fn certificates_that_must_not_be_accepted_are_not() {
     let other = m.pki.id("default", "other");
     let r = m.out.connect(&m.frontend, src(1), &other, pod, m.proxy_b).await;
     assert!(r.is_err(), "{r:?}");
+    // Every refusal above that reached node-b's handshake (all but the
+    // missing certificate) is counted there, by reason.
+    let count = |reason| m.metrics_b.handshake_failures.get_or_create(&super::metrics::ReasonLabels { reason }).get();
+    for _ in 0..200 {
+        if count("tls") + count("identity") >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(count("tls"), 5);
     // Still serving the legitimate client.
     let mut t = m.out.connect(&m.frontend, src(2), &m.db, SocketAddr::new(pod.ip(), pod.port()), m.proxy_b).await;
     let t = t.as_mut().unwrap();
