@@ -397,11 +397,7 @@ impl TlsStream {
                 for m in msgs {
                     match m {
                         PostHandshake::KeyUpdate { update_requested } => {
-                            // The next record is under the new key: nothing
-                            // of this key's may be left over (§5.1).
-                            if used != hs.len() {
-                                return Err(invalid(RecordError::Malformed("key_update not at a record boundary")));
-                            }
+                            // (`post_handshake` saw it end its record.)
                             let (seq, secrets) = self.kernel.update_rx().map_err(invalid)?;
                             self.rx = Keys::new(seq, &secrets).map_err(invalid)?;
                             // Nothing may follow this side's close_notify.
