@@ -19,8 +19,9 @@
 //!   partial record; sealed records wait in chunks (one per write from
 //!   HTTP/2) released as the socket takes them. An idle connection holds
 //!   neither.
-//! - **Backpressure**: at most [`WRITE_HIGH`] bytes of sealed records wait
-//!   for the socket; beyond that a write waits.
+//! - **Backpressure**: once [`WRITE_HIGH`] bytes of sealed records wait for
+//!   the socket, a write waits until they are sent (a write takes at most
+//!   what is left below the mark, and at least one record).
 //! - **Closing**: `poll_shutdown` sends `close_notify` and then the FIN;
 //!   a received `close_notify` (or a clean EOF between records) reads as
 //!   EOF; an EOF inside a record is an error.
