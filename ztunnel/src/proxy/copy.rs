@@ -26,7 +26,7 @@
 //!   The copy ends when both directions have.
 //! - **Syscalls**: a read shorter than the space offered means the socket's
 //!   queue is empty, so its readiness is cleared there and then instead of
-//!   by one more `recv` returning `EAGAIN` (see [`read_chunk`] for why
+//!   by one more `recv` returning `EAGAIN` (see [`read_into`] for why
 //!   that is race-free).
 
 use std::cell::RefCell;
@@ -73,13 +73,6 @@ pub enum CopyError {
 
 /// Reads what `tcp` has into a chunk split off the thread's slab: `Ok(None)`
 /// at EOF, `WouldBlock` when nothing is there.
-///
-/// A read shorter than the room offered means the receive queue is now
-/// empty, so the socket's readiness is cleared without another `recv`
-/// returning `EAGAIN`. The read runs inside `try_io`, whose readiness
-/// snapshot is taken *before* it: tokio clears only if no new readiness
-/// event arrived since (and never clears "read closed"), so bytes arriving
-/// during or after the read still wake the task, on any runtime flavour.
 pub(crate) fn read_chunk(tcp: &TcpStream) -> io::Result<Option<Bytes>> {
     SLAB_BUF.with(|slab| {
         let mut slab = slab.borrow_mut();
@@ -88,20 +81,35 @@ pub(crate) fn read_chunk(tcp: &TcpStream) -> io::Result<Option<Bytes>> {
             // need it; this thread moves on to a fresh one.
             *slab = BytesMut::with_capacity(SLAB);
         }
-        let room = slab.capacity() - slab.len();
-        let mut got = None;
-        let outcome = tcp.try_io(Interest::READABLE, || {
-            let n = tcp.try_read_buf(&mut *slab)?;
-            got = Some(n);
-            if n > 0 && n < room { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(()) }
-        });
-        match (got, outcome) {
-            (Some(0), _) => Ok(None),
-            (Some(n), _) => Ok(Some(slab.split_to(n).freeze())),
-            (None, Err(e)) => Err(e),
-            (None, Ok(())) => Err(io::ErrorKind::WouldBlock.into()),
+        match read_into(tcp, &mut slab)? {
+            0 => Ok(None),
+            n => Ok(Some(slab.split_to(n).freeze())),
         }
     })
+}
+
+/// Appends what `tcp` has to `buf` (up to its spare capacity): `Ok(0)` at
+/// EOF, `WouldBlock` when nothing is there.
+///
+/// A read shorter than the room offered means the receive queue is now
+/// empty, so the socket's readiness is cleared without another `recv`
+/// returning `EAGAIN`. The read runs inside `try_io`, whose readiness
+/// snapshot is taken *before* it: tokio clears only if no new readiness
+/// event arrived since (and never clears "read closed"), so bytes arriving
+/// during or after the read still wake the task, on any runtime flavour.
+pub(crate) fn read_into(tcp: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let room = buf.capacity() - buf.len();
+    let mut got = None;
+    let outcome = tcp.try_io(Interest::READABLE, || {
+        let n = tcp.try_read_buf(buf)?;
+        got = Some(n);
+        if n > 0 && n < room { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(()) }
+    });
+    match (got, outcome) {
+        (Some(n), _) => Ok(n),
+        (None, Err(e)) => Err(e),
+        (None, Ok(())) => Err(io::ErrorKind::WouldBlock.into()),
+    }
 }
 
 /// Where the peer's bytes come from.

@@ -41,7 +41,7 @@ use rustls::sign::CertifiedKey;
 use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 use rustls::{ClientConfig, ConnectionTrafficSecrets, ExtractedSecrets, ServerConfig};
 use rustls_pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::record::{self, Keys, PostHandshake, RecordError, content};
@@ -473,36 +473,20 @@ impl TlsStream {
         Ok(())
     }
 
-    /// Reads what the socket has into `rbuf`: `Ok(0)` at EOF.
-    ///
-    /// As in `copy::read_chunk`, a read shorter than the room offered
-    /// means the receive queue is empty, so readiness is cleared without a
-    /// second `recv` returning `EAGAIN` (race-free: `try_io` snapshots the
-    /// readiness before the read).
+    /// Reads what the socket has into `rbuf` (`copy::read_into`: a short
+    /// read clears readiness without a second `recv`): `Ok(0)` at EOF.
     fn fill(&mut self) -> io::Result<usize> {
         if self.rbuf.capacity() - self.rbuf.len() < MIN_READ {
             // Moves a partial record (at most one, < 17 KiB) to the front
             // when the buffer is uniquely owned, else reallocates.
             self.rbuf.reserve(READ_ROOM - self.rbuf.len().min(READ_ROOM / 2));
         }
-        let room = self.rbuf.capacity() - self.rbuf.len();
-        let (io, rbuf) = (&self.io, &mut self.rbuf);
-        let mut got = None;
-        let outcome = io.try_io(Interest::READABLE, || {
-            let n = io.try_read_buf(rbuf)?;
-            got = Some(n);
-            if n > 0 && n < room { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(()) }
-        });
-        match (got, outcome) {
-            (Some(n), _) => Ok(n),
-            (None, Err(e)) => {
-                if e.kind() == io::ErrorKind::WouldBlock && self.rbuf.is_empty() {
-                    self.rbuf = BytesMut::new();
-                }
-                Err(e)
-            }
-            (None, Ok(())) => Err(io::ErrorKind::WouldBlock.into()),
+        let read = super::copy::read_into(&self.io, &mut self.rbuf);
+        if read.as_ref().is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock) && self.rbuf.is_empty() {
+            // Nothing there and nothing partial: hold no buffer while idle.
+            self.rbuf = BytesMut::new();
         }
+        read
     }
 
     /// Seals `bufs` (as much as the write budget allows) into one chunk:
