@@ -233,9 +233,6 @@ impl TlsStream {
     ) -> io::Result<Self> {
         let mut incoming: Vec<u8> = Vec::new();
         let mut outgoing: Vec<u8> = Vec::new();
-        // Application data that arrived behind the peer's last handshake
-        // message and that rustls therefore opened itself.
-        let mut early = BytesMut::new();
         // Bytes of `incoming` rustls has been offered (whole records).
         let mut offered = 0;
         loop {
@@ -288,16 +285,13 @@ impl TlsStream {
                     t.done();
                 }
                 ConnectionState::BlockedHandshake => blocked = true,
-                ConnectionState::ReadTraffic(mut r) => {
-                    while let Some(rec) = r.next_record() {
-                        early.extend_from_slice(rec.map_err(invalid)?.payload);
-                    }
-                }
                 ConnectionState::WriteTraffic(_) => established = true,
                 ConnectionState::PeerClosed | ConnectionState::Closed => {
                     return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed during the TLS handshake"));
                 }
-                // Early (0-RTT) data is never enabled.
+                // Application data is never offered to rustls (it sees no
+                // record after the one that completes the handshake), and
+                // early (0-RTT) data is never enabled.
                 _ => return Err(invalid("unexpected TLS state during the handshake")),
             }
             incoming.drain(..discard);
@@ -329,7 +323,7 @@ impl TlsStream {
             tx,
             update_after,
             rbuf: BytesMut::from(&incoming[..]),
-            plain: early.freeze(),
+            plain: Bytes::new(),
             wq: VecDeque::new(),
             pending: 0,
             read_closed: false,
