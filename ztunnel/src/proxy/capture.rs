@@ -32,6 +32,9 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     // IP_TRANSPARENT also applies to IPv6 sockets on Linux.
     setsockopt(&s, sockopt::IpTransparent, &true).map_err(std::io::Error::from)?;
     s.set_reuseaddr(true)?;
+    // Accepted connections inherit TCP_NODELAY: one system call less on
+    // each captured connection.
+    setsockopt(&s, sockopt::TcpNoDelay, &true).map_err(std::io::Error::from)?;
     s.bind(addr)?;
     s.listen(4096)
 }
@@ -101,7 +104,6 @@ impl Capture {
         src: SocketAddr,
         dst: SocketAddr,
     ) -> Option<(copy::Tunnel, Captured)> {
-        let _ = tcp.set_nodelay(true);
         let Some(td) = self.cache.bundle().map(|b| b.trust_domain().clone()) else {
             warn!("no trust bundle yet; connection reset");
             reset(tcp);

@@ -12,7 +12,8 @@
 //!   not pin a whole slab. Received frames are held only until the
 //!   pod's socket takes them.
 //! - **Backpressure**: data is handed to HTTP/2 only as the stream's flow
-//!   control window allows (no unbounded send buffer), and the receive
+//!   control window allows (no unbounded send buffer; the one exception is
+//!   a new stream's first small chunk, see [`FIRST_AHEAD`]), and the receive
 //!   window is released only once the bytes are in the pod's socket, so a
 //!   slow reader slows the peer, never grows a buffer.
 //! - **Early data**: on the client side the copy may start before the
@@ -48,6 +49,11 @@ const SLAB: usize = 256 * 1024;
 /// A read is offered at least this much room; a smaller remainder of the
 /// slab is left to the chunks already split off it.
 const MIN_READ: usize = 64 * 1024;
+/// A stream's first bytes up to this size are queued with HTTP/2 before
+/// the stream has a window (typically a request or a TLS ClientHello); they
+/// are copied out of the slab, and HTTP/2 holds them until the window
+/// opens, so at most this much per new stream is buffered beyond it.
+const FIRST_AHEAD: usize = 16 * 1024;
 
 thread_local! {
     static SLAB_BUF: RefCell<BytesMut> = RefCell::new(BytesMut::new());
@@ -140,6 +146,8 @@ struct Up {
 struct Down {
     /// A received frame's bytes the pod's socket has not taken yet.
     pending: Option<Box<Bytes>>,
+    /// Something was written to the pod's socket, or tried.
+    wrote: bool,
     eof: bool,
     done: bool,
     total: u64,
@@ -217,11 +225,20 @@ fn poll_up(
         ready!(tcp.poll_read_ready(cx))?;
         match read_chunk(tcp) {
             Ok(Some(mut b)) => {
+                let first = up.total == 0;
                 up.total += b.len() as u64;
                 up.compact = false;
                 // Straight on when the window allows (the usual case);
                 // only what it does not waits, boxed.
                 send_some(send, &mut b)?;
+                if first && !b.is_empty() && b.len() <= FIRST_AHEAD {
+                    // A new stream has no window until HTTP/2 opens it, on
+                    // the connection task's next pass, which then writes
+                    // the CONNECT alone and this data in a second record
+                    // after one more pass. Queued now, both leave in one.
+                    send.send_data(Bytes::copy_from_slice(&b), false)?;
+                    b.clear();
+                }
                 if !b.is_empty() {
                     up.pending = Some(Box::new(b));
                 }
@@ -272,6 +289,10 @@ fn poll_down(
                 down.total += b.len() as u64;
                 // Straight into the pod's socket when it has room (the
                 // usual case); only what it does not take waits, boxed.
+                if !b.is_empty() && !down.wrote {
+                    down.wrote = true;
+                    first_write(tcp, recv, &mut b)?;
+                }
                 if !b.is_empty() {
                     ready!(write_some(tcp, recv, &mut b))?;
                 }
@@ -299,6 +320,28 @@ fn send_some(send: &mut SendStream<Bytes>, b: &mut Bytes) -> Result<(), h2::Erro
         send.reserve_capacity(0);
     }
     Ok(())
+}
+
+/// The first bytes for the pod, written to the socket without asking
+/// tokio: a socket the server side has just connected is not known to be
+/// writable until the reactor's next turn reports it (accepted ones are
+/// assumed writable), and waiting for that turn would cost every new
+/// tunnel one more `epoll_wait` and wake-up before its first bytes arrive.
+/// The readiness tokio tracks stays as it is (edge-triggered epoll reports
+/// the socket's state on registration anyway), so `EAGAIN` just leaves the
+/// bytes to the usual path.
+fn first_write(tcp: &TcpStream, recv: &mut RecvStream, b: &mut Bytes) -> Result<(), CopyError> {
+    use nix::sys::socket::{MsgFlags, send};
+    use std::os::fd::AsRawFd;
+    match send(tcp.as_raw_fd(), b, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL) {
+        Ok(n) => {
+            b.advance(n);
+            let _ = recv.flow_control().release_capacity(n);
+            Ok(())
+        }
+        Err(nix::errno::Errno::EAGAIN) => Ok(()),
+        Err(e) => Err(io::Error::from(e).into()),
+    }
 }
 
 /// Writes what the pod's socket takes of `b` (nothing when it is full),
@@ -541,6 +584,95 @@ mod tests {
         assert_eq!(totals.up as usize, payload.len());
         assert_eq!(totals.down as usize, payload.len() - early.len());
         drive.abort();
+    }
+
+    /// What an IO object was asked to write, one entry per flush (the
+    /// record layer seals and sends what it holds at a flush).
+    struct Recorder {
+        inner: tokio::io::DuplexStream,
+        pending: Vec<u8>,
+        writes: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl tokio::io::AsyncRead for Recorder {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl tokio::io::AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+            if let std::task::Poll::Ready(Ok(n)) = r {
+                self.pending.extend_from_slice(&buf[..n]);
+            }
+            r
+        }
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let flushed = std::mem::take(&mut self.pending);
+            if !flushed.is_empty() {
+                self.writes.lock().unwrap().push(flushed);
+            }
+            std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// The pod's first bytes, already there when the tunnel opens, leave in
+    /// the same write as the CONNECT (one TLS record, one packet, one
+    /// wake-up of the peer), although the new stream has no window yet.
+    #[tokio::test]
+    async fn first_bytes_leave_with_the_connect() {
+        let (c, s) = tokio::io::duplex(64 * 1024);
+        let writes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let c = Recorder { inner: c, pending: Vec::new(), writes: writes.clone() };
+        let server = tokio::spawn(async move {
+            let mut conn = h2::server::handshake(s).await.unwrap();
+            let (req, _respond) = conn.accept().await.unwrap().unwrap();
+            tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            let mut body = req.into_body();
+            let first = body.data().await.unwrap().unwrap();
+            (first, _respond, body)
+        });
+        let (send_req, conn) = h2::client::handshake(c).await.unwrap();
+        tokio::spawn(conn);
+        let mut sr = send_req.ready().await.unwrap();
+        let (mut app, proxy_end) = pair().await;
+        app.write_all(b"first bytes").await.unwrap();
+        // Let them reach the proxy end's receive queue.
+        proxy_end.readable().await.unwrap();
+        // As in the proxy: the CONNECT and the copy's first poll in one
+        // task poll, before HTTP/2's connection task runs.
+        let copy = tokio::spawn(async move {
+            let (response, send) = sr.send_request(connect(), false).unwrap();
+            tunnel(proxy_end, send, Incoming::Response(response)).await
+        });
+        let (first, _respond, _body) = server.await.unwrap();
+        assert_eq!(&first[..], b"first bytes");
+        // HEADERS (type 1, END_HEADERS, stream 1) in the write carrying the bytes.
+        let writes = writes.lock().unwrap();
+        let with_data = writes.iter().find(|w| w.windows(11).any(|x| x == b"first bytes")).unwrap();
+        assert!(
+            with_data.windows(6).any(|x| x == [1, 4, 0, 0, 0, 1]),
+            "CONNECT and first bytes in separate flushes: {writes:?}"
+        );
+        copy.abort();
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@
 //!    buffers and half-close; a failed connect answers 503.
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +27,8 @@ use ca::SpiffeId;
 use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{Method, Request, Response, StatusCode};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::io::Interest;
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::copy::{self, Incoming};
@@ -379,26 +381,86 @@ impl Inbound {
     }
 
     async fn connect(&self, src: SocketAddr, dst: SocketAddr) -> std::io::Result<TcpStream> {
-        let socket = if dst.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-        if self.config.transparent {
-            set_transparent(&socket)?;
-            socket.set_reuseaddr(true)?;
-            // Pick the source port at connect time (unique per 4-tuple), not
-            // at bind time (unique per address): with many connections from
-            // one pod address, bind-time search is slow and runs out early.
-            nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::IpBindAddressNoPort, &true)
-                .map_err(std::io::Error::from)?;
-            socket.bind(SocketAddr::new(src.ip(), 0))?;
-        }
-        let s = socket.connect(dst).await?;
-        let _ = s.set_nodelay(true);
-        Ok(s)
+        connect_from(self.config.transparent.then_some(src.ip()), dst).await
     }
 }
 
-/// IP_TRANSPARENT lets the socket use the pod's address as its source (on
-/// Linux it sets the same socket flag as IPV6_TRANSPARENT).
-fn set_transparent(socket: &TcpSocket) -> std::io::Result<()> {
-    use nix::sys::socket::{setsockopt, sockopt};
-    setsockopt(socket, sockopt::IpTransparent, &true).map_err(std::io::Error::from)
+/// Connects to `dst`, from `src` when given (IP_TRANSPARENT: the pod's
+/// address, which is not local here; the source port is picked at connect
+/// time, unique per 4-tuple, because a bind-time search per address is slow
+/// and runs out early with many connections from one pod).
+///
+/// A pod on this node answers the SYN within the `connect` call itself (the
+/// veth hands the packets on in the same softirq), so the socket is usually
+/// connected when `connect` returns `EINPROGRESS`: one `getpeername` then
+/// saves a round through the reactor (an `epoll_wait`, a wake-up of this
+/// task and a `getsockopt`) on every new connection's path.
+async fn connect_from(src: Option<IpAddr>, dst: SocketAddr) -> std::io::Result<TcpStream> {
+    use nix::errno::Errno;
+    use nix::sys::socket::{self as sock, AddressFamily, SockFlag, SockType, SockaddrStorage, sockopt};
+
+    let family = if dst.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let fd = sock::socket(family, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
+    if let Some(ip) = src {
+        // Sets the same socket flag as IPV6_TRANSPARENT.
+        sock::setsockopt(&fd, sockopt::IpTransparent, &true)?;
+        sock::setsockopt(&fd, sockopt::IpBindAddressNoPort, &true)?;
+        sock::bind(fd.as_raw_fd(), &SockaddrStorage::from(SocketAddr::new(ip, 0)))?;
+    }
+    sock::setsockopt(&fd, sockopt::TcpNoDelay, &true)?;
+    let connected = match sock::connect(fd.as_raw_fd(), &SockaddrStorage::from(dst)) {
+        Ok(()) => true,
+        Err(Errno::EINPROGRESS) => sock::getpeername::<SockaddrStorage>(fd.as_raw_fd()).is_ok(),
+        Err(e) => return Err(e.into()),
+    };
+    let stream = TcpStream::from_std(std::net::TcpStream::from(fd))?;
+    if !connected {
+        stream
+            .async_io(Interest::WRITABLE, || {
+                if let Some(e) = stream.take_error()? {
+                    return Err(e);
+                }
+                match stream.peer_addr() {
+                    Ok(_) => Ok(()),
+                    // Woken before the handshake ended: clear the readiness
+                    // and wait on.
+                    Err(e) if e.raw_os_error() == Some(Errno::ENOTCONN as i32) => {
+                        Err(std::io::ErrorKind::WouldBlock.into())
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+    }
+    Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::connect_from;
+
+    /// A local server answers within `connect`: the stream comes back
+    /// connected and carries bytes both ways; a closed port is refused.
+    #[tokio::test]
+    async fn connects_at_once_and_reports_a_refusal() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut s = connect_from(None, addr).await.unwrap();
+        assert!(s.nodelay().unwrap());
+        let (mut a, _) = l.accept().await.unwrap();
+        s.write_all(b"ping").await.unwrap();
+        let mut b = [0u8; 4];
+        a.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"ping");
+        a.write_all(b"pong").await.unwrap();
+        s.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"pong");
+        drop(l);
+        let e = connect_from(None, addr).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+    }
 }
