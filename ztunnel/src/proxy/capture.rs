@@ -17,7 +17,7 @@ use ca::SpiffeId;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::{debug, info, info_span, warn};
 
-use super::copy::{self, CopyError, Incoming};
+use super::copy::{self, CopyError, Incoming, Outgoing};
 use super::inbound::Workloads;
 use super::metrics::{PairMetrics, ProxyMetrics};
 use super::outbound::{Outbound, OutboundError, Slot, Tunnel};
@@ -151,7 +151,7 @@ impl Capture {
         pair.opened();
         // The pod's first bytes follow the CONNECT at once; bytes towards
         // the pod wait for the peer's 200.
-        let copy = copy::tunnel(tcp, send, Incoming::Response(response));
+        let copy = copy::tunnel(tcp, Outgoing::Stream(send), Incoming::Response(response));
         Some((copy, Captured { pair, _slot: slot }))
     }
 }

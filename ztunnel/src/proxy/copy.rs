@@ -20,7 +20,9 @@
 //!   peer's answer to CONNECT has arrived; bytes from the pod flow at once
 //!   (saving a round trip per new connection), and bytes towards the pod
 //!   only after a `200`. Any other answer ends the copy with
-//!   [`CopyError::Refused`].
+//!   [`CopyError::Refused`]. On the server side the `200` of a client that
+//!   sent early waits (briefly) for the pod's first bytes and travels with
+//!   them ([`Outgoing::answer`]).
 //! - **Half-close**: EOF from the pod ends the stream (END_STREAM); the
 //!   peer's END_STREAM shuts down writing towards the pod (or, when the
 //!   pod's side has ended already, the close that follows sends the FIN).
@@ -37,6 +39,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
+use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http::StatusCode;
 use tokio::io::{AsyncWrite, Interest};
@@ -158,16 +161,88 @@ struct Down {
 /// it back (e.g. to reset it).
 pub struct Tunnel {
     tcp: TcpStream,
-    send: SendStream<Bytes>,
+    send: Outgoing,
     incoming: Option<Incoming>,
     up: Up,
     down: Down,
 }
 
+/// Where bytes for the peer go.
+pub enum Outgoing {
+    /// The stream's send half: the client side's, or the server side's
+    /// once it has answered.
+    Stream(SendStream<Bytes>),
+    /// The server side before its `200`, held back (see [`Outgoing::answer`]).
+    ///
+    /// Boxed (one small allocation per tunnel, freed at the answer): the
+    /// enum then takes no more room than the send half alone, so each open
+    /// tunnel's task stays within its allocation size class.
+    Unanswered(Box<Hold>),
+}
+
+/// A `200` not sent yet, and when it must go at the latest.
+pub struct Hold {
+    respond: SendResponse<Bytes>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+/// The longest a `200` is held back for the pod's first bytes.
+pub const HOLD: std::time::Duration = std::time::Duration::from_millis(5);
+
+impl Outgoing {
+    /// The server side's send half, to be answered `200` by the copy.
+    ///
+    /// When the peer's first bytes are already there as the copy starts,
+    /// the peer is not waiting for the answer (ours never does: a pod's
+    /// bytes flow from the start, see the module docs), so the answer is
+    /// held back until the pod's first bytes (or its EOF) and leaves with
+    /// them, in one record: the peer wakes once for both instead of twice,
+    /// on every new connection of a request/response protocol. `hold`
+    /// ([`HOLD`] in the proxy) bounds the wait for the pod, so that a client
+    /// which sent bytes and then waits for the answer anyway is slowed,
+    /// never stalled. With no
+    /// bytes from the peer yet, the `200` goes at once: the peer may be
+    /// waiting for it (an HBONE client that does not send early), or the
+    /// pod speaks first.
+    pub fn answer(respond: SendResponse<Bytes>, hold: std::time::Duration) -> Outgoing {
+        Outgoing::Unanswered(Box::new(Hold { respond, deadline: Box::pin(tokio::time::sleep(hold)) }))
+    }
+
+    /// The send half, answering `200` first if that is still to do.
+    fn stream(&mut self) -> Result<&mut SendStream<Bytes>, h2::Error> {
+        if let Outgoing::Unanswered(hold) = self {
+            let send = hold.respond.send_response(http::Response::new(()), false)?;
+            *self = Outgoing::Stream(send);
+        }
+        match self {
+            Outgoing::Stream(send) => Ok(send),
+            Outgoing::Unanswered(_) => Err(Reason::INTERNAL_ERROR.into()),
+        }
+    }
+
+    /// Answers now unless the answer may still wait: the peer has sent
+    /// bytes (`peer_sent`) and the hold has not expired.
+    fn poll_answer(&mut self, cx: &mut Context<'_>, peer_sent: bool) -> Result<(), h2::Error> {
+        if let Outgoing::Unanswered(hold) = self
+            && (!peer_sent || hold.deadline.as_mut().poll(cx).is_ready())
+        {
+            self.stream()?;
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self, reason: Reason) {
+        match self {
+            Outgoing::Stream(send) => send.send_reset(reason),
+            Outgoing::Unanswered(hold) => hold.respond.send_reset(reason),
+        }
+    }
+}
+
 /// Copies between `tcp` (the pod side) and an HBONE stream (`send`,
 /// `incoming`) until both directions have ended. On an error the stream is
 /// reset; the caller decides what the pod sees.
-pub fn tunnel(tcp: TcpStream, send: SendStream<Bytes>, incoming: Incoming) -> Tunnel {
+pub fn tunnel(tcp: TcpStream, send: Outgoing, incoming: Incoming) -> Tunnel {
     Tunnel { tcp, send, incoming: Some(incoming), up: Up::default(), down: Down::default() }
 }
 
@@ -187,14 +262,10 @@ pub struct Totals {
     pub down: u64,
 }
 
-fn poll_up(
-    cx: &mut Context<'_>,
-    tcp: &TcpStream,
-    send: &mut SendStream<Bytes>,
-    up: &mut Up,
-) -> Poll<Result<(), CopyError>> {
+fn poll_up(cx: &mut Context<'_>, tcp: &TcpStream, out: &mut Outgoing, up: &mut Up) -> Poll<Result<(), CopyError>> {
     loop {
         if let Some(pending) = up.pending.as_deref_mut() {
+            let send = out.stream()?;
             send_some(send, pending)?;
             if pending.is_empty() {
                 up.pending = None;
@@ -218,13 +289,14 @@ fn poll_up(
             continue;
         }
         if up.eof {
-            send.send_data(Bytes::new(), true)?;
+            out.stream()?.send_data(Bytes::new(), true)?;
             up.done = true;
             return Poll::Ready(Ok(()));
         }
         ready!(tcp.poll_read_ready(cx))?;
         match read_chunk(tcp) {
             Ok(Some(mut b)) => {
+                let send = out.stream()?;
                 let first = up.total == 0;
                 up.total += b.len() as u64;
                 up.compact = false;
@@ -377,6 +449,11 @@ impl Future for Tunnel {
             result = Err(e);
         }
         if result.is_ok()
+            && let Err(e) = this.send.poll_answer(cx, this.down.total > 0)
+        {
+            result = Err(e.into());
+        }
+        if result.is_ok()
             && !this.up.done
             && let Poll::Ready(Err(e)) = poll_up(cx, &this.tcp, &mut this.send, &mut this.up)
         {
@@ -384,7 +461,7 @@ impl Future for Tunnel {
         }
         let totals = Totals { up: this.up.total, down: this.down.total };
         if let Err(e) = result {
-            this.send.send_reset(Reason::CANCEL);
+            this.send.reset(Reason::CANCEL);
             return Poll::Ready((totals, Err(e)));
         }
         if this.up.done && this.down.done {
@@ -546,13 +623,13 @@ mod tests {
             });
             let send = respond.send_response(Response::new(()), false).unwrap();
             // The test kept the early chunk; the rest goes to the pod.
-            let (totals, result) = tunnel(echo_proxy, send, Incoming::Body(body)).await;
+            let (totals, result) = tunnel(echo_proxy, super::Outgoing::Stream(send), Incoming::Body(body)).await;
             (early, totals, result, drive)
         });
         let (mut app, proxy_end) = pair().await;
         let mut sr = send_req.ready().await.unwrap();
         let (response, send) = sr.send_request(connect(), false).unwrap();
-        let client = tokio::spawn(tunnel(proxy_end, send, Incoming::Response(response)));
+        let client = tokio::spawn(tunnel(proxy_end, super::Outgoing::Stream(send), Incoming::Response(response)));
         let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
         let p2 = payload.clone();
         let (mut rd, mut wr) = app.split();
@@ -661,7 +738,7 @@ mod tests {
         // task poll, before HTTP/2's connection task runs.
         let copy = tokio::spawn(async move {
             let (response, send) = sr.send_request(connect(), false).unwrap();
-            tunnel(proxy_end, send, Incoming::Response(response)).await
+            tunnel(proxy_end, super::Outgoing::Stream(send), Incoming::Response(response)).await
         });
         let (first, _respond, _body) = server.await.unwrap();
         assert_eq!(&first[..], b"first bytes");
@@ -673,6 +750,81 @@ mod tests {
             "CONNECT and first bytes in separate flushes: {writes:?}"
         );
         copy.abort();
+    }
+
+    /// A server-side copy behind a recorded HTTP/2 connection: the client's
+    /// request handle, the recorded server writes, and the pod's end.
+    async fn answering(
+        hold: std::time::Duration,
+    ) -> (h2::client::SendRequest<Bytes>, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>, TcpStream) {
+        let (c, s) = tokio::io::duplex(64 * 1024);
+        let writes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = Recorder { inner: s, pending: Vec::new(), writes: writes.clone() };
+        let (pod, pod_proxy_end) = pair().await;
+        tokio::spawn(async move {
+            let mut conn = h2::server::handshake(s).await.unwrap();
+            let (req, respond) = conn.accept().await.unwrap().unwrap();
+            tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            // Let whatever the client sent with its CONNECT arrive first.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let _ =
+                tunnel(pod_proxy_end, super::Outgoing::answer(respond, hold), Incoming::Body(req.into_body())).await;
+        });
+        let (send_req, conn) = h2::client::handshake(c).await.unwrap();
+        tokio::spawn(conn);
+        (send_req, writes, pod)
+    }
+
+    /// The client sent bytes with its CONNECT: the 200 waits for the pod's
+    /// answer and leaves in the same flush.
+    #[tokio::test]
+    async fn the_answer_leaves_with_the_pods_first_bytes() {
+        let (send_req, writes, mut pod) = answering(std::time::Duration::from_secs(60)).await;
+        let mut sr = send_req.ready().await.unwrap();
+        let (response, mut send) = sr.send_request(connect(), false).unwrap();
+        send.send_data(Bytes::from_static(b"ping"), false).unwrap();
+        let mut b = [0u8; 4];
+        pod.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"ping");
+        pod.write_all(b"pong").await.unwrap();
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), response).await.unwrap().unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut body = resp.into_body();
+        assert_eq!(&body.data().await.unwrap().unwrap()[..], b"pong");
+        let writes = writes.lock().unwrap();
+        let with_data = writes.iter().find(|w| w.windows(4).any(|x| x == b"pong")).unwrap();
+        assert!(with_data.windows(6).any(|x| x == [1, 4, 0, 0, 0, 1]), "200 and first bytes apart: {writes:?}");
+    }
+
+    /// A client that sent nothing may be waiting for the 200: it goes at
+    /// once, long before the hold would end, while the pod says nothing.
+    #[tokio::test]
+    async fn a_client_that_sent_nothing_is_answered_at_once() {
+        let (send_req, _writes, _pod) = answering(std::time::Duration::from_secs(60)).await;
+        let mut sr = send_req.ready().await.unwrap();
+        let (response, _send) = sr.send_request(connect(), false).unwrap();
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), response).await.unwrap().unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+
+    /// A client that sent bytes and then waits for the 200 anyway, towards
+    /// a pod that says nothing, gets it when the hold ends.
+    #[tokio::test]
+    async fn a_held_answer_goes_when_the_hold_ends() {
+        let (send_req, _writes, mut pod) = answering(std::time::Duration::from_millis(20)).await;
+        let mut sr = send_req.ready().await.unwrap();
+        let (response, mut send) = sr.send_request(connect(), false).unwrap();
+        send.send_data(Bytes::from_static(b"ping"), false).unwrap();
+        let mut b = [0u8; 4];
+        pod.read_exact(&mut b).await.unwrap();
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), response).await.unwrap().unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+
+    /// See [`super::Outgoing::Unanswered`].
+    #[test]
+    fn the_unanswered_state_costs_no_room() {
+        assert_eq!(std::mem::size_of::<super::Outgoing>(), std::mem::size_of::<h2::SendStream<Bytes>>());
     }
 
     #[tokio::test]
@@ -689,7 +841,7 @@ mod tests {
         let mut sr = send_req.ready().await.unwrap();
         let (response, send) = sr.send_request(connect(), false).unwrap();
         app.write_all(b"sent before the answer").await.unwrap();
-        let (_, result) = tunnel(proxy_end, send, Incoming::Response(response)).await;
+        let (_, result) = tunnel(proxy_end, super::Outgoing::Stream(send), Incoming::Response(response)).await;
         assert!(matches!(result, Err(CopyError::Refused(s)) if s == StatusCode::FORBIDDEN), "{result:?}");
     }
 }

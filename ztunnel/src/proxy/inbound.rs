@@ -31,7 +31,7 @@ use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::copy::{self, Incoming};
+use super::copy::{self, Incoming, Outgoing};
 use super::metrics::{ConnLabels, PairMetrics, ProxyMetrics, ReasonLabels};
 use super::tls;
 use super::{CONNECTION_WINDOW, MAX_FRAME, MAX_HEADER_LIST, STREAM_WINDOW, keepalive};
@@ -275,7 +275,7 @@ impl Inbound {
     async fn setup(
         self: Arc<Self>,
         req: Request<RecvStream>,
-        mut respond: SendResponse<Bytes>,
+        respond: SendResponse<Bytes>,
         peer: SpiffeId,
         sni: Option<SpiffeId>,
         pair: Arc<PairMetrics>,
@@ -306,15 +306,9 @@ impl Inbound {
                 return None;
             }
         };
-        let send = match respond.send_response(status(StatusCode::OK), false) {
-            Ok(s) => s,
-            Err(e) => {
-                debug!(error = %e, "stream gone before the tunnel opened");
-                return None;
-            }
-        };
         pair.opened();
-        let copy = copy::tunnel(upstream, send, Incoming::Body(req.into_body()));
+        // The 200 may wait for the pod's first bytes (see `Outgoing::answer`).
+        let copy = copy::tunnel(upstream, Outgoing::answer(respond, copy::HOLD), Incoming::Body(req.into_body()));
         Some((copy, Delivered { pair }))
     }
 
