@@ -381,10 +381,17 @@ impl Outbound {
         let fut = async {
             let (send, slot, pair) = self.sender(&key).await?;
             let mut send = send.ready().await.map_err(|e| OutboundError::Http(e.to_string()))?;
+            // The source port makes this header different on every tunnel:
+            // sent as a never-indexed literal, it does not churn both
+            // sides' HPACK tables (an insert and an eviction per tunnel on
+            // each) and leaves their room to the headers that repeat.
+            let mut forwarded = http::HeaderValue::try_from(format!("for=\"{src_addr}\""))
+                .map_err(|e| OutboundError::Http(e.to_string()))?;
+            forwarded.set_sensitive(true);
             let req = Request::builder()
                 .method(Method::CONNECT)
                 .uri(dst_addr.to_string())
-                .header("forwarded", format!("for=\"{src_addr}\""))
+                .header("forwarded", forwarded)
                 .body(())
                 .map_err(|e| OutboundError::Http(e.to_string()))?;
             let (response, send) = send.send_request(req, false).map_err(|e| OutboundError::Http(e.to_string()))?;
