@@ -236,23 +236,22 @@ impl Shared {
     fn update_gauges(&self, cur: &Current) {
         let now = self.clock.now();
         self.metrics.bundle_version.set(cur.bundle.version as i64);
-        self.metrics.expiry_seconds.clear();
         let mut authorities = vec![&cur.state.active];
         match &cur.state.stage {
             ca::Stage::Prepared { next, .. } | ca::Stage::Propagated { next, .. } => authorities.push(next),
             ca::Stage::Switched { previous, .. } => authorities.push(previous),
             ca::Stage::Stable => {}
         }
+        let mut expiry = Vec::new();
         for a in authorities {
             for (kind, info) in [("root", a.root_info()), ("intermediate", a.intermediate_info())] {
                 if let Ok(info) = info {
-                    self.metrics
-                        .expiry_seconds
-                        .get_or_create(&CertLabel { authority: a.id.clone(), kind: kind.into() })
-                        .set((info.not_after - now).as_seconds_f64());
+                    let label = CertLabel { authority: a.id.clone(), kind: kind.into() };
+                    expiry.push((label, (info.not_after - now).as_seconds_f64()));
                 }
             }
         }
+        self.metrics.set_expiry(expiry);
     }
 
     /// Reloads the state if it changed (or the API certificate is due).

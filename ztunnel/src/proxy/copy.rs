@@ -200,10 +200,9 @@ impl Outgoing {
     /// on every new connection of a request/response protocol. `hold`
     /// ([`HOLD`] in the proxy) bounds the wait for the pod, so that a client
     /// which sent bytes and then waits for the answer anyway is slowed,
-    /// never stalled. With no
-    /// bytes from the peer yet, the `200` goes at once: the peer may be
-    /// waiting for it (an HBONE client that does not send early), or the
-    /// pod speaks first.
+    /// never stalled. With no bytes from the peer yet, the `200` goes at
+    /// once: the peer may be waiting for it (an HBONE client that does not
+    /// send early), or the pod speaks first.
     pub fn answer(respond: SendResponse<Bytes>, hold: std::time::Duration) -> Outgoing {
         Outgoing::Unanswered(Box::new(Hold { respond, deadline: Box::pin(tokio::time::sleep(hold)) }))
     }
