@@ -1,0 +1,307 @@
+//! Tests of the copy: early data, backpressure, half-close, the first
+//! bytes' record, the held answer.
+
+#![allow(clippy::unwrap_used)]
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{CopyError, Incoming, tunnel};
+
+/// A connected loopback pair (application end, proxy end).
+async fn pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (b, _) = l.accept().await.unwrap();
+    (a, b)
+}
+
+/// HTTP/2 client and server over an in-memory pipe, with small windows
+/// so flow control and backpressure are exercised.
+async fn h2() -> (h2::client::SendRequest<Bytes>, h2::server::Connection<tokio::io::DuplexStream, Bytes>) {
+    let (c, s) = tokio::io::duplex(64 * 1024);
+    let server = tokio::spawn(async move {
+        h2::server::Builder::new()
+            .initial_window_size(16 * 1024)
+            .initial_connection_window_size(32 * 1024)
+            .handshake::<_, Bytes>(s)
+            .await
+            .unwrap()
+    });
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(16 * 1024)
+        .initial_connection_window_size(32 * 1024)
+        .handshake::<_, Bytes>(c)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    (send, server.await.unwrap())
+}
+
+fn connect() -> Request<()> {
+    Request::builder().method("CONNECT").uri("10.0.0.1:80").body(()).unwrap()
+}
+
+#[tokio::test]
+async fn early_data_backpressure_half_close_and_counts() {
+    early_data_case().await;
+}
+
+/// The same on the work-stealing runtime (`--proxy-threads` > 1), where
+/// readiness events are handled by other threads while a copy reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_data_backpressure_half_close_and_counts_multi_thread() {
+    for _ in 0..20 {
+        early_data_case().await;
+    }
+}
+
+async fn early_data_case() {
+    let (send_req, mut server) = h2().await;
+    // Server side: read the early data before answering, then hand the
+    // stream to a copy towards an echo "pod".
+    let server_side = tokio::spawn(async move {
+        let (req, mut respond) = server.accept().await.unwrap().unwrap();
+        // The connection must be driven for any stream to make progress.
+        let drive = tokio::spawn(async move { while server.accept().await.is_some() {} });
+        let mut body = req.into_body();
+        let early = body.data().await.unwrap().unwrap();
+        let _ = body.flow_control().release_capacity(early.len());
+        let (mut echo_app, echo_proxy) = pair().await;
+        tokio::spawn(async move {
+            // The echo pod: reads slowly in small pieces, echoes, and
+            // closes after EOF.
+            let mut buf = [0u8; 1000];
+            loop {
+                let n = echo_app.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                echo_app.write_all(&buf[..n]).await.unwrap();
+            }
+            echo_app.shutdown().await.unwrap();
+        });
+        let send = respond.send_response(Response::new(()), false).unwrap();
+        // The test kept the early chunk; the rest goes to the pod.
+        let (totals, result) = tunnel(echo_proxy, super::Outgoing::Stream(send), Incoming::Body(body)).await;
+        (early, totals, result, drive)
+    });
+    let (mut app, proxy_end) = pair().await;
+    let mut sr = send_req.ready().await.unwrap();
+    let (response, send) = sr.send_request(connect(), false).unwrap();
+    let client = tokio::spawn(tunnel(proxy_end, super::Outgoing::Stream(send), Incoming::Response(response)));
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+    let p2 = payload.clone();
+    let (mut rd, mut wr) = app.split();
+    let writer = async move {
+        wr.write_all(&p2).await.unwrap();
+        wr.shutdown().await.unwrap();
+    };
+    let mut back = Vec::new();
+    let reader = rd.read_to_end(&mut back);
+    let ((), n) = tokio::join!(writer, reader);
+    n.unwrap();
+    let (early, server_totals, server_result, drive) = server_side.await.unwrap();
+    server_result.unwrap();
+    // Everything after the early chunk came back, in order, then EOF.
+    assert!(!early.is_empty());
+    assert!(early[..] == payload[..early.len()], "early bytes are the first bytes");
+    let expect = &payload[early.len()..];
+    let first_diff = back.iter().zip(expect).position(|(a, b)| a != b);
+    assert!(
+        back[..] == *expect,
+        "echo: got {} bytes, expected {}; first difference at {first_diff:?}",
+        back.len(),
+        expect.len()
+    );
+    assert_eq!(server_totals.down as usize, payload.len() - early.len());
+    assert_eq!(server_totals.up as usize, payload.len() - early.len());
+    let (totals, result) = client.await.unwrap();
+    result.unwrap();
+    assert_eq!(totals.up as usize, payload.len());
+    assert_eq!(totals.down as usize, payload.len() - early.len());
+    drive.abort();
+}
+
+/// What an IO object was asked to write, one entry per flush (the
+/// record layer seals and sends what it holds at a flush).
+struct Recorder {
+    inner: tokio::io::DuplexStream,
+    pending: Vec<u8>,
+    writes: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl tokio::io::AsyncRead for Recorder {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Recorder {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = r {
+            self.pending.extend_from_slice(&buf[..n]);
+        }
+        r
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let flushed = std::mem::take(&mut self.pending);
+        if !flushed.is_empty() {
+            self.writes.lock().unwrap().push(flushed);
+        }
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The pod's first bytes, already there when the tunnel opens, leave in
+/// the same write as the CONNECT (one TLS record, one packet, one
+/// wake-up of the peer), although the new stream has no window yet.
+#[tokio::test]
+async fn first_bytes_leave_with_the_connect() {
+    let (c, s) = tokio::io::duplex(64 * 1024);
+    let writes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let c = Recorder { inner: c, pending: Vec::new(), writes: writes.clone() };
+    let server = tokio::spawn(async move {
+        let mut conn = h2::server::handshake(s).await.unwrap();
+        let (req, _respond) = conn.accept().await.unwrap().unwrap();
+        tokio::spawn(async move { while conn.accept().await.is_some() {} });
+        let mut body = req.into_body();
+        let first = body.data().await.unwrap().unwrap();
+        (first, _respond, body)
+    });
+    let (send_req, conn) = h2::client::handshake(c).await.unwrap();
+    tokio::spawn(conn);
+    let mut sr = send_req.ready().await.unwrap();
+    let (mut app, proxy_end) = pair().await;
+    app.write_all(b"first bytes").await.unwrap();
+    // Let them reach the proxy end's receive queue.
+    proxy_end.readable().await.unwrap();
+    // As in the proxy: the CONNECT and the copy's first poll in one
+    // task poll, before HTTP/2's connection task runs.
+    let copy = tokio::spawn(async move {
+        let (response, send) = sr.send_request(connect(), false).unwrap();
+        tunnel(proxy_end, super::Outgoing::Stream(send), Incoming::Response(response)).await
+    });
+    let (first, _respond, _body) = server.await.unwrap();
+    assert_eq!(&first[..], b"first bytes");
+    // HEADERS (type 1, END_HEADERS, stream 1) in the write carrying the bytes.
+    let writes = writes.lock().unwrap();
+    let with_data = writes.iter().find(|w| w.windows(11).any(|x| x == b"first bytes")).unwrap();
+    assert!(
+        with_data.windows(6).any(|x| x == [1, 4, 0, 0, 0, 1]),
+        "CONNECT and first bytes in separate flushes: {writes:?}"
+    );
+    copy.abort();
+}
+
+/// A server-side copy behind a recorded HTTP/2 connection: the client's
+/// request handle, the recorded server writes, and the pod's end.
+async fn answering(
+    hold: std::time::Duration,
+) -> (h2::client::SendRequest<Bytes>, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>, TcpStream) {
+    let (c, s) = tokio::io::duplex(64 * 1024);
+    let writes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = Recorder { inner: s, pending: Vec::new(), writes: writes.clone() };
+    let (pod, pod_proxy_end) = pair().await;
+    tokio::spawn(async move {
+        let mut conn = h2::server::handshake(s).await.unwrap();
+        let (req, respond) = conn.accept().await.unwrap().unwrap();
+        tokio::spawn(async move { while conn.accept().await.is_some() {} });
+        // Let whatever the client sent with its CONNECT arrive first.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let _ = tunnel(pod_proxy_end, super::Outgoing::answer(respond, hold), Incoming::Body(req.into_body())).await;
+    });
+    let (send_req, conn) = h2::client::handshake(c).await.unwrap();
+    tokio::spawn(conn);
+    (send_req, writes, pod)
+}
+
+/// The client sent bytes with its CONNECT: the 200 waits for the pod's
+/// answer and leaves in the same flush.
+#[tokio::test]
+async fn the_answer_leaves_with_the_pods_first_bytes() {
+    let (send_req, writes, mut pod) = answering(std::time::Duration::from_secs(60)).await;
+    let mut sr = send_req.ready().await.unwrap();
+    let (response, mut send) = sr.send_request(connect(), false).unwrap();
+    send.send_data(Bytes::from_static(b"ping"), false).unwrap();
+    let mut b = [0u8; 4];
+    pod.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"ping");
+    pod.write_all(b"pong").await.unwrap();
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(10), response).await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    assert_eq!(&body.data().await.unwrap().unwrap()[..], b"pong");
+    let writes = writes.lock().unwrap();
+    let with_data = writes.iter().find(|w| w.windows(4).any(|x| x == b"pong")).unwrap();
+    assert!(with_data.windows(6).any(|x| x == [1, 4, 0, 0, 0, 1]), "200 and first bytes apart: {writes:?}");
+}
+
+/// A client that sent nothing may be waiting for the 200: it goes at
+/// once, long before the hold would end, while the pod says nothing.
+#[tokio::test]
+async fn a_client_that_sent_nothing_is_answered_at_once() {
+    let (send_req, _writes, _pod) = answering(std::time::Duration::from_secs(60)).await;
+    let mut sr = send_req.ready().await.unwrap();
+    let (response, _send) = sr.send_request(connect(), false).unwrap();
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(10), response).await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+/// A client that sent bytes and then waits for the 200 anyway, towards
+/// a pod that says nothing, gets it when the hold ends.
+#[tokio::test]
+async fn a_held_answer_goes_when_the_hold_ends() {
+    let (send_req, _writes, mut pod) = answering(std::time::Duration::from_millis(20)).await;
+    let mut sr = send_req.ready().await.unwrap();
+    let (response, mut send) = sr.send_request(connect(), false).unwrap();
+    send.send_data(Bytes::from_static(b"ping"), false).unwrap();
+    let mut b = [0u8; 4];
+    pod.read_exact(&mut b).await.unwrap();
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(10), response).await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+/// See [`super::Outgoing::Unanswered`].
+#[test]
+fn the_unanswered_state_costs_no_room() {
+    assert_eq!(std::mem::size_of::<super::Outgoing>(), std::mem::size_of::<h2::SendStream<Bytes>>());
+}
+
+#[tokio::test]
+async fn a_refusal_ends_the_copy_with_its_status() {
+    let (send_req, mut server) = h2().await;
+    tokio::spawn(async move {
+        while let Some(Ok((_req, mut respond))) = server.accept().await {
+            let mut r = Response::new(());
+            *r.status_mut() = StatusCode::FORBIDDEN;
+            let _ = respond.send_response(r, true);
+        }
+    });
+    let (mut app, proxy_end) = pair().await;
+    let mut sr = send_req.ready().await.unwrap();
+    let (response, send) = sr.send_request(connect(), false).unwrap();
+    app.write_all(b"sent before the answer").await.unwrap();
+    let (_, result) = tunnel(proxy_end, super::Outgoing::Stream(send), Incoming::Response(response)).await;
+    assert!(matches!(result, Err(CopyError::Refused(s)) if s == StatusCode::FORBIDDEN), "{result:?}");
+}
