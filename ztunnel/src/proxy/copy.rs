@@ -406,8 +406,7 @@ fn first_write(tcp: &TcpStream, recv: &mut RecvStream, b: &mut Bytes) -> Result<
     use std::os::fd::AsRawFd;
     match send(tcp.as_raw_fd(), b, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL) {
         Ok(n) => {
-            b.advance(n);
-            let _ = recv.flow_control().release_capacity(n);
+            took(recv, b, n);
             Ok(())
         }
         Err(nix::errno::Errno::EAGAIN) => Ok(()),
@@ -422,16 +421,20 @@ fn write_some(tcp: &TcpStream, recv: &mut RecvStream, b: &mut Bytes) -> Poll<Res
     match tcp.try_write(b) {
         Ok(0) => Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into())),
         Ok(n) => {
-            b.advance(n);
-            // Only bytes the pod's socket took reopen the window. A failure
-            // here means the connection is gone; the next `poll_data`
-            // reports that, after what was received.
-            let _ = recv.flow_control().release_capacity(n);
+            took(recv, b, n);
             Poll::Ready(Ok(()))
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Ready(Ok(())),
         Err(e) => Poll::Ready(Err(e.into())),
     }
+}
+
+/// The pod's socket took the first `n` bytes of `b`: only those reopen the
+/// stream's receive window. A failure to release means the connection is
+/// gone; the next `poll_data` reports that, after what was received.
+fn took(recv: &mut RecvStream, b: &mut Bytes, n: usize) {
+    b.advance(n);
+    let _ = recv.flow_control().release_capacity(n);
 }
 
 impl Future for Tunnel {
