@@ -30,7 +30,7 @@ pub use csr::{CsrError, KeyKind, ValidatedCsr, validate_csr};
 pub use error::CaError;
 pub use issue::{IssuePolicy, Issued, Signer};
 pub use rotation::{CaState, CaStatus, Outcome, RotationError, Stage, TrustBundle};
-pub use spiffe::{SpiffeId, TrustDomain};
+pub use spiffe::{IdentityError, SpiffeId, TrustDomain};
 
 /// Serde for durations as whole seconds.
 pub(crate) mod serde_secs {

@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -33,9 +34,10 @@ pub enum IdentityError {
     },
 }
 
-/// A validated trust domain (e.g. `cluster.local`).
+/// A validated trust domain (e.g. `cluster.local`). Shared, so a clone is
+/// a reference count.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TrustDomain(String);
+pub struct TrustDomain(Arc<str>);
 
 impl TrustDomain {
     /// Validates a trust domain name.
@@ -43,7 +45,7 @@ impl TrustDomain {
         let ok = !s.is_empty()
             && s.len() <= 255
             && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'));
-        if ok { Ok(Self(s.to_string())) } else { Err(IdentityError::TrustDomain(s.to_string())) }
+        if ok { Ok(Self(s.into())) } else { Err(IdentityError::TrustDomain(s.to_string())) }
     }
 
     /// The name.
@@ -79,11 +81,25 @@ impl<'de> Deserialize<'de> for TrustDomain {
 }
 
 /// A workload identity: trust domain, namespace and service account.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SpiffeId {
+///
+/// Shared: a clone is a reference count. The proxy clones identities on
+/// every new tunnel (pool keys, metrics, the tunnel's own record of its
+/// peer), and three strings per clone were most of a tunnel's set-up
+/// allocations.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpiffeId(Arc<Parts>);
+
+#[derive(PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Parts {
     trust_domain: TrustDomain,
     namespace: String,
     service_account: String,
+}
+
+impl fmt::Debug for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SpiffeId({self})")
+    }
 }
 
 /// RFC 1123 label (namespaces) or subdomain (service accounts), lowercase.
@@ -105,11 +121,11 @@ impl SpiffeId {
         if !valid_name(service_account, 253, true) {
             return Err(IdentityError::Name { what: "service account", name: service_account.to_string(), max: 253 });
         }
-        Ok(Self {
+        Ok(Self(Arc::new(Parts {
             trust_domain: trust_domain.clone(),
             namespace: namespace.to_string(),
             service_account: service_account.to_string(),
-        })
+        })))
     }
 
     /// Parses `spiffe://td/ns/NS/sa/SA`.
@@ -126,23 +142,23 @@ impl SpiffeId {
 
     /// The trust domain.
     pub fn trust_domain(&self) -> &TrustDomain {
-        &self.trust_domain
+        &self.0.trust_domain
     }
 
     /// The Kubernetes namespace.
     pub fn namespace(&self) -> &str {
-        &self.namespace
+        &self.0.namespace
     }
 
     /// The Kubernetes service account.
     pub fn service_account(&self) -> &str {
-        &self.service_account
+        &self.0.service_account
     }
 }
 
 impl fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "spiffe://{}/ns/{}/sa/{}", self.trust_domain, self.namespace, self.service_account)
+        write!(f, "spiffe://{}/ns/{}/sa/{}", self.0.trust_domain, self.0.namespace, self.0.service_account)
     }
 }
 

@@ -6,14 +6,19 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use policy::Protocol;
 use policy::compile::Tables;
+use policy::model::ObjectKey;
 use serde::Serialize;
 use zt_ebpf::maps::ZtEvent;
 
-/// One flow-log record.
-#[derive(Debug, Serialize, PartialEq)]
-pub struct Record {
+/// One flow-log record. It borrows the names from the tables and formats
+/// addresses and the time as it is written: the agent writes a few per new
+/// connection, and building each field as a string first cost a dozen
+/// allocations per record.
+#[derive(Debug, Serialize)]
+pub struct Record<'a> {
     /// Wall-clock time the agent read the event (RFC 3339, UTC).
-    pub time: String,
+    #[serde(serialize_with = "display")]
+    pub time: Rfc3339,
     /// `allowed` or `denied`.
     pub verdict: &'static str,
     /// Why (`rule`, `not-isolated`, `self`, `node`, `denied`, `revoked`, ...).
@@ -21,28 +26,72 @@ pub struct Record {
     /// `ingress` or `egress`, from the pod's point of view.
     pub direction: &'static str,
     /// The local pod.
-    pub pod: Option<String>,
+    #[serde(serialize_with = "display_opt")]
+    pub pod: Option<&'a ObjectKey>,
     /// Source address and port.
-    pub src: String,
+    #[serde(serialize_with = "display")]
+    pub src: Endpoint,
     /// Destination address and port.
-    pub dst: String,
+    #[serde(serialize_with = "display")]
+    pub dst: Endpoint,
     /// Protocol.
-    pub protocol: String,
+    #[serde(serialize_with = "display")]
+    pub protocol: Protocol,
     /// The allowing policy (`namespace/name`).
-    pub policy: Option<String>,
+    #[serde(serialize_with = "display_opt")]
+    pub policy: Option<&'a ObjectKey>,
     /// Its rule index.
     pub rule: Option<usize>,
 }
 
-fn addr(family: u8, a: [u32; 4]) -> IpAddr {
-    let bytes: Vec<u8> = a.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    if family == 4 {
-        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
-    } else {
-        let mut b = [0u8; 16];
-        b.copy_from_slice(&bytes);
-        IpAddr::V6(Ipv6Addr::from(b))
+fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn display_opt<T: std::fmt::Display, S: serde::Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
     }
+}
+
+/// An address, with its port when the protocol has ports (`10.0.0.1:80`,
+/// `[fd00::1]:80`, `10.0.0.1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Address.
+    pub ip: IpAddr,
+    /// Port, if the protocol has them.
+    pub port: Option<u16>,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.ip, self.port) {
+            (IpAddr::V6(ip), Some(p)) => write!(f, "[{ip}]:{p}"),
+            (ip, Some(p)) => write!(f, "{ip}:{p}"),
+            (ip, None) => write!(f, "{ip}"),
+        }
+    }
+}
+
+/// A wall-clock time, shown as RFC 3339 in UTC with milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rfc3339(std::time::SystemTime);
+
+impl Rfc3339 {
+    /// Now.
+    pub fn now() -> Self {
+        Self(std::time::SystemTime::now())
+    }
+}
+
+fn addr(family: u8, a: [u32; 4]) -> IpAddr {
+    let mut b = [0u8; 16];
+    for (chunk, w) in b.chunks_exact_mut(4).zip(a) {
+        chunk.copy_from_slice(&w.to_ne_bytes());
+    }
+    if family == 4 { IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])) } else { IpAddr::V6(Ipv6Addr::from(b)) }
 }
 
 fn reason(r: u8) -> &'static str {
@@ -62,44 +111,47 @@ fn reason(r: u8) -> &'static str {
     }
 }
 
-fn rfc3339_now() -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let secs = now.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, now.subsec_millis())
+impl std::fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let now = self.0.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let secs = now.as_secs();
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+        let z = days as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        let y = yoe + era * 400 + i64::from(m <= 2);
+        write!(
+            f,
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60,
+            now.subsec_millis()
+        )
+    }
 }
 
 /// Builds the record of an event, naming pods and policies from the tables.
-pub fn record(e: &ZtEvent, tables: &Tables) -> Record {
+pub fn record<'a>(e: &ZtEvent, tables: &'a Tables) -> Record<'a> {
     let proto = Protocol::from_number(e.protocol);
-    let (src, dst) = (addr(e.family, e.src), addr(e.family, e.dst));
-    let port = |p: u16| {
-        if proto.has_ports() { format!(":{}", u16::from_be(p)) } else { String::new() }
-    };
+    let port = |p: u16| proto.has_ports().then(|| u16::from_be(p));
     let rule = (e.rule != 0).then(|| tables.rules.get(&e.rule)).flatten();
-    let fmt = |ip: IpAddr, p: String| {
-        if ip.is_ipv6() && !p.is_empty() { format!("[{ip}]{p}") } else { format!("{ip}{p}") }
-    };
     Record {
-        time: rfc3339_now(),
+        time: Rfc3339::now(),
         verdict: if e.allowed == 1 { "allowed" } else { "denied" },
         reason: reason(e.reason),
         direction: if e.direction == 0 { "ingress" } else { "egress" },
-        pod: tables.endpoints.get(&e.endpoint).map(|x| x.pod.to_string()),
-        src: fmt(src, port(e.sport)),
-        dst: fmt(dst, port(e.dport)),
-        protocol: proto.to_string(),
-        policy: rule.map(|r| r.policy.to_string()),
+        pod: tables.endpoints.get(&e.endpoint).map(|x| &x.pod),
+        src: Endpoint { ip: addr(e.family, e.src), port: port(e.sport) },
+        dst: Endpoint { ip: addr(e.family, e.dst), port: port(e.dport) },
+        protocol: proto,
+        policy: rule.map(|r| &r.policy),
         rule: rule.map(|r| r.index),
     }
 }
@@ -118,7 +170,7 @@ impl FlowLog {
 
     /// Writes one event and returns its record. IO errors are logged,
     /// never fatal: enforcement does not depend on the log.
-    pub fn write(&mut self, e: &ZtEvent, tables: &Tables) -> Record {
+    pub fn write<'a>(&mut self, e: &ZtEvent, tables: &'a Tables) -> Record<'a> {
         let rec = record(e, tables);
         let res = serde_json::to_writer(&mut self.out, &rec)
             .map_err(std::io::Error::other)
@@ -148,10 +200,62 @@ mod tests {
         e.dst[0] = u32::from_ne_bytes([10, 0, 0, 2]);
         e.sport = 40000u16.to_be();
         e.dport = 443u16.to_be();
-        let r = record(&e, &Tables::default());
-        assert_eq!((r.src.as_str(), r.dst.as_str()), ("10.0.0.1:40000", "10.0.0.2:443"));
-        assert_eq!((r.verdict, r.reason, r.direction, r.protocol.as_str()), ("denied", "denied", "egress", "TCP"));
+        let tables = Tables::default();
+        let r = record(&e, &tables);
+        assert_eq!((r.src.to_string(), r.dst.to_string()), ("10.0.0.1:40000".into(), "10.0.0.2:443".into()));
+        assert_eq!(
+            (r.verdict, r.reason, r.direction, r.protocol.to_string()),
+            ("denied", "denied", "egress", "TCP".into())
+        );
         assert!(r.policy.is_none() && r.pod.is_none());
-        assert!(r.time.ends_with('Z') && r.time.len() == 24, "{}", r.time);
+        let time = r.time.to_string();
+        assert!(time.ends_with('Z') && time.len() == 24, "{time}");
+    }
+
+    /// The JSON line: IPv6 endpoints bracketed, no ports for a protocol
+    /// without them, absent names as null.
+    #[test]
+    fn writes_one_json_line_per_event() {
+        let mut e = ZtEvent { family: 6, protocol: 6, allowed: 1, reason: 2, direction: 0, ..Default::default() };
+        let v6 = |s: &str| {
+            let o = s.parse::<Ipv6Addr>().unwrap().octets();
+            [0, 4, 8, 12].map(|i| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]))
+        };
+        e.src = v6("fd00::1");
+        e.dst = v6("fd00::2");
+        e.sport = 40000u16.to_be();
+        e.dport = 8080u16.to_be();
+        let mut icmp = ZtEvent { family: 4, protocol: 1, allowed: 0, reason: 0, direction: 1, ..Default::default() };
+        icmp.src[0] = u32::from_ne_bytes([10, 0, 0, 1]);
+        icmp.dst[0] = u32::from_ne_bytes([10, 0, 0, 2]);
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl Write for Shared {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut log = FlowLog::new(Box::new(Shared(out.clone())));
+        let tables = Tables::default();
+        log.write(&e, &tables);
+        log.write(&icmp, &tables);
+        log.flush();
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["src"], "[fd00::1]:40000");
+        assert_eq!(lines[0]["dst"], "[fd00::2]:8080");
+        assert_eq!(
+            (&lines[0]["verdict"], &lines[0]["reason"], &lines[0]["direction"], &lines[0]["protocol"]),
+            (&"allowed".into(), &"not-isolated".into(), &"ingress".into(), &"TCP".into())
+        );
+        assert!(lines[0]["pod"].is_null() && lines[0]["policy"].is_null() && lines[0]["rule"].is_null());
+        assert_eq!((&lines[1]["src"], &lines[1]["dst"]), (&"10.0.0.1".into(), &"10.0.0.2".into()));
+        assert_eq!(lines[1]["protocol"], "ICMP");
+        assert!(lines[1]["time"].as_str().is_some_and(|t| t.len() == 24 && t.ends_with('Z')), "{text}");
     }
 }

@@ -7,7 +7,7 @@
 //! with the reference evaluator for each tunnel and looks up which
 //! workload owns a source address.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -75,28 +75,72 @@ fn install_redirect_routing(v6: bool) -> anyhow::Result<()> {
 }
 
 /// The cluster as the proxy sees it.
-struct View(RwLock<Cluster>);
+struct View {
+    cluster: RwLock<Cluster>,
+    /// Workloads looked up by address since the last change: every new
+    /// tunnel looks up two on each node, and building one from the pod
+    /// (four strings) cost more than the rest of a lookup. Emptied on every
+    /// change, so an entry is never older than the state; bounded, because
+    /// the addresses looked up come from the network (a `Forwarded` header).
+    by_ip: std::sync::Mutex<HashMap<IpAddr, Arc<Workload>>>,
+}
+
+/// Most addresses [`View`] remembers between changes; past it, it starts
+/// over.
+const VIEW_CACHE_MAX: usize = 1 << 16;
+
+impl View {
+    fn new() -> Self {
+        Self { cluster: RwLock::new(Cluster::new()), by_ip: Default::default() }
+    }
+
+    fn apply(&self, change: &Change) {
+        let Ok(mut c) = self.cluster.write() else { return };
+        match change {
+            Change::Apply(o) => c.apply(o.clone()),
+            Change::Delete(r) => {
+                c.delete(r);
+            }
+        }
+        // Still under the write lock: no lookup of the old state can fill
+        // the cache after this.
+        if let Ok(mut cache) = self.by_ip.lock() {
+            cache.clear();
+        }
+    }
+}
 
 impl Workloads for View {
-    fn by_ip(&self, ip: IpAddr) -> Option<Workload> {
-        let c = self.0.read().ok()?;
+    fn by_ip(&self, ip: IpAddr) -> Option<Arc<Workload>> {
+        if let Some(w) = self.by_ip.lock().ok()?.get(&ip) {
+            return Some(w.clone());
+        }
+        let c = self.cluster.read().ok()?;
         let p = c.pod_by_ip(ip)?;
-        Some(Workload {
-            name: p.key.to_string(),
-            namespace: p.key.namespace.to_string(),
-            service_account: p.service_account.clone(),
-            node: p.node.clone(),
-        })
+        let w = Arc::new(Workload::new(
+            p.key.to_string(),
+            p.key.namespace.to_string(),
+            p.service_account.clone(),
+            p.node.clone(),
+        ));
+        // Filled under the state's read lock: a change (which takes the
+        // write lock, then empties this) cannot slip in between.
+        let mut cache = self.by_ip.lock().ok()?;
+        if cache.len() >= VIEW_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(ip, w.clone());
+        Some(w)
     }
 
     fn node_address(&self, node: &str) -> Option<IpAddr> {
-        let c = self.0.read().ok()?;
+        let c = self.cluster.read().ok()?;
         let n = c.node(node)?;
         n.addresses.iter().find(|a| a.is_ipv4()).or(n.addresses.first()).copied()
     }
 
     fn ingress(&self, src: IpAddr, dst: IpAddr, port: u16) -> Result<(), String> {
-        let c = self.0.read().map_err(|_| "cluster state unavailable".to_string())?;
+        let c = self.cluster.read().map_err(|_| "cluster state unavailable".to_string())?;
         match evaluate_ingress(&c, src, dst, port, Protocol::Tcp) {
             SideVerdict::Allowed(_) => Ok(()),
             SideVerdict::Denied { isolated_by } => {
@@ -151,7 +195,7 @@ impl Mesh {
                 .build()?
         };
         let cache = Arc::new(SecretCache::new());
-        let view = Arc::new(View(RwLock::new(Cluster::new())));
+        let view = Arc::new(View::new());
         let listener =
             rt.block_on(tokio::net::TcpListener::bind(cfg.hbone)).with_context(|| format!("--hbone {}", cfg.hbone))?;
         let metrics = Arc::new(ProxyMetrics::default());
@@ -243,18 +287,12 @@ impl Mesh {
 
     /// Applies a cluster change to the proxy's view.
     pub fn apply(&self, change: &Change) {
-        let Ok(mut c) = self.view.0.write() else { return };
-        match change {
-            Change::Apply(o) => c.apply(o.clone()),
-            Change::Delete(r) => {
-                c.delete(r);
-            }
-        }
+        self.view.apply(change);
     }
 
     /// Requests certificates for exactly the identities of this node's pods.
     pub fn refresh_identities(&self) {
-        let wanted: BTreeSet<SpiffeId> = match self.view.0.read() {
+        let wanted: BTreeSet<SpiffeId> = match self.view.cluster.read() {
             Ok(c) => c
                 .pods()
                 .filter(|p| p.node.as_deref() == Some(self.node.as_str()) && !p.host_network)
@@ -291,5 +329,47 @@ impl Mesh {
         } else {
             tracing::info!("drained: no tunnels open");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn pod(name: &str, sa: &str, ip: &str) -> Change {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop}}\n\
+             spec: {{nodeName: node-1, serviceAccountName: {sa}}}\nstatus: {{podIP: {ip}}}\n"
+        );
+        let mut parsed = policy::manifest::parse_str("t.yaml", &yaml);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        Change::Apply(parsed.objects.remove(0).1)
+    }
+
+    /// Lookups are remembered between changes and never outlive one: an
+    /// address that moves to another pod, or goes away, is seen at once.
+    #[test]
+    fn workloads_by_address_follow_every_change() {
+        let view = View::new();
+        let ip: IpAddr = "10.1.0.5".parse().unwrap();
+        assert!(view.by_ip(ip).is_none());
+        view.apply(&pod("web", "web", "10.1.0.5"));
+        let first = view.by_ip(ip).unwrap();
+        assert_eq!((first.name.as_str(), first.service_account.as_str()), ("shop/web", "web"));
+        assert!(Arc::ptr_eq(&first, &view.by_ip(ip).unwrap()), "not remembered");
+        let td = TrustDomain::new("cluster.local").unwrap();
+        assert_eq!(first.identity(&td).unwrap().to_string(), "spiffe://cluster.local/ns/shop/sa/web");
+        // The pod is replaced by one of another service account.
+        view.apply(&pod("web", "admin", "10.1.0.5"));
+        assert_eq!(view.by_ip(ip).unwrap().service_account, "admin");
+        // The address moves to another pod; the first one loses it.
+        view.apply(&pod("web", "admin", "10.1.0.6"));
+        view.apply(&pod("db", "db", "10.1.0.5"));
+        assert_eq!(view.by_ip(ip).unwrap().name, "shop/db");
+        let Change::Apply(db) = pod("db", "db", "10.1.0.5") else { unreachable!() };
+        view.apply(&Change::Delete(db.reference()));
+        assert!(view.by_ip(ip).is_none());
     }
 }

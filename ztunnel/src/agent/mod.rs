@@ -247,11 +247,7 @@ fn log_events(dp: &mut Dataplane, flowlog: &mut FlowLog, tables: &policy::compil
         let rec = flowlog.write(&e, tables);
         metrics
             .flows
-            .get_or_create(&FlowLabels {
-                direction: rec.direction.to_string(),
-                verdict: rec.verdict.to_string(),
-                reason: rec.reason.to_string(),
-            })
+            .get_or_create(&FlowLabels { direction: rec.direction, verdict: rec.verdict, reason: rec.reason })
             .inc();
     });
     flowlog.flush();

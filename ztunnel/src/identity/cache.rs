@@ -27,8 +27,9 @@ pub struct WorkloadCert {
     pub identity: SpiffeId,
     /// Chain and key.
     pub certified: Arc<CertifiedKey>,
-    /// Leaf serial (hex).
-    pub serial: String,
+    /// Leaf serial (hex); shared, because the connection pool keys on it
+    /// for every new tunnel.
+    pub serial: Arc<str>,
     /// Validity start.
     pub not_before: OffsetDateTime,
     /// Validity end.
@@ -303,7 +304,7 @@ impl SecretCache {
             .iter()
             .map(|c| CertSummary {
                 identity: c.identity.to_string(),
-                serial: c.serial.clone(),
+                serial: c.serial.to_string(),
                 not_before: c.not_before,
                 not_after: c.not_after,
                 authority: c.authority.clone(),

@@ -99,7 +99,7 @@ pub fn workload_cert(id: &SpiffeId, key: &KeyPair, r: &SignResponse) -> Result<W
     Ok(WorkloadCert {
         identity: id.clone(),
         certified: Arc::new(CertifiedKey::new(chain, signing)),
-        serial: r.serial.clone(),
+        serial: r.serial.as_str().into(),
         not_before: r.not_before,
         not_after: r.not_after,
         authority: r.bundle.signer.clone(),

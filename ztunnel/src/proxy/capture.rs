@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ca::SpiffeId;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::{debug, info, info_span, warn};
 
@@ -120,10 +119,7 @@ impl Capture {
             reset(tcp);
             return None;
         };
-        let (Ok(src_id), Ok(dst_id)) = (
-            SpiffeId::new(&td, &from.namespace, &from.service_account),
-            SpiffeId::new(&td, &to.namespace, &to.service_account),
-        ) else {
+        let (Ok(src_id), Ok(dst_id)) = (from.identity(&td), to.identity(&td)) else {
             warn!("workload identity invalid; connection reset");
             reset(tcp);
             return None;

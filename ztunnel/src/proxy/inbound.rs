@@ -19,11 +19,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ca::SpiffeId;
+use ca::{IdentityError, SpiffeId, TrustDomain};
 use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{Method, Request, Response, StatusCode};
@@ -38,7 +38,7 @@ use super::{CONNECTION_WINDOW, MAX_FRAME, MAX_HEADER_LIST, STREAM_WINDOW, keepal
 use crate::identity::SecretCache;
 
 /// A workload as the proxy needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Workload {
     /// `namespace/name`, for logs.
     pub name: String,
@@ -48,12 +48,37 @@ pub struct Workload {
     pub service_account: String,
     /// Node it is scheduled on.
     pub node: Option<String>,
+    /// Its identity, once asked for (see [`Workload::identity`]).
+    identity: OnceLock<SpiffeId>,
+}
+
+impl Workload {
+    /// A workload; its identity is derived when first asked for.
+    pub fn new(name: String, namespace: String, service_account: String, node: Option<String>) -> Self {
+        Self { name, namespace, service_account, node, identity: OnceLock::new() }
+    }
+
+    /// Its identity in trust domain `td`. Remembered: the capture side asks
+    /// for two on every new tunnel, and a [`Workloads`] source that keeps
+    /// its workloads between lookups then validates and builds each once.
+    pub fn identity(&self, td: &TrustDomain) -> Result<SpiffeId, IdentityError> {
+        if let Some(id) = self.identity.get()
+            && id.trust_domain() == td
+        {
+            return Ok(id.clone());
+        }
+        let id = SpiffeId::new(td, &self.namespace, &self.service_account)?;
+        // A workload asked in another trust domain (a bundle that changed
+        // domain) keeps the first; the check above then builds anew.
+        let _ = self.identity.set(id.clone());
+        Ok(id)
+    }
 }
 
 /// The cluster state the proxy consults.
 pub trait Workloads: Send + Sync {
     /// The workload owning `ip`.
-    fn by_ip(&self, ip: IpAddr) -> Option<Workload>;
+    fn by_ip(&self, ip: IpAddr) -> Option<Arc<Workload>>;
     /// The address of a node (where its HBONE listener is).
     fn node_address(&self, node: &str) -> Option<IpAddr>;
     /// Whether the destination's ingress policy admits a TCP connection from

@@ -68,7 +68,7 @@ pub enum OutboundError {
 /// identity, peer proxy. After a renewal new flows open a connection with
 /// the new certificate; the old connection keeps its streams until they end
 /// and then idles out.
-type Key = (SpiffeId, String, SpiffeId, SocketAddr);
+type Key = (SpiffeId, Arc<str>, SpiffeId, SocketAddr);
 
 /// Streams per pooled connection before another connection is opened
 /// (bounds head-of-line blocking and per-connection flow-control sharing).

@@ -70,8 +70,8 @@ fn ip(s: &str) -> IpAddr {
 struct Cluster(HashMap<IpAddr, Workload>);
 
 impl Workloads for Cluster {
-    fn by_ip(&self, ip: IpAddr) -> Option<Workload> {
-        self.0.get(&ip).cloned()
+    fn by_ip(&self, ip: IpAddr) -> Option<Arc<Workload>> {
+        self.0.get(&ip).cloned().map(Arc::new)
     }
     fn node_address(&self, _node: &str) -> Option<IpAddr> {
         None
@@ -82,12 +82,7 @@ impl Workloads for Cluster {
 }
 
 fn w(name: &str, sa: &str, node: &str) -> Workload {
-    Workload {
-        name: format!("default/{name}"),
-        namespace: "default".into(),
-        service_account: sa.into(),
-        node: Some(node.into()),
-    }
+    Workload::new(format!("default/{name}"), "default".into(), sa.into(), Some(node.into()))
 }
 
 fn cluster() -> Arc<Cluster> {
@@ -508,7 +503,7 @@ async fn renewal_and_bundle_change_take_effect_on_new_handshakes_only() {
     let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap();
     let presented = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
     let (_, cert) = x509_parser::parse_x509_certificate(&presented).unwrap();
-    assert_eq!(cert.raw_serial_as_string().replace(':', ""), new_serial);
+    assert_eq!(cert.raw_serial_as_string().replace(':', ""), &*new_serial);
     // And new tunnels work across the rotation.
     let out = Outbound::new(m.a.clone(), Default::default());
     let mut t = out.connect(&m.frontend, src(101), &m.db, pod, m.proxy_b).await.unwrap();
