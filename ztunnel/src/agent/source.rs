@@ -208,13 +208,16 @@ impl<K: Kinds> DirSource<K> {
                 return Poll { changes: Vec::new(), errors, ignored: Vec::new() };
             }
         };
+        let before = self.files.len();
         self.files.retain(|f, _| listed.contains(f));
+        let mut changed = self.files.len() != before;
         for file in listed {
             let stamp = std::fs::metadata(&file).ok().and_then(|m| Some((m.len(), m.modified().ok()?)));
             let state = self.files.entry(file.clone()).or_default();
             if stamp.is_some() && state.stamp == stamp {
                 continue;
             }
+            changed = true;
             let name = file.display().to_string();
             let text = match std::fs::read_to_string(&file) {
                 Ok(t) => t,
@@ -255,6 +258,11 @@ impl<K: Kinds> DirSource<K> {
             state.objects = objects;
         }
 
+        if !changed {
+            // Nothing to merge: the usual poll costs a listing and a stat
+            // per file, not a copy of every object.
+            return Poll { changes: Vec::new(), errors, ignored };
+        }
         // The merged view: later files win for an object defined twice.
         let mut merged: BTreeMap<K::Ref, K::Object> = BTreeMap::new();
         for state in self.files.values() {
