@@ -177,17 +177,64 @@ pub enum Outgoing {
     /// Boxed (one small allocation per tunnel, freed at the answer): the
     /// enum then takes no more room than the send half alone, so each open
     /// tunnel's task stays within its allocation size class.
-    Unanswered(Box<Hold>),
+    Unanswered(Pin<Box<Hold>>),
 }
 
-/// A `200` not sent yet, and when it must go at the latest.
-pub struct Hold {
-    respond: SendResponse<Bytes>,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+pin_project_lite::pin_project! {
+    /// A `200` not sent yet, and when it must go at the latest.
+    pub struct Hold {
+        respond: SendResponse<Bytes>,
+        #[pin]
+        deadline: tokio::time::Sleep,
+    }
 }
 
-/// The longest a `200` is held back for the pod's first bytes.
+/// The shortest a `200` is held back for the pod's first bytes; the longest
+/// is twice that (see [`hold_until`]).
 pub const HOLD: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// When a hold that starts `now` ends: `now + hold` rounded up to a
+/// multiple of `hold` from a fixed origin. Every hold of one such slot then
+/// ends at the same instant, and tokio wakes its reactor (an eventfd write
+/// and one more `epoll_wait`) only when a timer is registered *earlier*
+/// than the earliest one it has: the first hold of a slot pays that, the
+/// others (all of them, at a steady connection rate) do not.
+fn hold_until(now: tokio::time::Instant, hold: std::time::Duration) -> tokio::time::Instant {
+    static ORIGIN: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(|| now);
+    let step = hold.as_nanos().max(1);
+    let since = (now + hold).saturating_duration_since(origin).as_nanos();
+    let at = since.div_ceil(step) * step;
+    origin + std::time::Duration::from_nanos(u64::try_from(at).unwrap_or(u64::MAX))
+}
+
+thread_local! {
+    /// A timer at the end of this thread's current hold slot, registered
+    /// until then whether or not any hold still waits for it.
+    static SLOT_END: RefCell<Option<(tokio::time::Instant, Pin<Box<tokio::time::Sleep>>)>> =
+        const { RefCell::new(None) };
+}
+
+/// Keeps a timer registered at `until` (a hold slot's end) on this thread.
+///
+/// A held answer is usually cancelled long before its slot ends (the pod
+/// answered), which removes its timer; tokio then knows no timer before
+/// the next connection's hold, and registering that one wakes the reactor
+/// again: one eventfd write and one more `epoll_wait` per new connection.
+/// With this timer in place for the rest of the slot, only the first hold
+/// of each slot does. Nothing waits on it (a no-op waker).
+fn anchor(until: tokio::time::Instant) {
+    SLOT_END.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if slot.as_ref().is_some_and(|(at, _)| *at == until) {
+            return;
+        }
+        let mut timer = Box::pin(tokio::time::sleep_until(until));
+        // The first poll registers it.
+        let _ = timer.as_mut().poll(&mut Context::from_waker(std::task::Waker::noop()));
+        *slot = Some((until, timer));
+    });
+}
 
 impl Outgoing {
     /// The server side's send half, to be answered `200` by the copy.
@@ -198,19 +245,22 @@ impl Outgoing {
     /// held back until the pod's first bytes (or its EOF) and leaves with
     /// them, in one record: the peer wakes once for both instead of twice,
     /// on every new connection of a request/response protocol. `hold`
-    /// ([`HOLD`] in the proxy) bounds the wait for the pod, so that a client
-    /// which sent bytes and then waits for the answer anyway is slowed,
-    /// never stalled. With no bytes from the peer yet, the `200` goes at
-    /// once: the peer may be waiting for it (an HBONE client that does not
-    /// send early), or the pod speaks first.
+    /// ([`HOLD`] in the proxy) bounds the wait for the pod (to between
+    /// `hold` and twice that), so that a client which sent bytes and then
+    /// waits for the answer anyway is slowed, never stalled. With no bytes
+    /// from the peer yet, the `200` goes at once: the peer may be waiting
+    /// for it (an HBONE client that does not send early), or the pod speaks
+    /// first.
     pub fn answer(respond: SendResponse<Bytes>, hold: std::time::Duration) -> Outgoing {
-        Outgoing::Unanswered(Box::new(Hold { respond, deadline: Box::pin(tokio::time::sleep(hold)) }))
+        let until = hold_until(tokio::time::Instant::now(), hold);
+        anchor(until);
+        Outgoing::Unanswered(Box::pin(Hold { respond, deadline: tokio::time::sleep_until(until) }))
     }
 
     /// The send half, answering `200` first if that is still to do.
     fn stream(&mut self) -> Result<&mut SendStream<Bytes>, h2::Error> {
         if let Outgoing::Unanswered(hold) = self {
-            let send = hold.respond.send_response(http::Response::new(()), false)?;
+            let send = hold.as_mut().project().respond.send_response(http::Response::new(()), false)?;
             *self = Outgoing::Stream(send);
         }
         match self {
@@ -223,7 +273,7 @@ impl Outgoing {
     /// bytes (`peer_sent`) and the hold has not expired.
     fn poll_answer(&mut self, cx: &mut Context<'_>, peer_sent: bool) -> Result<(), h2::Error> {
         if let Outgoing::Unanswered(hold) = self
-            && (!peer_sent || hold.deadline.as_mut().poll(cx).is_ready())
+            && (!peer_sent || hold.as_mut().project().deadline.poll(cx).is_ready())
         {
             self.stream()?;
         }
@@ -233,7 +283,7 @@ impl Outgoing {
     fn reset(&mut self, reason: Reason) {
         match self {
             Outgoing::Stream(send) => send.send_reset(reason),
-            Outgoing::Unanswered(hold) => hold.respond.send_reset(reason),
+            Outgoing::Unanswered(hold) => hold.as_mut().project().respond.send_reset(reason),
         }
     }
 }

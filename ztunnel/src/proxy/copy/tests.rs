@@ -282,6 +282,44 @@ async fn a_held_answer_goes_when_the_hold_ends() {
     assert_eq!(resp.status(), StatusCode::OK);
 }
 
+/// Holds end between `hold` and twice that after they start, and holds
+/// that start within one slot end together (one timer deadline for tokio).
+#[test]
+fn holds_of_one_slot_end_together() {
+    let hold = std::time::Duration::from_millis(5);
+    let t0 = tokio::time::Instant::now();
+    let mut ends = std::collections::BTreeSet::new();
+    for us in (0..20_000).step_by(250) {
+        let now = t0 + std::time::Duration::from_micros(us);
+        let end = super::hold_until(now, hold);
+        assert!(end >= now + hold && end <= now + 2 * hold, "{us} µs: ends {:?} after", end - now);
+        ends.insert(end);
+    }
+    // 80 holds over 20 ms: one end per 5 ms slot (four or five of them).
+    assert!((4..=5).contains(&ends.len()), "{} distinct ends", ends.len());
+    assert_eq!(super::hold_until(t0, std::time::Duration::ZERO), t0);
+}
+
+/// One slot-end timer per thread and slot: a second hold of the slot keeps
+/// it (registered, so that the hold's own timer does not wake the
+/// reactor), the next slot replaces it.
+#[tokio::test]
+async fn one_slot_end_timer_per_slot() {
+    let timer = || {
+        super::SLOT_END
+            .with(|s| s.borrow().as_ref().map(|(at, t)| (*at, &**t as *const tokio::time::Sleep, t.is_elapsed())))
+    };
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    super::anchor(until);
+    let (at, first, elapsed) = timer().unwrap();
+    assert_eq!((at, elapsed), (until, false));
+    super::anchor(until);
+    assert_eq!(timer().unwrap().1, first, "replaced within its slot");
+    let next = until + std::time::Duration::from_secs(60);
+    super::anchor(next);
+    assert_eq!(timer().unwrap().0, next);
+}
+
 /// See [`super::Outgoing::Unanswered`].
 #[test]
 fn the_unanswered_state_costs_no_room() {
