@@ -54,7 +54,7 @@ const READ_ROOM: usize = 256 * 1024;
 /// (an idle connection holds none), so each read allocates anew: 32 KiB
 /// comes from the allocator's thread cache, 256 KiB took a trip through
 /// its arena and back on every read (2.4% of the agents' CPU in the
-/// connection-rate benchmark). Still room for a whole record and a half.
+/// connection-rate benchmark). Still room for nearly two whole records.
 const QUIET_ROOM: usize = 32 * 1024;
 /// Sealed bytes that may wait for the socket before a write waits.
 pub const WRITE_HIGH: usize = 256 * 1024;
@@ -480,6 +480,7 @@ impl TlsStream {
     /// read clears readiness without a second `recv`): `Ok(0)` at EOF.
     fn fill(&mut self) -> io::Result<usize> {
         let room = if self.bulk { READ_ROOM } else { QUIET_ROOM };
+        // A read is offered at least a quarter of that.
         if self.rbuf.capacity() - self.rbuf.len() < room / 4 {
             // Moves a partial record (at most one, < 17 KiB) to the front
             // when the buffer is uniquely owned, else reallocates.
