@@ -104,15 +104,20 @@ impl View {
         }
         // Still under the write lock: no lookup of the old state can fill
         // the cache after this.
-        if let Ok(mut cache) = self.by_ip.lock() {
-            cache.clear();
-        }
+        self.cache().clear();
+    }
+
+    /// The remembered lookups. A panic elsewhere while holding the lock
+    /// leaves nothing half-done (each use is one map operation), so a
+    /// poisoned lock is used as it is rather than failing every lookup.
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Arc<Workload>>> {
+        self.by_ip.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 impl Workloads for View {
     fn by_ip(&self, ip: IpAddr) -> Option<Arc<Workload>> {
-        if let Some(w) = self.by_ip.lock().ok()?.get(&ip) {
+        if let Some(w) = self.cache().get(&ip) {
             return Some(w.clone());
         }
         let c = self.cluster.read().ok()?;
@@ -125,7 +130,7 @@ impl Workloads for View {
         ));
         // Filled under the state's read lock: a change (which takes the
         // write lock, then empties this) cannot slip in between.
-        let mut cache = self.by_ip.lock().ok()?;
+        let mut cache = self.cache();
         if cache.len() >= VIEW_CACHE_MAX {
             cache.clear();
         }
