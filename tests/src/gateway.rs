@@ -157,7 +157,9 @@ pub fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
 /// Serves HTTP/1.1 on `listener` (keep-alive) until the process ends: each
 /// response body is `name`, the request path and the proxy headers it got,
 /// one per line (`path=...`, `peer=...` (the TCP source it saw), `host=...`,
-/// `x-forwarded-for=...`, ...).
+/// `x-forwarded-for=...`, ...). A request with `Upgrade: websocket` (path
+/// not starting with `/refuse`) is answered with a 101 and then echoed byte
+/// for byte until EOF.
 pub fn http_backend(listener: TcpListener, name: &'static str) {
     std::thread::spawn(move || {
         for conn in listener.incoming() {
@@ -200,9 +202,29 @@ fn serve_conn(conn: std::net::TcpStream, name: &str) -> std::io::Result<()> {
         }
         let mut body = vec![0u8; length];
         reader.read_exact(&mut body)?;
+        let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.to_ascii_lowercase());
+        if header("upgrade").as_deref() == Some("websocket") && !path.starts_with("/refuse") {
+            // A WebSocket endpoint: switch, then echo every byte until EOF.
+            let key = headers.iter().find(|(k, _)| k == "sec-websocket-key").map_or("", |(_, v)| v.as_str());
+            write!(
+                out,
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: for-{key}\r\nX-Backend: {name}\r\n\r\n"
+            )?;
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = reader.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                out.write_all(&buf[..n])?;
+            }
+        }
         let mut text = format!("{name}\npath={path}\npeer={peer}\n");
         for (k, v) in &headers {
-            if matches!(k.as_str(), "host" | "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host") {
+            if matches!(
+                k.as_str(),
+                "host" | "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" | "upgrade" | "connection"
+            ) {
                 let _ = writeln!(text, "{k}={v}");
             }
         }

@@ -542,3 +542,204 @@ fn testssl_finds_no_high_or_critical_issue() {
     }
     let _ = g;
 }
+
+/// A WebSocket opening handshake for `host` and `path`.
+fn ws_request(host: &str, path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// A masked binary WebSocket frame (client to server) carrying `payload`.
+fn ws_frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x82];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// Reads an HTTP response head (through the blank line) and no further.
+fn read_head(s: &mut impl Read) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).to_ascii_lowercase()
+}
+
+/// Reads a whole response with a `Content-Length` body; returns (head, body).
+fn read_response(s: &mut impl Read) -> (String, String) {
+    let head = read_head(s);
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    (head, String::from_utf8_lossy(&body).to_string())
+}
+
+#[test]
+fn websockets_are_switched_joined_to_the_backend_and_bounded() {
+    let (dir, mut pki) = setup(7);
+    let m = dir.path().join("manifests");
+    backend("127.0.7.2", "ws");
+    fs::write(m.join("svc.yaml"), service_yaml("chat", "ws", 80, 8080, &["127.0.7.2"])).unwrap();
+    let (cert, key) = pki.issue(&["ws.example.com"], 90).unwrap();
+    fs::write(m.join("secret.yaml"), tls_secret_yaml("chat", "ws-tls", &cert, &key)).unwrap();
+    fs::write(
+        m.join("ingress.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: chat, namespace: chat}\nspec:
+  ingressClassName: ztunnel
+  tls: [{hosts: [ws.example.com], secretName: ws-tls}]
+  rules:
+  - host: ws.example.com
+    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: ws, port: {number: 80}}}}]}
+  - host: plain.example.com
+    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: ws, port: {number: 80}}}}]}
+",
+    )
+    .unwrap();
+    let g = Gateway::start(7, dir.path(), &["--idle-timeout-secs", "2", "--max-connections", "4"]);
+    let connect = || {
+        let s = TcpStream::connect("127.0.7.1:8080").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+
+    // Plain HTTP: the switch, with a frame sent right behind the request
+    // (before the 101), then a megabyte each way.
+    let mut ws = connect();
+    let early = ws_frame(b"hello");
+    ws.write_all(ws_request("plain.example.com", "/chat").as_bytes()).unwrap();
+    ws.write_all(&early).unwrap();
+    let head = read_head(&mut ws);
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket") && head.contains("connection: upgrade"), "{head}");
+    assert!(head.contains("sec-websocket-accept: for-dghlihnhbxbszsbub25jzq=="), "{head}");
+    let mut echo = vec![0u8; early.len()];
+    ws.read_exact(&mut echo).unwrap();
+    assert_eq!(echo, early);
+    let big = ws_frame(&(0..1 << 20).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let mut writer = ws.try_clone().unwrap();
+    let sent = big.clone();
+    let t = std::thread::spawn(move || writer.write_all(&sent).unwrap());
+    let mut back = vec![0u8; big.len()];
+    ws.read_exact(&mut back).unwrap();
+    t.join().unwrap();
+    assert!(back == big, "the megabyte came back changed");
+    assert_eq!(g.metric("ztunnel_gateway_websockets "), 1.0, "{}", g.admin("/metrics"));
+
+    // Traffic keeps it open past the idle timeout; silence closes it.
+    for i in 0..8 {
+        let f = ws_frame(format!("ping {i}").as_bytes());
+        ws.write_all(&f).unwrap();
+        let mut e = vec![0u8; f.len()];
+        ws.read_exact(&mut e).unwrap();
+        assert_eq!(e, f);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let start = Instant::now();
+    let mut b = [0u8; 16];
+    assert!(matches!(ws.read(&mut b), Ok(0) | Err(_)), "an idle WebSocket stays open");
+    let idle = start.elapsed();
+    assert!(idle >= Duration::from_millis(1500) && idle < Duration::from_secs(5), "closed after {idle:?}");
+    assert!(until(Duration::from_secs(2), || g.metric("ztunnel_gateway_websockets ") == 0.0));
+    assert!(until(Duration::from_secs(2), || g.metric("ztunnel_gateway_connections ") == 0.0));
+
+    // Over TLS with a real client (openssl s_client).
+    let mut client = Command::new("openssl")
+        .args(["s_client", "-quiet", "-nocommands", "-connect", "127.0.7.1:8443"])
+        .args(["-servername", "ws.example.com", "-verify_return_error", "-CAfile"])
+        .arg(pki.ca())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut stdout = client.stdout.take().unwrap();
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let frame = ws_frame(b"over tls \x00\xff\r\n\r\n binary");
+    let mut stdin = client.stdin.take().unwrap();
+    stdin.write_all(ws_request("ws.example.com", "/chat").as_bytes()).unwrap();
+    stdin.write_all(&frame).unwrap();
+    stdin.flush().unwrap();
+    let echoed = until(Duration::from_secs(10), || got.lock().unwrap().ends_with(&frame));
+    let text = String::from_utf8_lossy(&got.lock().unwrap()).to_string();
+    assert!(echoed && text.starts_with("HTTP/1.1 101"), "{text}");
+    let _ = client.kill();
+    let _ = client.wait();
+
+    // A backend that does not switch answers as usual, and the connection
+    // stays an HTTP one.
+    let mut s = connect();
+    s.write_all(ws_request("plain.example.com", "/refuse").as_bytes()).unwrap();
+    let (head, body) = read_response(&mut s);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(body.contains("upgrade=websocket") && body.contains("path=/refuse"), "{body}");
+    s.write_all(b"GET /again HTTP/1.1\r\nHost: plain.example.com\r\n\r\n").unwrap();
+    let (head, body) = read_response(&mut s);
+    assert!(head.starts_with("http/1.1 200") && body.contains("path=/again"), "{head}{body}");
+    drop(s);
+
+    // Other upgrades (h2c) stay hop-by-hop: the backend sees none of it.
+    let mut s = connect();
+    s.write_all(
+        b"GET /h2c HTTP/1.1\r\nHost: plain.example.com\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+    )
+    .unwrap();
+    let (head, body) = read_response(&mut s);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!body.contains("upgrade=") && !body.contains("connection="), "{body}");
+    drop(s);
+
+    // WebSockets count against --max-connections (4) after they switch.
+    let open: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut ws = connect();
+            ws.write_all(ws_request("plain.example.com", "/chat").as_bytes()).unwrap();
+            assert!(read_head(&mut ws).starts_with("http/1.1 101"));
+            ws
+        })
+        .collect();
+    assert_eq!(g.metric("ztunnel_gateway_websockets "), 4.0);
+    let mut fifth = connect();
+    let _ = fifth.write_all(ws_request("plain.example.com", "/chat").as_bytes());
+    assert_eq!(read_head(&mut fifth), "", "a fifth connection was served");
+    assert!(g.metric("ztunnel_gateway_connections_refused_total") >= 1.0);
+    drop(open);
+    assert!(until(Duration::from_secs(3), || g.metric("ztunnel_gateway_websockets ") == 0.0));
+
+    let log = fs::read_to_string(&g.access_log).unwrap();
+    let line = log.lines().find(|l| l.contains("\"status\":101")).expect("a 101 in the access log");
+    assert!(line.contains("chat/chat /"), "{line}");
+}

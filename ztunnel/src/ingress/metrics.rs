@@ -64,8 +64,10 @@ pub struct GatewayMetrics {
     pub secret_rejections: Family<SecretLabels, Counter>,
     /// Connections refused because the connection limit was reached.
     pub connections_refused: Counter,
-    /// Client connections open.
+    /// Client connections open (WebSockets included).
     pub connections: Gauge,
+    /// WebSocket connections open (switched and joined to a backend).
+    pub websockets: Gauge,
 }
 
 impl Default for GatewayMetrics {
@@ -78,6 +80,7 @@ impl Default for GatewayMetrics {
             secret_rejections: Family::default(),
             connections_refused: Counter::default(),
             connections: Gauge::default(),
+            websockets: Gauge::default(),
         }
     }
 }
@@ -108,7 +111,8 @@ impl GatewayMetrics {
             "Client connections closed at the connection limit",
             self.connections_refused.clone(),
         );
-        r.register("connections", "Client connections open", self.connections.clone());
+        r.register("connections", "Client connections open, WebSockets included", self.connections.clone());
+        r.register("websockets", "WebSocket connections open", self.websockets.clone());
     }
 }
 

@@ -7,7 +7,8 @@
 //!
 //! A connection returns to the pool when its response body has been read to
 //! the end ([`PooledBody`]), in the task that read it: no task per request.
-//! A response abandoned half-way drops (closes) its connection.
+//! A response abandoned half-way drops (closes) its connection, and one
+//! that switches protocols (a WebSocket) takes its connection along.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -96,8 +97,9 @@ impl Pool {
             .await
             .map_err(|source| ConnectError::Http { addr, source })?;
         tokio::spawn(async move {
-            // Ends when the backend closes or the sender is dropped.
-            let _ = conn.await;
+            // Ends when the backend closes, the sender is dropped, or a 101
+            // hands the socket to a WebSocket.
+            let _ = conn.with_upgrades().await;
         });
         Ok(Conn { addr, sender, reused: false })
     }
@@ -160,6 +162,12 @@ pub struct PooledBody {
 }
 
 impl PooledBody {
+    /// Keeps the connection from the pool (its response switched protocols)
+    /// and hands over its request sender.
+    pub fn detach(&mut self) -> Option<SendRequest<Incoming>> {
+        self.slot.take().map(|(_, _, sender)| sender)
+    }
+
     fn release(&mut self) {
         if let Some((pool, addr, sender)) = self.slot.take() {
             pool.put(addr, sender);

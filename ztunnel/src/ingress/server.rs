@@ -9,6 +9,9 @@
 //! cap (431), a per-connection HTTP/2 stream cap, an idle timeout for
 //! connections with no request in flight, and a request timeout to the
 //! backend's response headers (504).
+//!
+//! WebSocket upgrades (HTTP/1.1) are forwarded; a backend's 101 joins the
+//! client and backend connections byte for byte (see `switch`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,7 +25,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -94,6 +97,8 @@ pub struct Shared {
     limits: Limits,
     redirect: Option<u16>,
     unmatched: RouteMetrics,
+    /// Places under `--max-connections`, shared by every serving thread.
+    permits: Arc<Semaphore>,
 }
 
 /// Metric handles of one route, resolved when the table is installed so
@@ -169,6 +174,7 @@ impl Shared {
             metrics,
             pools: std::sync::Mutex::new(Vec::new()),
             log,
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
             limits,
             redirect,
         }
@@ -250,7 +256,7 @@ pub async fn serve(
     drain: Duration,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let permits = Arc::new(Semaphore::new(shared.limits.max_connections));
+    let permits = shared.permits.clone();
     let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
     let builder = Arc::new(http_builder(&shared.limits));
     let pool = shared.new_pool();
@@ -283,7 +289,7 @@ pub async fn serve(
                 let (shared, acceptor, graceful, builder, pool) =
                     (shared.clone(), acceptor.clone(), graceful.clone(), builder.clone(), pool.clone());
                 tokio::spawn(async move {
-                    shared.metrics.connections.inc();
+                    let slot = ConnSlot::new(permit, shared.metrics.clone());
                     let info = ConnInfo {
                         client: peer,
                         client_ip: HeaderValue::from_str(&peer.ip().to_string()).ok(),
@@ -291,10 +297,12 @@ pub async fn serve(
                         tls,
                         inflight: Arc::new(AtomicUsize::new(0)),
                         pool,
+                        slot: std::sync::Mutex::new(Some(slot)),
                     };
+                    // The slot is released when the last request of the
+                    // connection is done with it, or, for a connection
+                    // upgraded to a WebSocket, when that ends.
                     connection(shared.clone(), tcp, info, tls.then_some(acceptor), &graceful, &builder).await;
-                    shared.metrics.connections.dec();
-                    drop(permit);
                 });
             }
         }));
@@ -337,6 +345,31 @@ struct ConnInfo {
     tls: bool,
     inflight: Arc<AtomicUsize>,
     pool: Arc<Pool>,
+    /// The connection's place under the connection limit; an upgraded
+    /// connection takes it along.
+    slot: std::sync::Mutex<Option<ConnSlot>>,
+}
+
+/// A client connection's place under `--max-connections` and in the open
+/// connections gauge, held for as long as the client's socket is open: by
+/// the HTTP connection, then by its WebSocket if it upgrades.
+#[derive(Debug)]
+struct ConnSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    metrics: Arc<GatewayMetrics>,
+}
+
+impl ConnSlot {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit, metrics: Arc<GatewayMetrics>) -> Self {
+        metrics.connections.inc();
+        Self { _permit: permit, metrics }
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.metrics.connections.dec();
+    }
 }
 
 fn handshake_reason(e: &std::io::Error) -> &'static str {
@@ -388,11 +421,11 @@ async fn connection(
                 }
             };
             let io = TokioIo::new(IdleIo::new(tls, idle, inflight));
-            graceful.watch(builder.serve_connection(io, svc).into_owned()).await
+            graceful.watch(builder.serve_connection_with_upgrades(io, svc).into_owned()).await
         }
         None => {
             let io = TokioIo::new(IdleIo::new(tcp, idle, inflight));
-            graceful.watch(builder.serve_connection(io, svc).into_owned()).await
+            graceful.watch(builder.serve_connection_with_upgrades(io, svc).into_owned()).await
         }
     };
     if let Err(e) = result {
@@ -482,7 +515,7 @@ async fn route(
     shared: &Arc<Shared>,
     active: &Active,
     info: &ConnInfo,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     authority: Option<HeaderValue>,
     entry: &mut Option<Entry>,
 ) -> (Response<Body>, Option<usize>) {
@@ -514,9 +547,16 @@ async fn route(
         return (local(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoints\n"), Some(m.id));
     }
 
+    // Taken before the request goes on: the client's side of a WebSocket
+    // switch, completed once the 101 has been written to the client.
+    let client_upgrade = is_websocket_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let h = &mut parts.headers;
+    if client_upgrade.is_some() {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
     let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", info.client.ip())).ok(),
         None => info.client_ip.clone(),
@@ -534,6 +574,13 @@ async fn route(
     let forwarded =
         tokio::time::timeout(shared.limits.request_timeout, forward(shared, &info.pool, &m.target, req, entry)).await;
     let response = match forwarded {
+        Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => match client_upgrade {
+            Some(client) if is_websocket_switch(resp.headers()) => switch(shared, info, client, resp),
+            _ => {
+                debug!(backend = %m.target.label, "backend switched protocols unasked or not to a WebSocket");
+                local(StatusCode::BAD_GATEWAY, "bad gateway\n")
+            }
+        },
         Ok(Ok(mut resp)) => {
             strip_hop_by_hop(resp.headers_mut());
             resp.map(BodyExt::boxed_unsync)
@@ -545,6 +592,80 @@ async fn route(
         Err(_) => local(StatusCode::GATEWAY_TIMEOUT, "backend timed out\n"),
     };
     (response, Some(m.id))
+}
+
+/// Whether `req` asks to become a WebSocket (RFC 6455 4.1): an HTTP/1.1
+/// GET with `Upgrade: websocket` and `upgrade` among its `Connection`
+/// options. Only this switch is forwarded; other upgrades (`h2c`, TLS) stay
+/// hop-by-hop and are stripped, since they would hand the rest of the
+/// client's connection to one backend, past routing.
+fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.method() == http::Method::GET
+        && has_token(req.headers(), header::CONNECTION, "upgrade")
+        && has_token(req.headers(), header::UPGRADE, "websocket")
+}
+
+/// Whether a 101 answer switches to a WebSocket.
+fn is_websocket_switch(h: &HeaderMap) -> bool {
+    has_token(h, header::CONNECTION, "upgrade") && has_token(h, header::UPGRADE, "websocket")
+}
+
+/// Whether the comma-separated values of `name` include `token`, ignoring
+/// case (`Connection: keep-alive, Upgrade`).
+fn has_token(h: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    h.get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Answers the client with the backend's 101 and, once both connections
+/// have switched, copies bytes between them until both directions end (or
+/// the client connection's idle timeout passes with no byte either way).
+/// The backend connection belongs to the WebSocket from here on, never to
+/// the pool; the client connection's slot under the connection limit moves
+/// to the WebSocket.
+fn switch(
+    shared: &Arc<Shared>,
+    info: &ConnInfo,
+    client: hyper::upgrade::OnUpgrade,
+    mut resp: Response<PooledBody>,
+) -> Response<Body> {
+    let backend = hyper::upgrade::on(&mut resp);
+    let (mut parts, mut body) = resp.into_parts();
+    let sender = body.detach();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    let slot = match info.slot.lock() {
+        Ok(mut g) => g.take(),
+        Err(e) => e.into_inner().take(),
+    };
+    let (metrics, client_addr) = (shared.metrics.clone(), info.client);
+    tokio::spawn(async move {
+        let joined = tokio::try_join!(client, backend);
+        // The backend's request channel is kept until its connection has
+        // handed the socket over.
+        drop(sender);
+        let (client, backend) = match joined {
+            Ok(pair) => pair,
+            Err(e) => {
+                debug!(client = %client_addr, error = %e, "WebSocket switch failed");
+                return;
+            }
+        };
+        metrics.websockets.inc();
+        let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+        match tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+            Ok((up, down)) => debug!(client = %client_addr, up, down, "WebSocket closed"),
+            Err(e) => debug!(client = %client_addr, error = %e, "WebSocket ended"),
+        }
+        metrics.websockets.dec();
+        drop(slot);
+    });
+    Response::from_parts(parts, Empty::new().map_err(|n| match n {}).boxed_unsync())
 }
 
 /// Sends the request to the target's endpoints in turn until one accepts
@@ -690,5 +811,38 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use http::{Method, Request, Version};
+
+    use super::is_websocket_upgrade;
+
+    fn req(method: Method, version: Version, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().method(method).version(version).uri("/chat");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn only_http11_get_websocket_upgrades_are_forwarded() {
+        let ws = [("connection", "keep-alive, Upgrade"), ("upgrade", "WebSocket")];
+        assert!(is_websocket_upgrade(&req(Method::GET, Version::HTTP_11, &ws)));
+        // Split across two Connection headers.
+        let split = [("connection", "keep-alive"), ("connection", "upgrade"), ("upgrade", "websocket")];
+        assert!(is_websocket_upgrade(&req(Method::GET, Version::HTTP_11, &split)));
+        assert!(!is_websocket_upgrade(&req(Method::POST, Version::HTTP_11, &ws)));
+        assert!(!is_websocket_upgrade(&req(Method::GET, Version::HTTP_10, &ws)));
+        assert!(!is_websocket_upgrade(&req(Method::GET, Version::HTTP_11, &[("upgrade", "websocket")])));
+        let h2c = [("connection", "Upgrade, HTTP2-Settings"), ("upgrade", "h2c")];
+        assert!(!is_websocket_upgrade(&req(Method::GET, Version::HTTP_11, &h2c)));
+        let bogus = [("connection", "upgraded"), ("upgrade", "websockets")];
+        assert!(!is_websocket_upgrade(&req(Method::GET, Version::HTTP_11, &bogus)));
     }
 }
