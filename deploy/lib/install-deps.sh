@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing ztunnel needs on a fresh Debian-based
 # machine: clang-19 and libbpf-dev (the eBPF datapath is compiled by
-# ebpf/build.rs), iproute2, openssl (CA tests), tcpdump (mesh tests), curl
-# and testssl.sh (gateway tests), and
+# ebpf/build.rs), iproute2, openssl (CA tests), tcpdump (mesh tests), curl,
+# testssl.sh and python3-grpcio (gateway tests), and
 # the rustfmt/clippy components. Idempotent:
 # installs only what is missing. Sourced by deploy/demo.sh and tests/run.sh.
 
@@ -20,6 +20,8 @@ zt_install_deps() {
   # The ingress gateway tests use real clients and a TLS scanner.
   command -v curl >/dev/null 2>&1 || pkgs+=(curl)
   command -v testssl >/dev/null 2>&1 || pkgs+=(testssl.sh)
+  # ... and a real gRPC client and server (Debian's python3, not a pyenv one).
+  /usr/bin/python3 -c 'import grpc' >/dev/null 2>&1 || pkgs+=(python3-grpcio)
   if [ "${#pkgs[@]}" -gt 0 ]; then
     echo "installing: ${pkgs[*]}"
     local sudo=()

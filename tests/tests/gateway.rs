@@ -1,14 +1,14 @@
 //! The Ingress TLS gateway against real clients (`curl`, `openssl
-//! s_client`, `testssl`) on loopback: routing by host and path, proxy
-//! headers, certificate selection by SNI, redirects, failover between
-//! endpoints, Secret rotation under load, bad Secrets, and slow or hostile
-//! clients. No root needed: the gateway and backends use 127.0.0.0/8
+//! s_client`, `testssl`, grpcio) on loopback: routing by host and path,
+//! proxy headers, certificate selection by SNI, redirects, failover between
+//! endpoints, Secret rotation under load, bad Secrets, slow or hostile
+//! clients, WebSockets, and gRPC to h2c backends. No root needed: the gateway and backends use 127.0.0.0/8
 //! addresses, a different /24 per test so the tests can run in parallel.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -742,4 +742,85 @@ fn websockets_are_switched_joined_to_the_backend_and_bounded() {
     let log = fs::read_to_string(&g.access_log).unwrap();
     let line = log.lines().find(|l| l.contains("\"status\":101")).expect("a 101 in the access log");
     assert!(line.contains("chat/chat /"), "{line}");
+}
+
+/// A gRPC server (grpcio, `tests/peers/grpc_peer.py`) on `addr`, ready.
+fn grpc_server(addr: &str) -> Proc {
+    let mut child = Command::new("/usr/bin/python3")
+        .arg(grpc_peer())
+        .args(["serve", addr])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "gRPC server on {addr}");
+    Proc(child)
+}
+
+fn grpc_peer() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/grpc_peer.py")
+}
+
+#[test]
+fn grpc_to_h2c_backends_with_streams_trailers_and_failover() {
+    let (dir, pki) = setup(8);
+    let have = Command::new("/usr/bin/python3").args(["-c", "import grpc"]).status().is_ok_and(|s| s.success());
+    assert!(have, "python3-grpcio is needed by this test; deploy/lib/install-deps.sh installs it");
+    let m = dir.path().join("manifests");
+    let mut server = grpc_server("127.0.8.2:50051");
+    // 127.0.8.3 listens on nothing: connections are refused.
+    let svc = service_yaml("rpc", "echo", 80, 50051, &["127.0.8.2", "127.0.8.3"]);
+    let svc =
+        svc.replace("{name: http, port: 80}]\n---", "{name: http, port: 80, appProtocol: kubernetes.io/h2c}]\n---");
+    assert!(svc.contains("appProtocol"), "{svc}");
+    fs::write(m.join("svc.yaml"), svc).unwrap();
+    let mut pki = pki;
+    let (cert, key) = pki.issue(&["grpc.example.com"], 90).unwrap();
+    fs::write(m.join("secret.yaml"), tls_secret_yaml("rpc", "grpc-tls", &cert, &key)).unwrap();
+    fs::write(
+        m.join("ingress.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: echo, namespace: rpc}\nspec:
+  ingressClassName: ztunnel
+  tls: [{hosts: [grpc.example.com], secretName: grpc-tls}]
+  rules:
+  - host: grpc.example.com
+    http: {paths: [{path: /zt.Echo, pathType: Prefix, backend: {service: {name: echo, port: {number: 80}}}}]}
+",
+    )
+    .unwrap();
+    let g = Gateway::start(8, dir.path(), &[]);
+    assert!(g.admin("/config_dump").contains("rpc/echo:80 h2c"), "{}", g.admin("/config_dump"));
+    let call = || {
+        let out = Command::new("/usr/bin/python3")
+            .arg(grpc_peer())
+            .args(["call", "127.0.8.1:8443"])
+            .arg(pki.ca())
+            .arg("grpc.example.com")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "gRPC client: {text}{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()
+    };
+    // Unary, server streaming, and an error status, which travels in the
+    // response's trailers: all three need HTTP/2 end to end.
+    for _ in 0..3 {
+        let v = call();
+        assert!(v["say"].as_str().unwrap().starts_with("echo:hello (grpc client: grpc-python/"), "{v}");
+        assert_eq!(v["count"], serde_json::json!(["0", "1", "2", "3", "4"]));
+        assert_eq!(v["fail"], serde_json::json!({"code": "NOT_FOUND", "details": "no such thing: x"}));
+    }
+    assert!(g.metric("ztunnel_gateway_backend_connect_failures_total") >= 1.0, "the down endpoint was tried");
+
+    // The backend restarts: the gateway's shared connection to it is gone,
+    // and the next calls go out on a new one.
+    drop(server);
+    server = grpc_server("127.0.8.2:50051");
+    let v = call();
+    assert_eq!(v["count"], serde_json::json!(["0", "1", "2", "3", "4"]), "{v}");
+    let log = fs::read_to_string(&g.access_log).unwrap();
+    assert!(log.lines().any(|l| l.contains("/zt.Echo/Count") && l.contains("\"status\":200")), "{log}");
+    drop(server);
 }

@@ -115,6 +115,8 @@ pub struct ServicePort {
     pub name: String,
     /// `port`.
     pub port: u16,
+    /// `appProtocol` (e.g. `kubernetes.io/h2c`): how the backend speaks.
+    pub app_protocol: Option<String>,
 }
 
 /// A `v1` Service: only its ports.
@@ -423,7 +425,11 @@ fn service(s: &core::Service) -> FieldResult<Service> {
             .ok()
             .filter(|p| *p != 0)
             .ok_or((format!("spec.ports[{n}].port"), format!("{} is not a port (1-65535)", p.port)))?;
-        ports.push(ServicePort { name: p.name.clone().unwrap_or_default(), port });
+        ports.push(ServicePort {
+            name: p.name.clone().unwrap_or_default(),
+            port,
+            app_protocol: p.app_protocol.clone(),
+        });
     }
     Ok(Service { key, ports })
 }

@@ -1,5 +1,6 @@
 //! Backend connections: HTTP/1.1 keep-alive connections per endpoint,
-//! reused once a response has been read in full.
+//! reused once a response has been read in full, and for h2c backends one
+//! multiplexed HTTP/2 connection per endpoint.
 //!
 //! The gateway manages connections itself (instead of a generic client) so
 //! that a connect failure is visible before the request is handed over: the
@@ -20,7 +21,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 /// Idle connections kept per endpoint.
@@ -68,6 +70,18 @@ pub struct Conn {
 #[derive(Debug, Default)]
 pub struct Pool {
     idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<Incoming>>>>,
+    /// One multiplexed HTTP/2 connection per h2c endpoint, shared by the
+    /// requests of this serving thread.
+    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Incoming>>>,
+}
+
+/// An HTTP/2 connection's sender for one request.
+pub struct H2Conn {
+    /// The request sender (a handle on the shared connection).
+    pub sender: http2::SendRequest<Incoming>,
+    /// Whether the connection was open before (the backend may have closed
+    /// it meanwhile).
+    pub reused: bool,
 }
 
 impl Pool {
@@ -102,6 +116,47 @@ impl Pool {
             let _ = conn.with_upgrades().await;
         });
         Ok(Conn { addr, sender, reused: false })
+    }
+
+    /// The HTTP/2 connection to `addr`, opened if there is none, or it
+    /// closed, or it has no room for another stream now (long-lived gRPC
+    /// streams at the backend's stream limit do not hold up other
+    /// requests: they get a connection of their own, which later ones share).
+    pub async fn checkout_h2(&self, addr: SocketAddr, connect_timeout: Duration) -> Result<H2Conn, ConnectError> {
+        let open = lock(&self.h2).get(&addr).filter(|s| !s.is_closed()).cloned();
+        if let Some(mut sender) = open
+            && matches!(std::future::poll_fn(|cx| Poll::Ready(sender.poll_ready(cx))).await, Poll::Ready(Ok(())))
+        {
+            return Ok(H2Conn { sender, reused: true });
+        }
+        self.connect_h2(addr, connect_timeout).await
+    }
+
+    /// A new HTTP/2 connection to `addr`, which later requests share.
+    pub async fn connect_h2(&self, addr: SocketAddr, connect_timeout: Duration) -> Result<H2Conn, ConnectError> {
+        let tcp = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
+            Err(_) => return Err(ConnectError::Timeout { addr }),
+        };
+        let _ = tcp.set_nodelay(true);
+        let handshake = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(tcp));
+        let (sender, conn) = match tokio::time::timeout(connect_timeout, handshake).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(source)) => return Err(ConnectError::Http { addr, source }),
+            Err(_) => return Err(ConnectError::Timeout { addr }),
+        };
+        tokio::spawn(async move {
+            // Ends when the backend closes (GOAWAY, keepalive timeout) or
+            // every sender is gone.
+            let _ = conn.await;
+        });
+        lock(&self.h2).insert(addr, sender.clone());
+        Ok(H2Conn { sender, reused: false })
     }
 
     fn take_idle(&self, addr: SocketAddr) -> Option<SendRequest<Incoming>> {
@@ -145,6 +200,21 @@ impl Pool {
             Err(e) => e.into_inner(),
         };
         idle.retain(|a, _| keep(a));
+        drop(idle);
+        lock(&self.h2).retain(|a, _| keep(a));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(e) => e.into_inner(),
+    }
+}
+
+impl std::fmt::Debug for H2Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Conn").field("reused", &self.reused).finish()
     }
 }
 
@@ -162,6 +232,12 @@ pub struct PooledBody {
 }
 
 impl PooledBody {
+    /// Wraps a response body of a multiplexed connection (nothing to
+    /// return to the pool).
+    pub fn shared(body: Incoming) -> PooledBody {
+        PooledBody { inner: body, slot: None }
+    }
+
     /// Keeps the connection from the pool (its response switched protocols)
     /// and hands over its request sender.
     pub fn detach(&mut self) -> Option<SendRequest<Incoming>> {

@@ -52,7 +52,32 @@ pub struct Target {
     pub label: Arc<str>,
     /// Ready endpoints (empty: 503).
     pub endpoints: Vec<SocketAddr>,
+    /// How the endpoints speak HTTP.
+    pub protocol: BackendProtocol,
     next: AtomicUsize,
+}
+
+/// How a backend is spoken to, from its Service port's `appProtocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendProtocol {
+    /// HTTP/1.1 keep-alive connections (the default).
+    #[default]
+    Http1,
+    /// HTTP/2 without TLS, by prior knowledge (RFC 9113 3.3): gRPC and
+    /// other HTTP/2-only servers. One multiplexed connection per endpoint.
+    H2c,
+}
+
+impl BackendProtocol {
+    /// `kubernetes.io/h2c` (the standard value, KEP-3726), and the names
+    /// other meshes use for the same thing: `h2c`, `http2`, `grpc`. Any
+    /// other value (`http`, `kubernetes.io/ws`, ...) is HTTP/1.1.
+    pub fn from_app_protocol(app_protocol: Option<&str>) -> Self {
+        match app_protocol.map(str::to_ascii_lowercase).as_deref() {
+            Some("kubernetes.io/h2c" | "h2c" | "http2" | "grpc") => Self::H2c,
+            _ => Self::Http1,
+        }
+    }
 }
 
 impl Target {
@@ -64,12 +89,12 @@ impl Target {
         (0..n).map(move |i| self.endpoints[(start + i) % n])
     }
 
-    fn new(service: ObjectKey, port: PortRef, endpoints: Vec<SocketAddr>) -> Self {
+    fn new(service: ObjectKey, port: PortRef, endpoints: Vec<SocketAddr>, protocol: BackendProtocol) -> Self {
         let label = match &port {
             PortRef::Number(n) => format!("{service}:{n}"),
             PortRef::Name(s) => format!("{service}:{s}"),
         };
-        Self { label: label.into(), endpoints, next: AtomicUsize::new(0) }
+        Self { label: label.into(), endpoints, protocol, next: AtomicUsize::new(0) }
     }
 }
 
@@ -197,8 +222,9 @@ impl RouteTable {
             targets
                 .entry(b.clone())
                 .or_insert_with(|| {
-                    let endpoints = resolve_endpoints(b, services.get(&b.service).copied(), &slices, problems);
-                    Arc::new(Target::new(b.service.clone(), b.port.clone(), endpoints))
+                    let (endpoints, protocol) =
+                        resolve_endpoints(b, services.get(&b.service).copied(), &slices, problems);
+                    Arc::new(Target::new(b.service.clone(), b.port.clone(), endpoints, protocol))
                 })
                 .clone()
         };
@@ -339,10 +365,11 @@ impl RouteTable {
         let mut out = Vec::new();
         let mut push = |host: &str, r: &Route| {
             out.push(format!(
-                "{host}{} {:?} -> {} ({} endpoints) [{}]",
+                "{host}{} {:?} -> {}{} ({} endpoints) [{}]",
                 r.path,
                 r.kind,
                 r.target.label,
+                if r.target.protocol == BackendProtocol::H2c { " h2c" } else { "" },
                 r.target.endpoints.len(),
                 r.ingress
             ));
@@ -370,10 +397,10 @@ fn resolve_endpoints(
     svc: Option<&Service>,
     slices: &HashMap<&ObjectKey, Vec<&EndpointSlice>>,
     problems: &mut Vec<String>,
-) -> Vec<SocketAddr> {
+) -> (Vec<SocketAddr>, BackendProtocol) {
     let Some(svc) = svc else {
         problems.push(format!("Service {} not found", b.service));
-        return Vec::new();
+        return (Vec::new(), BackendProtocol::Http1);
     };
     let port = match &b.port {
         PortRef::Number(n) => svc.ports.iter().find(|p| p.port == *n),
@@ -381,8 +408,9 @@ fn resolve_endpoints(
     };
     let Some(port) = port else {
         problems.push(format!("Service {} has no TCP port {:?}", b.service, b.port));
-        return Vec::new();
+        return (Vec::new(), BackendProtocol::Http1);
     };
+    let protocol = BackendProtocol::from_app_protocol(port.app_protocol.as_deref());
     let mut out: Vec<SocketAddr> = slices
         .get(&b.service)
         .into_iter()
@@ -397,7 +425,7 @@ fn resolve_endpoints(
     if out.is_empty() {
         problems.push(format!("Service {} port {:?}: no ready endpoints", b.service, b.port));
     }
-    out
+    (out, protocol)
 }
 
 #[cfg(test)]
@@ -432,6 +460,35 @@ mod tests {
     fn routed(t: &RouteTable, host: &str, path: &str) -> Option<String> {
         // The Service name out of `namespace/name:port`.
         t.lookup(host, path).map(|m| m.target.label.split(['/', ':']).nth(1).unwrap_or("").to_string())
+    }
+
+    #[test]
+    fn backend_protocol_from_the_service_port() {
+        use BackendProtocol::{H2c, Http1};
+        for (value, want) in [
+            (None, Http1),
+            (Some("kubernetes.io/h2c"), H2c),
+            (Some("GRPC"), H2c),
+            (Some("http2"), H2c),
+            (Some("h2c"), H2c),
+            (Some("http"), Http1),
+            (Some("kubernetes.io/ws"), Http1),
+            (Some("kubernetes.io/h2c-ish"), Http1),
+        ] {
+            assert_eq!(BackendProtocol::from_app_protocol(value), want, "{value:?}");
+        }
+        let yaml = svc("plain", 80, "10.0.0.1")
+            + &svc("rpc", 81, "10.0.0.2")
+                .replace("{name: http, port: 81}", "{name: http, port: 81, appProtocol: kubernetes.io/h2c}")
+            + &ingress(
+                "i",
+                "  rules:\n  - http:\n      paths:\n      - {path: /rpc, pathType: Prefix, backend: {service: {name: rpc, port: {number: 81}}}}\n      - {path: /, pathType: Prefix, backend: {service: {name: plain, port: {number: 80}}}}\n",
+            );
+        assert!(yaml.contains("appProtocol"));
+        let t = table(&yaml);
+        assert_eq!(t.lookup("x", "/rpc/Call").unwrap().target.protocol, H2c);
+        assert_eq!(t.lookup("x", "/other").unwrap().target.protocol, Http1);
+        assert!(t.describe().iter().any(|l| l.contains("n/rpc:81 h2c")), "{:?}", t.describe());
     }
 
     /// The examples table of the Ingress specification (Prefix/Exact).
@@ -561,6 +618,7 @@ mod tests {
             ObjectKey::new("n", "s"),
             PortRef::Number(80),
             vec!["10.0.0.1:1".parse().unwrap(), "10.0.0.2:1".parse().unwrap()],
+            BackendProtocol::Http1,
         );
         assert_eq!(&*target.label, "n/s:80");
         let a: Vec<_> = target.attempt_order().collect();

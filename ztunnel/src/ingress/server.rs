@@ -40,7 +40,7 @@ use super::accesslog::{AccessLog, Entry};
 use super::certs::SniResolver;
 use super::metrics::{GatewayMetrics, ReasonLabels, RequestLabels, RouteLabels, status_class};
 use super::pool::{Pool, PooledBody};
-use super::routes::{RouteTable, normalize_host};
+use super::routes::{BackendProtocol, RouteTable, normalize_host};
 use crate::identity::SecretCache;
 use crate::identity::cache::ServingCert;
 
@@ -549,13 +549,21 @@ async fn route(
 
     // Taken before the request goes on: the client's side of a WebSocket
     // switch, completed once the 101 has been written to the client.
-    let client_upgrade = is_websocket_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    // (Not to an h2c backend: WebSockets over HTTP/2 are not offered.)
+    let h2c = m.target.protocol == BackendProtocol::H2c;
+    let client_upgrade = (!h2c && is_websocket_upgrade(&req)).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    // gRPC asks for trailers with `TE: trailers`, the one TE value HTTP/2
+    // allows; kept for h2c backends, which may insist on it.
+    let trailers = h2c && has_token(&parts.headers, header::TE, "trailers");
     strip_hop_by_hop(&mut parts.headers);
     let h = &mut parts.headers;
     if client_upgrade.is_some() {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    if trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", info.client.ip())).ok(),
@@ -679,6 +687,9 @@ async fn forward(
     mut req: Request<Incoming>,
     entry: &mut Option<Entry>,
 ) -> Result<Response<PooledBody>, StatusCode> {
+    if target.protocol == BackendProtocol::H2c {
+        return forward_h2(shared, pool, target, req, entry).await;
+    }
     for addr in target.attempt_order() {
         // At most one retry on a fresh connection when a pooled one had
         // been closed under us.
@@ -715,6 +726,68 @@ async fn forward(
                     }
                     None => {
                         debug!(endpoint = %addr, error = %e.error(), "backend failed after the request was sent");
+                        return Err(StatusCode::BAD_GATEWAY);
+                    }
+                },
+            }
+        }
+    }
+    Err(StatusCode::SERVICE_UNAVAILABLE)
+}
+
+/// [`forward`] to an h2c backend: the request goes out as HTTP/2 on the
+/// endpoint's shared connection, with the same endpoint order and the same
+/// rule (a request that was not sent moves on, one that was is never
+/// replayed).
+async fn forward_h2(
+    shared: &Arc<Shared>,
+    pool: &Arc<Pool>,
+    target: &super::routes::Target,
+    req: Request<Incoming>,
+    entry: &mut Option<Entry>,
+) -> Result<Response<PooledBody>, StatusCode> {
+    // HTTP/2 carries the host in `:authority`, taken from an absolute URI.
+    let (mut parts, body) = req.into_parts();
+    let host = parts.headers.remove(header::HOST);
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| Uri::builder().scheme("http").authority(h).path_and_query(path).build().ok())
+        .ok_or(StatusCode::BAD_REQUEST)?;
+    parts.version = Version::HTTP_2;
+    let mut req = Request::from_parts(parts, body);
+    for addr in target.attempt_order() {
+        for fresh in [false, true] {
+            let conn = if fresh {
+                pool.connect_h2(addr, shared.limits.connect_timeout).await
+            } else {
+                pool.checkout_h2(addr, shared.limits.connect_timeout).await
+            };
+            let mut conn = match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    shared.metrics.backend_connect_failures.inc();
+                    debug!(endpoint = %addr, error = %e, "backend connect failed; trying the next endpoint");
+                    break;
+                }
+            };
+            if let Some(e) = entry.as_mut() {
+                e.endpoint = Some(addr);
+            }
+            match conn.sender.try_send_request(req).await {
+                Ok(resp) => return Ok(resp.map(PooledBody::shared)),
+                Err(mut e) => match e.take_message() {
+                    Some(r) if conn.reused => {
+                        req = r;
+                        continue; // the shared connection had gone: once more, fresh
+                    }
+                    Some(r) => {
+                        req = r;
+                        break;
+                    }
+                    None => {
+                        debug!(endpoint = %addr, error = %e.error(), "h2c backend failed after the request was sent");
                         return Err(StatusCode::BAD_GATEWAY);
                     }
                 },
