@@ -2,7 +2,7 @@
 //! s_client`, `testssl`, grpcio) on loopback: routing by host and path,
 //! proxy headers, certificate selection by SNI, redirects, failover between
 //! endpoints, Secret rotation under load, bad Secrets, slow or hostile
-//! clients, WebSockets, and gRPC to h2c backends. No root needed: the gateway and backends use 127.0.0.0/8
+//! clients, WebSockets, gRPC to h2c backends, and the PROXY protocol. No root needed: the gateway and backends use 127.0.0.0/8
 //! addresses, a different /24 per test so the tests can run in parallel.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
@@ -823,4 +823,89 @@ fn grpc_to_h2c_backends_with_streams_trailers_and_failover() {
     let log = fs::read_to_string(&g.access_log).unwrap();
     assert!(log.lines().any(|l| l.contains("/zt.Echo/Count") && l.contains("\"status\":200")), "{log}");
     drop(server);
+}
+
+/// A PROXY protocol v2 header for a TCP over IPv4 client `src`.
+fn proxy_v2(src: std::net::SocketAddrV4, command: u8) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x20 | command, 0x11, 0, 12]);
+    h.extend_from_slice(&src.ip().octets());
+    h.extend_from_slice(&[127, 0, 10, 1]);
+    h.extend_from_slice(&src.port().to_be_bytes());
+    h.extend_from_slice(&8080u16.to_be_bytes());
+    h
+}
+
+#[test]
+fn behind_a_load_balancer_the_proxy_protocol_names_the_client() {
+    let (dir, mut pki) = setup(10);
+    let m = dir.path().join("manifests");
+    backend("127.0.10.2", "web");
+    fs::write(m.join("svc.yaml"), service_yaml("shop", "web", 80, 8080, &["127.0.10.2"])).unwrap();
+    let (cert, key) = pki.issue(&["lb.example.com"], 90).unwrap();
+    fs::write(m.join("secret.yaml"), tls_secret_yaml("shop", "lb-tls", &cert, &key)).unwrap();
+    fs::write(
+        m.join("ingress.yaml"),
+        ingress(
+            "web",
+            "  tls: [{hosts: [lb.example.com], secretName: lb-tls}]\n  defaultBackend: {service: {name: web, port: {number: 80}}}\n",
+        ),
+    )
+    .unwrap();
+    let g = Gateway::start(10, dir.path(), &["--proxy-protocol", "--handshake-timeout-secs", "1"]);
+
+    // A real client sending a v1 header, then TLS.
+    let (status, body) = g.curl("lb.example.com", "/curl", &["--haproxy-protocol"]);
+    assert!(status.starts_with("200") && body.contains("path=/curl"), "{status} {body}");
+    // Without one, the same request is refused.
+    let (status, _) = g.curl("lb.example.com", "/bare", &[]);
+    assert!(!status.starts_with("200"), "served without a PROXY header: {status}");
+    assert!(g.metric("ztunnel_gateway_proxy_header_rejections_total") >= 1.0, "{}", g.admin("/metrics"));
+
+    let request = |header: &[u8], split: bool, path: &str| -> (String, String) {
+        let mut s = TcpStream::connect("127.0.10.1:8080").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: plain.example.com\r\nConnection: close\r\n\r\n");
+        if split {
+            // The header in two segments, the request in a third.
+            s.write_all(&header[..header.len() / 2]).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            s.write_all(&header[header.len() / 2..]).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            s.write_all(req.as_bytes()).unwrap();
+        } else {
+            s.write_all(&[header, req.as_bytes()].concat()).unwrap();
+        }
+        read_response(&mut s)
+    };
+    // v2 from the client 203.0.113.7, the request in the same segment: the
+    // backend and the access log see that client, not the balancer.
+    let (head, body) = request(&proxy_v2("203.0.113.7:4242".parse().unwrap(), 1), false, "/v2");
+    assert!(head.starts_with("http/1.1 200") && body.contains("x-forwarded-for=203.0.113.7\n"), "{head}{body}");
+    let (_, body) = request(&proxy_v2("198.51.100.9:5353".parse().unwrap(), 1), true, "/split");
+    assert!(body.contains("x-forwarded-for=198.51.100.9\n"), "{body}");
+    let (_, body) = request(b"PROXY TCP6 2001:db8::7 2001:db8::1 4242 80\r\n", false, "/v1");
+    assert!(body.contains("x-forwarded-for=2001:db8::7\n"), "{body}");
+    // LOCAL (the balancer's health check): served as the TCP peer.
+    let (head, body) = request(&proxy_v2("192.0.2.1:1".parse().unwrap(), 0), false, "/health");
+    assert!(head.starts_with("http/1.1 200") && body.contains("x-forwarded-for=127.0.0.1\n"), "{head}{body}");
+
+    // A malformed header and a silent connection are closed, unserved.
+    let closed = |send: &[u8]| {
+        let mut s = TcpStream::connect("127.0.10.1:8080").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(send).unwrap();
+        let start = Instant::now();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        (out, start.elapsed())
+    };
+    let (out, _) = closed(b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 80\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+    let (out, waited) = closed(b"");
+    assert!(out.is_empty() && waited < Duration::from_secs(3), "silent connection held {waited:?}");
+
+    let log = fs::read_to_string(&g.access_log).unwrap();
+    let line = log.lines().find(|l| l.contains("\"/v2\"")).expect("access log line");
+    assert!(line.contains("203.0.113.7:4242"), "{line}");
 }

@@ -132,6 +132,12 @@ pub struct GatewayArgs {
     /// Concurrent HTTP/2 streams per connection.
     #[arg(long, default_value_t = 128)]
     pub max_streams: u32,
+    /// Expect a PROXY protocol header (v1 or v2) at the start of every
+    /// connection, as a load balancer in front sends (HAProxy, AWS NLB, ...):
+    /// its client address is the one logged and put in `X-Forwarded-For`.
+    /// Connections without a valid header are closed.
+    #[arg(long)]
+    pub proxy_protocol: bool,
 }
 
 /// Where the CA state lives: a directory (local mode) or a Secret
@@ -499,6 +505,7 @@ fn gateway_config(a: GatewayArgs) -> anyhow::Result<crate::ingress::Config> {
             max_header_bytes: a.max_header_bytes,
             max_connections: a.max_connections,
             max_streams: a.max_streams,
+            proxy_protocol: a.proxy_protocol,
         },
         access_log,
         poll: Duration::from_millis(a.poll_ms.max(10)),

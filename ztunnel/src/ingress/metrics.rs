@@ -68,6 +68,8 @@ pub struct GatewayMetrics {
     pub connections: Gauge,
     /// WebSocket connections open (switched and joined to a backend).
     pub websockets: Gauge,
+    /// Connections closed for a missing or malformed PROXY protocol header.
+    pub proxy_header_rejections: Counter,
 }
 
 impl Default for GatewayMetrics {
@@ -81,6 +83,7 @@ impl Default for GatewayMetrics {
             connections_refused: Counter::default(),
             connections: Gauge::default(),
             websockets: Gauge::default(),
+            proxy_header_rejections: Counter::default(),
         }
     }
 }
@@ -113,6 +116,11 @@ impl GatewayMetrics {
         );
         r.register("connections", "Client connections open, WebSockets included", self.connections.clone());
         r.register("websockets", "WebSocket connections open", self.websockets.clone());
+        r.register(
+            "proxy_header_rejections",
+            "Connections closed for a missing, malformed or late PROXY protocol header",
+            self.proxy_header_rejections.clone(),
+        );
     }
 }
 

@@ -18,6 +18,7 @@ pub mod certs;
 pub mod metrics;
 pub mod model;
 pub mod pool;
+pub mod proxy_protocol;
 pub mod routes;
 pub mod server;
 

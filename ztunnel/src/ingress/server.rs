@@ -11,7 +11,9 @@
 //! backend's response headers (504).
 //!
 //! WebSocket upgrades (HTTP/1.1) are forwarded; a backend's 101 joins the
-//! client and backend connections byte for byte (see `switch`).
+//! client and backend connections byte for byte (see `switch`). Behind a
+//! load balancer each connection may start with a PROXY protocol header
+//! (`--proxy-protocol`), which then names the client.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -40,6 +42,7 @@ use super::accesslog::{AccessLog, Entry};
 use super::certs::SniResolver;
 use super::metrics::{GatewayMetrics, ReasonLabels, RequestLabels, RouteLabels, status_class};
 use super::pool::{Pool, PooledBody};
+use super::proxy_protocol::Header as ProxyHeader;
 use super::routes::{BackendProtocol, RouteTable, normalize_host};
 use crate::identity::SecretCache;
 use crate::identity::cache::ServingCert;
@@ -66,6 +69,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Concurrent HTTP/2 streams per connection.
     pub max_streams: u32,
+    /// Every connection starts with a PROXY protocol header (within the
+    /// handshake timeout) naming the client.
+    pub proxy_protocol: bool,
 }
 
 impl Default for Limits {
@@ -79,6 +85,7 @@ impl Default for Limits {
             max_header_bytes: 32 * 1024,
             max_connections: 10_000,
             max_streams: 128,
+            proxy_protocol: false,
         }
     }
 }
@@ -398,6 +405,32 @@ async fn connection(
     graceful: &hyper_util::server::graceful::GracefulShutdown,
     builder: &auto::Builder<TokioExecutor>,
 ) {
+    let mut info = info;
+    let tcp = if shared.limits.proxy_protocol {
+        let read = tokio::time::timeout(shared.limits.handshake_timeout, read_proxy_header(tcp)).await;
+        match read {
+            Ok(Ok((io, header))) => {
+                if let Some(client) = header.source {
+                    info.client = client;
+                    info.client_ip = HeaderValue::from_str(&client.ip().to_string()).ok();
+                    info.client_text = client.to_string().into();
+                }
+                io
+            }
+            Ok(Err(e)) => {
+                debug!(balancer = %info.client, error = %e, "no valid PROXY protocol header");
+                shared.metrics.proxy_header_rejections.inc();
+                return;
+            }
+            Err(_) => {
+                debug!(balancer = %info.client, "no PROXY protocol header within the handshake timeout");
+                shared.metrics.proxy_header_rejections.inc();
+                return;
+            }
+        }
+    } else {
+        Prefixed::new(tcp, Bytes::new())
+    };
     let (peer, inflight) = (info.client, info.inflight.clone());
     let info = Arc::new(info);
     let svc = {
@@ -795,6 +828,77 @@ async fn forward_h2(
         }
     }
     Err(StatusCode::SERVICE_UNAVAILABLE)
+}
+
+/// Reads a PROXY protocol header off `tcp`; returns the socket with the
+/// bytes read past the header still to be read, and the header.
+async fn read_proxy_header(mut tcp: TcpStream) -> std::io::Result<(Prefixed<TcpStream>, ProxyHeader)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = bytes::BytesMut::with_capacity(256);
+    loop {
+        match super::proxy_protocol::parse(&buf) {
+            Ok(Some((header, n))) => {
+                let _ = buf.split_to(n);
+                return Ok((Prefixed::new(tcp, buf.freeze()), header));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        }
+        if tcp.read_buf(&mut buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+/// A socket some of whose first bytes were already read (past a PROXY
+/// protocol header): reads hand those out first.
+struct Prefixed<T> {
+    head: Bytes,
+    inner: T,
+}
+
+impl<T> Prefixed<T> {
+    fn new(inner: T, head: Bytes) -> Self {
+        Self { head, inner }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if self.head.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = self.head.len().min(buf.remaining());
+        let head = self.head.split_to(n);
+        buf.put_slice(&head);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// IO that fails with `TimedOut` after `timeout` without reads or writes
