@@ -837,7 +837,7 @@ fn proxy_v2(src: std::net::SocketAddrV4, command: u8) -> Vec<u8> {
 }
 
 #[test]
-fn behind_a_load_balancer_the_proxy_protocol_names_the_client() {
+fn behind_a_load_balancer_the_proxy_protocol_names_the_client_and_https_sends_hsts() {
     let (dir, mut pki) = setup(10);
     let m = dir.path().join("manifests");
     backend("127.0.10.2", "web");
@@ -852,11 +852,27 @@ fn behind_a_load_balancer_the_proxy_protocol_names_the_client() {
         ),
     )
     .unwrap();
-    let g = Gateway::start(10, dir.path(), &["--proxy-protocol", "--handshake-timeout-secs", "1"]);
+    let g = Gateway::start(
+        10,
+        dir.path(),
+        &[
+            "--proxy-protocol",
+            "--handshake-timeout-secs",
+            "1",
+            "--hsts-max-age-secs",
+            "31536000",
+            "--hsts-include-subdomains",
+        ],
+    );
 
-    // A real client sending a v1 header, then TLS.
-    let (status, body) = g.curl("lb.example.com", "/curl", &["--haproxy-protocol"]);
+    // A real client sending a v1 header, then TLS; HTTPS responses carry
+    // the HSTS policy.
+    let (status, body) = g.curl("lb.example.com", "/curl", &["--haproxy-protocol", "-i"]);
     assert!(status.starts_with("200") && body.contains("path=/curl"), "{status} {body}");
+    assert!(
+        body.to_ascii_lowercase().contains("strict-transport-security: max-age=31536000; includesubdomains\r\n"),
+        "{body}"
+    );
     // Without one, the same request is refused.
     let (status, _) = g.curl("lb.example.com", "/bare", &[]);
     assert!(!status.starts_with("200"), "served without a PROXY header: {status}");
@@ -882,6 +898,7 @@ fn behind_a_load_balancer_the_proxy_protocol_names_the_client() {
     // backend and the access log see that client, not the balancer.
     let (head, body) = request(&proxy_v2("203.0.113.7:4242".parse().unwrap(), 1), false, "/v2");
     assert!(head.starts_with("http/1.1 200") && body.contains("x-forwarded-for=203.0.113.7\n"), "{head}{body}");
+    assert!(!head.contains("strict-transport-security"), "HSTS over plain HTTP: {head}");
     let (_, body) = request(&proxy_v2("198.51.100.9:5353".parse().unwrap(), 1), true, "/split");
     assert!(body.contains("x-forwarded-for=198.51.100.9\n"), "{body}");
     let (_, body) = request(b"PROXY TCP6 2001:db8::7 2001:db8::1 4242 80\r\n", false, "/v1");

@@ -138,6 +138,15 @@ pub struct GatewayArgs {
     /// Connections without a valid header are closed.
     #[arg(long)]
     pub proxy_protocol: bool,
+    /// Send `Strict-Transport-Security: max-age=N` on HTTPS responses
+    /// (0: off). Browsers then refuse plain HTTP, and certificate errors
+    /// cannot be clicked through, for that long: set it once every host
+    /// has a certificate browsers trust.
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    pub hsts_max_age_secs: u64,
+    /// With `--hsts-max-age-secs`: the policy covers subdomains too.
+    #[arg(long, requires = "hsts_max_age_secs")]
+    pub hsts_include_subdomains: bool,
 }
 
 /// Where the CA state lives: a directory (local mode) or a Secret
@@ -510,5 +519,9 @@ fn gateway_config(a: GatewayArgs) -> anyhow::Result<crate::ingress::Config> {
         access_log,
         poll: Duration::from_millis(a.poll_ms.max(10)),
         threads: a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        hsts: (a.hsts_max_age_secs > 0).then(|| {
+            let sub = if a.hsts_include_subdomains { "; includeSubDomains" } else { "" };
+            format!("max-age={}{sub}", a.hsts_max_age_secs)
+        }),
     })
 }

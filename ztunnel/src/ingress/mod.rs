@@ -79,6 +79,8 @@ pub struct Config {
     pub poll: Duration,
     /// Worker threads.
     pub threads: usize,
+    /// `Strict-Transport-Security` value for HTTPS responses (`None`: off).
+    pub hsts: Option<String>,
 }
 
 /// The objects the gateway knows, and what it last reported.
@@ -147,14 +149,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         }
     };
     let cache = Arc::new(SecretCache::new());
-    let shared = Arc::new(Shared::new(
-        cache.clone(),
-        fallback,
-        cfg.default_secret.clone(),
-        cfg.limits.clone(),
-        cfg.redirect_port,
-        log,
-    ));
+    let shared = Arc::new(
+        Shared::new(cache.clone(), fallback, cfg.default_secret.clone(), cfg.limits.clone(), cfg.redirect_port, log)
+            .with_hsts(cfg.hsts.as_deref())?,
+    );
 
     // The first sync happens before any listener accepts, so the first
     // client already sees every route and certificate.

@@ -106,6 +106,8 @@ pub struct Shared {
     unmatched: RouteMetrics,
     /// Places under `--max-connections`, shared by every serving thread.
     permits: Arc<Semaphore>,
+    /// `Strict-Transport-Security` for HTTPS responses.
+    hsts: Option<HeaderValue>,
 }
 
 /// Metric handles of one route, resolved when the table is installed so
@@ -184,7 +186,15 @@ impl Shared {
             permits: Arc::new(Semaphore::new(limits.max_connections)),
             limits,
             redirect,
+            hsts: None,
         }
+    }
+
+    /// Adds `Strict-Transport-Security: value` to every HTTPS response that
+    /// does not carry one from its backend.
+    pub fn with_hsts(mut self, value: Option<&str>) -> Result<Self, http::header::InvalidHeaderValue> {
+        self.hsts = value.map(HeaderValue::from_str).transpose()?;
+        Ok(self)
     }
 
     /// The current route table.
@@ -530,7 +540,13 @@ async fn handle(
         ..Entry::default()
     });
     let active = shared.routes();
-    let (response, route) = route(&shared, &active, &info, req, authority, &mut entry).await;
+    let (mut response, route) = route(&shared, &active, &info, req, authority, &mut entry).await;
+    if info.tls
+        && let Some(hsts) = &shared.hsts
+        && !response.headers().contains_key(header::STRICT_TRANSPORT_SECURITY)
+    {
+        response.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
     let status = response.status().as_u16();
     let elapsed = start.elapsed();
     route.and_then(|id| active.metrics.get(id)).unwrap_or(&shared.unmatched).observe(status, elapsed);
