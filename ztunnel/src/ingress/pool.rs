@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -70,9 +71,21 @@ pub struct Conn {
 #[derive(Debug, Default)]
 pub struct Pool {
     idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<Incoming>>>>,
-    /// One multiplexed HTTP/2 connection per h2c endpoint, shared by the
-    /// requests of this serving thread.
-    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Incoming>>>,
+    /// The current multiplexed HTTP/2 connection per h2c endpoint, shared
+    /// by the requests of this serving thread.
+    h2: Mutex<HashMap<SocketAddr, H2Entry>>,
+}
+
+/// Streams one shared HTTP/2 connection carries before the next request
+/// opens another: the least a server should allow (RFC 9113 6.5.2), so
+/// requests never queue inside a connection behind long-lived streams
+/// (gRPC streaming) at a backend's stream limit.
+pub const H2_STREAMS_PER_CONNECTION: usize = 100;
+
+#[derive(Debug)]
+struct H2Entry {
+    sender: http2::SendRequest<Incoming>,
+    streams: Arc<AtomicUsize>,
 }
 
 /// An HTTP/2 connection's sender for one request.
@@ -82,6 +95,26 @@ pub struct H2Conn {
     /// Whether the connection was open before (the backend may have closed
     /// it meanwhile).
     pub reused: bool,
+    /// The request's place among the connection's streams, held until its
+    /// response ends (hand it to [`PooledBody::shared`]).
+    pub stream: StreamSlot,
+}
+
+/// One open stream of a shared HTTP/2 connection; counted until dropped.
+#[derive(Debug)]
+pub struct StreamSlot(Arc<AtomicUsize>);
+
+impl StreamSlot {
+    fn take(streams: &Arc<AtomicUsize>) -> Self {
+        streams.fetch_add(1, Ordering::Relaxed);
+        Self(streams.clone())
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Pool {
@@ -118,18 +151,21 @@ impl Pool {
         Ok(Conn { addr, sender, reused: false })
     }
 
-    /// The HTTP/2 connection to `addr`, opened if there is none, or it
-    /// closed, or it has no room for another stream now (long-lived gRPC
-    /// streams at the backend's stream limit do not hold up other
-    /// requests: they get a connection of their own, which later ones share).
+    /// The current HTTP/2 connection to `addr`; a new one if there is none,
+    /// it closed, or it carries [`H2_STREAMS_PER_CONNECTION`] streams (later
+    /// requests then share the new one, and the old one closes once its
+    /// streams end).
     pub async fn checkout_h2(&self, addr: SocketAddr, connect_timeout: Duration) -> Result<H2Conn, ConnectError> {
-        let open = lock(&self.h2).get(&addr).filter(|s| !s.is_closed()).cloned();
-        if let Some(mut sender) = open
-            && matches!(std::future::poll_fn(|cx| Poll::Ready(sender.poll_ready(cx))).await, Poll::Ready(Ok(())))
-        {
-            return Ok(H2Conn { sender, reused: true });
+        let open = {
+            let map = lock(&self.h2);
+            map.get(&addr)
+                .filter(|e| !e.sender.is_closed() && e.streams.load(Ordering::Relaxed) < H2_STREAMS_PER_CONNECTION)
+                .map(|e| (e.sender.clone(), StreamSlot::take(&e.streams)))
+        };
+        match open {
+            Some((sender, stream)) => Ok(H2Conn { sender, reused: true, stream }),
+            None => self.connect_h2(addr, connect_timeout).await,
         }
-        self.connect_h2(addr, connect_timeout).await
     }
 
     /// A new HTTP/2 connection to `addr`, which later requests share.
@@ -155,8 +191,10 @@ impl Pool {
             // every sender is gone.
             let _ = conn.await;
         });
-        lock(&self.h2).insert(addr, sender.clone());
-        Ok(H2Conn { sender, reused: false })
+        let streams = Arc::new(AtomicUsize::new(0));
+        let stream = StreamSlot::take(&streams);
+        lock(&self.h2).insert(addr, H2Entry { sender: sender.clone(), streams });
+        Ok(H2Conn { sender, reused: false, stream })
     }
 
     fn take_idle(&self, addr: SocketAddr) -> Option<SendRequest<Incoming>> {
@@ -190,7 +228,7 @@ impl Pool {
     /// Wraps a response body so that its connection returns to the pool
     /// once the body has been read to the end.
     pub fn recycle(self: &Arc<Self>, addr: SocketAddr, sender: SendRequest<Incoming>, body: Incoming) -> PooledBody {
-        PooledBody { inner: body, slot: Some((self.clone(), addr, sender)) }
+        PooledBody { inner: body, slot: Some((self.clone(), addr, sender)), _stream: None }
     }
 
     /// Forgets every idle connection to endpoints not in `keep`.
@@ -229,13 +267,14 @@ impl std::fmt::Debug for Conn {
 pub struct PooledBody {
     inner: Incoming,
     slot: Option<(Arc<Pool>, SocketAddr, SendRequest<Incoming>)>,
+    _stream: Option<StreamSlot>,
 }
 
 impl PooledBody {
-    /// Wraps a response body of a multiplexed connection (nothing to
-    /// return to the pool).
-    pub fn shared(body: Incoming) -> PooledBody {
-        PooledBody { inner: body, slot: None }
+    /// Wraps a response body of a shared HTTP/2 connection: nothing goes
+    /// back to the pool, and its stream counts until the body is done.
+    pub fn shared(body: Incoming, stream: StreamSlot) -> PooledBody {
+        PooledBody { inner: body, slot: None, _stream: Some(stream) }
     }
 
     /// Keeps the connection from the pool (its response switched protocols)
@@ -282,5 +321,79 @@ impl Drop for PooledBody {
         if self.inner.is_end_stream() {
             self.release();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::convert::Infallible;
+
+    use super::*;
+
+    /// An h2c server that accepts connections (counting them) and answers
+    /// every request with an empty 200.
+    async fn h2c_server() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::Relaxed);
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, Infallible>(http::Response::new(http_body_util::Empty::<Bytes>::new()))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc),
+                );
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// The server's count once its accept task has caught up.
+    async fn accepted_by(count: &AtomicUsize, want: usize) -> usize {
+        for _ in 0..100 {
+            if count.load(Ordering::Relaxed) >= want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        count.load(Ordering::Relaxed)
+    }
+
+    #[tokio::test]
+    async fn a_shared_h2_connection_carries_a_bounded_number_of_streams() {
+        let (addr, accepted) = h2c_server().await;
+        let pool = Pool::default();
+        let t = Duration::from_secs(2);
+        let mut held = Vec::new();
+        for i in 0..H2_STREAMS_PER_CONNECTION {
+            let c = pool.checkout_h2(addr, t).await.unwrap();
+            assert_eq!(c.reused, i > 0, "stream {i}");
+            held.push(c);
+        }
+        assert_eq!(accepted_by(&accepted, 1).await, 1);
+        // The first connection is full: the next request opens another,
+        // which later ones share.
+        let next = pool.checkout_h2(addr, t).await.unwrap();
+        assert!(!next.reused);
+        assert!(pool.checkout_h2(addr, t).await.unwrap().reused);
+        assert_eq!(accepted_by(&accepted, 2).await, 2);
+        // Streams that end free their places.
+        drop(held);
+        drop(next);
+        for _ in 0..H2_STREAMS_PER_CONNECTION {
+            held = vec![pool.checkout_h2(addr, t).await.unwrap()];
+            assert!(held[0].reused);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(accepted.load(Ordering::Relaxed), 2, "no connection beyond the second");
+        // An endpoint that leaves the routes loses its connection.
+        pool.retain(&|_| false);
+        assert!(!pool.checkout_h2(addr, t).await.unwrap().reused);
     }
 }

@@ -825,7 +825,10 @@ async fn forward_h2(
                 e.endpoint = Some(addr);
             }
             match conn.sender.try_send_request(req).await {
-                Ok(resp) => return Ok(resp.map(PooledBody::shared)),
+                Ok(resp) => {
+                    let stream = conn.stream;
+                    return Ok(resp.map(|body| PooledBody::shared(body, stream)));
+                }
                 Err(mut e) => match e.take_message() {
                     Some(r) if conn.reused => {
                         req = r;
