@@ -494,12 +494,14 @@ static __always_inline int decide_packet(struct __sk_buff *skb, __u8 dir, struct
 		struct zt_addr *opeer = orig_dir == ZT_DIR_EGRESS ? &orig.dst : &orig.src;
 		__u32 rule = 0, matched = 0;
 		int reason = decide(ep, orig_dir, opeer, &orig, &rule, &matched);
-		if (reason == ZT_REASON_DENIED) {
+		if (reason == ZT_REASON_DENIED && !(cfg && cfg->audit)) {
 			bpf_map_delete_elem(&zt_ct, &k);
 			emit(ep->endpoint, orig_dir, &orig, ZT_REASON_REVOKED, 0, 0);
 			count(dir, 0, skb->len);
 			return TC_ACT_SHOT;
 		}
+		if (reason == ZT_REASON_DENIED)
+			emit(ep->endpoint, orig_dir, &orig, ZT_REASON_AUDIT, rule, matched);
 		ct->epoch = epoch;
 		ct->rule = rule;
 		ct->last_seen_ns = now;
@@ -511,6 +513,8 @@ static __always_inline int decide_packet(struct __sk_buff *skb, __u8 dir, struct
 	struct zt_addr *peer = dir == ZT_DIR_EGRESS ? &f.dst : &f.src;
 	__u32 rule = 0, matched = 0;
 	int reason = decide(ep, dir, peer, &f, &rule, &matched);
+	if (reason == ZT_REASON_DENIED && cfg && cfg->audit)
+		reason = ZT_REASON_AUDIT;
 	int allowed = reason != ZT_REASON_DENIED;
 	emit(ep->endpoint, dir, &f, reason, rule, matched);
 	count(dir, allowed, skb->len);

@@ -171,7 +171,9 @@ struct zt_config {
 	__be16 proxy_port;
 	__u16 pad;
 	__u32 redirect_mark;
-	__u32 pad2;
+	/* Non-zero: policy audit mode. A flow policy denies is let through
+	 * and reported with reason ZT_REASON_AUDIT instead of dropped. */
+	__u32 audit;
 };
 
 /*
@@ -220,6 +222,7 @@ enum zt_reason {
 	ZT_REASON_TRACKED = 8,
 	ZT_REASON_REVOKED = 9,
 	ZT_REASON_NO_PROXY = 10,
+	ZT_REASON_AUDIT = 11, /* denied by policy, let through in audit mode */
 };
 
 _Static_assert(sizeof(struct zt_addr) == 20, "zt_addr layout");

@@ -167,9 +167,13 @@ pub struct ZtConfig {
     pub pad: u16,
     /// Mark set on steered packets (routed to the local stack).
     pub redirect_mark: u32,
-    /// Zero.
-    pub pad2: u32,
+    /// Non-zero: policy audit mode (denials are reported with
+    /// [`REASON_AUDIT`] and let through).
+    pub audit: u32,
 }
+
+/// `ZT_REASON_AUDIT`: a flow policy denies, let through in audit mode.
+pub const REASON_AUDIT: u8 = 11;
 
 /// `struct zt_event`, as read from the ring buffer.
 #[repr(C)]
@@ -330,7 +334,7 @@ pub fn layouts() -> Vec<Layout> {
                 proxy_port,
                 pad,
                 redirect_mark,
-                pad2
+                audit
             ),
         ),
     ]

@@ -44,9 +44,13 @@ impl Drop for Agent {
 }
 
 fn start_agent(ns: &str, dir: &Path, node: &str, log: &Path, pins: Option<&Path>) -> Agent {
+    start_agent_with(ns, dir, node, log, pins, &[])
+}
+
+fn start_agent_with(ns: &str, dir: &Path, node: &str, log: &Path, pins: Option<&Path>, extra: &[&str]) -> Agent {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns]).arg(ztunnel_bin()).args(["run", "--local"]).arg(dir);
-    cmd.args(["--node", node, "--poll-ms", "100", "--flow-log"]).arg(log);
+    cmd.args(["--node", node, "--poll-ms", "100", "--flow-log"]).arg(log).args(extra);
     match pins {
         Some(p) => cmd.arg("--bpffs").arg(p),
         None => cmd.arg("--no-pin"),
@@ -452,4 +456,89 @@ fn a_new_pod_selected_by_a_policy_is_isolated_from_its_first_packet() {
     let flows = fs::read_to_string(&logs[1]).unwrap_or_default();
     let first = flows.lines().find(|l| l.contains(&new_ip.to_string())).unwrap_or_default().to_string();
     assert!(first.contains("\"verdict\":\"denied\""), "first flow of the new pod: {first}\n{flows}");
+}
+
+#[test]
+fn policy_audit_mode_reports_denials_and_restarting_without_it_enforces() {
+    if !require_root("policy_audit_mode_reports_denials_and_restarting_without_it_enforces") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = workload_dir(dir.path());
+    for f in ["01-default-deny.yaml", "02-allow-dns.yaml", "03-bookstore.yaml"] {
+        copy(&examples().join("policies").join(f), &manifests.join(f));
+    }
+    let bpffs = BpfFs::mount(&dir.path().join("bpf"));
+    let nodes = ["node-1", "node-2"];
+    let mut tb = Testbed::new(&nodes).unwrap();
+    tb.add_pod("default/apiserver", 0, Ipv4Addr::new(10, 244, 1, 10)).unwrap();
+    tb.add_pod("default/frontend", 1, Ipv4Addr::new(10, 244, 2, 10)).unwrap();
+    tb.add_pod("default/test", 1, Ipv4Addr::new(10, 244, 2, 12)).unwrap();
+    for p in &tb.pods {
+        probe::serve(&p.ns, &[80], &[]).unwrap();
+    }
+    let logs: Vec<PathBuf> = nodes.iter().map(|n| dir.path().join(format!("{n}.flows.jsonl"))).collect();
+    let start = |tb: &Testbed, extra: &[&str]| -> Vec<Agent> {
+        nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                start_agent_with(tb.nodes[i].ns.name(), &manifests, n, &logs[i], Some(&bpffs.0.join(n)), extra)
+            })
+            .collect()
+    };
+    let api = SocketAddr::from((Ipv4Addr::new(10, 244, 1, 10), 80));
+    let test_ns = tb.pod("default/test").unwrap().ns.name().to_string();
+    let front_ns = tb.pod("default/frontend").unwrap().ns.name().to_string();
+
+    // Audit mode: what the policies deny still connects, and is reported.
+    let agents = start(&tb, &["--policy-audit"]);
+    assert!(wait_for(&logs, "attached", 3), "agents did not attach");
+    assert!(probe::tcp(&test_ns, api), "audit mode: default/test -> apiserver must pass");
+    assert!(probe::tcp(&front_ns, api), "the frontend is allowed anyway");
+    let audited = || {
+        logs.iter()
+            .flat_map(|l| fs::read_to_string(l).unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>())
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+            .filter(|v| v["verdict"] == "audit" && v["reason"] == "audit")
+            .map(|v| (v["src"].as_str().unwrap_or("").to_string(), v["pod"].as_str().unwrap_or("").to_string()))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        until(Duration::from_secs(3), true, || audited().iter().any(|(src, _)| src.starts_with("10.244.2.12:")))
+            .is_some(),
+        "no audit record of default/test's connection: {:?}",
+        audited()
+    );
+    assert!(!audited().iter().any(|(src, _)| src.starts_with("10.244.2.10:")), "an allowed flow was audited");
+
+    // A connection let through by audit mode, held across the restart.
+    let (tx, rx) = std::sync::mpsc::channel::<u8>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<bool>();
+    let long = testbed::netns::run_in(&test_ns, move || {
+        std::thread::spawn(move || {
+            let mut s = TcpStream::connect_timeout(&api, Duration::from_secs(1)).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+            let mut buf = [0u8; 1];
+            for b in rx {
+                let ok = s.write_all(&[b]).is_ok() && s.read_exact(&mut buf).is_ok();
+                done_tx.send(ok).unwrap();
+            }
+        })
+    })
+    .unwrap();
+    tx.send(b'a').unwrap();
+    assert!(done_rx.recv().unwrap(), "the held connection works in audit mode");
+
+    // Restarted without audit mode: enforced again, the held connection too.
+    drop(agents);
+    let agents = start(&tb, &[]);
+    assert!(wait_for(&logs, "re-adopted", 3), "restarted agents did not re-adopt");
+    assert!(!probe::tcp(&test_ns, api), "enforcing again: default/test must be denied");
+    assert!(probe::tcp(&front_ns, api), "the frontend keeps access");
+    tx.send(b'b').unwrap();
+    assert!(!done_rx.recv().unwrap(), "the connection audit mode let through must be cut");
+    drop(tx);
+    long.join().unwrap();
+    drop(agents);
 }

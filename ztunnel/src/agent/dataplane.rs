@@ -50,6 +50,8 @@ pub struct Dataplane {
     links_dir: Option<PathBuf>,
     epoch: u32,
     pruned: bool,
+    /// Policy audit mode.
+    audit: bool,
 }
 
 /// The bpffs magic number (`BPF_FS_MAGIC`).
@@ -80,8 +82,14 @@ pub struct Steering {
     pub mark: u32,
 }
 
-fn config(epoch: u32, steering: Option<Steering>) -> ZtConfig {
-    let mut c = ZtConfig { epoch, tcp_idle_ns: TCP_IDLE_NS, other_idle_ns: OTHER_IDLE_NS, ..ZtConfig::default() };
+fn config(epoch: u32, steering: Option<Steering>, audit: bool) -> ZtConfig {
+    let mut c = ZtConfig {
+        epoch,
+        tcp_idle_ns: TCP_IDLE_NS,
+        other_idle_ns: OTHER_IDLE_NS,
+        audit: u32::from(audit),
+        ..ZtConfig::default()
+    };
     if let Some(s) = steering {
         c.mesh = 1;
         c.proxy_addr4 = u32::from_ne_bytes(s.listener.ip().octets());
@@ -96,7 +104,11 @@ impl Dataplane {
     /// `pin_dir`, maps and links are pinned there and whatever a previous
     /// agent pinned is re-adopted; returns the largest numbers already in
     /// use so the compiler can number above them.
-    pub fn load(pin_dir: Option<&Path>) -> anyhow::Result<(Self, Numbers)> {
+    ///
+    /// `audit`: policy audit mode (denied flows are reported and let
+    /// through). The epoch moves on at every load, so flows a predecessor
+    /// let through in audit mode are decided again under this agent's mode.
+    pub fn load(pin_dir: Option<&Path>, audit: bool) -> anyhow::Result<(Self, Numbers)> {
         let (maps_dir, links_dir) = match pin_dir {
             Some(d) => {
                 ensure_bpffs(d)?;
@@ -132,7 +144,7 @@ impl Dataplane {
         // Steering stays as the predecessor left it until this agent's
         // proxy is up (`set_steering`): pod TCP keeps failing closed, never
         // passes unencrypted, while the agent restarts.
-        let mut initial = config(epoch, None);
+        let mut initial = config(epoch, None, audit);
         if let Some(p) = previous {
             (initial.mesh, initial.proxy_addr4, initial.proxy_port, initial.redirect_mark) =
                 (p.mesh, p.proxy_addr4, p.proxy_port, p.redirect_mark);
@@ -165,6 +177,7 @@ impl Dataplane {
             epoch,
             pruned: false,
             steering,
+            audit,
         };
         Ok((dp, numbers))
     }
@@ -180,14 +193,14 @@ impl Dataplane {
     /// Makes every tracked flow re-check its verdict on its next packet.
     pub fn bump_epoch(&mut self) -> anyhow::Result<()> {
         self.epoch = self.epoch.wrapping_add(1);
-        self.config.set(0, config(self.epoch, self.steering), 0)?;
+        self.config.set(0, config(self.epoch, self.steering, self.audit), 0)?;
         Ok(())
     }
 
     /// Turns steering into the proxy on (or off).
     pub fn set_steering(&mut self, steering: Option<Steering>) -> anyhow::Result<()> {
         self.steering = steering;
-        self.config.set(0, config(self.epoch, steering), 0)?;
+        self.config.set(0, config(self.epoch, steering, self.audit), 0)?;
         Ok(())
     }
 

@@ -107,6 +107,7 @@ fn reason(r: u8) -> &'static str {
         8 => "tracked",
         9 => "revoked",
         10 => "no-proxy",
+        11 => "audit",
         _ => "unknown",
     }
 }
@@ -144,7 +145,12 @@ pub fn record<'a>(e: &ZtEvent, tables: &'a Tables) -> Record<'a> {
     let rule = (e.rule != 0).then(|| tables.rules.get(&e.rule)).flatten();
     Record {
         time: Rfc3339::now(),
-        verdict: if e.allowed == 1 { "allowed" } else { "denied" },
+        // Audit mode: policy denies the flow, the datapath let it through.
+        verdict: match (e.allowed, e.reason) {
+            (_, zt_ebpf::maps::REASON_AUDIT) => "audit",
+            (1, _) => "allowed",
+            _ => "denied",
+        },
         reason: reason(e.reason),
         direction: if e.direction == 0 { "ingress" } else { "egress" },
         pod: tables.endpoints.get(&e.endpoint).map(|x| &x.pod),
@@ -210,6 +216,10 @@ mod tests {
         assert!(r.policy.is_none() && r.pod.is_none());
         let time = r.time.to_string();
         assert!(time.ends_with('Z') && time.len() == 24, "{time}");
+        // Audit mode: let through, reported as what policy would have done.
+        let audit = ZtEvent { allowed: 1, reason: zt_ebpf::maps::REASON_AUDIT, ..e };
+        let r = record(&audit, &tables);
+        assert_eq!((r.verdict, r.reason), ("audit", "audit"));
     }
 
     /// The JSON line: IPv6 endpoints bracketed, no ports for a protocol

@@ -48,6 +48,8 @@ pub struct MeshConfig {
     /// core (lowest latency; on the 2-core benchmark machine also the most
     /// throughput); raise it on nodes with cores to spare.
     pub threads: usize,
+    /// Policy audit mode (see `InboundConfig::policy_audit`).
+    pub policy_audit: bool,
 }
 
 /// Mark on steered packets, and the routing table that delivers them locally.
@@ -214,6 +216,7 @@ impl Mesh {
                 transparent: cfg.transparent,
                 connect_timeout: Duration::from_secs(5),
                 handshake_timeout: Duration::from_secs(10),
+                policy_audit: cfg.policy_audit,
             },
             metrics.clone(),
             shutdown_rx.clone(),

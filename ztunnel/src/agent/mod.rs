@@ -48,6 +48,9 @@ pub struct Config {
     /// The mTLS side (CA connection, HBONE listener); `None` runs policy
     /// enforcement only.
     pub mesh: Option<mesh::MeshConfig>,
+    /// Policy audit mode: flows NetworkPolicy denies are reported (flow
+    /// log verdict `audit`) and let through, for rolling out policies.
+    pub policy_audit: bool,
 }
 
 impl Config {
@@ -92,7 +95,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         tracing::info!(%bound, "admin endpoint listening");
     }
     let mut last_counters = [(0u64, 0u64); 4];
-    let (mut dp, numbers) = Dataplane::load(cfg.pin_dir.as_deref())?;
+    if cfg.policy_audit {
+        tracing::warn!("policy audit mode: NetworkPolicy denials are reported, not enforced");
+    }
+    let (mut dp, numbers) = Dataplane::load(cfg.pin_dir.as_deref(), cfg.policy_audit)?;
     // The counter lives in the (pinned) maps across agents: count from here.
     let mut last_lost = dp.events_lost();
     let mut compiler = Compiler::new(Scope::Node(cfg.node.clone()));

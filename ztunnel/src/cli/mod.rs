@@ -340,6 +340,12 @@ pub struct RunArgs {
     /// Do not pin: programs are detached when the agent exits.
     #[arg(long, conflicts_with = "bpffs")]
     pub no_pin: bool,
+    /// Policy audit mode, for rolling out NetworkPolicy: flows a policy
+    /// denies are let through and reported (flow log verdict `audit`,
+    /// `ztunnel_flows_total{verdict="audit"}`). Restarting without it
+    /// enforces again, cutting the flows it let through.
+    #[arg(long, env = "ZTUNNEL_POLICY_AUDIT")]
+    pub policy_audit: bool,
     /// Admin endpoint address (`/ready`, `/metrics`).
     #[arg(long, default_value = "127.0.0.1:15021", env = "ZTUNNEL_ADMIN")]
     pub admin: std::net::SocketAddr,
@@ -453,9 +459,11 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                         transparent: args.transparent,
                         capture: (!args.no_capture).then_some(args.capture),
                         threads: args.proxy_threads,
+                        policy_audit: args.policy_audit,
                     }),
                     _ => None,
                 },
+                policy_audit: args.policy_audit,
             })?;
             Ok(std::process::ExitCode::SUCCESS)
         }

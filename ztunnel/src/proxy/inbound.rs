@@ -98,6 +98,9 @@ pub struct InboundConfig {
     pub connect_timeout: Duration,
     /// Timeout for the TLS handshake.
     pub handshake_timeout: Duration,
+    /// Policy audit mode: a tunnel the destination's ingress policy denies
+    /// is logged and counted, and let through. Identity checks still apply.
+    pub policy_audit: bool,
 }
 
 /// What the inbound side does when a tunnel's copy ends.
@@ -392,6 +395,11 @@ impl Inbound {
         }
         // 4. Ingress policy with the verified source.
         if let Err(why) = self.workloads.ingress(src.ip(), dst.ip(), dst.port()) {
+            if self.config.policy_audit {
+                warn!(%src, %dst, peer_identity = %peer, reason = "policy", policy = %why, target = %target.name, "would be denied by NetworkPolicy; let through (policy audit mode)");
+                self.metrics.policy_audits.inc();
+                return Ok((src, dst));
+            }
             warn!(%src, %dst, peer_identity = %peer, reason = "policy", policy = %why, target = %target.name, "denied by NetworkPolicy");
             self.metrics.fail("policy");
             return Err(StatusCode::FORBIDDEN);

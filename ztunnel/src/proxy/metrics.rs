@@ -57,6 +57,8 @@ pub struct ProxyMetrics {
     /// HBONE connections currently open: `outbound` are the pooled client
     /// connections, `inbound` those accepted on the HBONE listener.
     pub hbone_connections: Family<DirectionLabels, Gauge>,
+    /// Tunnels NetworkPolicy denies, let through in policy audit mode.
+    pub policy_audits: Counter,
 }
 
 /// Labels of [`ProxyMetrics::hbone_connections`].
@@ -94,6 +96,11 @@ impl ProxyMetrics {
             "hbone_connections",
             "HBONE connections open (outbound: pooled client connections; inbound: accepted)",
             self.hbone_connections.clone(),
+        );
+        r.register(
+            "tunnel_policy_audits",
+            "Tunnels NetworkPolicy denies, let through in policy audit mode",
+            self.policy_audits.clone(),
         );
     }
 

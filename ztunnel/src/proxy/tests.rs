@@ -126,6 +126,10 @@ struct Mesh {
 }
 
 async fn mesh() -> Mesh {
+    mesh_with(false).await
+}
+
+async fn mesh_with(policy_audit: bool) -> Mesh {
     let pki = Pki::new("cluster.local");
     let (frontend, db) = (pki.id("default", "bookstore"), pki.id("default", "db"));
     let (a, b) = (Arc::new(SecretCache::new()), Arc::new(SecretCache::new()));
@@ -140,6 +144,7 @@ async fn mesh() -> Mesh {
         transparent: false,
         connect_timeout: Duration::from_secs(2),
         handshake_timeout: Duration::from_secs(2),
+        policy_audit,
     };
     let metrics = Arc::new(super::metrics::ProxyMetrics::default());
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -509,4 +514,34 @@ async fn renewal_and_bundle_change_take_effect_on_new_handshakes_only() {
     let mut t = out.connect(&m.frontend, src(101), &m.db, pod, m.proxy_b).await.unwrap();
     assert_eq!(roundtrip(&mut t, b"after").await, b"after");
     assert_eq!(roundtrip(&mut long, b"still").await, b"still");
+}
+
+#[tokio::test]
+async fn policy_audit_mode_lets_policy_denials_through_but_not_identity_failures() {
+    let m = mesh_with(true).await;
+    // An echo pod on an even port, which the test policy denies (the
+    // kernel picks odd ports for `bind` to port 0, so one is named).
+    let mut port = 20_000u16;
+    let l = loop {
+        match tokio::net::TcpListener::bind(("127.0.0.11", port)).await {
+            Ok(l) => break l,
+            Err(_) => port += 2,
+        }
+    };
+    let pod = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let mut t = m.out.connect(&m.frontend, src(2), &m.db, pod, m.proxy_b).await.unwrap();
+    assert_eq!(roundtrip(&mut t, b"audited").await, b"audited");
+    assert_eq!(m.metrics_b.policy_audits.get(), 1);
+    assert_eq!(m.metrics_b.tunnel_failures.get_or_create(&super::metrics::ReasonLabels { reason: "policy" }).get(), 0);
+    // A certificate that does not own the source address is still refused.
+    let r = m.out.connect(&m.frontend, SocketAddr::new(ip("127.0.0.12"), 1), &m.db, pod, m.proxy_b).await;
+    assert!(matches!(r, Err(OutboundError::Refused(s)) if s == 403), "{r:?}");
 }
