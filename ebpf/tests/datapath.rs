@@ -204,3 +204,39 @@ fn conntrack_passes_replies_and_policy_changes_revoke_flows() {
     let evs = events(&mut dp);
     assert!(evs.iter().any(|e| e.reason == 9 && e.allowed == 0), "revocation is reported: {evs:?}");
 }
+
+#[test]
+fn audit_mode_passes_and_reports_what_policy_denies_until_it_is_turned_off() {
+    if !privileged("audit_mode_passes_and_reports_what_policy_denies_until_it_is_turned_off") {
+        return;
+    }
+    let (_compiler, mut dp, db) = at_db();
+    let set_config = |dp: &mut Datapath, c: maps::ZtConfig| {
+        let mut cfg: aya::maps::Array<_, maps::ZtConfig> =
+            aya::maps::Array::try_from(dp.bpf.map_mut(zt_ebpf::map_names::CONFIG).unwrap()).unwrap();
+        cfg.set(0, c, 0).unwrap();
+    };
+    // db may not open connections to the frontend (egress default-deny).
+    let syn = tcp("10.244.1.11", 41000, "10.244.2.10", 80, 0x02);
+    let ack = tcp("10.244.1.11", 41000, "10.244.2.10", 80, 0x10);
+    dp.clear_ct();
+    assert_eq!(dp.test_run(Direction::Egress, &syn), TC_ACT_SHOT, "enforcing: denied");
+    let evs = events(&mut dp);
+    assert!(evs.iter().any(|e| e.reason == 0 && e.allowed == 0), "the denial is reported: {evs:?}");
+
+    set_config(&mut dp, maps::ZtConfig { epoch: 1, audit: 1, ..Default::default() });
+    assert_eq!(dp.test_run(Direction::Egress, &syn), TC_ACT_OK, "audit mode: let through");
+    assert_eq!(dp.test_run(Direction::Egress, &ack), TC_ACT_OK, "and tracked");
+    let evs = events(&mut dp);
+    let audited: Vec<_> = evs.iter().filter(|e| e.reason == maps::REASON_AUDIT).collect();
+    assert_eq!(audited.len(), 1, "one audit event for the new flow, none per packet: {evs:?}");
+    assert!(audited[0].endpoint == db && audited[0].direction == 1 && audited[0].allowed == 1, "{evs:?}");
+    assert!(!evs.iter().any(|e| e.allowed == 0), "nothing dropped in audit mode: {evs:?}");
+
+    // Audit off with a new epoch (what an agent restarted without the flag
+    // does): the tracked flow is decided again and cut.
+    set_config(&mut dp, maps::ZtConfig { epoch: 2, audit: 0, ..Default::default() });
+    assert_eq!(dp.test_run(Direction::Egress, &ack), TC_ACT_SHOT, "enforcing again: the audited flow is cut");
+    let evs = events(&mut dp);
+    assert!(evs.iter().any(|e| e.reason == 9 && e.allowed == 0), "revocation is reported: {evs:?}");
+}
