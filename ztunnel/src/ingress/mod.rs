@@ -15,6 +15,7 @@
 
 pub mod accesslog;
 pub mod certs;
+mod io;
 pub mod metrics;
 pub mod model;
 pub mod pool;

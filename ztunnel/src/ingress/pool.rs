@@ -133,12 +133,7 @@ impl Pool {
 
     /// A new connection to `addr`.
     pub async fn connect(&self, addr: SocketAddr, connect_timeout: Duration) -> Result<Conn, ConnectError> {
-        let tcp = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
-            Err(_) => return Err(ConnectError::Timeout { addr }),
-        };
-        let _ = tcp.set_nodelay(true);
+        let tcp = tcp_connect(addr, connect_timeout).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(tcp))
             .await
@@ -170,12 +165,7 @@ impl Pool {
 
     /// A new HTTP/2 connection to `addr`, which later requests share.
     pub async fn connect_h2(&self, addr: SocketAddr, connect_timeout: Duration) -> Result<H2Conn, ConnectError> {
-        let tcp = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
-            Err(_) => return Err(ConnectError::Timeout { addr }),
-        };
-        let _ = tcp.set_nodelay(true);
+        let tcp = tcp_connect(addr, connect_timeout).await?;
         let handshake = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(30)))
@@ -241,6 +231,17 @@ impl Pool {
         drop(idle);
         lock(&self.h2).retain(|a, _| keep(a));
     }
+}
+
+/// A TCP connection to a backend endpoint, `TCP_NODELAY` set.
+async fn tcp_connect(addr: SocketAddr, connect_timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let tcp = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
+        Err(_) => return Err(ConnectError::Timeout { addr }),
+    };
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
