@@ -287,17 +287,23 @@ fn wait_for(logs: &[PathBuf], needle: &str, count: usize) -> bool {
     .is_some()
 }
 
-#[test]
-fn enforcement_survives_agent_kill_and_restart() {
-    if !require_root("enforcement_survives_agent_kill_and_restart") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let manifests = workload_dir(dir.path());
+/// Two nodes with the API server (node-1), the frontend and `default/test`
+/// (node-2), all serving TCP 80, the default-deny, DNS and bookstore
+/// policies, and a bpffs for pins: the state of the restart tests.
+struct Pinned {
+    manifests: PathBuf,
+    bpffs: BpfFs,
+    tb: Testbed,
+    nodes: [&'static str; 2],
+    logs: Vec<PathBuf>,
+}
+
+fn pinned_bookstore(dir: &Path) -> Pinned {
+    let manifests = workload_dir(dir);
     for f in ["01-default-deny.yaml", "02-allow-dns.yaml", "03-bookstore.yaml"] {
         copy(&examples().join("policies").join(f), &manifests.join(f));
     }
-    let bpffs = BpfFs::mount(&dir.path().join("bpf"));
+    let bpffs = BpfFs::mount(&dir.join("bpf"));
     let nodes = ["node-1", "node-2"];
     let mut tb = Testbed::new(&nodes).unwrap();
     tb.add_pod("default/apiserver", 0, Ipv4Addr::new(10, 244, 1, 10)).unwrap();
@@ -306,7 +312,17 @@ fn enforcement_survives_agent_kill_and_restart() {
     for p in &tb.pods {
         probe::serve(&p.ns, &[80], &[]).unwrap();
     }
-    let logs: Vec<PathBuf> = nodes.iter().map(|n| dir.path().join(format!("{n}.flows.jsonl"))).collect();
+    let logs = nodes.iter().map(|n| dir.join(format!("{n}.flows.jsonl"))).collect();
+    Pinned { manifests, bpffs, tb, nodes, logs }
+}
+
+#[test]
+fn enforcement_survives_agent_kill_and_restart() {
+    if !require_root("enforcement_survives_agent_kill_and_restart") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Pinned { manifests, bpffs, tb, nodes, logs } = pinned_bookstore(dir.path());
     let start = |tb: &Testbed| -> Vec<Agent> {
         nodes
             .iter()
@@ -464,20 +480,7 @@ fn policy_audit_mode_reports_denials_and_restarting_without_it_enforces() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let manifests = workload_dir(dir.path());
-    for f in ["01-default-deny.yaml", "02-allow-dns.yaml", "03-bookstore.yaml"] {
-        copy(&examples().join("policies").join(f), &manifests.join(f));
-    }
-    let bpffs = BpfFs::mount(&dir.path().join("bpf"));
-    let nodes = ["node-1", "node-2"];
-    let mut tb = Testbed::new(&nodes).unwrap();
-    tb.add_pod("default/apiserver", 0, Ipv4Addr::new(10, 244, 1, 10)).unwrap();
-    tb.add_pod("default/frontend", 1, Ipv4Addr::new(10, 244, 2, 10)).unwrap();
-    tb.add_pod("default/test", 1, Ipv4Addr::new(10, 244, 2, 12)).unwrap();
-    for p in &tb.pods {
-        probe::serve(&p.ns, &[80], &[]).unwrap();
-    }
-    let logs: Vec<PathBuf> = nodes.iter().map(|n| dir.path().join(format!("{n}.flows.jsonl"))).collect();
+    let Pinned { manifests, bpffs, tb, nodes, logs } = pinned_bookstore(dir.path());
     let start = |tb: &Testbed, extra: &[&str]| -> Vec<Agent> {
         nodes
             .iter()
