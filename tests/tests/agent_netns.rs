@@ -497,6 +497,8 @@ fn policy_audit_mode_reports_denials_and_restarting_without_it_enforces() {
     // Audit mode: what the policies deny still connects, and is reported.
     let agents = start(&tb, &["--policy-audit"]);
     assert!(wait_for(&logs, "attached", 3), "agents did not attach");
+    let audit_gauge = |tb: &Testbed| testbed::cluster::admin_get(tb.nodes[0].ns.name(), 15021, "/metrics");
+    assert!(audit_gauge(&tb).contains("ztunnel_policy_audit_mode 1"), "{}", audit_gauge(&tb));
     assert!(probe::tcp(&test_ns, api), "audit mode: default/test -> apiserver must pass");
     assert!(probe::tcp(&front_ns, api), "the frontend is allowed anyway");
     let audited = || {
@@ -538,6 +540,7 @@ fn policy_audit_mode_reports_denials_and_restarting_without_it_enforces() {
     let agents = start(&tb, &[]);
     assert!(wait_for(&logs, "re-adopted", 3), "restarted agents did not re-adopt");
     assert!(!probe::tcp(&test_ns, api), "enforcing again: default/test must be denied");
+    assert!(audit_gauge(&tb).contains("ztunnel_policy_audit_mode 0"), "{}", audit_gauge(&tb));
     assert!(probe::tcp(&front_ns, api), "the frontend keeps access");
     tx.send(b'b').unwrap();
     assert!(!done_rx.recv().unwrap(), "the connection audit mode let through must be cut");

@@ -57,6 +57,8 @@ pub struct Metrics {
     pub rejected_objects: Counter,
     /// Pods with classifiers attached.
     pub attached_pods: Gauge,
+    /// 1 while the agent runs in policy audit mode.
+    pub policy_audit: Gauge,
 }
 
 impl Metrics {
@@ -75,6 +77,11 @@ impl Metrics {
         r.register("map_sync_errors", "Failed map writes (affected traffic is denied)", self.sync_errors.clone());
         r.register("rejected_objects", "Manifests rejected as invalid", self.rejected_objects.clone());
         r.register("attached_pods", "Pods with classifiers attached", self.attached_pods.clone());
+        r.register(
+            "policy_audit_mode",
+            "1 while NetworkPolicy denials are reported, not enforced (--policy-audit)",
+            self.policy_audit.clone(),
+        );
     }
 }
 

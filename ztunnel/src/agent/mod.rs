@@ -81,6 +81,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let mut flowlog = FlowLog::new(out);
     let metrics = Arc::new(Metrics::default());
+    metrics.policy_audit.set(i64::from(cfg.policy_audit));
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
     let state = Arc::new(admin::State {
