@@ -244,6 +244,69 @@ async fn tcp_connect(addr: SocketAddr, connect_timeout: Duration) -> Result<TcpS
     Ok(tcp)
 }
 
+/// A connection checked out for one request, of either protocol.
+#[derive(Debug)]
+pub enum Checkout {
+    /// An HTTP/1.1 connection (back to the pool at the response's end).
+    H1(Conn),
+    /// A stream of a shared HTTP/2 connection.
+    H2(H2Conn),
+}
+
+/// A request that could not be sent, handed back when it was never written.
+pub type SendError = hyper::client::conn::TrySendError<http::Request<Incoming>>;
+
+impl Pool {
+    /// A connection to `addr` for one request: HTTP/2 (`h2`) or HTTP/1.1,
+    /// a new one (`fresh`) or the pool's.
+    pub async fn get(
+        &self,
+        h2: bool,
+        fresh: bool,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<Checkout, ConnectError> {
+        Ok(match (h2, fresh) {
+            (false, false) => Checkout::H1(self.checkout(addr, connect_timeout).await?),
+            (false, true) => Checkout::H1(self.connect(addr, connect_timeout).await?),
+            (true, false) => Checkout::H2(self.checkout_h2(addr, connect_timeout).await?),
+            (true, true) => Checkout::H2(self.connect_h2(addr, connect_timeout).await?),
+        })
+    }
+}
+
+impl Checkout {
+    /// Whether the connection was open before (the backend may have closed
+    /// it meanwhile).
+    pub fn reused(&self) -> bool {
+        match self {
+            Checkout::H1(c) => c.reused,
+            Checkout::H2(c) => c.reused,
+        }
+    }
+
+    /// Sends `req`; the response's body keeps the connection's place (an
+    /// HTTP/1.1 connection returns to `pool` at its end, an HTTP/2 stream
+    /// is counted until then).
+    pub async fn send(
+        self,
+        pool: &Arc<Pool>,
+        req: http::Request<Incoming>,
+    ) -> Result<http::Response<PooledBody>, SendError> {
+        match self {
+            Checkout::H1(mut c) => {
+                let (parts, body) = c.sender.try_send_request(req).await?.into_parts();
+                Ok(http::Response::from_parts(parts, pool.recycle(c.addr, c.sender, body)))
+            }
+            Checkout::H2(mut c) => {
+                let resp = c.sender.try_send_request(req).await?;
+                let stream = c.stream;
+                Ok(resp.map(|body| PooledBody::shared(body, stream)))
+            }
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,

@@ -725,27 +725,22 @@ fn switch(
 /// Sends the request to the target's endpoints in turn until one accepts
 /// the connection. A request that was not written (connect failure, or a
 /// pooled connection the backend had closed) moves on untouched; one that
-/// was written and failed is a 502, never replayed.
+/// was written and failed is a 502, never replayed. An h2c backend gets the
+/// request as HTTP/2 on the endpoint's shared connection, by the same rule.
 async fn forward(
     shared: &Arc<Shared>,
     pool: &Arc<Pool>,
     target: &super::routes::Target,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     entry: &mut Option<Entry>,
 ) -> Result<Response<PooledBody>, StatusCode> {
-    if target.protocol == BackendProtocol::H2c {
-        return forward_h2(shared, pool, target, req, entry).await;
-    }
+    let h2 = target.protocol == BackendProtocol::H2c;
+    let mut req = if h2 { as_http2(req)? } else { req };
     for addr in target.attempt_order() {
         // At most one retry on a fresh connection when a pooled one had
         // been closed under us.
         for fresh in [false, true] {
-            let conn = if fresh {
-                pool.connect(addr, shared.limits.connect_timeout).await
-            } else {
-                pool.checkout(addr, shared.limits.connect_timeout).await
-            };
-            let mut conn = match conn {
+            let conn = match pool.get(h2, fresh, addr, shared.limits.connect_timeout).await {
                 Ok(c) => c,
                 Err(e) => {
                     shared.metrics.backend_connect_failures.inc();
@@ -756,13 +751,11 @@ async fn forward(
             if let Some(e) = entry.as_mut() {
                 e.endpoint = Some(addr);
             }
-            match conn.sender.try_send_request(req).await {
-                Ok(resp) => {
-                    let (parts, body) = resp.into_parts();
-                    return Ok(Response::from_parts(parts, pool.recycle(addr, conn.sender, body)));
-                }
+            let reused = conn.reused();
+            match conn.send(pool, req).await {
+                Ok(resp) => return Ok(resp),
                 Err(mut e) => match e.take_message() {
-                    Some(r) if conn.reused => {
+                    Some(r) if reused => {
                         req = r;
                         continue; // stale pooled connection: once more, fresh
                     }
@@ -781,18 +774,9 @@ async fn forward(
     Err(StatusCode::SERVICE_UNAVAILABLE)
 }
 
-/// [`forward`] to an h2c backend: the request goes out as HTTP/2 on the
-/// endpoint's shared connection, with the same endpoint order and the same
-/// rule (a request that was not sent moves on, one that was is never
-/// replayed).
-async fn forward_h2(
-    shared: &Arc<Shared>,
-    pool: &Arc<Pool>,
-    target: &super::routes::Target,
-    req: Request<Incoming>,
-    entry: &mut Option<Entry>,
-) -> Result<Response<PooledBody>, StatusCode> {
-    // HTTP/2 carries the host in `:authority`, taken from an absolute URI.
+/// The request as HTTP/2 sends it: the host in `:authority`, taken from an
+/// absolute URI, instead of a `Host` header.
+fn as_http2(req: Request<Incoming>) -> Result<Request<Incoming>, StatusCode> {
     let (mut parts, body) = req.into_parts();
     let host = parts.headers.remove(header::HOST);
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -802,48 +786,7 @@ async fn forward_h2(
         .and_then(|h| Uri::builder().scheme("http").authority(h).path_and_query(path).build().ok())
         .ok_or(StatusCode::BAD_REQUEST)?;
     parts.version = Version::HTTP_2;
-    let mut req = Request::from_parts(parts, body);
-    for addr in target.attempt_order() {
-        for fresh in [false, true] {
-            let conn = if fresh {
-                pool.connect_h2(addr, shared.limits.connect_timeout).await
-            } else {
-                pool.checkout_h2(addr, shared.limits.connect_timeout).await
-            };
-            let mut conn = match conn {
-                Ok(c) => c,
-                Err(e) => {
-                    shared.metrics.backend_connect_failures.inc();
-                    debug!(endpoint = %addr, error = %e, "backend connect failed; trying the next endpoint");
-                    break;
-                }
-            };
-            if let Some(e) = entry.as_mut() {
-                e.endpoint = Some(addr);
-            }
-            match conn.sender.try_send_request(req).await {
-                Ok(resp) => {
-                    let stream = conn.stream;
-                    return Ok(resp.map(|body| PooledBody::shared(body, stream)));
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(r) if conn.reused => {
-                        req = r;
-                        continue; // the shared connection had gone: once more, fresh
-                    }
-                    Some(r) => {
-                        req = r;
-                        break;
-                    }
-                    None => {
-                        debug!(endpoint = %addr, error = %e.error(), "h2c backend failed after the request was sent");
-                        return Err(StatusCode::BAD_GATEWAY);
-                    }
-                },
-            }
-        }
-    }
-    Err(StatusCode::SERVICE_UNAVAILABLE)
+    Ok(Request::from_parts(parts, body))
 }
 
 #[cfg(test)]
