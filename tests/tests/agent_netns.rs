@@ -105,6 +105,44 @@ fn until(limit: Duration, want: bool, mut probe: impl FnMut() -> bool) -> Option
     None
 }
 
+/// A TCP connection from inside `ns` kept open across a test: each
+/// [`Held::echo`] sends one byte and says whether it came back.
+struct Held {
+    tx: std::sync::mpsc::Sender<u8>,
+    done: std::sync::mpsc::Receiver<bool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Held {
+    fn open(ns: &str, to: SocketAddr) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<u8>();
+        let (done_tx, done) = std::sync::mpsc::channel::<bool>();
+        let thread = testbed::netns::run_in(ns, move || {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(1)).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+                let mut buf = [0u8; 1];
+                for b in rx {
+                    let ok = s.write_all(&[b]).is_ok() && s.read_exact(&mut buf).is_ok();
+                    done_tx.send(ok).unwrap();
+                }
+            })
+        })
+        .unwrap();
+        Held { tx, done, thread }
+    }
+
+    fn echo(&self, b: u8) -> bool {
+        self.tx.send(b).unwrap();
+        self.done.recv().unwrap()
+    }
+
+    fn close(self) {
+        drop(self.tx);
+        self.thread.join().unwrap();
+    }
+}
+
 #[test]
 fn agent_enforces_policy_changes_from_the_manifest_directory() {
     if !require_root("agent_enforces_policy_changes_from_the_manifest_directory") {
@@ -145,23 +183,8 @@ fn agent_enforces_policy_changes_from_the_manifest_directory() {
     assert!(probe::tcp(&test_ns, api), "open before any policy");
 
     // An established connection from default/test to the API server.
-    let test_ns2 = test_ns.clone();
-    let (tx, rx) = std::sync::mpsc::channel::<u8>();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<bool>();
-    let long = testbed::netns::run_in(&test_ns2, move || {
-        std::thread::spawn(move || {
-            let mut s = TcpStream::connect_timeout(&api, Duration::from_secs(1)).unwrap();
-            s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-            let mut buf = [0u8; 1];
-            for b in rx {
-                let ok = s.write_all(&[b]).is_ok() && s.read_exact(&mut buf).is_ok();
-                done_tx.send(ok).unwrap();
-            }
-        })
-    })
-    .unwrap();
-    tx.send(b'a').unwrap();
-    assert!(done_rx.recv().unwrap(), "the long connection works before the policy");
+    let long = Held::open(&test_ns, api);
+    assert!(long.echo(b'a'), "the long connection works before the policy");
 
     // Default-deny, DNS and the bookstore policies.
     let t0 = Instant::now();
@@ -175,10 +198,8 @@ fn agent_enforces_policy_changes_from_the_manifest_directory() {
     eprintln!("policy took effect on new connections within {elapsed:?} (probe included)");
 
     // The established connection is cut too (its next packet re-checks).
-    tx.send(b'b').unwrap();
-    assert!(!done_rx.recv().unwrap(), "the established connection must be revoked");
-    drop(tx);
-    long.join().unwrap();
+    assert!(!long.echo(b'b'), "the established connection must be revoked");
+    long.close();
 
     // Relabelling the pod while traffic runs: app=bookstore is admitted by
     // api-allow and may send through allow-bookstore-egress.
@@ -518,22 +539,8 @@ fn policy_audit_mode_reports_denials_and_restarting_without_it_enforces() {
     assert!(!audited().iter().any(|(src, _)| src.starts_with("10.244.2.10:")), "an allowed flow was audited");
 
     // A connection let through by audit mode, held across the restart.
-    let (tx, rx) = std::sync::mpsc::channel::<u8>();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<bool>();
-    let long = testbed::netns::run_in(&test_ns, move || {
-        std::thread::spawn(move || {
-            let mut s = TcpStream::connect_timeout(&api, Duration::from_secs(1)).unwrap();
-            s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-            let mut buf = [0u8; 1];
-            for b in rx {
-                let ok = s.write_all(&[b]).is_ok() && s.read_exact(&mut buf).is_ok();
-                done_tx.send(ok).unwrap();
-            }
-        })
-    })
-    .unwrap();
-    tx.send(b'a').unwrap();
-    assert!(done_rx.recv().unwrap(), "the held connection works in audit mode");
+    let long = Held::open(&test_ns, api);
+    assert!(long.echo(b'a'), "the held connection works in audit mode");
 
     // Restarted without audit mode: enforced again, the held connection too.
     drop(agents);
@@ -542,9 +549,7 @@ fn policy_audit_mode_reports_denials_and_restarting_without_it_enforces() {
     assert!(!probe::tcp(&test_ns, api), "enforcing again: default/test must be denied");
     assert!(audit_gauge(&tb).contains("ztunnel_policy_audit_mode 0"), "{}", audit_gauge(&tb));
     assert!(probe::tcp(&front_ns, api), "the frontend keeps access");
-    tx.send(b'b').unwrap();
-    assert!(!done_rx.recv().unwrap(), "the connection audit mode let through must be cut");
-    drop(tx);
-    long.join().unwrap();
+    assert!(!long.echo(b'b'), "the connection audit mode let through must be cut");
+    long.close();
     drop(agents);
 }
