@@ -419,6 +419,13 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	return r;
 }
 
+/* Whether a denial on this endpoint's side is audited (let through and
+ * reported) rather than enforced: the whole node, or the pod's namespace. */
+static __always_inline int audited(const struct zt_config *cfg, const struct zt_endpoint *ep)
+{
+	return (cfg && cfg->audit) || ep->audit;
+}
+
 static __always_inline int decide_packet(struct __sk_buff *skb, __u8 dir, struct flow *fp)
 {
 	struct flow f;
@@ -494,7 +501,7 @@ static __always_inline int decide_packet(struct __sk_buff *skb, __u8 dir, struct
 		struct zt_addr *opeer = orig_dir == ZT_DIR_EGRESS ? &orig.dst : &orig.src;
 		__u32 rule = 0, matched = 0;
 		int reason = decide(ep, orig_dir, opeer, &orig, &rule, &matched);
-		if (reason == ZT_REASON_DENIED && !(cfg && cfg->audit)) {
+		if (reason == ZT_REASON_DENIED && !audited(cfg, ep)) {
 			bpf_map_delete_elem(&zt_ct, &k);
 			emit(ep->endpoint, orig_dir, &orig, ZT_REASON_REVOKED, 0, 0);
 			count(dir, 0, skb->len);
@@ -513,7 +520,7 @@ static __always_inline int decide_packet(struct __sk_buff *skb, __u8 dir, struct
 	struct zt_addr *peer = dir == ZT_DIR_EGRESS ? &f.dst : &f.src;
 	__u32 rule = 0, matched = 0;
 	int reason = decide(ep, dir, peer, &f, &rule, &matched);
-	if (reason == ZT_REASON_DENIED && cfg && cfg->audit)
+	if (reason == ZT_REASON_DENIED && audited(cfg, ep))
 		reason = ZT_REASON_AUDIT;
 	int allowed = reason != ZT_REASON_DENIED;
 	emit(ep->endpoint, dir, &f, reason, rule, matched);

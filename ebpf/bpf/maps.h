@@ -56,7 +56,11 @@ struct zt_endpoint {
 	__u32 node;
 	__u8 ingress_isolated;
 	__u8 egress_isolated;
-	__u8 pad[2];
+	/* Non-zero: the pod's namespace is in policy audit mode; what its own
+	 * policies deny is let through and reported (as zt_config.audit does
+	 * for every pod). Was padding: pins from older builds read 0. */
+	__u8 audit;
+	__u8 pad;
 };
 
 /*

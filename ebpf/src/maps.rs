@@ -55,8 +55,10 @@ pub struct ZtEndpoint {
     pub ingress_isolated: u8,
     /// 1 when egress is isolated.
     pub egress_isolated: u8,
+    /// 1 when the pod's namespace is in policy audit mode.
+    pub audit: u8,
     /// Zero.
-    pub pad: [u8; 2],
+    pub pad: u8,
 }
 
 /// `struct zt_cidr4_key` without `prefixlen`.
@@ -310,7 +312,7 @@ pub fn layouts() -> Vec<Layout> {
         (
             "zt_endpoint",
             size_of::<ZtEndpoint>(),
-            fields!(ZtEndpoint, 0, endpoint, node, ingress_isolated, egress_isolated, pad),
+            fields!(ZtEndpoint, 0, endpoint, node, ingress_isolated, egress_isolated, audit, pad),
         ),
         ("zt_cidr4_key", 4 + size_of::<ZtCidr4Key>(), fields!(ZtCidr4Key, 4, endpoint, direction, pad, addr)),
         ("zt_cidr6_key", 4 + size_of::<ZtCidr6Key>(), fields!(ZtCidr6Key, 4, endpoint, direction, pad, addr)),
@@ -384,7 +386,8 @@ pub fn endpoint(id: EndpointId, e: &EndpointInfo) -> ZtEndpoint {
         node: e.node,
         ingress_isolated: u8::from(e.ingress_isolated),
         egress_isolated: u8::from(e.egress_isolated),
-        pad: [0; 2],
+        audit: u8::from(e.audit),
+        pad: 0,
     }
 }
 

@@ -240,3 +240,52 @@ fn audit_mode_passes_and_reports_what_policy_denies_until_it_is_turned_off() {
     let evs = events(&mut dp);
     assert!(evs.iter().any(|e| e.reason == 9 && e.allowed == 0), "revocation is reported: {evs:?}");
 }
+
+/// Namespace audit mode: the Namespace label sets the pod's endpoint flag,
+/// its denials pass and are reported; taking the label off (a new epoch,
+/// as every policy sync makes) cuts the audited flow.
+#[test]
+fn a_namespace_in_audit_mode_passes_and_reports_its_denials() {
+    if !privileged("a_namespace_in_audit_mode_passes_and_reports_its_denials") {
+        return;
+    }
+    let (mut compiler, mut dp, db) = at_db();
+    let namespace = |labels: &str| {
+        let yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: default\n  labels: {{{labels}}}\n");
+        let mut parsed = policy::parse_str("ns.yaml", &yaml);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        parsed.objects.remove(0).1
+    };
+    let sync = |compiler: &mut Compiler, dp: &mut Datapath, labels: &str, epoch: u32| {
+        let diff = compiler.apply(namespace(labels));
+        apply_diff(&mut dp.maps, &diff, &|_| None, &|_| None).unwrap();
+        dp.maps.put_endpoint(TEST_IFINDEX, maps::endpoint(db, &compiler.tables().endpoints[&db])).unwrap();
+        let mut cfg: aya::maps::Array<_, maps::ZtConfig> =
+            aya::maps::Array::try_from(dp.bpf.map_mut(zt_ebpf::map_names::CONFIG).unwrap()).unwrap();
+        cfg.set(0, maps::ZtConfig { epoch, ..Default::default() }, 0).unwrap();
+        // Whether db's endpoint entry changed.
+        diff.endpoints.iter().any(|c| matches!(c, policy::compile::Change::Upsert(ep, _) if *ep == db))
+    };
+    let syn = tcp("10.244.1.11", 42000, "10.244.2.10", 80, 0x02);
+    let ack = tcp("10.244.1.11", 42000, "10.244.2.10", 80, 0x10);
+    dp.clear_ct();
+    assert_eq!(dp.test_run(Direction::Egress, &syn), TC_ACT_SHOT, "enforcing: denied");
+
+    // Any value but "true" enforces.
+    assert!(!sync(&mut compiler, &mut dp, "ztunnel.io/policy-audit: \"yes\"", 1));
+    assert_eq!(dp.test_run(Direction::Egress, &syn), TC_ACT_SHOT, "only \"true\" audits");
+
+    assert!(sync(&mut compiler, &mut dp, "ztunnel.io/policy-audit: \"true\"", 2), "the label flips the entry");
+    assert!(compiler.tables().endpoints[&db].audit);
+    let _ = events(&mut dp);
+    assert_eq!(dp.test_run(Direction::Egress, &syn), TC_ACT_OK, "namespace audit: let through");
+    assert_eq!(dp.test_run(Direction::Egress, &ack), TC_ACT_OK, "and tracked");
+    let evs = events(&mut dp);
+    let audited: Vec<_> = evs.iter().filter(|e| e.reason == maps::REASON_AUDIT).collect();
+    assert_eq!(audited.len(), 1, "one audit event for the new flow: {evs:?}");
+    assert!(audited[0].endpoint == db && audited[0].allowed == 1, "{evs:?}");
+
+    assert!(sync(&mut compiler, &mut dp, "", 3));
+    assert!(!compiler.tables().endpoints[&db].audit);
+    assert_eq!(dp.test_run(Direction::Egress, &ack), TC_ACT_SHOT, "label removed: the audited flow is cut");
+}

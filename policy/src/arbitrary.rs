@@ -193,9 +193,15 @@ pub fn namespace() -> impl Strategy<Value = Namespace> {
     (
         select(NAMESPACES.to_vec()),
         proptest::collection::btree_map(select(vec!["team", "env"]), select(vec!["x", "y"]), 0..3),
+        select(vec![None, None, Some("true"), Some("false")]),
     )
-        .prop_map(|(name, m)| {
+        .prop_map(|(name, m, audit)| {
             let mut labels: Labels = m.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            if let Some(a) = audit {
+                // Audit mode flips only endpoint flags: the incremental and
+                // from-scratch tables must still agree.
+                labels.insert(crate::cluster::POLICY_AUDIT_LABEL.to_string(), a.to_string());
+            }
             labels.extend(Namespace::default_labels(name));
             Namespace { name: name.into(), labels }
         })

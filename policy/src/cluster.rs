@@ -50,6 +50,18 @@ pub enum AddressOwner<'a> {
     External,
 }
 
+/// The Namespace label that puts a namespace's NetworkPolicy in audit mode
+/// (value `"true"`): what its policies deny on its pods' side of a flow is
+/// let through and reported (flow-log verdict `audit`), so a team can roll
+/// out policies one namespace at a time. Only the exact value `"true"`
+/// counts; anything else enforces, so a typo never opens traffic.
+pub const POLICY_AUDIT_LABEL: &str = "ztunnel.io/policy-audit";
+
+/// Whether a namespace's labels ask for audit mode.
+pub fn audit_label(labels: &Labels) -> bool {
+    labels.get(POLICY_AUDIT_LABEL).is_some_and(|v| v == "true")
+}
+
 /// The indexed cluster state.
 #[derive(Debug, Clone, Default)]
 pub struct Cluster {
@@ -201,6 +213,12 @@ impl Cluster {
             Some(ns) => Cow::Borrowed(&ns.labels),
             None => Cow::Owned(Namespace::default_labels(name)),
         }
+    }
+
+    /// Whether NetworkPolicy in namespace `name` is audited rather than
+    /// enforced: its Namespace carries [`POLICY_AUDIT_LABEL`]` = "true"`.
+    pub fn policy_audited(&self, name: &str) -> bool {
+        self.namespaces.get(name).is_some_and(|ns| audit_label(&ns.labels))
     }
 
     /// Names of every namespace that has an object or a pod.

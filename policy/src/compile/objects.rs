@@ -37,6 +37,13 @@ impl Compiler {
             self.cache.get_mut().namespaces.clear();
         }
         self.namespace_effects(ns, old, existence_changed);
+        if crate::cluster::audit_label(old) != self.cluster.policy_audited(ns) {
+            // Audit mode is a per-endpoint flag: only the entries change.
+            let eps: Vec<_> = self.endpoints_by_ns.get(ns).into_iter().flatten().copied().collect();
+            for ep in eps {
+                self.refresh_endpoint_info(ep);
+            }
+        }
         if existence_changed {
             // Pods' ipcache entries carry the namespace identity.
             let ips: Vec<IpAddr> = self.cluster.pods_in(ns).flat_map(|p| p.ips.clone()).collect();

@@ -286,6 +286,7 @@ impl Compiler {
             node: pod.node.as_ref().and_then(|n| self.node_ids.get(n).copied()).unwrap_or(0),
             ingress_isolated: isolated(Direction::Ingress),
             egress_isolated: isolated(Direction::Egress),
+            audit: self.cluster.policy_audited(&pod.key.namespace),
         };
         self.journal.endpoint(&mut self.tables, ep, Some(info));
     }

@@ -109,6 +109,10 @@ pub struct EndpointInfo {
     pub ingress_isolated: bool,
     /// Some policy selects the pod for egress.
     pub egress_isolated: bool,
+    /// Its namespace is in policy audit mode
+    /// ([`crate::cluster::POLICY_AUDIT_LABEL`]): denials of its own
+    /// policies are reported, not enforced.
+    pub audit: bool,
 }
 
 impl EndpointInfo {
@@ -420,7 +424,7 @@ impl Tables {
             endpoints: self
                 .endpoints
                 .values()
-                .map(|e| (e.pod.to_string(), (node(e.node), e.ingress_isolated, e.egress_isolated)))
+                .map(|e| (e.pod.to_string(), (node(e.node), e.ingress_isolated, e.egress_isolated, e.audit)))
                 .collect(),
             policy: self
                 .policy
@@ -444,8 +448,8 @@ pub struct CanonicalTables {
     pub ipcache: BTreeMap<String, String>,
     /// (endpoint, direction, prefix) → identity.
     pub cidr: BTreeMap<(String, Direction, String), String>,
-    /// pod → (node, ingress isolated, egress isolated).
-    pub endpoints: BTreeMap<String, (String, bool, bool)>,
+    /// pod → (node, ingress isolated, egress isolated, audit).
+    pub endpoints: BTreeMap<String, (String, bool, bool, bool)>,
     /// (endpoint, direction, peer, protocol, port) → rule.
     pub policy: BTreeMap<(String, Direction, String, u8, PortPrefix), String>,
 }

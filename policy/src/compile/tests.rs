@@ -211,3 +211,32 @@ fn reserved_numbers_are_never_reused() {
     assert!(t.endpoints.keys().all(|ep| *ep > 500));
     assert!(t.rules.keys().all(|r| *r > 70));
 }
+
+#[test]
+fn namespace_audit_label_flags_only_that_namespaces_endpoints() {
+    let text = [
+        ns("a", "team: x"),
+        ns("b", "team: y"),
+        pod("a", "w", "app: w", "10.0.0.1", "n1"),
+        pod("b", "v", "app: v", "10.0.0.2", "n1"),
+        np("a", "p", "  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {team: x}}}]"),
+    ]
+    .join("---\n");
+    let mut c = Compiler::from_cluster(Scope::Cluster, &cluster(&text));
+    let (w, v) = (
+        c.tables().endpoint_of(&ObjectKey::new("a", "w")).unwrap(),
+        c.tables().endpoint_of(&ObjectKey::new("b", "v")).unwrap(),
+    );
+    assert!(!c.tables().endpoints[&w].audit && !c.tables().endpoints[&v].audit);
+    let relabel = |labels: &str| crate::parse_str("ns.yaml", &ns("a", labels)).objects.remove(0).1;
+    let diff = c.apply(relabel("team: x, ztunnel.io/policy-audit: \"true\""));
+    assert_eq!(diff.endpoints.len(), 1, "only a/w's entry changes: {diff:#?}");
+    assert!(diff.policy.is_empty() && diff.ipcache.is_empty(), "audit is not a policy change: {diff:#?}");
+    assert!(c.tables().endpoints[&w].audit && !c.tables().endpoints[&v].audit);
+    // The incremental tables equal a fresh compile of the same cluster.
+    let fresh = Compiler::from_cluster(Scope::Cluster, c.cluster());
+    assert_eq!(fresh.tables().endpoints[&w], c.tables().endpoints[&w]);
+    // Only "true" audits; any other value (or none) enforces again.
+    c.apply(relabel("team: x, ztunnel.io/policy-audit: \"True\""));
+    assert!(!c.tables().endpoints[&w].audit);
+}
