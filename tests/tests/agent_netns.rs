@@ -553,3 +553,75 @@ fn policy_audit_mode_reports_denials_and_restarting_without_it_enforces() {
     long.close();
     drop(agents);
 }
+
+#[test]
+fn a_namespace_label_audits_its_pods_and_removing_it_enforces_again() {
+    if !require_root("a_namespace_label_audits_its_pods_and_removing_it_enforces_again") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Pinned { manifests, bpffs, tb, nodes, logs } = pinned_bookstore(dir.path());
+    let _agents: Vec<Agent> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| start_agent_with(tb.nodes[i].ns.name(), &manifests, n, &logs[i], Some(&bpffs.0.join(n)), &[]))
+        .collect();
+    assert!(wait_for(&logs, "attached", 3), "agents did not attach");
+    let api = SocketAddr::from((Ipv4Addr::new(10, 244, 1, 10), 80));
+    let test_ns = tb.pod("default/test").unwrap().ns.name().to_string();
+    let front_ns = tb.pod("default/frontend").unwrap().ns.name().to_string();
+    assert!(!probe::tcp(&test_ns, api), "enforcing: default/test -> apiserver is denied");
+
+    // Label the namespace: every agent flags its pods, nothing else changes.
+    let namespaces = manifests.join("namespaces.yaml");
+    let original = fs::read_to_string(&namespaces).unwrap();
+    assert!(original.contains("  name: default\n"), "{original}");
+    let labelled = original.replacen(
+        "  name: default\n",
+        "  name: default\n  labels:\n    ztunnel.io/policy-audit: \"true\"\n",
+        1,
+    );
+    let metrics = |i: usize| testbed::cluster::admin_get(tb.nodes[i].ns.name(), 15021, "/metrics");
+    // The gauge counts the node's pods of the manifests in `default`.
+    let audit_pods = |i: usize| {
+        metrics(i).lines().find_map(|l| l.strip_prefix("ztunnel_policy_audit_pods ")?.trim().parse::<u64>().ok())
+    };
+    assert_eq!((audit_pods(0), audit_pods(1)), (Some(0), Some(0)));
+    fs::write(&namespaces, &labelled).unwrap();
+    assert!(
+        until(Duration::from_secs(5), true, || audit_pods(0) > Some(0) && audit_pods(1) > Some(0)).is_some(),
+        "the audit gauge did not follow the label:\n{}\n{}",
+        metrics(0),
+        metrics(1)
+    );
+    assert!(metrics(0).contains("ztunnel_policy_audit_mode 0"), "the node itself still enforces");
+    assert!(probe::tcp(&test_ns, api), "namespace audit: default/test -> apiserver must pass");
+    assert!(probe::tcp(&front_ns, api), "the frontend is allowed anyway");
+    let audited = || {
+        logs.iter()
+            .flat_map(|l| fs::read_to_string(l).unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>())
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+            .filter(|v| v["verdict"] == "audit")
+            .map(|v| v["src"].as_str().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        until(Duration::from_secs(3), true, || audited().iter().any(|src| src.starts_with("10.244.2.12:"))).is_some(),
+        "no audit record of default/test's connection: {:?}",
+        audited()
+    );
+    let long = Held::open(&test_ns, api);
+    assert!(long.echo(b'a'), "the held connection works while audited");
+
+    // Label removed: enforced again, and the audited connection is cut.
+    fs::write(&namespaces, &original).unwrap();
+    assert!(
+        until(Duration::from_secs(5), true, || audit_pods(0) == Some(0) && audit_pods(1) == Some(0)).is_some(),
+        "{}",
+        metrics(1)
+    );
+    assert!(!probe::tcp(&test_ns, api), "enforcing again: default/test must be denied");
+    assert!(probe::tcp(&front_ns, api), "the frontend keeps access");
+    assert!(!long.echo(b'b'), "the connection the label let through must be cut");
+    long.close();
+}

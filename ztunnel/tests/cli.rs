@@ -132,3 +132,37 @@ fn invalid_manifests_are_reported_and_the_rest_still_counts() {
     assert!(err.contains("5 invalid object(s)"), "{err}");
     assert_eq!(out.status.code(), Some(1), "the valid default-deny still applies: {}", text(&out.stdout));
 }
+
+#[test]
+fn check_notes_a_namespace_in_audit_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = |name: &str, body: &str| std::fs::write(dir.path().join(name), body).unwrap();
+    w(
+        "pods.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: n}\nstatus: {podIP: 10.0.0.1}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: m}\nstatus: {podIP: 10.0.0.2}\n",
+    );
+    w(
+        "deny.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: m}\nspec: {podSelector: {}}\n",
+    );
+    let ns = |audit: &str| {
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: n}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: m, labels: {{ztunnel.io/policy-audit: \"{audit}\"}}}}\n"
+        )
+    };
+    let d = dir.path().to_str().unwrap();
+    w("ns.yaml", &ns("true"));
+    let out = ztunnel(&["policy", "check", "-f", d, "--from", "n/a", "--to", "m/b"]);
+    let s = text(&out.stdout);
+    // The verdict is the policy's; the note says it is not enforced.
+    assert_eq!(out.status.code(), Some(1), "{s}");
+    assert!(s.contains("DENIED") && s.contains("isolated by m/deny"), "{s}");
+    assert!(s.contains("note: namespace m is in policy audit mode"), "{s}");
+    // Allowed the other way round: no note for the audited side that allows.
+    let out = ztunnel(&["policy", "check", "-f", d, "--from", "m/b", "--to", "n/a"]);
+    assert!(!text(&out.stdout).contains("note:"), "{}", text(&out.stdout));
+    // Any other value enforces, and gets no note.
+    w("ns.yaml", &ns("yes"));
+    let out = ztunnel(&["policy", "check", "-f", d, "--from", "n/a", "--to", "m/b"]);
+    assert!(!text(&out.stdout).contains("note:"), "{}", text(&out.stdout));
+}

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub attached_pods: Gauge,
     /// 1 while the agent runs in policy audit mode.
     pub policy_audit: Gauge,
+    /// Pods of this node whose namespace is in policy audit mode.
+    pub policy_audit_pods: Gauge,
 }
 
 impl Metrics {
@@ -81,6 +83,11 @@ impl Metrics {
             "policy_audit_mode",
             "1 while NetworkPolicy denials are reported, not enforced (--policy-audit)",
             self.policy_audit.clone(),
+        );
+        r.register(
+            "policy_audit_pods",
+            "Pods of this node whose namespace is in policy audit mode (label ztunnel.io/policy-audit=true)",
+            self.policy_audit_pods.clone(),
         );
     }
 }

@@ -124,12 +124,10 @@ impl Workloads for View {
         }
         let c = self.cluster.read().ok()?;
         let p = c.pod_by_ip(ip)?;
-        let w = Arc::new(Workload::new(
-            p.key.to_string(),
-            p.key.namespace.to_string(),
-            p.service_account.clone(),
-            p.node.clone(),
-        ));
+        let w = Arc::new(
+            Workload::new(p.key.to_string(), p.key.namespace.to_string(), p.service_account.clone(), p.node.clone())
+                .with_policy_audit(c.policy_audited(&p.key.namespace)),
+        );
         // Filled under the state's read lock: a change (which takes the
         // write lock, then empties this) cannot slip in between.
         let mut cache = self.cache();

@@ -176,6 +176,14 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         dp.prune_once(compiler.tables())?;
         if changed {
             dp.bump_epoch()?;
+            let audited = compiler.tables().endpoints.values().filter(|e| e.audit).count();
+            if i64::try_from(audited).unwrap_or(i64::MAX) != metrics.policy_audit_pods.get() {
+                tracing::warn!(
+                    pods = audited,
+                    "pods of this node in policy audit mode by their namespace label (ztunnel.io/policy-audit): their denials are reported, not enforced"
+                );
+            }
+            metrics.policy_audit_pods.set(i64::try_from(audited).unwrap_or(i64::MAX));
             tracing::info!(
                 endpoints = compiler.tables().endpoints.len(),
                 policy_entries = compiler.tables().policy.len(),

@@ -69,9 +69,27 @@ pub fn check(args: &CheckArgs, color: bool) -> anyhow::Result<ExitCode> {
             );
             println!("  egress  ({}): {}", args.from, explain(&verdict.egress));
             println!("  ingress ({}): {}", args.to, explain(&verdict.ingress));
+            for (side, endpoint) in [(&verdict.egress, &from), (&verdict.ingress, &to)] {
+                if let Some(ns) = audited_namespace(&cluster, endpoint).filter(|_| !side.allowed()) {
+                    println!(
+                        "  note: namespace {ns} is in policy audit mode ({}=true): this denial is reported, not enforced",
+                        policy::cluster::POLICY_AUDIT_LABEL
+                    );
+                }
+            }
         }
     }
     Ok(if verdict.allowed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// The namespace of a pod endpoint, when that namespace is in policy audit
+/// mode (its side's denials are then reported, not enforced).
+fn audited_namespace(cluster: &policy::Cluster, e: &policy::Endpoint) -> Option<String> {
+    let ns = match e {
+        policy::Endpoint::Pod(k) => k.namespace.to_string(),
+        policy::Endpoint::Ip(ip) => cluster.pod_by_ip(*ip)?.key.namespace.to_string(),
+    };
+    cluster.policy_audited(&ns).then_some(ns)
 }
 
 fn port_label(port: u16, protocol: Protocol) -> String {

@@ -48,6 +48,10 @@ pub struct Workload {
     pub service_account: String,
     /// Node it is scheduled on.
     pub node: Option<String>,
+    /// Its namespace is in policy audit mode (see
+    /// `policy::cluster::POLICY_AUDIT_LABEL`): a tunnel its ingress policy
+    /// denies is let through and reported.
+    pub policy_audit: bool,
     /// Its identity, once asked for (see [`Workload::identity`]).
     identity: OnceLock<SpiffeId>,
 }
@@ -55,7 +59,13 @@ pub struct Workload {
 impl Workload {
     /// A workload; its identity is derived when first asked for.
     pub fn new(name: String, namespace: String, service_account: String, node: Option<String>) -> Self {
-        Self { name, namespace, service_account, node, identity: OnceLock::new() }
+        Self { name, namespace, service_account, node, policy_audit: false, identity: OnceLock::new() }
+    }
+
+    /// The same, with its namespace in policy audit mode or not.
+    pub fn with_policy_audit(mut self, audit: bool) -> Self {
+        self.policy_audit = audit;
+        self
     }
 
     /// Its identity in trust domain `td`. Remembered: the capture side asks
@@ -395,8 +405,9 @@ impl Inbound {
         }
         // 4. Ingress policy with the verified source.
         if let Err(why) = self.workloads.ingress(src.ip(), dst.ip(), dst.port()) {
-            if self.config.policy_audit {
-                warn!(%src, %dst, peer_identity = %peer, reason = "policy", policy = %why, target = %target.name, "would be denied by NetworkPolicy; let through (policy audit mode)");
+            if self.config.policy_audit || target.policy_audit {
+                let scope = if self.config.policy_audit { "node" } else { "namespace" };
+                warn!(%src, %dst, peer_identity = %peer, reason = "policy", policy = %why, target = %target.name, audit = scope, "would be denied by NetworkPolicy; let through (policy audit mode)");
                 self.metrics.policy_audits.inc();
                 return Ok((src, dst));
             }

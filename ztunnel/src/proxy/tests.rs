@@ -85,11 +85,12 @@ fn w(name: &str, sa: &str, node: &str) -> Workload {
     Workload::new(format!("default/{name}"), "default".into(), sa.into(), Some(node.into()))
 }
 
-fn cluster() -> Arc<Cluster> {
+/// The test workloads; `db_audited`: db's namespace is in policy audit mode.
+fn cluster(db_audited: bool) -> Arc<Cluster> {
     Arc::new(Cluster(HashMap::from([
         (ip("127.0.0.10"), w("frontend", "bookstore", "node-a")),
         (ip("127.0.0.12"), w("other", "other", "node-a")),
-        (ip("127.0.0.11"), w("db", "db", "node-b")),
+        (ip("127.0.0.11"), w("db", "db", "node-b").with_policy_audit(db_audited)),
     ])))
 }
 
@@ -125,11 +126,21 @@ struct Mesh {
     metrics_b: Arc<super::metrics::ProxyMetrics>,
 }
 
-async fn mesh() -> Mesh {
-    mesh_with(false).await
+/// Where policy audit mode is on in a test mesh.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Audit {
+    Off,
+    /// The whole node (`--policy-audit`).
+    Node,
+    /// The destination's namespace (its label).
+    Namespace,
 }
 
-async fn mesh_with(policy_audit: bool) -> Mesh {
+async fn mesh() -> Mesh {
+    mesh_with(Audit::Off).await
+}
+
+async fn mesh_with(audit: Audit) -> Mesh {
     let pki = Pki::new("cluster.local");
     let (frontend, db) = (pki.id("default", "bookstore"), pki.id("default", "db"));
     let (a, b) = (Arc::new(SecretCache::new()), Arc::new(SecretCache::new()));
@@ -144,12 +155,15 @@ async fn mesh_with(policy_audit: bool) -> Mesh {
         transparent: false,
         connect_timeout: Duration::from_secs(2),
         handshake_timeout: Duration::from_secs(2),
-        policy_audit,
+        policy_audit: audit == Audit::Node,
     };
     let metrics = Arc::new(super::metrics::ProxyMetrics::default());
     let (tx, rx) = tokio::sync::watch::channel(false);
     std::mem::forget(tx); // never shut down during a test
-    tokio::spawn(Arc::new(Inbound::new(b.clone(), cluster(), config, metrics.clone(), rx)).serve(listener));
+    tokio::spawn(
+        Arc::new(Inbound::new(b.clone(), cluster(audit == Audit::Namespace), config, metrics.clone(), rx))
+            .serve(listener),
+    );
     let out = Outbound::new(a.clone(), Default::default());
     Mesh { pki, a, b, proxy_b, out, frontend, db, metrics_b: metrics }
 }
@@ -518,7 +532,13 @@ async fn renewal_and_bundle_change_take_effect_on_new_handshakes_only() {
 
 #[tokio::test]
 async fn policy_audit_mode_lets_policy_denials_through_but_not_identity_failures() {
-    let m = mesh_with(true).await;
+    for audit in [Audit::Node, Audit::Namespace] {
+        audit_lets_policy_denials_through_but_not_identity_failures(audit).await;
+    }
+}
+
+async fn audit_lets_policy_denials_through_but_not_identity_failures(audit: Audit) {
+    let m = mesh_with(audit).await;
     // An echo pod on an even port, which the test policy denies (the
     // kernel picks odd ports for `bind` to port 0, so one is named).
     let mut port = 20_000u16;
@@ -538,8 +558,8 @@ async fn policy_audit_mode_lets_policy_denials_through_but_not_identity_failures
         }
     });
     let mut t = m.out.connect(&m.frontend, src(2), &m.db, pod, m.proxy_b).await.unwrap();
-    assert_eq!(roundtrip(&mut t, b"audited").await, b"audited");
-    assert_eq!(m.metrics_b.policy_audits.get(), 1);
+    assert_eq!(roundtrip(&mut t, b"audited").await, b"audited", "{audit:?}");
+    assert_eq!(m.metrics_b.policy_audits.get(), 1, "{audit:?}");
     assert_eq!(m.metrics_b.tunnel_failures.get_or_create(&super::metrics::ReasonLabels { reason: "policy" }).get(), 0);
     // A certificate that does not own the source address is still refused.
     let r = m.out.connect(&m.frontend, SocketAddr::new(ip("127.0.0.12"), 1), &m.db, pod, m.proxy_b).await;
