@@ -610,6 +610,16 @@ fn a_namespace_label_audits_its_pods_and_removing_it_enforces_again() {
         "no audit record of default/test's connection: {:?}",
         audited()
     );
+    // The audit record at the API server names the policies that isolate it.
+    let isolating: Vec<String> = fs::read_to_string(&logs[0])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["verdict"] == "audit" && v["direction"] == "ingress")
+        .flat_map(|v| v["isolated_by"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p.as_str().map(str::to_string))
+        .collect();
+    assert!(isolating.iter().any(|p| p == "default/default-deny"), "{isolating:?}");
     let long = Held::open(&test_ns, api);
     assert!(long.echo(b'a'), "the held connection works while audited");
 

@@ -46,7 +46,7 @@ pub use self::tables::*;
 use crate::cluster::{Cluster, ObjectRef};
 use crate::labels::{Labels, Selector};
 use crate::manifest::Object;
-use crate::model::{NamedPort, ObjectKey, Pod};
+use crate::model::{Direction, NamedPort, ObjectKey, Pod};
 
 /// Which pods are local endpoints (get endpoint and policy entries).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,6 +206,18 @@ impl Compiler {
     /// The compiled tables.
     pub fn tables(&self) -> &Tables {
         &self.tables
+    }
+
+    /// The policies that isolate endpoint `ep` in direction `dir` (select
+    /// it and have rules of that direction): the ones a denial there comes
+    /// from, for flow logs.
+    pub fn isolated_by(&self, ep: EndpointId, dir: Direction) -> impl Iterator<Item = &ObjectKey> {
+        self.endpoint_state.get(&ep).into_iter().flat_map(|s| s.selected_by.iter()).filter(move |k| {
+            self.policies.get(*k).is_some_and(|p| match dir {
+                Direction::Ingress => p.ingress,
+                Direction::Egress => p.egress,
+            })
+        })
     }
 
     /// The cluster state the tables were compiled from.

@@ -273,14 +273,7 @@ impl Compiler {
         let Some(pod) = state.pod.as_ref().and_then(|k| self.cluster.pod(k)) else {
             return;
         };
-        let isolated = |dir: Direction| {
-            state.selected_by.iter().any(|k| {
-                self.policies.get(k).is_some_and(|p| match dir {
-                    Direction::Ingress => p.ingress,
-                    Direction::Egress => p.egress,
-                })
-            })
-        };
+        let isolated = |dir: Direction| self.isolated_by(ep, dir).next().is_some();
         let info = EndpointInfo {
             pod: pod.key.clone(),
             node: pod.node.as_ref().and_then(|n| self.node_ids.get(n).copied()).unwrap_or(0),

@@ -1,12 +1,13 @@
 //! Verdict events as a JSON flow log: one line per decision, with pod,
-//! addresses, ports, protocol and the policy rule that allowed it.
+//! addresses, ports, protocol and the policy rule that allowed it, or the
+//! policies that isolate the pod when it was denied.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use policy::Protocol;
-use policy::compile::Tables;
+use policy::compile::Compiler;
 use policy::model::ObjectKey;
+use policy::{Direction, Protocol};
 use serde::Serialize;
 use zt_ebpf::maps::ZtEvent;
 
@@ -42,6 +43,15 @@ pub struct Record<'a> {
     pub policy: Option<&'a ObjectKey>,
     /// Its rule index.
     pub rule: Option<usize>,
+    /// For a denial (also audited or revoked): the policies that isolate the
+    /// pod in that direction, none of whose rules admits the flow. Absent
+    /// otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "display_all")]
+    pub isolated_by: Vec<&'a ObjectKey>,
+}
+
+fn display_all<T: std::fmt::Display, S: serde::Serializer>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(ToString::to_string))
 }
 
 fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -138,9 +148,13 @@ impl std::fmt::Display for Rfc3339 {
     }
 }
 
-/// Builds the record of an event, naming pods and policies from the tables.
-pub fn record<'a>(e: &ZtEvent, tables: &'a Tables) -> Record<'a> {
+/// Builds the record of an event, naming pods and policies from the
+/// compiled state.
+pub fn record<'a>(e: &ZtEvent, compiler: &'a Compiler) -> Record<'a> {
+    let tables = compiler.tables();
     let proto = Protocol::from_number(e.protocol);
+    let direction = if e.direction == 0 { Direction::Ingress } else { Direction::Egress };
+    let denial = matches!(e.reason, 0 | 9 | zt_ebpf::maps::REASON_AUDIT);
     let port = |p: u16| proto.has_ports().then(|| u16::from_be(p));
     let rule = (e.rule != 0).then(|| tables.rules.get(&e.rule)).flatten();
     Record {
@@ -152,13 +166,17 @@ pub fn record<'a>(e: &ZtEvent, tables: &'a Tables) -> Record<'a> {
             _ => "denied",
         },
         reason: reason(e.reason),
-        direction: if e.direction == 0 { "ingress" } else { "egress" },
+        direction: match direction {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        },
         pod: tables.endpoints.get(&e.endpoint).map(|x| &x.pod),
         src: Endpoint { ip: addr(e.family, e.src), port: port(e.sport) },
         dst: Endpoint { ip: addr(e.family, e.dst), port: port(e.dport) },
         protocol: proto,
         policy: rule.map(|r| &r.policy),
         rule: rule.map(|r| r.index),
+        isolated_by: if denial { compiler.isolated_by(e.endpoint, direction).collect() } else { Vec::new() },
     }
 }
 
@@ -176,8 +194,8 @@ impl FlowLog {
 
     /// Writes one event and returns its record. IO errors are logged,
     /// never fatal: enforcement does not depend on the log.
-    pub fn write<'a>(&mut self, e: &ZtEvent, tables: &'a Tables) -> Record<'a> {
-        let rec = record(e, tables);
+    pub fn write<'a>(&mut self, e: &ZtEvent, compiler: &'a Compiler) -> Record<'a> {
+        let rec = record(e, compiler);
         let res = serde_json::to_writer(&mut self.out, &rec)
             .map_err(std::io::Error::other)
             .and_then(|()| self.out.write_all(b"\n"));
@@ -206,8 +224,8 @@ mod tests {
         e.dst[0] = u32::from_ne_bytes([10, 0, 0, 2]);
         e.sport = 40000u16.to_be();
         e.dport = 443u16.to_be();
-        let tables = Tables::default();
-        let r = record(&e, &tables);
+        let compiler = Compiler::new(policy::Scope::Cluster);
+        let r = record(&e, &compiler);
         assert_eq!((r.src.to_string(), r.dst.to_string()), ("10.0.0.1:40000".into(), "10.0.0.2:443".into()));
         assert_eq!(
             (r.verdict, r.reason, r.direction, r.protocol.to_string()),
@@ -218,8 +236,34 @@ mod tests {
         assert!(time.ends_with('Z') && time.len() == 24, "{time}");
         // Audit mode: let through, reported as what policy would have done.
         let audit = ZtEvent { allowed: 1, reason: zt_ebpf::maps::REASON_AUDIT, ..e };
-        let r = record(&audit, &tables);
+        let r = record(&audit, &compiler);
         assert_eq!((r.verdict, r.reason), ("audit", "audit"));
+    }
+
+    /// A denial names the policies isolating the pod in that direction; an
+    /// allowed flow, or a direction nothing isolates, names none.
+    #[test]
+    fn denials_name_the_isolating_policies() {
+        let yaml = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: n}\nspec: {nodeName: x}\nstatus: {podIP: 10.0.0.1}\n\
+                    ---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: n}\nspec: {podSelector: {}}\n\
+                    ---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: n}\nspec: {podSelector: {}, ingress: [{ports: [{port: 80}]}]}\n";
+        let parsed = policy::parse_str("t.yaml", yaml);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        let cluster = policy::Cluster::from_objects(parsed.objects.into_iter().map(|(_, o)| o));
+        let compiler = Compiler::from_cluster(policy::Scope::Cluster, &cluster);
+        let ep = compiler.tables().endpoint_of(&ObjectKey::new("n", "a")).unwrap();
+        let denied =
+            ZtEvent { family: 4, protocol: 6, endpoint: ep, allowed: 0, reason: 0, direction: 0, ..Default::default() };
+        let names = |e: &ZtEvent| record(e, &compiler).isolated_by.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(names(&denied), ["n/deny", "n/web"]);
+        let audited = ZtEvent { allowed: 1, reason: zt_ebpf::maps::REASON_AUDIT, ..denied };
+        assert_eq!(names(&audited), ["n/deny", "n/web"]);
+        assert!(names(&ZtEvent { allowed: 1, reason: 1, ..denied }).is_empty(), "allowed: none");
+        assert!(names(&ZtEvent { direction: 1, ..denied }).is_empty(), "no policy isolates egress");
+        let line = serde_json::to_value(record(&denied, &compiler)).unwrap();
+        assert_eq!(line["isolated_by"], serde_json::json!(["n/deny", "n/web"]));
+        let line = serde_json::to_value(record(&ZtEvent { allowed: 1, reason: 1, ..denied }, &compiler)).unwrap();
+        assert!(line.get("isolated_by").is_none(), "absent when empty: {line}");
     }
 
     /// The JSON line: IPv6 endpoints bracketed, no ports for a protocol
@@ -250,9 +294,9 @@ mod tests {
             }
         }
         let mut log = FlowLog::new(Box::new(Shared(out.clone())));
-        let tables = Tables::default();
-        log.write(&e, &tables);
-        log.write(&icmp, &tables);
+        let compiler = Compiler::new(policy::Scope::Cluster);
+        log.write(&e, &compiler);
+        log.write(&icmp, &compiler);
         log.flush();
         let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();

@@ -190,7 +190,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 "policy synced"
             );
         }
-        log_events(&mut dp, &mut flowlog, compiler.tables(), &metrics);
+        log_events(&mut dp, &mut flowlog, &compiler, &metrics);
         let lost = dp.events_lost();
         if lost > last_lost {
             tracing::warn!(lost = lost - last_lost, "flow events lost: the event ring was full");
@@ -247,7 +247,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 break;
             }
             std::thread::sleep(left.min(EVENT_DRAIN));
-            log_events(&mut dp, &mut flowlog, compiler.tables(), &metrics);
+            log_events(&mut dp, &mut flowlog, &compiler, &metrics);
         }
     }
 }
@@ -257,9 +257,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 const EVENT_DRAIN: Duration = Duration::from_millis(50);
 
 /// Verdict events into the flow log and the per-verdict flow counter.
-fn log_events(dp: &mut Dataplane, flowlog: &mut FlowLog, tables: &policy::compile::Tables, metrics: &Metrics) {
+fn log_events(dp: &mut Dataplane, flowlog: &mut FlowLog, compiler: &policy::Compiler, metrics: &Metrics) {
     dp.drain_events(|e| {
-        let rec = flowlog.write(&e, tables);
+        let rec = flowlog.write(&e, compiler);
         metrics
             .flows
             .get_or_create(&FlowLabels { direction: rec.direction, verdict: rec.verdict, reason: rec.reason })
