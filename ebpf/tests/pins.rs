@@ -15,21 +15,26 @@ use policy::compile::{Compiler, Scope, Tables, diff_tables};
 use zt_ebpf::loader::{AyaMaps, LoadError, MapWriter, PinAdjustment, apply_diff, load_object, load_programs};
 use zt_ebpf::map_names::{ALL, COUNTERS, CT, EVENTS};
 
-/// A directory on the bpffs, removed with its pins.
+/// A bpffs instance of the test's own, mounted on a fresh directory (the
+/// host's `/sys/fs/bpf` need not be mounted), unmounted with its pins.
 struct PinDir(PathBuf);
 
 impl PinDir {
     fn new(tag: &str) -> Self {
-        let dir = PathBuf::from(format!("/sys/fs/bpf/zt-test-{tag}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("zt-test-bpffs-{tag}-{}", std::process::id()));
+        let _ = std::process::Command::new("umount").arg(&dir).output();
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("a directory on /sys/fs/bpf (bpffs)");
+        std::fs::create_dir_all(&dir).expect("a directory for the bpffs");
+        let out = std::process::Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&dir).output().expect("mount");
+        assert!(out.status.success(), "mount bpffs: {}", String::from_utf8_lossy(&out.stderr));
         Self(dir)
     }
 }
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::process::Command::new("umount").arg(&self.0).output();
+        let _ = std::fs::remove_dir(&self.0);
     }
 }
 
@@ -191,7 +196,13 @@ fn a_restarted_agent_puts_its_programs_in_place_of_its_predecessors() {
     assert!(pod.complete());
     let pod = zt_ebpf::loader::replace_pinned(&mut new, pod, &iface.0, ifindex, &dir.0).map_err(|f| f.error).unwrap();
     assert_eq!(attached(&iface.0), (vec![new_ids.0], vec![new_ids.1]), "only the new programs, on both sides");
-    let leftovers: Vec<_> = std::fs::read_dir(&dir.0).unwrap().flatten().map(|e| e.file_name()).collect();
+    // (A fresh bpffs also holds the kernel's `maps.debug` and `progs.debug`.)
+    let leftovers: Vec<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| !n.to_string_lossy().ends_with(".debug"))
+        .collect();
     assert_eq!(leftovers.len(), 2, "one pin per direction, nothing staged: {leftovers:?}");
 
     // The replaced pins are ordinary pins: unpinning detaches.

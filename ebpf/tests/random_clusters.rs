@@ -72,7 +72,9 @@ proptest! {
                     {
                         let Some(pod) = cluster.pod_by_ip(subject) else { continue };
                         let Some(ep) = tables.endpoint_of(&pod.key) else { continue };
-                        let got = dp.run(tables, ep, dir, &pkt);
+                        // The policy verdict, with a namespace's audit flag
+                        // cleared: it must be the evaluator's.
+                        let got = dp.run_with(tables, ep, dir, &pkt, |e| e.audit = 0);
                         checked += 1;
                         let expect = if want.allowed() { TC_ACT_OK } else { TC_ACT_SHOT };
                         prop_assert_eq!(
@@ -80,6 +82,18 @@ proptest! {
                             "{} of {}: {} -> {} {}/{}: evaluator says {:?}",
                             dir, pod.key, src, dst, port, proto, want
                         );
+                        // As compiled: a namespace in audit mode passes what
+                        // its policies deny; any other stays as decided.
+                        // (Without the flag the entry is the one just run.)
+                        let audited = cluster.policy_audited(&pod.key.namespace);
+                        prop_assert_eq!(tables.endpoints[&ep].audit, audited);
+                        if audited {
+                            let got = dp.run(tables, ep, dir, &pkt);
+                            prop_assert_eq!(
+                                got, TC_ACT_OK,
+                                "{} of {} (audited): {} -> {} {}/{}", dir, pod.key, src, dst, port, proto
+                            );
+                        }
                     }
                 }
             }

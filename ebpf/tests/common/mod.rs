@@ -138,9 +138,23 @@ impl Datapath {
     /// Runs one program for `endpoint` (mapped to the test interface) on
     /// the first packet of a flow (no tracked connections).
     pub fn run(&mut self, tables: &Tables, endpoint: u32, dir: Direction, pkt: &[u8]) -> u32 {
+        self.run_with(tables, endpoint, dir, pkt, |_| {})
+    }
+
+    /// The same with the endpoint entry edited first (e.g. its audit flag
+    /// cleared, to see the policy verdict under it).
+    pub fn run_with(
+        &mut self,
+        tables: &Tables,
+        endpoint: u32,
+        dir: Direction,
+        pkt: &[u8],
+        edit: impl FnOnce(&mut maps::ZtEndpoint),
+    ) -> u32 {
         self.clear_ct();
-        let info = &tables.endpoints[&endpoint];
-        self.maps.put_endpoint(TEST_IFINDEX, maps::endpoint(endpoint, info)).unwrap();
+        let mut entry = maps::endpoint(endpoint, &tables.endpoints[&endpoint]);
+        edit(&mut entry);
+        self.maps.put_endpoint(TEST_IFINDEX, entry).unwrap();
         self.test_run(dir, pkt)
     }
 
