@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
 
 use policy::compile::Compiler;
 use policy::model::ObjectKey;
@@ -184,31 +185,130 @@ pub fn record<'a>(e: &ZtEvent, compiler: &'a Compiler) -> Record<'a> {
 /// of events ([`FlowLog::flush`]) instead of a few syscalls per record.
 pub struct FlowLog {
     out: std::io::BufWriter<Box<dyn Write + Send>>,
+    /// Size-based rotation of a flow-log file.
+    rotation: Option<Rotation>,
+}
+
+/// When and how a flow-log file is rotated: once it holds `max_bytes`, at
+/// the end of a batch (so a record is never split across files), `PATH`
+/// becomes `PATH.1`, `PATH.1` becomes `PATH.2` and so on, the oldest
+/// beyond `keep` is deleted, and a new `PATH` is opened. A node agent runs
+/// for months; without this a busy node's log would fill its disk.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    /// The flow-log file.
+    pub path: PathBuf,
+    /// Rotate once the file holds this many bytes.
+    pub max_bytes: u64,
+    /// Rotated files kept (`PATH.1` … `PATH.keep`); 0 keeps none.
+    pub keep: usize,
+    /// Bytes in the current file.
+    written: u64,
+}
+
+impl Rotation {
+    /// Rotation of `path` at `max_bytes`, keeping `keep` old files.
+    pub fn new(path: PathBuf, max_bytes: u64, keep: usize) -> Self {
+        Self { path, max_bytes, keep, written: 0 }
+    }
+
+    fn rotated(&self, n: usize) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(format!(".{n}"));
+        PathBuf::from(p)
+    }
+
+    /// Shifts the files by one and opens a fresh `path`.
+    fn rotate(&self) -> std::io::Result<std::fs::File> {
+        let gone = |r: std::io::Result<()>| match r {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+        if self.keep == 0 {
+            gone(std::fs::remove_file(&self.path))?;
+        } else {
+            gone(std::fs::remove_file(self.rotated(self.keep)))?;
+            for n in (1..self.keep).rev() {
+                gone(std::fs::rename(self.rotated(n), self.rotated(n + 1)))?;
+            }
+            std::fs::rename(&self.path, self.rotated(1))?;
+        }
+        open_append(&self.path)
+    }
+}
+
+/// Opens a flow-log file for appending (created if missing).
+pub fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Counts what passes through to the buffered writer.
+struct Counting<'a, W> {
+    inner: &'a mut W,
+    count: &'a mut u64,
+}
+
+impl<W: Write> Write for Counting<'_, W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(b)?;
+        *self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 impl FlowLog {
     /// A flow log writing to `out`.
     pub fn new(out: Box<dyn Write + Send>) -> Self {
-        Self { out: std::io::BufWriter::with_capacity(64 * 1024, out) }
+        Self { out: std::io::BufWriter::with_capacity(64 * 1024, out), rotation: None }
+    }
+
+    /// A flow log appending to the file of `rotation` and rotating it.
+    pub fn rotating(mut rotation: Rotation) -> std::io::Result<Self> {
+        let file = open_append(&rotation.path)?;
+        rotation.written = file.metadata()?.len();
+        let mut log = Self::new(Box::new(file));
+        log.rotation = Some(rotation);
+        Ok(log)
     }
 
     /// Writes one event and returns its record. IO errors are logged,
     /// never fatal: enforcement does not depend on the log.
     pub fn write<'a>(&mut self, e: &ZtEvent, compiler: &'a Compiler) -> Record<'a> {
         let rec = record(e, compiler);
-        let res = serde_json::to_writer(&mut self.out, &rec)
-            .map_err(std::io::Error::other)
-            .and_then(|()| self.out.write_all(b"\n"));
+        let mut count = 0u64;
+        let mut out = Counting { inner: &mut self.out, count: &mut count };
+        let res =
+            serde_json::to_writer(&mut out, &rec).map_err(std::io::Error::other).and_then(|()| out.write_all(b"\n"));
         if let Err(err) = res {
             tracing::warn!(error = %err, "writing the flow log");
+        }
+        if let Some(r) = &mut self.rotation {
+            r.written += count;
         }
         rec
     }
 
-    /// Pushes buffered records out (after each batch of events).
+    /// Pushes buffered records out (after each batch of events), and
+    /// rotates the file if it is full. A failed rotation is logged and
+    /// retried after the next batch; the records keep going to the file
+    /// that is open.
     pub fn flush(&mut self) {
         if let Err(err) = self.out.flush() {
             tracing::warn!(error = %err, "writing the flow log");
+        }
+        let Some(r) = &mut self.rotation else { return };
+        if r.written < r.max_bytes {
+            return;
+        }
+        match r.rotate() {
+            Ok(file) => {
+                r.written = 0;
+                self.out = std::io::BufWriter::with_capacity(64 * 1024, Box::new(file));
+            }
+            Err(err) => tracing::warn!(error = %err, path = %r.path.display(), "rotating the flow log"),
         }
     }
 }
@@ -264,6 +364,52 @@ mod tests {
         assert_eq!(line["isolated_by"], serde_json::json!(["n/deny", "n/web"]));
         let line = serde_json::to_value(record(&ZtEvent { allowed: 1, reason: 1, ..denied }, &compiler)).unwrap();
         assert!(line.get("isolated_by").is_none(), "absent when empty: {line}");
+    }
+
+    /// Rotation keeps whole lines, at most `keep` old files, and the newest
+    /// records in the file itself.
+    #[test]
+    fn a_full_file_is_rotated_between_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flows.jsonl");
+        std::fs::write(&path, "{\"old\":true}\n").unwrap();
+        let mut log = FlowLog::rotating(Rotation::new(path.clone(), 1000, 2)).unwrap();
+        let compiler = Compiler::new(policy::Scope::Cluster);
+        let mut e = ZtEvent { family: 4, protocol: 6, allowed: 1, reason: 2, ..Default::default() };
+        for batch in 0..20u16 {
+            for i in 0..3u16 {
+                e.sport = (batch * 10 + i).to_be();
+                log.write(&e, &compiler);
+            }
+            log.flush();
+        }
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        let files = [path.clone(), dir.path().join("flows.jsonl.1"), dir.path().join("flows.jsonl.2")];
+        for f in &files {
+            let text = read(f);
+            // The file itself may just have been started afresh.
+            assert!(f.exists() && (f == &path || !text.is_empty()), "{} is missing", f.display());
+            assert!(text.is_empty() || text.ends_with('\n'), "a record split across files");
+            for l in text.lines() {
+                serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+            }
+            // Rotated at the first flush past 1,000 bytes: at most one batch over.
+            assert!(text.len() < 1000 + 3 * 300, "{}: {} bytes", f.display(), text.len());
+        }
+        assert!(!dir.path().join("flows.jsonl.3").exists(), "only two old files are kept");
+        assert!(!files.iter().any(|f| read(f).contains("\"old\"")), "the oldest records rotated away");
+        let newest = if read(&path).is_empty() { read(&files[1]) } else { read(&path) };
+        let last = newest.lines().last().map(str::to_string).unwrap_or_default();
+        assert!(last.contains(":192\""), "the newest record is the last one written: {last}");
+        // keep = 0: the file is started afresh.
+        let mut log = FlowLog::rotating(Rotation::new(path.clone(), 10, 0)).unwrap();
+        log.write(&e, &compiler);
+        log.flush();
+        assert!(read(&path).is_empty());
+        log.write(&e, &compiler);
+        log.write(&e, &compiler);
+        log.flush();
+        assert_eq!(read(&path), "", "rotated again after this batch");
     }
 
     /// The JSON line: IPv6 endpoints bracketed, no ports for a protocol

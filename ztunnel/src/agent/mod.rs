@@ -26,7 +26,7 @@ use policy::compile::{Compiler, Scope};
 
 use self::admin::{FlowLabels, Metrics, PacketLabels};
 use self::dataplane::Dataplane;
-use self::flowlog::FlowLog;
+use self::flowlog::{FlowLog, Rotation};
 use self::source::Change;
 
 /// Validated configuration of `ztunnel run`.
@@ -38,6 +38,10 @@ pub struct Config {
     pub node: String,
     /// Flow log destination; stdout when `None`.
     pub flow_log: Option<PathBuf>,
+    /// Rotate the flow-log file at this size (0: never).
+    pub flow_log_max_bytes: u64,
+    /// Rotated flow-log files kept.
+    pub flow_log_keep: usize,
     /// How often to look for changes.
     pub poll: Duration,
     /// Where maps and links are pinned (a bpffs directory); `None` keeps
@@ -62,6 +66,7 @@ impl Config {
             self.poll >= Duration::from_millis(10) && self.poll <= Duration::from_secs(10),
             "--poll-ms must be between 10 and 10000"
         );
+        anyhow::ensure!(self.flow_log_keep <= 100, "--flow-log-keep must be at most 100");
         Ok(())
     }
 }
@@ -69,17 +74,16 @@ impl Config {
 /// Runs the agent until the process is stopped.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     cfg.validate()?;
-    let out: Box<dyn std::io::Write + Send> = match &cfg.flow_log {
-        Some(p) => Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .with_context(|| format!("--flow-log {}", p.display()))?,
-        ),
-        None => Box::new(std::io::stdout()),
+    let mut flowlog = match &cfg.flow_log {
+        Some(p) if cfg.flow_log_max_bytes > 0 => {
+            FlowLog::rotating(Rotation::new(p.clone(), cfg.flow_log_max_bytes, cfg.flow_log_keep))
+                .with_context(|| format!("--flow-log {}", p.display()))?
+        }
+        Some(p) => {
+            FlowLog::new(Box::new(flowlog::open_append(p).with_context(|| format!("--flow-log {}", p.display()))?))
+        }
+        None => FlowLog::new(Box::new(std::io::stdout())),
     };
-    let mut flowlog = FlowLog::new(out);
     let metrics = Arc::new(Metrics::default());
     metrics.policy_audit.set(i64::from(cfg.policy_audit));
     let mut registry = prometheus_client::registry::Registry::default();

@@ -330,6 +330,12 @@ pub struct RunArgs {
     /// Write the JSON flow log here (default: stdout).
     #[arg(long, value_name = "PATH", env = "ZTUNNEL_FLOW_LOG")]
     pub flow_log: Option<PathBuf>,
+    /// Rotate the --flow-log file once it holds this many MiB (0: never).
+    #[arg(long, value_name = "MIB", default_value_t = 100, env = "ZTUNNEL_FLOW_LOG_MAX_MIB")]
+    pub flow_log_max_mib: u64,
+    /// Rotated flow-log files kept (PATH.1, PATH.2, ...).
+    #[arg(long, value_name = "N", default_value_t = 5, env = "ZTUNNEL_FLOW_LOG_KEEP")]
+    pub flow_log_keep: usize,
     /// How often to look for manifest changes, in milliseconds.
     #[arg(long, default_value_t = 200, env = "ZTUNNEL_POLL_MS")]
     pub poll_ms: u64,
@@ -445,6 +451,8 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 source: source_spec(args.local, args.kube),
                 node: args.node,
                 flow_log: args.flow_log,
+                flow_log_max_bytes: args.flow_log_max_mib.saturating_mul(1 << 20),
+                flow_log_keep: args.flow_log_keep,
                 poll: std::time::Duration::from_millis(args.poll_ms),
                 pin_dir: if args.no_pin { None } else { Some(args.bpffs.unwrap_or(default_pins)) },
                 admin: Some(args.admin),
