@@ -161,8 +161,14 @@ fn check_notes_a_namespace_in_audit_mode() {
     // Allowed the other way round: no note for the audited side that allows.
     let out = ztunnel(&["policy", "check", "-f", d, "--from", "m/b", "--to", "n/a"]);
     assert!(!text(&out.stdout).contains("note:"), "{}", text(&out.stdout));
+    // The matrix names the audited namespaces under the table.
+    let out = ztunnel(&["policy", "matrix", "-f", d]);
+    let s = text(&out.stdout);
+    assert!(s.contains("note: in policy audit mode") && s.trim_end().ends_with(": m"), "{s}");
     // Any other value enforces, and gets no note.
     w("ns.yaml", &ns("yes"));
     let out = ztunnel(&["policy", "check", "-f", d, "--from", "n/a", "--to", "m/b"]);
+    assert!(!text(&out.stdout).contains("note:"), "{}", text(&out.stdout));
+    let out = ztunnel(&["policy", "matrix", "-f", d]);
     assert!(!text(&out.stdout).contains("note:"), "{}", text(&out.stdout));
 }

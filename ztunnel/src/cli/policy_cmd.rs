@@ -109,6 +109,15 @@ pub fn matrix_cmd(args: &MatrixArgs, color: bool) -> anyhow::Result<ExitCode> {
             for m in &matrices {
                 print!("{}", render_matrix(m, color));
             }
+            let audited: Vec<&str> =
+                cluster.namespace_names().into_iter().filter(|ns| cluster.policy_audited(ns)).collect();
+            if !audited.is_empty() {
+                println!(
+                    "note: in policy audit mode ({}=true), so their pods' denials are reported, not enforced: {}",
+                    policy::cluster::POLICY_AUDIT_LABEL,
+                    audited.join(", ")
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
