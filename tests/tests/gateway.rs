@@ -731,7 +731,13 @@ fn websockets_are_switched_joined_to_the_backend_and_bounded() {
             ws
         })
         .collect();
-    assert_eq!(g.metric("ztunnel_gateway_websockets "), 4.0);
+    // The gauge moves once the gateway holds the upgraded connection, a
+    // moment after the 101 has gone out.
+    assert!(
+        until(Duration::from_secs(3), || g.metric("ztunnel_gateway_websockets ") == 4.0),
+        "{}",
+        g.metric("ztunnel_gateway_websockets ")
+    );
     let mut fifth = connect();
     let _ = fifth.write_all(ws_request("plain.example.com", "/chat").as_bytes());
     assert_eq!(read_head(&mut fifth), "", "a fifth connection was served");

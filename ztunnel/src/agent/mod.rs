@@ -181,13 +181,18 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         if changed {
             dp.bump_epoch()?;
             let audited = compiler.tables().endpoints.values().filter(|e| e.audit).count();
-            if i64::try_from(audited).unwrap_or(i64::MAX) != metrics.policy_audit_pods.get() {
-                tracing::warn!(
-                    pods = audited,
-                    "pods of this node in policy audit mode by their namespace label (ztunnel.io/policy-audit): their denials are reported, not enforced"
-                );
+            let audited = i64::try_from(audited).unwrap_or(i64::MAX);
+            if audited != metrics.policy_audit_pods.get() {
+                if audited > 0 {
+                    tracing::warn!(
+                        pods = audited,
+                        "pods of this node in policy audit mode by their namespace label (ztunnel.io/policy-audit): their denials are reported, not enforced"
+                    );
+                } else {
+                    tracing::info!("no pod of this node is in namespace policy audit mode any more");
+                }
             }
-            metrics.policy_audit_pods.set(i64::try_from(audited).unwrap_or(i64::MAX));
+            metrics.policy_audit_pods.set(audited);
             tracing::info!(
                 endpoints = compiler.tables().endpoints.len(),
                 policy_entries = compiler.tables().policy.len(),
