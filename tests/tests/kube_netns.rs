@@ -192,4 +192,26 @@ fn kube_mode_agents_and_ca_enforce_the_seed_policies_like_local_mode() {
     let cluster_after = Cluster::from_objects(after);
     let converged = until(Duration::from_secs(20), || conformance(&tb, &cluster_after).1.is_empty());
     assert!(converged, "{:?}", conformance(&tb, &cluster_after).1);
+
+    // Namespace audit mode through the API: labelling `default` lets what
+    // its policies deny through — in the datapath on both nodes and in the
+    // destination proxy's re-check — and reports it; the label's removal
+    // enforces again.
+    let test_ns = tb.pod("default/test").unwrap().ns.name().to_string();
+    let apiserver = SocketAddr::from((Ipv4Addr::new(10, 244, 1, 10), 80));
+    assert!(!probe::tcp(&test_ns, apiserver), "default/test -> apiserver is denied by default/api-allow");
+    let namespace = |labels: serde_json::Value| serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default", "labels": labels}});
+    api.apply(namespace(serde_json::json!({"ztunnel.io/policy-audit": "true"})));
+    let audited = until(Duration::from_secs(20), || probe::tcp(&test_ns, apiserver));
+    assert!(audited, "the audit label did not let the denied flow through\n{}", logs());
+    let metrics = admin_get(&ns[0], 15021, "/metrics");
+    assert!(!metrics.contains("ztunnel_policy_audit_pods 0"), "{metrics}");
+    let audits = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ztunnel_tunnel_policy_audits_total ")?.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(audits >= 1.0, "the destination proxy's re-check was audited too: {metrics}");
+    api.apply(namespace(serde_json::json!({})));
+    let enforced = until(Duration::from_secs(20), || !probe::tcp(&test_ns, apiserver));
+    assert!(enforced, "removing the label did not enforce again\n{}", logs());
 }
