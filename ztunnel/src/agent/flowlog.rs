@@ -218,20 +218,25 @@ impl Rotation {
         PathBuf::from(p)
     }
 
-    /// Shifts the files by one and opens a fresh `path`.
+    /// Shifts the files by one and opens a fresh `path`. When `path` is
+    /// not there (an earlier rotation moved it and then failed to open the
+    /// new one, or someone removed it) nothing is shifted: retries must not
+    /// push the kept files out one by one.
     fn rotate(&self) -> std::io::Result<std::fs::File> {
         let gone = |r: std::io::Result<()>| match r {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         };
-        if self.keep == 0 {
-            gone(std::fs::remove_file(&self.path))?;
-        } else {
-            gone(std::fs::remove_file(self.rotated(self.keep)))?;
-            for n in (1..self.keep).rev() {
-                gone(std::fs::rename(self.rotated(n), self.rotated(n + 1)))?;
+        if self.path.exists() {
+            if self.keep == 0 {
+                gone(std::fs::remove_file(&self.path))?;
+            } else {
+                gone(std::fs::remove_file(self.rotated(self.keep)))?;
+                for n in (1..self.keep).rev() {
+                    gone(std::fs::rename(self.rotated(n), self.rotated(n + 1)))?;
+                }
+                std::fs::rename(&self.path, self.rotated(1))?;
             }
-            std::fs::rename(&self.path, self.rotated(1))?;
         }
         open_append(&self.path)
     }
@@ -401,6 +406,16 @@ mod tests {
         let newest = if read(&path).is_empty() { read(&files[1]) } else { read(&path) };
         let last = newest.lines().last().map(str::to_string).unwrap_or_default();
         assert!(last.contains(":192\""), "the newest record is the last one written: {last}");
+        // A file removed from under the agent: the next rotation opens a
+        // new one and leaves the kept files where they are.
+        let kept = read(&files[1]);
+        std::fs::remove_file(&path).unwrap();
+        let mut log = FlowLog::rotating(Rotation::new(path.clone(), 1, 2)).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        log.write(&e, &compiler);
+        log.flush();
+        assert!(path.exists() && read(&path).is_empty(), "a new file is opened");
+        assert_eq!(read(&files[1]), kept, "nothing shifted");
         // keep = 0: the file is started afresh.
         let mut log = FlowLog::rotating(Rotation::new(path.clone(), 10, 0)).unwrap();
         log.write(&e, &compiler);
