@@ -158,6 +158,10 @@ fn check_notes_a_namespace_in_audit_mode() {
     assert_eq!(out.status.code(), Some(1), "{s}");
     assert!(s.contains("DENIED") && s.contains("isolated by m/deny"), "{s}");
     assert!(s.contains("note: namespace m is in policy audit mode"), "{s}");
+    let out = ztunnel(&["policy", "check", "-f", d, "--from", "n/a", "--to", "m/b", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((&v["egress_audited"], &v["ingress_audited"]), (&false.into(), &true.into()), "{v}");
+    assert!(v["ingress"].is_object() && v["egress"].is_object(), "the verdict is still there: {v}");
     // Allowed the other way round: no note for the audited side that allows.
     let out = ztunnel(&["policy", "check", "-f", d, "--from", "m/b", "--to", "n/a"]);
     assert!(!text(&out.stdout).contains("note:"), "{}", text(&out.stdout));

@@ -57,7 +57,20 @@ pub fn check(args: &CheckArgs, color: bool) -> anyhow::Result<ExitCode> {
     let cluster = load_reporting(&args.sources.paths).cluster();
     let verdict = evaluate(&cluster, &from, &to, port, protocol)?;
     match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&verdict)?),
+        Output::Json => {
+            /// The verdict, and which side's denial would only be reported
+            /// (its namespace is in policy audit mode).
+            #[derive(serde::Serialize)]
+            struct Checked<'a> {
+                #[serde(flatten)]
+                verdict: &'a policy::Verdict,
+                egress_audited: bool,
+                ingress_audited: bool,
+            }
+            let audited = |e: &policy::Endpoint| audited_namespace(&cluster, e).is_some();
+            let out = Checked { verdict: &verdict, egress_audited: audited(&from), ingress_audited: audited(&to) };
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
         Output::Text => {
             let word = if verdict.allowed() { "ALLOWED" } else { "DENIED" };
             println!(
