@@ -337,20 +337,36 @@ fn pinned_bookstore(dir: &Path) -> Pinned {
     Pinned { manifests, bpffs, tb, nodes, logs }
 }
 
+impl Pinned {
+    /// One agent per node on the pinned maps, with `extra` arguments.
+    fn start(&self, extra: &[&str]) -> Vec<Agent> {
+        let Pinned { manifests, bpffs, tb, nodes, logs } = self;
+        nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                start_agent_with(tb.nodes[i].ns.name(), manifests, n, &logs[i], Some(&bpffs.0.join(n)), extra)
+            })
+            .collect()
+    }
+}
+
+/// Every flow-log record the agents have written to `logs` so far.
+fn flow_records(logs: &[PathBuf]) -> Vec<serde_json::Value> {
+    logs.iter()
+        .flat_map(|l| fs::read_to_string(l).unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>())
+        .filter_map(|l| serde_json::from_str(&l).ok())
+        .collect()
+}
+
 #[test]
 fn enforcement_survives_agent_kill_and_restart() {
     if !require_root("enforcement_survives_agent_kill_and_restart") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let Pinned { manifests, bpffs, tb, nodes, logs } = pinned_bookstore(dir.path());
-    let start = |tb: &Testbed| -> Vec<Agent> {
-        nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| start_agent(tb.nodes[i].ns.name(), &manifests, n, &logs[i], Some(&bpffs.0.join(n))))
-            .collect()
-    };
+    let pinned = pinned_bookstore(dir.path());
+    let Pinned { manifests, tb, logs, .. } = &pinned;
     let api = SocketAddr::from((Ipv4Addr::new(10, 244, 1, 10), 80));
     let test_ns = tb.pod("default/test").unwrap().ns.name().to_string();
     let front_ns = tb.pod("default/frontend").unwrap().ns.name().to_string();
@@ -359,8 +375,8 @@ fn enforcement_survives_agent_kill_and_restart() {
         assert!(probe::tcp(&front_ns, api), "{when}: the frontend must be allowed");
     };
 
-    let agents = start(&tb);
-    assert!(wait_for(&logs, "attached", 3), "agents did not attach");
+    let agents = pinned.start(&[]);
+    assert!(wait_for(logs, "attached", 3), "agents did not attach");
     check("agents running");
 
     // kill -9: the pinned links and maps keep enforcing.
@@ -372,8 +388,8 @@ fn enforcement_survives_agent_kill_and_restart() {
     check("agents killed");
 
     // Restart: the new agents re-adopt the links and maps, without a gap.
-    let agents = start(&tb);
-    assert!(wait_for(&logs, "re-adopted", 3), "restarted agents did not re-adopt");
+    let agents = pinned.start(&[]);
+    assert!(wait_for(logs, "re-adopted", 3), "restarted agents did not re-adopt");
     check("agents restarted");
 
     // And they still apply changes.
@@ -501,31 +517,22 @@ fn policy_audit_mode_reports_denials_and_restarting_without_it_enforces() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let Pinned { manifests, bpffs, tb, nodes, logs } = pinned_bookstore(dir.path());
-    let start = |tb: &Testbed, extra: &[&str]| -> Vec<Agent> {
-        nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                start_agent_with(tb.nodes[i].ns.name(), &manifests, n, &logs[i], Some(&bpffs.0.join(n)), extra)
-            })
-            .collect()
-    };
+    let pinned = pinned_bookstore(dir.path());
+    let Pinned { tb, logs, .. } = &pinned;
     let api = SocketAddr::from((Ipv4Addr::new(10, 244, 1, 10), 80));
     let test_ns = tb.pod("default/test").unwrap().ns.name().to_string();
     let front_ns = tb.pod("default/frontend").unwrap().ns.name().to_string();
 
     // Audit mode: what the policies deny still connects, and is reported.
-    let agents = start(&tb, &["--policy-audit"]);
-    assert!(wait_for(&logs, "attached", 3), "agents did not attach");
+    let agents = pinned.start(&["--policy-audit"]);
+    assert!(wait_for(logs, "attached", 3), "agents did not attach");
     let audit_gauge = |tb: &Testbed| testbed::cluster::admin_get(tb.nodes[0].ns.name(), 15021, "/metrics");
-    assert!(audit_gauge(&tb).contains("ztunnel_policy_audit_mode 1"), "{}", audit_gauge(&tb));
+    assert!(audit_gauge(tb).contains("ztunnel_policy_audit_mode 1"), "{}", audit_gauge(tb));
     assert!(probe::tcp(&test_ns, api), "audit mode: default/test -> apiserver must pass");
     assert!(probe::tcp(&front_ns, api), "the frontend is allowed anyway");
     let audited = || {
-        logs.iter()
-            .flat_map(|l| fs::read_to_string(l).unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>())
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+        flow_records(logs)
+            .into_iter()
             .filter(|v| v["verdict"] == "audit" && v["reason"] == "audit")
             .map(|v| (v["src"].as_str().unwrap_or("").to_string(), v["pod"].as_str().unwrap_or("").to_string()))
             .collect::<Vec<_>>()
@@ -544,10 +551,10 @@ fn policy_audit_mode_reports_denials_and_restarting_without_it_enforces() {
 
     // Restarted without audit mode: enforced again, the held connection too.
     drop(agents);
-    let agents = start(&tb, &[]);
-    assert!(wait_for(&logs, "re-adopted", 3), "restarted agents did not re-adopt");
+    let agents = pinned.start(&[]);
+    assert!(wait_for(logs, "re-adopted", 3), "restarted agents did not re-adopt");
     assert!(!probe::tcp(&test_ns, api), "enforcing again: default/test must be denied");
-    assert!(audit_gauge(&tb).contains("ztunnel_policy_audit_mode 0"), "{}", audit_gauge(&tb));
+    assert!(audit_gauge(tb).contains("ztunnel_policy_audit_mode 0"), "{}", audit_gauge(tb));
     assert!(probe::tcp(&front_ns, api), "the frontend keeps access");
     assert!(!long.echo(b'b'), "the connection audit mode let through must be cut");
     long.close();
@@ -560,13 +567,10 @@ fn a_namespace_label_audits_its_pods_and_removing_it_enforces_again() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let Pinned { manifests, bpffs, tb, nodes, logs } = pinned_bookstore(dir.path());
-    let _agents: Vec<Agent> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| start_agent_with(tb.nodes[i].ns.name(), &manifests, n, &logs[i], Some(&bpffs.0.join(n)), &[]))
-        .collect();
-    assert!(wait_for(&logs, "attached", 3), "agents did not attach");
+    let pinned = pinned_bookstore(dir.path());
+    let Pinned { manifests, tb, logs, .. } = &pinned;
+    let _agents = pinned.start(&[]);
+    assert!(wait_for(logs, "attached", 3), "agents did not attach");
     let api = SocketAddr::from((Ipv4Addr::new(10, 244, 1, 10), 80));
     let test_ns = tb.pod("default/test").unwrap().ns.name().to_string();
     let front_ns = tb.pod("default/frontend").unwrap().ns.name().to_string();
@@ -598,9 +602,8 @@ fn a_namespace_label_audits_its_pods_and_removing_it_enforces_again() {
     assert!(probe::tcp(&test_ns, api), "namespace audit: default/test -> apiserver must pass");
     assert!(probe::tcp(&front_ns, api), "the frontend is allowed anyway");
     let audited = || {
-        logs.iter()
-            .flat_map(|l| fs::read_to_string(l).unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>())
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+        flow_records(logs)
+            .into_iter()
             .filter(|v| v["verdict"] == "audit")
             .map(|v| v["src"].as_str().unwrap_or("").to_string())
             .collect::<Vec<_>>()
@@ -611,10 +614,8 @@ fn a_namespace_label_audits_its_pods_and_removing_it_enforces_again() {
         audited()
     );
     // The audit record at the API server names the policies that isolate it.
-    let isolating: Vec<String> = fs::read_to_string(&logs[0])
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    let isolating: Vec<String> = flow_records(&logs[..1])
+        .into_iter()
         .filter(|v| v["verdict"] == "audit" && v["direction"] == "ingress")
         .flat_map(|v| v["isolated_by"].as_array().cloned().unwrap_or_default())
         .filter_map(|p| p.as_str().map(str::to_string))
