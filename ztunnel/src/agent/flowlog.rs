@@ -155,7 +155,7 @@ pub fn record<'a>(e: &ZtEvent, compiler: &'a Compiler) -> Record<'a> {
     let tables = compiler.tables();
     let proto = Protocol::from_number(e.protocol);
     let direction = if e.direction == 0 { Direction::Ingress } else { Direction::Egress };
-    let denial = matches!(e.reason, 0 | 9 | zt_ebpf::maps::REASON_AUDIT);
+    let denial = matches!(reason(e.reason), "denied" | "revoked" | "audit");
     let port = |p: u16| proto.has_ports().then(|| u16::from_be(p));
     let rule = (e.rule != 0).then(|| tables.rules.get(&e.rule)).flatten();
     Record {
