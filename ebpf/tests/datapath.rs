@@ -196,9 +196,7 @@ fn conntrack_passes_replies_and_policy_changes_revoke_flows() {
     }
     let info = &compiler.tables().endpoints[&db];
     dp.maps.put_endpoint(TEST_IFINDEX, maps::endpoint(db, info)).unwrap();
-    let mut cfg: aya::maps::Array<_, maps::ZtConfig> =
-        aya::maps::Array::try_from(dp.bpf.map_mut(zt_ebpf::map_names::CONFIG).unwrap()).unwrap();
-    cfg.set(0, maps::ZtConfig { epoch: 1, ..Default::default() }, 0).unwrap();
+    dp.set_config(maps::ZtConfig { epoch: 1, ..Default::default() });
     assert_eq!(dp.test_run(Direction::Ingress, &ack), TC_ACT_SHOT, "revoked flow is cut");
     assert_eq!(dp.test_run(Direction::Egress, &syn_ack), TC_ACT_SHOT, "and so are its replies");
     let evs = events(&mut dp);
@@ -211,11 +209,6 @@ fn audit_mode_passes_and_reports_what_policy_denies_until_it_is_turned_off() {
         return;
     }
     let (_compiler, mut dp, db) = at_db();
-    let set_config = |dp: &mut Datapath, c: maps::ZtConfig| {
-        let mut cfg: aya::maps::Array<_, maps::ZtConfig> =
-            aya::maps::Array::try_from(dp.bpf.map_mut(zt_ebpf::map_names::CONFIG).unwrap()).unwrap();
-        cfg.set(0, c, 0).unwrap();
-    };
     // db may not open connections to the frontend (egress default-deny).
     let syn = tcp("10.244.1.11", 41000, "10.244.2.10", 80, 0x02);
     let ack = tcp("10.244.1.11", 41000, "10.244.2.10", 80, 0x10);
@@ -224,7 +217,7 @@ fn audit_mode_passes_and_reports_what_policy_denies_until_it_is_turned_off() {
     let evs = events(&mut dp);
     assert!(evs.iter().any(|e| e.reason == 0 && e.allowed == 0), "the denial is reported: {evs:?}");
 
-    set_config(&mut dp, maps::ZtConfig { epoch: 1, audit: 1, ..Default::default() });
+    dp.set_config(maps::ZtConfig { epoch: 1, audit: 1, ..Default::default() });
     assert_eq!(dp.test_run(Direction::Egress, &syn), TC_ACT_OK, "audit mode: let through");
     assert_eq!(dp.test_run(Direction::Egress, &ack), TC_ACT_OK, "and tracked");
     let evs = events(&mut dp);
@@ -235,7 +228,7 @@ fn audit_mode_passes_and_reports_what_policy_denies_until_it_is_turned_off() {
 
     // Audit off with a new epoch (what an agent restarted without the flag
     // does): the tracked flow is decided again and cut.
-    set_config(&mut dp, maps::ZtConfig { epoch: 2, audit: 0, ..Default::default() });
+    dp.set_config(maps::ZtConfig { epoch: 2, audit: 0, ..Default::default() });
     assert_eq!(dp.test_run(Direction::Egress, &ack), TC_ACT_SHOT, "enforcing again: the audited flow is cut");
     let evs = events(&mut dp);
     assert!(evs.iter().any(|e| e.reason == 9 && e.allowed == 0), "revocation is reported: {evs:?}");
@@ -260,9 +253,7 @@ fn a_namespace_in_audit_mode_passes_and_reports_its_denials() {
         let diff = compiler.apply(namespace(labels));
         apply_diff(&mut dp.maps, &diff, &|_| None, &|_| None).unwrap();
         dp.maps.put_endpoint(TEST_IFINDEX, maps::endpoint(db, &compiler.tables().endpoints[&db])).unwrap();
-        let mut cfg: aya::maps::Array<_, maps::ZtConfig> =
-            aya::maps::Array::try_from(dp.bpf.map_mut(zt_ebpf::map_names::CONFIG).unwrap()).unwrap();
-        cfg.set(0, maps::ZtConfig { epoch, ..Default::default() }, 0).unwrap();
+        dp.set_config(maps::ZtConfig { epoch, ..Default::default() });
         // Whether db's endpoint entry changed.
         diff.endpoints.iter().any(|c| matches!(c, policy::compile::Change::Upsert(ep, _) if *ep == db))
     };

@@ -158,6 +158,13 @@ impl Datapath {
         self.test_run(dir, pkt)
     }
 
+    /// Replaces the datapath's configuration (epoch, audit, ...).
+    pub fn set_config(&mut self, c: maps::ZtConfig) {
+        let mut cfg: aya::maps::Array<_, maps::ZtConfig> =
+            aya::maps::Array::try_from(self.bpf.map_mut(zt_ebpf::map_names::CONFIG).unwrap()).unwrap();
+        cfg.set(0, c, 0).unwrap();
+    }
+
     /// Runs one program on a packet with the maps as they are.
     pub fn test_run(&self, dir: Direction, pkt: &[u8]) -> u32 {
         let name = match dir {
