@@ -70,7 +70,8 @@ fn block(fields: &[(&[u8], &[u8])]) -> Bytes {
 
 #[test]
 fn malformed_heads() {
-    let cases: Vec<(Vec<(&[u8], &[u8])>, &str)> = vec![
+    type Fields<'a> = Vec<(&'a [u8], &'a [u8])>;
+    let cases: Vec<(Fields<'_>, &str)> = vec![
         (vec![(b":method", b"CONNECT"), (b"Forwarded", b"x")], "upper-case field name"),
         (vec![(b"forwarded", b"x"), (b":method", b"CONNECT")], "pseudo-field after a regular field"),
         (vec![(b":method", b"CONNECT"), (b":method", b"GET")], "repeated pseudo-field"),
