@@ -21,7 +21,7 @@
 
 use std::collections::VecDeque;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 
 use crate::frame::{self, DEFAULT_MAX_FRAME, Frame, FrameError, MAX_WINDOW, Reason, Setting, conn_err};
@@ -31,6 +31,8 @@ use crate::headers::{self, Decoder, Head, HeaderError};
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The default initial window (§6.9.2).
 const DEFAULT_WINDOW: u32 = 65_535;
+/// Queues emptied after a burst keep at most this much room.
+const SHRINK_ABOVE: usize = 16;
 /// PING payload of a graceful drain's round trip (§6.8).
 const DRAIN_PING: [u8; 8] = *b"hbone-dr";
 
@@ -206,6 +208,18 @@ struct Stream {
     blocked: bool,
 }
 
+/// A DATA frame whose payload is arriving.
+#[derive(Debug, Clone, Copy)]
+struct InData {
+    stream: u32,
+    /// Payload bytes still to come.
+    left: u32,
+    /// The frame carries END_STREAM.
+    end: bool,
+    /// Its stream takes the payload (else it is dropped).
+    deliver: bool,
+}
+
 /// A header block arriving over HEADERS and CONTINUATION frames.
 #[derive(Debug)]
 struct Partial {
@@ -248,6 +262,7 @@ pub struct Connection {
     conn_unannounced: u32,
 
     partial: Option<Partial>,
+    in_data: Option<InData>,
     decoder: Decoder,
 
     goaway_sent: Option<u32>,
@@ -299,6 +314,7 @@ impl Connection {
             recv_window: config.connection_window,
             conn_unannounced: 0,
             partial: None,
+            in_data: None,
             decoder: Decoder::new(config.max_header_list as usize),
             goaway_sent: None,
             goaway_received: None,
@@ -337,6 +353,11 @@ impl Connection {
         self.streams.len()
     }
 
+    /// The peer's preface (server side) and SETTINGS arrived.
+    pub fn handshaken(&self) -> bool {
+        self.peer_settings_seen
+    }
+
     /// This side's SETTINGS was acknowledged by the peer.
     pub fn settings_acked(&self) -> bool {
         self.settings_acked
@@ -348,6 +369,12 @@ impl Connection {
         self.goaway_sent.is_some() || self.goaway_received.is_some() || self.failed
     }
 
+    /// (Server) whether new streams may still arrive: no GOAWAY sent, or
+    /// only a graceful drain's first one (streams in flight may follow it).
+    pub fn accepting(&self) -> bool {
+        !self.failed && (self.goaway_sent.is_none() || self.draining)
+    }
+
     /// Going away with no stream left (and no drain round trip pending):
     /// once [`Connection::transmit`] is empty the owner may close.
     pub fn is_done(&self) -> bool {
@@ -356,13 +383,22 @@ impl Connection {
 
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let ev = self.events.pop_front();
+        if ev.is_none() && self.events.capacity() > SHRINK_ABOVE {
+            // A burst (a thousand tunnels opening at once) must not leave
+            // its queue's room allocated for the connection's lifetime.
+            self.events = VecDeque::new();
+        }
+        ev
     }
 
     /// Appends the bytes to send, in order, to `dst`.
     pub fn transmit(&mut self, dst: &mut Vec<Bytes>) {
         self.flush_ctl();
         dst.extend(self.out.drain(..));
+        if self.out.capacity() > SHRINK_ABOVE {
+            self.out = VecDeque::new();
+        }
     }
 
     /// Whether anything waits in [`Connection::transmit`].
@@ -444,6 +480,15 @@ impl Connection {
             self.maybe_remove(stream);
         }
         Ok(())
+    }
+
+    /// Asks for [`Event::Writable`] when `stream`'s windows next open (a
+    /// sender that found no room, or stopped short of it for its own
+    /// reasons).
+    pub fn want_writable(&mut self, stream: u32) {
+        if let Some(s) = self.streams.get_mut(&stream) {
+            s.blocked = true;
+        }
     }
 
     /// Bytes `stream` may send now (both windows).
@@ -603,7 +648,13 @@ impl Connection {
     /// How many more bytes are needed before [`Connection::recv`] can make
     /// progress with `buf` (a hint for read sizes).
     pub fn wanted(&self, buf: &[u8]) -> usize {
-        if self.preface_left > 0 { self.preface_left.saturating_sub(buf.len()).max(1) } else { frame::wanted(buf) }
+        if self.preface_left > 0 {
+            return self.preface_left.saturating_sub(buf.len()).max(1);
+        }
+        match self.in_data {
+            Some(d) => (d.left as usize).saturating_sub(buf.len()).max(1),
+            None => frame::wanted(buf),
+        }
     }
 
     fn recv_frames(&mut self, buf: &mut BytesMut) -> Result<(), FrameError> {
@@ -619,20 +670,69 @@ impl Connection {
                 return Ok(());
             }
         }
-        while let Some(f) = frame::decode(buf, self.config.max_frame)? {
-            match self.on_frame(f) {
-                Ok(()) => {}
-                Err(FrameError::Stream { stream, reason, .. }) => {
-                    frame::put_reset(&mut self.ctl, stream, reason);
-                    if self.streams.contains_key(&stream) {
-                        self.remove(stream);
-                        self.events.push_back(Event::Reset { stream, reason, by_peer: false });
-                    }
+        loop {
+            if let Some(d) = self.in_data {
+                // The rest of a DATA frame's payload: delivered as it comes.
+                if buf.is_empty() && d.left > 0 {
+                    return Ok(());
                 }
-                Err(e) => return Err(e),
+                let n = (d.left as usize).min(buf.len());
+                let piece = buf.split_to(n).freeze();
+                let left = d.left - n as u32;
+                self.in_data = if left == 0 { None } else { Some(InData { left, ..d }) };
+                self.data_piece(d, piece, left == 0);
+                continue;
+            }
+            if let Some(head) = self.streamable_data(buf) {
+                buf.advance(frame::HEADER_LEN);
+                let deliver = match self.data_start(head.stream, head.len) {
+                    Ok(deliver) => deliver,
+                    Err(e) => {
+                        self.stream_error(e)?;
+                        false
+                    }
+                };
+                let end = head.flags & frame::flag::END_STREAM != 0;
+                self.in_data = Some(InData { stream: head.stream, left: head.len, end, deliver });
+                continue;
+            }
+            let Some(f) = frame::decode(buf, self.config.max_frame)? else {
+                return Ok(());
+            };
+            if let Err(e) = self.on_frame(f) {
+                self.stream_error(e)?;
             }
         }
-        Ok(())
+    }
+
+    /// Resets the stream of a stream error; a connection error is returned.
+    fn stream_error(&mut self, e: FrameError) -> Result<(), FrameError> {
+        match e {
+            FrameError::Stream { stream, reason, .. } => {
+                frame::put_reset(&mut self.ctl, stream, reason);
+                if self.streams.contains_key(&stream) {
+                    self.remove(stream);
+                    self.events.push_back(Event::Reset { stream, reason, by_peer: false });
+                }
+                Ok(())
+            }
+            e => Err(e),
+        }
+    }
+
+    /// The header at the front of `buf` if it starts a DATA frame whose
+    /// payload can be delivered piece by piece as it arrives (unpadded,
+    /// within the limits; anything else takes the whole-frame path, which
+    /// also reports its errors). Delivering pieces means a large frame
+    /// never waits whole in a buffer, nor is copied when the buffer must
+    /// grow to hold it.
+    fn streamable_data(&self, buf: &[u8]) -> Option<frame::Head> {
+        if buf.len() < frame::HEADER_LEN || self.partial.is_some() || !self.peer_settings_seen {
+            return None;
+        }
+        let head = frame::Head::parse(&buf[..frame::HEADER_LEN]);
+        let plain = head.kind == frame::kind::DATA && head.flags & frame::flag::PADDED == 0;
+        (plain && head.stream != 0 && head.len <= self.config.max_frame).then_some(head)
     }
 
     /// Whether `id` names a stream that was never opened (§5.1 "idle").
@@ -823,7 +923,10 @@ impl Connection {
         self.events.extend(woken.into_iter().map(|stream| Event::Writable { stream }));
     }
 
-    fn on_data(&mut self, stream: u32, data: Bytes, end: bool, flow: u32) -> Result<(), FrameError> {
+    /// A DATA frame of `flow` bytes begins: the windows are charged for
+    /// all of it at once. `Ok(false)`: its payload is dropped (a stream
+    /// this side has finished), already released.
+    fn data_start(&mut self, stream: u32, flow: u32) -> Result<bool, FrameError> {
         if self.idle(stream) {
             return Err(conn_err(Reason::PROTOCOL_ERROR, "DATA on an idle stream"));
         }
@@ -831,44 +934,67 @@ impl Connection {
             return Err(conn_err(Reason::FLOW_CONTROL_ERROR, "DATA beyond the connection window"));
         }
         self.recv_window -= flow;
-        let padding = flow - data.len() as u32;
         let stream_err = |reason, why| FrameError::Stream { stream, reason, why };
         let Some(s) = self.streams.get_mut(&stream) else {
             // A stream this side reset or finished: the peer may not have
             // known yet. Its bytes still count against the connection.
             self.release_conn(flow);
-            return Ok(());
+            return Ok(false);
         };
-        if s.remote_end {
+        let err = if s.remote_end {
+            Some(stream_err(Reason::STREAM_CLOSED, "DATA after END_STREAM"))
+        } else if self.role == Role::Client && !s.headed {
+            Some(stream_err(Reason::PROTOCOL_ERROR, "DATA before the response"))
+        } else if flow > s.recv_window {
+            Some(stream_err(Reason::FLOW_CONTROL_ERROR, "DATA beyond the stream window"))
+        } else {
+            None
+        };
+        if let Some(e) = err {
             self.release_conn(flow);
-            return Err(stream_err(Reason::STREAM_CLOSED, "DATA after END_STREAM"));
-        }
-        if self.role == Role::Client && !s.headed {
-            self.release_conn(flow);
-            return Err(stream_err(Reason::PROTOCOL_ERROR, "DATA before the response"));
-        }
-        if flow > s.recv_window {
-            self.release_conn(flow);
-            return Err(stream_err(Reason::FLOW_CONTROL_ERROR, "DATA beyond the stream window"));
+            return Err(e);
         }
         s.recv_window -= flow;
-        s.held += data.len() as u32;
+        Ok(true)
+    }
+
+    /// A piece of a DATA frame's payload (`last`: the frame's end).
+    fn data_piece(&mut self, d: InData, piece: Bytes, last: bool) {
+        if !d.deliver {
+            return;
+        }
+        let end = last && d.end;
+        let Some(s) = self.streams.get_mut(&d.stream) else {
+            // Reset by the owner while its frame arrived.
+            self.release_conn(piece.len() as u32);
+            return;
+        };
+        s.held += piece.len() as u32;
         if end {
             s.remote_end = true;
         }
+        if !piece.is_empty() || end {
+            self.events.push_back(Event::Data { stream: d.stream, data: piece, end });
+        }
+        if end {
+            self.maybe_remove(d.stream);
+        }
+    }
+
+    /// A whole DATA frame (padded ones take this path).
+    fn on_data(&mut self, stream: u32, data: Bytes, end: bool, flow: u32) -> Result<(), FrameError> {
+        if !self.data_start(stream, flow)? {
+            return Ok(());
+        }
+        let padding = flow - data.len() as u32;
         if padding > 0 {
             // Padding is never delivered: released now.
-            if !s.remote_end {
+            if let Some(s) = self.streams.get_mut(&stream) {
                 s.unannounced += padding;
             }
             self.release_conn(padding);
         }
-        if !data.is_empty() || end {
-            self.events.push_back(Event::Data { stream, data, end });
-        }
-        if end {
-            self.maybe_remove(stream);
-        }
+        self.data_piece(InData { stream, left: 0, end, deliver: true }, data, true);
         Ok(())
     }
 

@@ -270,7 +270,8 @@ pub struct Head {
 }
 
 impl Head {
-    fn parse(b: &[u8]) -> Head {
+    /// Reads a header from the first [`HEADER_LEN`] bytes of `b`.
+    pub fn parse(b: &[u8]) -> Head {
         Head {
             len: u32::from_be_bytes([0, b[0], b[1], b[2]]),
             kind: b[3],
