@@ -1,4 +1,5 @@
 use super::*;
+use crate::frame::{Frame, FrameError};
 
 mod interop;
 
