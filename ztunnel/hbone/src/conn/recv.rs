@@ -25,18 +25,6 @@ impl Connection {
         r
     }
 
-    /// How many more bytes are needed before [`Connection::recv`] can make
-    /// progress with `buf` (a hint for read sizes).
-    pub fn wanted(&self, buf: &[u8]) -> usize {
-        if self.preface_left > 0 {
-            return self.preface_left.saturating_sub(buf.len()).max(1);
-        }
-        match self.in_data {
-            Some(d) => (d.left as usize).saturating_sub(buf.len()).max(1),
-            None => frame::wanted(buf),
-        }
-    }
-
     fn recv_frames(&mut self, buf: &mut BytesMut) -> Result<(), FrameError> {
         if self.preface_left > 0 {
             let at = PREFACE.len() - self.preface_left;
