@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::{debug, info, info_span, warn};
 
-use super::copy::{self, CopyError, Incoming, Outgoing};
+use super::copy::{self, CopyError};
 use super::inbound::Workloads;
 use super::metrics::{PairMetrics, ProxyMetrics};
 use super::outbound::{Outbound, OutboundError, Slot, Tunnel};
@@ -143,11 +143,11 @@ impl Capture {
                 return None;
             }
         };
-        let Tunnel { send, response, slot, pair } = tunnel;
+        let Tunnel { stream, slot, pair } = tunnel;
         pair.opened();
         // The pod's first bytes follow the CONNECT at once; bytes towards
         // the pod wait for the peer's 200.
-        let copy = copy::tunnel(tcp, Outgoing::Stream(send), Incoming::Response(response));
+        let copy = copy::client(tcp, stream);
         Some((copy, Captured { pair, _slot: slot }))
     }
 }

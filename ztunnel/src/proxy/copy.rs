@@ -1,28 +1,28 @@
 //! Moving bytes between a pod's TCP connection and its HBONE stream.
 //!
-//! The copy talks to the HTTP/2 stream directly (no `AsyncRead` /
-//! `AsyncWrite` adaptor in between), so a byte is copied once per side in
-//! user space: from the pod's socket into a chunk handed to HTTP/2 as is, or
-//! from a received DATA frame straight into the pod's socket.
+//! The copy talks to the stream directly (no `AsyncRead` / `AsyncWrite`
+//! adaptor in between), so a byte is copied once per side in user space:
+//! from the pod's socket into a chunk handed to the stream as is, or from a
+//! received DATA frame straight into the pod's socket.
 //!
 //! - **Memory**: an idle tunnel holds no buffer. Reads go into a per-thread
 //!   slab; each read's bytes are split off it (reference-counted, no copy)
-//!   and live only until HTTP/2 has written them; a chunk that must wait
-//!   for the peer's window is copied out first, so a stalled tunnel does
-//!   not pin a whole slab. Received frames are held only until the
-//!   pod's socket takes them.
-//! - **Backpressure**: data is handed to HTTP/2 only as the stream's flow
-//!   control window allows (no unbounded send buffer; the one exception is
-//!   a new stream's first small chunk, see [`FIRST_AHEAD`]), and the receive
+//!   and live only until the connection has written them; a chunk that
+//!   must wait for the peer's window is copied out first, so a stalled
+//!   tunnel does not pin a whole slab. Received frames are held only until
+//!   the pod's socket takes them.
+//! - **Backpressure**: data is handed to the stream only as its flow
+//!   control window allows (no unbounded send buffer), and the receive
 //!   window is released only once the bytes are in the pod's socket, so a
 //!   slow reader slows the peer, never grows a buffer.
 //! - **Early data**: on the client side the copy may start before the
 //!   peer's answer to CONNECT has arrived; bytes from the pod flow at once
-//!   (saving a round trip per new connection), and bytes towards the pod
-//!   only after a `200`. Any other answer ends the copy with
-//!   [`CopyError::Refused`]. On the server side the `200` of a client that
-//!   sent early waits (briefly) for the pod's first bytes and travels with
-//!   them ([`Outgoing::answer`]).
+//!   (a new stream has the peer's initial window at once, so they leave
+//!   with the CONNECT, saving a round trip per new connection), and bytes
+//!   towards the pod only after a `200`. Any other answer ends the copy
+//!   with [`CopyError::Refused`]. On the server side the `200` of a client
+//!   that sent early waits (briefly) for the pod's first bytes and travels
+//!   with them ([`server`]).
 //! - **Half-close**: EOF from the pod ends the stream (END_STREAM); the
 //!   peer's END_STREAM shuts down writing towards the pod (or, when the
 //!   pod's side has ended already, the close that follows sends the FIN).
@@ -39,11 +39,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use h2::server::SendResponse;
-use h2::{Reason, RecvStream, SendStream};
+use hbone::Reason;
 use http::StatusCode;
 use tokio::io::{AsyncWrite, Interest};
 use tokio::net::TcpStream;
+
+use super::mux::{MuxError, Stream};
 
 /// Slab size per thread: a bulk transfer's read takes up to a quarter of
 /// it (sixteen TLS records), one DATA frame. 256 KiB slabs carried a single
@@ -52,12 +53,6 @@ const SLAB: usize = 256 * 1024;
 /// A read is offered at least this much room; a smaller remainder of the
 /// slab is left to the chunks already split off it.
 const MIN_READ: usize = 64 * 1024;
-/// A stream's first bytes up to this size are queued with HTTP/2 before
-/// the stream has a window (typically a request or a TLS ClientHello); they
-/// are copied out of the slab, and HTTP/2 holds them until the window
-/// opens, so at most this much per new stream is buffered beyond it.
-const FIRST_AHEAD: usize = 16 * 1024;
-
 thread_local! {
     static SLAB_BUF: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
@@ -68,16 +63,13 @@ pub enum CopyError {
     /// The peer answered CONNECT with something other than 200.
     #[error("peer answered {0}")]
     Refused(StatusCode),
-    /// The HTTP/2 stream or connection failed (reset, GOAWAY, broken
+    /// The HBONE stream or connection failed (reset, GOAWAY, broken
     /// connection).
-    #[error("HTTP/2: {0}")]
-    H2(#[from] h2::Error),
+    #[error("HBONE: {0}")]
+    Mux(#[from] MuxError),
     /// The pod's connection failed.
     #[error("pod connection: {0}")]
     Io(#[from] io::Error),
-    /// The stream was closed for sending by the peer.
-    #[error("stream closed by the peer")]
-    Closed,
 }
 
 /// Reads what `tcp` has into a chunk split off the thread's slab: `Ok(None)`
@@ -121,14 +113,6 @@ pub(crate) fn read_into(tcp: &TcpStream, buf: &mut BytesMut) -> io::Result<usize
     }
 }
 
-/// Where the peer's bytes come from.
-pub enum Incoming {
-    /// Client side, before the peer answered CONNECT.
-    Response(h2::client::ResponseFuture),
-    /// The stream's receive half (server side, or after a 200).
-    Body(RecvStream),
-}
-
 // Bytes waiting in either direction are boxed: most tunnels are idle most
 // of the time, and tokio allocates a task in 128-byte steps (cells are
 // cache-line aligned); two inline `Bytes` (64 bytes), with the inline span,
@@ -136,7 +120,7 @@ pub enum Incoming {
 
 #[derive(Default)]
 struct Up {
-    /// Bytes read from the pod that HTTP/2 has no window for yet.
+    /// Bytes read from the pod that the stream has no window for yet.
     pending: Option<Box<Bytes>>,
     /// `pending` is its own allocation (not a slice of the read slab).
     compact: bool,
@@ -147,7 +131,7 @@ struct Up {
 
 #[derive(Default)]
 struct Down {
-    /// A received frame's bytes the pod's socket has not taken yet.
+    /// Received bytes the pod's socket has not taken yet.
     pending: Option<Box<Bytes>>,
     /// Something was written to the pod's socket, or tried.
     wrote: bool,
@@ -156,37 +140,28 @@ struct Down {
     total: u64,
 }
 
+/// Where the tunnel's answer stands.
+enum Answer {
+    /// Client side: the peer has not answered CONNECT yet; bytes towards
+    /// the pod wait for its `200`.
+    Awaited,
+    /// Server side: the `200` is held back (see [`server`]) until this
+    /// deadline at the latest. Boxed: a tunnel's task stays in its
+    /// allocation size class.
+    Held(Pin<Box<tokio::time::Sleep>>),
+    /// Answered.
+    Done,
+}
+
 /// The copy future; resolves to the byte counts (pod → peer, peer → pod)
 /// and how it ended. It owns the pod's socket; [`Tunnel::into_tcp`] gives
 /// it back (e.g. to reset it).
 pub struct Tunnel {
     tcp: TcpStream,
-    send: Outgoing,
-    incoming: Option<Incoming>,
+    stream: Stream,
+    answer: Answer,
     up: Up,
     down: Down,
-}
-
-/// Where bytes for the peer go.
-pub enum Outgoing {
-    /// The stream's send half: the client side's, or the server side's
-    /// once it has answered.
-    Stream(SendStream<Bytes>),
-    /// The server side before its `200`, held back (see [`Outgoing::answer`]).
-    ///
-    /// Boxed (one small allocation per tunnel, freed at the answer): the
-    /// enum then takes no more room than the send half alone, so each open
-    /// tunnel's task stays within its allocation size class.
-    Unanswered(Pin<Box<Hold>>),
-}
-
-pin_project_lite::pin_project! {
-    /// A `200` not sent yet, and when it must go at the latest.
-    pub struct Hold {
-        respond: SendResponse<Bytes>,
-        #[pin]
-        deadline: tokio::time::Sleep,
-    }
 }
 
 /// The shortest a `200` is held back for the pod's first bytes; the longest
@@ -236,63 +211,33 @@ fn anchor(until: tokio::time::Instant) {
     });
 }
 
-impl Outgoing {
-    /// The server side's send half, to be answered `200` by the copy.
-    ///
-    /// When the peer's first bytes are already there as the copy starts,
-    /// the peer is not waiting for the answer (ours never does: a pod's
-    /// bytes flow from the start, see the module docs), so the answer is
-    /// held back until the pod's first bytes (or its EOF) and leaves with
-    /// them, in one record: the peer wakes once for both instead of twice,
-    /// on every new connection of a request/response protocol. `hold`
-    /// ([`HOLD`] in the proxy) bounds the wait for the pod (to between
-    /// `hold` and twice that), so that a client which sent bytes and then
-    /// waits for the answer anyway is slowed, never stalled. With no bytes
-    /// from the peer yet, the `200` goes at once: the peer may be waiting
-    /// for it (an HBONE client that does not send early), or the pod speaks
-    /// first.
-    pub fn answer(respond: SendResponse<Bytes>, hold: std::time::Duration) -> Outgoing {
-        let until = hold_until(tokio::time::Instant::now(), hold);
-        anchor(until);
-        Outgoing::Unanswered(Box::pin(Hold { respond, deadline: tokio::time::sleep_until(until) }))
-    }
-
-    /// The send half, answering `200` first if that is still to do.
-    fn stream(&mut self) -> Result<&mut SendStream<Bytes>, h2::Error> {
-        if let Outgoing::Unanswered(hold) = self {
-            let send = hold.as_mut().project().respond.send_response(http::Response::new(()), false)?;
-            *self = Outgoing::Stream(send);
-        }
-        match self {
-            Outgoing::Stream(send) => Ok(send),
-            Outgoing::Unanswered(_) => Err(Reason::INTERNAL_ERROR.into()),
-        }
-    }
-
-    /// Answers now unless the answer may still wait: the peer has sent
-    /// bytes (`peer_sent`) and the hold has not expired.
-    fn poll_answer(&mut self, cx: &mut Context<'_>, peer_sent: bool) -> Result<(), h2::Error> {
-        if let Outgoing::Unanswered(hold) = self
-            && (!peer_sent || hold.as_mut().project().deadline.poll(cx).is_ready())
-        {
-            self.stream()?;
-        }
-        Ok(())
-    }
-
-    fn reset(&mut self, reason: Reason) {
-        match self {
-            Outgoing::Stream(send) => send.send_reset(reason),
-            Outgoing::Unanswered(hold) => hold.as_mut().project().respond.send_reset(reason),
-        }
-    }
+/// The client side's copy: `stream` was just opened (its CONNECT is on
+/// its way); the pod's bytes flow at once, bytes towards the pod after the
+/// peer's `200`. Any other answer ends the copy with
+/// [`CopyError::Refused`].
+pub fn client(tcp: TcpStream, stream: Stream) -> Tunnel {
+    Tunnel { tcp, stream, answer: Answer::Awaited, up: Up::default(), down: Down::default() }
 }
 
-/// Copies between `tcp` (the pod side) and an HBONE stream (`send`,
-/// `incoming`) until both directions have ended. On an error the stream is
-/// reset; the caller decides what the pod sees.
-pub fn tunnel(tcp: TcpStream, send: Outgoing, incoming: Incoming) -> Tunnel {
-    Tunnel { tcp, send, incoming: Some(incoming), up: Up::default(), down: Down::default() }
+/// The server side's copy of an accepted, checked tunnel, answering `200`.
+///
+/// When the peer's first bytes are already there as the copy starts,
+/// the peer is not waiting for the answer (ours never does: a pod's
+/// bytes flow from the start, see the module docs), so the answer is
+/// held back until the pod's first bytes (or its EOF) and leaves with
+/// them, in one record: the peer wakes once for both instead of twice,
+/// on every new connection of a request/response protocol. `hold`
+/// ([`HOLD`] in the proxy) bounds the wait for the pod (to between
+/// `hold` and twice that), so that a client which sent bytes and then
+/// waits for the answer anyway is slowed, never stalled. With no bytes
+/// from the peer yet, the `200` goes at once: the peer may be waiting
+/// for it (an HBONE client that does not send early), or the pod speaks
+/// first.
+pub fn server(tcp: TcpStream, stream: Stream, hold: std::time::Duration) -> Tunnel {
+    let until = hold_until(tokio::time::Instant::now(), hold);
+    anchor(until);
+    let answer = Answer::Held(Box::pin(tokio::time::sleep_until(until)));
+    Tunnel { tcp, stream, answer, up: Up::default(), down: Down::default() }
 }
 
 impl Tunnel {
@@ -300,6 +245,31 @@ impl Tunnel {
     pub fn into_tcp(self) -> TcpStream {
         self.tcp
     }
+}
+
+/// Sends the held `200` now.
+fn answer_now(stream: &mut Stream, answer: &mut Answer) -> Result<(), MuxError> {
+    if let Answer::Held(_) = answer {
+        stream.respond(200, false)?;
+        *answer = Answer::Done;
+    }
+    Ok(())
+}
+
+/// Answers now unless the answer may still wait: the peer has sent bytes
+/// (`peer_sent`) and the hold has not expired.
+fn poll_answer(
+    cx: &mut Context<'_>,
+    stream: &mut Stream,
+    answer: &mut Answer,
+    peer_sent: bool,
+) -> Result<(), MuxError> {
+    if let Answer::Held(deadline) = answer
+        && (!peer_sent || deadline.as_mut().poll(cx).is_ready())
+    {
+        answer_now(stream, answer)?;
+    }
+    Ok(())
 }
 
 /// Byte counts of a finished copy.
@@ -311,55 +281,47 @@ pub struct Totals {
     pub down: u64,
 }
 
-fn poll_up(cx: &mut Context<'_>, tcp: &TcpStream, out: &mut Outgoing, up: &mut Up) -> Poll<Result<(), CopyError>> {
+fn poll_up(
+    cx: &mut Context<'_>,
+    tcp: &TcpStream,
+    stream: &mut Stream,
+    answer: &mut Answer,
+    up: &mut Up,
+) -> Poll<Result<(), CopyError>> {
     loop {
         if let Some(pending) = up.pending.as_deref_mut() {
-            let send = out.stream()?;
-            send_some(send, pending)?;
+            stream.send(pending, false)?;
             if pending.is_empty() {
                 up.pending = None;
                 continue;
             }
-            match send.poll_capacity(cx) {
-                Poll::Ready(Some(Ok(_))) => {}
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),
-                Poll::Ready(None) => return Poll::Ready(Err(CopyError::Closed)),
-                Poll::Pending => {
-                    // Waiting for the peer's window (a slow reader over
-                    // there): keep just these bytes, not the 256 KiB slab
-                    // they were read into, however long that takes.
-                    if !up.compact {
-                        *pending = Bytes::copy_from_slice(pending);
-                        up.compact = true;
-                    }
-                    return Poll::Pending;
+            if stream.poll_capacity(cx)?.is_pending() {
+                // Waiting for the peer's window (a slow reader over
+                // there): keep just these bytes, not the 256 KiB slab
+                // they were read into, however long that takes.
+                if !up.compact {
+                    *pending = Bytes::copy_from_slice(pending);
+                    up.compact = true;
                 }
+                return Poll::Pending;
             }
             continue;
         }
         if up.eof {
-            out.stream()?.send_data(Bytes::new(), true)?;
+            answer_now(stream, answer)?;
+            stream.send(&mut Bytes::new(), true)?;
             up.done = true;
             return Poll::Ready(Ok(()));
         }
         ready!(tcp.poll_read_ready(cx))?;
         match read_chunk(tcp) {
             Ok(Some(mut b)) => {
-                let send = out.stream()?;
-                let first = up.total == 0;
+                answer_now(stream, answer)?;
                 up.total += b.len() as u64;
                 up.compact = false;
                 // Straight on when the window allows (the usual case);
                 // only what it does not waits, boxed.
-                send_some(send, &mut b)?;
-                if first && !b.is_empty() && b.len() <= FIRST_AHEAD {
-                    // A new stream has no window until HTTP/2 opens it, on
-                    // the connection task's next pass, which then writes
-                    // the CONNECT alone and this data in a second record
-                    // after one more pass. Queued now, both leave in one.
-                    send.send_data(Bytes::copy_from_slice(&b), false)?;
-                    b.clear();
-                }
+                stream.send(&mut b, false)?;
                 if !b.is_empty() {
                     up.pending = Some(Box::new(b));
                 }
@@ -374,24 +336,24 @@ fn poll_up(cx: &mut Context<'_>, tcp: &TcpStream, out: &mut Outgoing, up: &mut U
 fn poll_down(
     cx: &mut Context<'_>,
     tcp: &mut TcpStream,
-    incoming: &mut Option<Incoming>,
+    stream: &mut Stream,
+    answer: &mut Answer,
     down: &mut Down,
     up_done: bool,
 ) -> Poll<Result<(), CopyError>> {
-    if let Some(Incoming::Response(r)) = incoming {
-        let resp = ready!(Pin::new(r).poll(cx))?;
-        if resp.status() != StatusCode::OK {
-            return Poll::Ready(Err(CopyError::Refused(resp.status())));
+    if let Answer::Awaited = answer {
+        let status = ready!(stream.poll_response(cx))?;
+        if status != 200 {
+            return Poll::Ready(Err(CopyError::Refused(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            )));
         }
-        *incoming = Some(Incoming::Body(resp.into_body()));
+        *answer = Answer::Done;
     }
-    let Some(Incoming::Body(recv)) = incoming else {
-        return Poll::Ready(Err(CopyError::Closed));
-    };
     loop {
         while let Some(pending) = down.pending.as_deref_mut() {
             ready!(tcp.poll_write_ready(cx))?;
-            ready!(write_some(tcp, recv, pending))?;
+            ready!(write_some(tcp, stream, pending))?;
             if pending.is_empty() {
                 down.pending = None;
             }
@@ -405,17 +367,17 @@ fn poll_down(
             down.done = true;
             return Poll::Ready(Ok(()));
         }
-        match ready!(recv.poll_data(cx)) {
+        match ready!(stream.poll_data(cx)) {
             Some(Ok(mut b)) => {
                 down.total += b.len() as u64;
                 // Straight into the pod's socket when it has room (the
                 // usual case); only what it does not take waits, boxed.
                 if !b.is_empty() && !down.wrote {
                     down.wrote = true;
-                    first_write(tcp, recv, &mut b)?;
+                    first_write(tcp, stream, &mut b)?;
                 }
                 if !b.is_empty() {
-                    ready!(write_some(tcp, recv, &mut b))?;
+                    ready!(write_some(tcp, stream, &mut b))?;
                 }
                 if !b.is_empty() {
                     down.pending = Some(Box::new(b));
@@ -427,22 +389,6 @@ fn poll_down(
     }
 }
 
-/// Hands HTTP/2 as much of `b` as the stream's window allows now (nothing
-/// when it has none).
-fn send_some(send: &mut SendStream<Bytes>, b: &mut Bytes) -> Result<(), h2::Error> {
-    send.reserve_capacity(b.len());
-    let cap = send.capacity();
-    if cap > 0 {
-        send.send_data(b.split_to(cap.min(b.len())), false)?;
-    }
-    if b.is_empty() {
-        // Hand back capacity assigned beyond what was sent, so an idle
-        // stream holds none of the connection's window.
-        send.reserve_capacity(0);
-    }
-    Ok(())
-}
-
 /// The first bytes for the pod, written to the socket without asking
 /// tokio: a socket the server side has just connected is not known to be
 /// writable until the reactor's next turn reports it (accepted ones are
@@ -451,12 +397,12 @@ fn send_some(send: &mut SendStream<Bytes>, b: &mut Bytes) -> Result<(), h2::Erro
 /// The readiness tokio tracks stays as it is (edge-triggered epoll reports
 /// the socket's state on registration anyway), so `EAGAIN` just leaves the
 /// bytes to the usual path.
-fn first_write(tcp: &TcpStream, recv: &mut RecvStream, b: &mut Bytes) -> Result<(), CopyError> {
+fn first_write(tcp: &TcpStream, stream: &mut Stream, b: &mut Bytes) -> Result<(), CopyError> {
     use nix::sys::socket::{MsgFlags, send};
     use std::os::fd::AsRawFd;
     match send(tcp.as_raw_fd(), b, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL) {
         Ok(n) => {
-            took(recv, b, n);
+            took(stream, b, n);
             Ok(())
         }
         Err(nix::errno::Errno::EAGAIN) => Ok(()),
@@ -467,11 +413,11 @@ fn first_write(tcp: &TcpStream, recv: &mut RecvStream, b: &mut Bytes) -> Result<
 /// Writes what the pod's socket takes of `b` (nothing when it is full),
 /// releasing that much of the stream's receive window. `Ready(Err)` when
 /// the connection failed; never `Pending`.
-fn write_some(tcp: &TcpStream, recv: &mut RecvStream, b: &mut Bytes) -> Poll<Result<(), CopyError>> {
+fn write_some(tcp: &TcpStream, stream: &mut Stream, b: &mut Bytes) -> Poll<Result<(), CopyError>> {
     match tcp.try_write(b) {
         Ok(0) => Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into())),
         Ok(n) => {
-            took(recv, b, n);
+            took(stream, b, n);
             Poll::Ready(Ok(()))
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Ready(Ok(())),
@@ -480,11 +426,10 @@ fn write_some(tcp: &TcpStream, recv: &mut RecvStream, b: &mut Bytes) -> Poll<Res
 }
 
 /// The pod's socket took the first `n` bytes of `b`: only those reopen the
-/// stream's receive window. A failure to release means the connection is
-/// gone; the next `poll_data` reports that, after what was received.
-fn took(recv: &mut RecvStream, b: &mut Bytes, n: usize) {
+/// stream's receive window.
+fn took(stream: &mut Stream, b: &mut Bytes, n: usize) {
     b.advance(n);
-    let _ = recv.flow_control().release_capacity(n);
+    stream.release(n);
 }
 
 impl Future for Tunnel {
@@ -496,24 +441,25 @@ impl Future for Tunnel {
         // sending, and the refusal is the better reason to report.
         let mut result = Ok(());
         if !this.down.done
-            && let Poll::Ready(Err(e)) = poll_down(cx, &mut this.tcp, &mut this.incoming, &mut this.down, this.up.done)
+            && let Poll::Ready(Err(e)) =
+                poll_down(cx, &mut this.tcp, &mut this.stream, &mut this.answer, &mut this.down, this.up.done)
         {
             result = Err(e);
         }
         if result.is_ok()
-            && let Err(e) = this.send.poll_answer(cx, this.down.total > 0)
+            && let Err(e) = poll_answer(cx, &mut this.stream, &mut this.answer, this.down.total > 0)
         {
             result = Err(e.into());
         }
         if result.is_ok()
             && !this.up.done
-            && let Poll::Ready(Err(e)) = poll_up(cx, &this.tcp, &mut this.send, &mut this.up)
+            && let Poll::Ready(Err(e)) = poll_up(cx, &this.tcp, &mut this.stream, &mut this.answer, &mut this.up)
         {
             result = Err(e);
         }
         let totals = Totals { up: this.up.total, down: this.down.total };
         if let Err(e) = result {
-            this.send.reset(Reason::CANCEL);
+            this.stream.reset(Reason::CANCEL);
             return Poll::Ready((totals, Err(e)));
         }
         if this.up.done && this.down.done {

@@ -22,19 +22,17 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use bytes::Bytes;
 use ca::{IdentityError, SpiffeId, TrustDomain};
-use h2::RecvStream;
-use h2::server::SendResponse;
-use http::{Method, Request, Response, StatusCode};
+use hbone::{Head, Role};
+use http::StatusCode;
 use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::copy::{self, Incoming, Outgoing};
+use super::copy;
 use super::metrics::{ConnLabels, PairMetrics, ProxyMetrics, ReasonLabels};
-use super::tls;
-use super::{CONNECTION_WINDOW, MAX_FRAME, MAX_HEADER_LIST, STREAM_WINDOW, keepalive};
+use super::mux::{self, Stream};
+use super::{keepalive, mux_config, tls};
 use crate::identity::SecretCache;
 
 /// A workload as the proxy needs it.
@@ -146,15 +144,9 @@ pub struct Inbound {
 /// opens (see `outbound::STREAMS_PER_CONNECTION`).
 const MAX_STREAMS: u32 = 2 * super::outbound::STREAMS_PER_CONNECTION as u32;
 
-fn status(code: StatusCode) -> Response<()> {
-    let mut r = Response::new(());
-    *r.status_mut() = code;
-    r
-}
-
 /// Answers a tunnel that will not be opened (the stream ends with it).
-fn refuse(mut respond: SendResponse<Bytes>, code: StatusCode) {
-    let _ = respond.send_response(status(code), true);
+fn refuse(mut stream: Stream, code: StatusCode) {
+    let _ = stream.respond(code.as_u16(), true);
 }
 
 /// Parses `for="1.2.3.4:5"`, `for=1.2.3.4:5` or `for="[::1]:5"` from a
@@ -244,28 +236,8 @@ impl Inbound {
                     let sni = stream.server_name().and_then(|s| tls::identity_from_sni(s, &this.cache));
                     let serial = stream.peer_certificates().first().and_then(|c| ca::peer::serial_of(c));
                     info!(peer_identity = %identity, peer_serial = serial.as_deref().unwrap_or("?"), "HBONE connection accepted");
-                    let built = h2::server::Builder::new()
-                        .initial_window_size(STREAM_WINDOW)
-                        .initial_connection_window_size(CONNECTION_WINDOW)
-                        .max_frame_size(MAX_FRAME)
-                        .max_header_list_size(MAX_HEADER_LIST)
-                        .max_concurrent_streams(MAX_STREAMS)
-                        .handshake::<_, Bytes>(stream);
-                    // A peer that never sends the HTTP/2 preface must not
-                    // hold the task: the same bound as the TLS handshake.
-                    let mut conn = match tokio::time::timeout(this.config.handshake_timeout, built).await {
-                        Ok(Ok(c)) => c,
-                        Ok(Err(e)) => {
-                            info!(error = %e, "HTTP/2 handshake failed");
-                            this.handshake_failed("http2");
-                            return;
-                        }
-                        Err(_) => {
-                            info!("HTTP/2 handshake timed out");
-                            this.handshake_failed("timeout");
-                            return;
-                        }
-                    };
+                    let (mux, driver) = mux::start(Role::Server, mux_config(MAX_STREAMS), stream);
+                    tokio::pin!(driver);
                     // Every tunnel of this connection is between the same
                     // two identities: one set of counters for all of them.
                     let pair = this.metrics.pair(ConnLabels {
@@ -274,26 +246,49 @@ impl Inbound {
                         destination_identity: sni.as_ref().map(ToString::to_string).unwrap_or_default(),
                     });
                     let _gauge = this.metrics.hbone_connection("inbound");
-                    let ka = keepalive(conn.ping_pong());
+                    let ka = keepalive(mux.clone());
                     tokio::pin!(ka);
+                    // A peer that never sends the HTTP/2 preface must not
+                    // hold the task: the same bound as the TLS handshake.
+                    let preface = tokio::time::sleep(this.config.handshake_timeout);
+                    tokio::pin!(preface);
                     let mut shutdown = this.shutdown.clone();
                     let mut draining = false;
                     loop {
                         tokio::select! {
-                            next = conn.accept() => match next {
-                                Some(Ok((req, respond))) => {
+                            next = mux.accept() => match next {
+                                Some((stream, head)) => {
                                     let span = info_span!("tunnel", src = tracing::field::Empty, dst = tracing::field::Empty, peer_identity = %identity);
-                                    tokio::spawn(copy::task(span, this.clone().setup(req, respond, identity.clone(), sni.clone(), pair.clone())));
+                                    tokio::spawn(copy::task(span, this.clone().setup(stream, head, identity.clone(), sni.clone(), pair.clone())));
                                 }
-                                Some(Err(e)) => {
-                                    debug!(error = %e, "HBONE connection ended");
+                                // Going away with nothing more to accept: the
+                                // driver finishes the open tunnels.
+                                None => {
+                                    if let Err(e) = (&mut driver).await {
+                                        debug!(error = %e, "HBONE connection ended");
+                                    }
                                     break;
                                 }
-                                None => break,
                             },
+                            r = &mut driver => {
+                                if let Err(e) = r {
+                                    if mux.handshaken() {
+                                        debug!(error = %e, "HBONE connection ended");
+                                    } else {
+                                        info!(error = %e, "HTTP/2 handshake failed");
+                                        this.handshake_failed("http2");
+                                    }
+                                }
+                                break;
+                            }
+                            () = &mut preface, if !mux.handshaken() => {
+                                info!("HTTP/2 handshake timed out");
+                                this.handshake_failed("timeout");
+                                break;
+                            }
                             () = super::stopped(&mut shutdown), if !draining => {
                                 // GOAWAY: no new streams; open tunnels finish.
-                                conn.graceful_shutdown();
+                                mux.drain();
                                 draining = true;
                             }
                             why = &mut ka => {
@@ -312,16 +307,16 @@ impl Inbound {
     /// has been refused.
     async fn setup(
         self: Arc<Self>,
-        req: Request<RecvStream>,
-        respond: SendResponse<Bytes>,
+        stream: Stream,
+        head: Head,
         peer: SpiffeId,
         sni: Option<SpiffeId>,
         pair: Arc<PairMetrics>,
     ) -> Option<(copy::Tunnel, Delivered)> {
-        let (src, dst) = match self.check(&req, &peer, sni.as_ref()) {
+        let (src, dst) = match self.check(&head, &peer, sni.as_ref()) {
             Ok(addrs) => addrs,
             Err(code) => {
-                refuse(respond, code);
+                refuse(stream, code);
                 return None;
             }
         };
@@ -334,19 +329,19 @@ impl Inbound {
             Ok(Err(e)) => {
                 warn!(error = %e, "destination connect failed");
                 self.metrics.fail("connect_failed");
-                refuse(respond, StatusCode::SERVICE_UNAVAILABLE);
+                refuse(stream, StatusCode::SERVICE_UNAVAILABLE);
                 return None;
             }
             Err(_) => {
                 warn!("destination connect timed out");
                 self.metrics.fail("connect_failed");
-                refuse(respond, StatusCode::SERVICE_UNAVAILABLE);
+                refuse(stream, StatusCode::SERVICE_UNAVAILABLE);
                 return None;
             }
         };
         pair.opened();
         // The 200 may wait for the pod's first bytes (see `Outgoing::answer`).
-        let copy = copy::tunnel(upstream, Outgoing::answer(respond, copy::HOLD), Incoming::Body(req.into_body()));
+        let copy = copy::server(upstream, stream, copy::HOLD);
         Some((copy, Delivered { pair }))
     }
 
@@ -354,21 +349,23 @@ impl Inbound {
     /// the status refusing it.
     fn check(
         &self,
-        req: &Request<RecvStream>,
+        head: &Head,
         peer: &SpiffeId,
         sni: Option<&SpiffeId>,
     ) -> Result<(SocketAddr, SocketAddr), StatusCode> {
-        if req.method() != Method::CONNECT {
-            warn!(method = %req.method(), peer_identity = %peer, "rejected: not a CONNECT");
+        let method = head.method.as_deref().unwrap_or("");
+        if method != "CONNECT" {
+            warn!(%method, peer_identity = %peer, "rejected: not a CONNECT");
             self.metrics.fail("not_connect");
             return Err(StatusCode::METHOD_NOT_ALLOWED);
         }
-        let Some(dst) = req.uri().authority().and_then(|a| a.as_str().parse::<SocketAddr>().ok()) else {
-            warn!(uri = %req.uri(), "rejected: CONNECT target is not ip:port");
+        let authority = head.authority.as_deref().unwrap_or("");
+        let Ok(dst) = authority.parse::<SocketAddr>() else {
+            warn!(%authority, "rejected: CONNECT target is not ip:port");
             self.metrics.fail("bad_request");
             return Err(StatusCode::BAD_REQUEST);
         };
-        let src = req.headers().get("forwarded").and_then(|v| v.to_str().ok()).and_then(forwarded_for);
+        let src = head.forwarded.as_deref().and_then(forwarded_for);
         let Some(src) = src else {
             warn!(%dst, "rejected: no Forwarded: for= source address");
             self.metrics.fail("bad_request");

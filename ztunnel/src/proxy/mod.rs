@@ -17,6 +17,7 @@ pub mod capture;
 pub mod copy;
 pub mod inbound;
 pub mod metrics;
+pub mod mux;
 pub mod outbound;
 pub mod record;
 pub mod session;
@@ -36,17 +37,26 @@ pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_se
 /// ...answered within this, or the connection is dropped.
 pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The HTTP/2 settings of an HBONE connection that accepts `max_streams`
+/// streams from its peer.
+pub fn mux_config(max_streams: u32) -> hbone::Config {
+    hbone::Config {
+        max_concurrent_streams: max_streams,
+        stream_window: STREAM_WINDOW,
+        connection_window: CONNECTION_WINDOW,
+        max_frame: MAX_FRAME,
+        max_header_list: MAX_HEADER_LIST,
+    }
+}
+
 /// Pings the peer every [`KEEPALIVE_INTERVAL`]; resolves (with the reason)
 /// when a ping is not answered within [`KEEPALIVE_TIMEOUT`] or the
 /// connection is gone.
-pub async fn keepalive(ping_pong: Option<h2::PingPong>) -> &'static str {
-    let Some(mut pp) = ping_pong else {
-        return std::future::pending().await;
-    };
+pub async fn keepalive(mux: mux::Mux) -> &'static str {
     loop {
         tokio::time::sleep(KEEPALIVE_INTERVAL).await;
-        match tokio::time::timeout(KEEPALIVE_TIMEOUT, pp.ping(h2::Ping::opaque())).await {
-            Ok(Ok(_)) => {}
+        match tokio::time::timeout(KEEPALIVE_TIMEOUT, mux.ping()).await {
+            Ok(Ok(())) => {}
             Ok(Err(_)) => return "connection closed",
             Err(_) => return "keepalive timed out",
         }

@@ -13,10 +13,11 @@
 //! more than [`RETIRE_AFTER_PEAK`] tunnels at a time is closed as soon as
 //! its last tunnel ends (see there).
 //!
-//! HTTP/2 is spoken with the `h2` crate directly rather than through
-//! hyper's CONNECT upgrade: the copy then hands chunks to the stream without
-//! an extra copy or a task and channel per tunnel, and can send the pod's
-//! first bytes right behind the CONNECT instead of a round trip later.
+//! HTTP/2 is the `hbone` crate's, driven by `mux`, rather than hyper's
+//! CONNECT upgrade or the general-purpose `h2`: the copy hands chunks to the
+//! stream without an extra copy or a task and channel per tunnel, sends the
+//! pod's first bytes right behind the CONNECT (a new stream has its window
+//! at once), and a stream costs a few counters instead of ~340 bytes.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,18 +25,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use ca::SpiffeId;
-use h2::SendStream;
-use h2::client::{ResponseFuture, SendRequest};
-use http::{Method, Request, StatusCode};
+use hbone::Role;
+use http::StatusCode;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tracing::{debug, info};
 
 use super::metrics::{ConnLabels, PairMetrics, ProxyMetrics};
-use super::{CONNECTION_WINDOW, KEEPALIVE_INTERVAL, MAX_FRAME, MAX_HEADER_LIST, STREAM_WINDOW, keepalive, tls};
+use super::mux::{self, Mux, Stream};
+use super::{KEEPALIVE_INTERVAL, keepalive, mux_config, tls};
 use crate::identity::SecretCache;
 
 /// Why a tunnel could not be opened. The caller resets the original
@@ -100,7 +100,7 @@ type Conns = Arc<Mutex<Vec<Pooled>>>;
 /// One pooled HTTP/2 connection, its state and the counters of its
 /// identity pair.
 struct Pooled {
-    send: SendRequest<Bytes>,
+    mux: Mux,
     state: Arc<ConnState>,
     pair: Arc<PairMetrics>,
 }
@@ -156,13 +156,11 @@ impl Drop for Slot {
 }
 
 /// A tunnel whose CONNECT is on its way: bytes may be sent at once; the
-/// peer's answer arrives on `response` (see `copy::tunnel`). Dropping it
+/// peer's answer arrives on the stream (see `copy::client`). Dropping it
 /// resets the stream and frees its slot.
 pub struct Tunnel {
-    /// Sending half of the stream.
-    pub send: SendStream<Bytes>,
-    /// The peer's answer to CONNECT.
-    pub response: ResponseFuture,
+    /// The stream.
+    pub stream: Stream,
     /// The stream's slot on its connection.
     pub slot: Slot,
     /// The counters of the tunnel's identity pair.
@@ -248,22 +246,15 @@ impl Outbound {
 
     /// Opens a connection for `key`; its task removes it from `conns` when
     /// it is retired.
-    async fn dial(&self, key: &Key, conns: &Conns) -> Result<(SendRequest<Bytes>, Arc<ConnState>), OutboundError> {
+    async fn dial(&self, key: &Key, conns: &Conns) -> Result<(Mux, Arc<ConnState>), OutboundError> {
         let (src, _, dst, peer) = key;
         let config = tls::client_config(&self.cache, src, dst).map_err(|e| OutboundError::Http(e.to_string()))?;
         let tcp = TcpStream::connect(peer).await.map_err(|e| OutboundError::Connect(*peer, e))?;
         let _ = tcp.set_nodelay(true);
         let name = ServerName::try_from(tls::sni_for(dst)).map_err(|e| OutboundError::Http(e.to_string()))?;
         let stream = super::session::connect(config, name, tcp).await.map_err(|e| OutboundError::Tls(*peer, e))?;
-        let (send, mut conn) = h2::client::Builder::new()
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(MAX_FRAME)
-            .max_header_list_size(MAX_HEADER_LIST)
-            .enable_push(false)
-            .handshake::<_, Bytes>(stream)
-            .await
-            .map_err(|e| OutboundError::Http(e.to_string()))?;
+        // This side opens every stream; the peer may open none.
+        let (mux, driver) = mux::start(Role::Client, mux_config(0), stream);
         // One slot taken for the tunnel that dialled.
         let state = Arc::new(ConnState {
             streams: AtomicUsize::new(1),
@@ -274,11 +265,12 @@ impl Outbound {
         let shared = state.clone();
         let pooled_in = Arc::downgrade(conns);
         let gauge = self.metrics.hbone_connection("outbound");
-        let ping_pong = conn.ping_pong();
         let peer = *peer;
+        let handle = mux.clone();
         tokio::spawn(async move {
             let _gauge = gauge;
-            let ka = keepalive(ping_pong);
+            let mut conn = driver;
+            let ka = keepalive(handle.clone());
             tokio::pin!(ka);
             let idle = async {
                 let mut idle_for = Duration::ZERO;
@@ -319,48 +311,46 @@ impl Outbound {
             let _ = shared
                 .streams
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < CLOSED).then_some(n + CLOSED));
-            if retired {
-                // Closed gracefully: once the pool's handle is gone and no
-                // stream is left, h2 sends GOAWAY and completes after
-                // flushing what the last tunnel queued (its END_STREAM).
-                if let Some(conns) = pooled_in.upgrade() {
-                    conns.lock().await.retain(|p| !Arc::ptr_eq(&p.state, &shared));
-                }
-                debug!(%peer, "HBONE client connection retired after a burst");
-                tokio::select! {
-                    _ = &mut conn => {}
-                    _ = tokio::time::sleep(super::KEEPALIVE_TIMEOUT) => {}
-                }
+            if let Some(conns) = pooled_in.upgrade() {
+                conns.lock().await.retain(|p| !Arc::ptr_eq(&p.state, &shared));
             }
+            if retired {
+                debug!(%peer, "HBONE client connection retired after a burst");
+            }
+            // Closed gracefully: GOAWAY, then the driver ends once no stream
+            // is left and what the last tunnel queued (its END_STREAM) is
+            // flushed. Bounded, as a peer may never answer.
+            handle.drain();
+            let _ = tokio::time::timeout(super::KEEPALIVE_TIMEOUT, &mut conn).await;
         });
-        Ok((send, state))
+        Ok((mux, state))
     }
 
     /// A connection with a free stream slot (taken), dialling a new one when
     /// all pooled connections are full.
-    async fn sender(&self, key: &Key) -> Result<(SendRequest<Bytes>, Slot, Arc<PairMetrics>), OutboundError> {
+    async fn sender(&self, key: &Key) -> Result<(Mux, Slot, Arc<PairMetrics>), OutboundError> {
         let entry = self.map().entry(key.clone()).or_default().clone();
         let mut conns = entry.lock().await;
         if let Some(p) = conns.iter().find(|p| p.take_slot(self.streams_per_connection)) {
-            return Ok((p.send.clone(), Slot(p.state.clone()), p.pair.clone()));
+            return Ok((p.mux.clone(), Slot(p.state.clone()), p.pair.clone()));
         }
         // Only when a connection must be opened: sweep out closed ones, and
         // other keys' leftovers (not on every tunnel).
         conns.retain(|p| !p.is_closed());
         self.prune();
-        let (send, state) = self.dial(key, &entry).await?;
+        let (mux, state) = self.dial(key, &entry).await?;
         let (src, _, dst, _) = key;
         let pair = self.metrics.pair(ConnLabels {
             direction: "outbound",
             source_identity: src.to_string(),
             destination_identity: dst.to_string(),
         });
-        conns.push(Pooled { send: send.clone(), state: state.clone(), pair: pair.clone() });
+        conns.push(Pooled { mux: mux.clone(), state: state.clone(), pair: pair.clone() });
         drop(conns);
         // A key pruned while this dial ran (its entry was locked, so it was
         // kept) is back in the map if it had been removed.
         self.map().entry(key.clone()).or_insert(entry);
-        Ok((send, Slot(state), pair))
+        Ok((mux, Slot(state), pair))
     }
 
     /// Opens a tunnel for the flow `src_addr` → `dst_addr` through the proxy
@@ -379,23 +369,14 @@ impl Outbound {
         };
         let key = (src.clone(), cert.serial.clone(), dst.clone(), peer);
         let fut = async {
-            let (send, slot, pair) = self.sender(&key).await?;
-            let mut send = send.ready().await.map_err(|e| OutboundError::Http(e.to_string()))?;
-            // The source port makes this header different on every tunnel:
-            // sent as a never-indexed literal, it does not churn both
-            // sides' HPACK tables (an insert and an eviction per tunnel on
-            // each) and leaves their room to the headers that repeat.
-            let mut forwarded = http::HeaderValue::try_from(format!("for=\"{src_addr}\""))
+            let (mux, slot, pair) = self.sender(&key).await?;
+            // The source port makes the Forwarded value different on every
+            // tunnel: it is sent as a literal that touches neither side's
+            // HPACK table (see `hbone::headers`).
+            let stream = mux
+                .open(&dst_addr.to_string(), &format!("for=\"{src_addr}\""))
                 .map_err(|e| OutboundError::Http(e.to_string()))?;
-            forwarded.set_sensitive(true);
-            let req = Request::builder()
-                .method(Method::CONNECT)
-                .uri(dst_addr.to_string())
-                .header("forwarded", forwarded)
-                .body(())
-                .map_err(|e| OutboundError::Http(e.to_string()))?;
-            let (response, send) = send.send_request(req, false).map_err(|e| OutboundError::Http(e.to_string()))?;
-            Ok(Tunnel { send, response, slot, pair })
+            Ok::<_, OutboundError>(Tunnel { stream, slot, pair })
         };
         tokio::time::timeout(self.timeout, fut).await.map_err(|_| OutboundError::Timeout)?
     }
@@ -411,15 +392,15 @@ impl Outbound {
         dst_addr: SocketAddr,
         peer: SocketAddr,
     ) -> Result<test_io::Stream, OutboundError> {
-        let t = self.open(src, src_addr, dst, dst_addr, peer).await?;
-        let resp = tokio::time::timeout(self.timeout, t.response)
+        let mut t = self.open(src, src_addr, dst, dst_addr, peer).await?;
+        let status = tokio::time::timeout(self.timeout, std::future::poll_fn(|cx| t.stream.poll_response(cx)))
             .await
             .map_err(|_| OutboundError::Timeout)?
             .map_err(|e| OutboundError::Http(e.to_string()))?;
-        if resp.status() != StatusCode::OK {
-            return Err(OutboundError::Refused(resp.status()));
+        if status != 200 {
+            return Err(OutboundError::Refused(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY)));
         }
-        Ok(test_io::Stream { send: t.send, recv: resp.into_body(), buf: Bytes::new(), _slot: t.slot })
+        Ok(test_io::Stream { stream: t.stream, buf: bytes::Bytes::new(), _slot: t.slot })
     }
 }
 
@@ -432,21 +413,20 @@ pub mod test_io {
     use bytes::{Buf, Bytes};
     use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-    fn io_err(e: h2::Error) -> std::io::Error {
+    fn io_err(e: super::mux::MuxError) -> std::io::Error {
         std::io::Error::other(e)
     }
 
     /// An accepted tunnel.
     pub struct Stream {
-        pub(super) send: h2::SendStream<Bytes>,
-        pub(super) recv: h2::RecvStream,
+        pub(super) stream: super::Stream,
         pub(super) buf: Bytes,
         pub(super) _slot: super::Slot,
     }
 
     impl std::fmt::Debug for Stream {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_struct("Stream").field("stream_id", &self.send.stream_id().as_u32()).finish()
+            f.debug_struct("Stream").field("stream_id", &self.stream.id()).finish()
         }
     }
 
@@ -457,9 +437,9 @@ pub mod test_io {
             out: &mut ReadBuf<'_>,
         ) -> Poll<std::io::Result<()>> {
             while self.buf.is_empty() {
-                match ready!(self.recv.poll_data(cx)) {
+                match ready!(self.stream.poll_data(cx)) {
                     Some(Ok(b)) => {
-                        let _ = self.recv.flow_control().release_capacity(b.len());
+                        self.stream.release(b.len());
                         self.buf = b;
                     }
                     Some(Err(e)) => return Poll::Ready(Err(io_err(e))),
@@ -475,18 +455,10 @@ pub mod test_io {
 
     impl AsyncWrite for Stream {
         fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-            self.send.reserve_capacity(buf.len());
-            let cap = match self.send.capacity() {
-                0 => match ready!(self.send.poll_capacity(cx)) {
-                    Some(Ok(c)) => c,
-                    Some(Err(e)) => return Poll::Ready(Err(io_err(e))),
-                    None => return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
-                },
-                c => c,
-            };
-            let n = cap.min(buf.len());
-            self.send.send_data(Bytes::copy_from_slice(&buf[..n]), false).map_err(io_err)?;
-            Poll::Ready(Ok(n))
+            ready!(self.stream.poll_capacity(cx)).map_err(io_err)?;
+            let mut b = Bytes::copy_from_slice(buf);
+            self.stream.send(&mut b, false).map_err(io_err)?;
+            Poll::Ready(Ok(buf.len() - b.len()))
         }
 
         fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -494,7 +466,7 @@ pub mod test_io {
         }
 
         fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            self.send.send_data(Bytes::new(), true).map_err(io_err)?;
+            self.stream.send(&mut Bytes::new(), true).map_err(io_err)?;
             Poll::Ready(Ok(()))
         }
     }

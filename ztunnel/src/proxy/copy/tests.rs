@@ -4,11 +4,13 @@
 #![allow(clippy::unwrap_used)]
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use hbone::Role;
+use http::StatusCode;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{CopyError, Incoming, tunnel};
+use super::super::mux::{self, Mux};
+use super::{CopyError, client, server};
 
 /// A connected loopback pair (application end, proxy end).
 async fn pair() -> (TcpStream, TcpStream) {
@@ -18,30 +20,29 @@ async fn pair() -> (TcpStream, TcpStream) {
     (a, b)
 }
 
-/// HTTP/2 client and server over an in-memory pipe, with small windows
-/// so flow control and backpressure are exercised.
-async fn h2() -> (h2::client::SendRequest<Bytes>, h2::server::Connection<tokio::io::DuplexStream, Bytes>) {
-    let (c, s) = tokio::io::duplex(64 * 1024);
-    let server = tokio::spawn(async move {
-        h2::server::Builder::new()
-            .initial_window_size(16 * 1024)
-            .initial_connection_window_size(32 * 1024)
-            .handshake::<_, Bytes>(s)
-            .await
-            .unwrap()
-    });
-    let (send, conn) = h2::client::Builder::new()
-        .initial_window_size(16 * 1024)
-        .initial_connection_window_size(32 * 1024)
-        .handshake::<_, Bytes>(c)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    (send, server.await.unwrap())
+/// The smallest windows HTTP/2 allows, so flow control and backpressure
+/// are exercised by a few hundred kilobytes.
+fn small() -> hbone::Config {
+    hbone::Config { max_concurrent_streams: 10, stream_window: 65_535, connection_window: 65_535, ..Default::default() }
 }
 
-fn connect() -> Request<()> {
-    Request::builder().method("CONNECT").uri("10.0.0.1:80").body(()).unwrap()
+/// A client and a server connection over `c` and `s`, their drivers
+/// running.
+fn muxes<C, S>(c: C, s: S) -> (Mux, Mux)
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (cm, cd) = mux::start(Role::Client, small(), c);
+    let (sm, sd) = mux::start(Role::Server, small(), s);
+    tokio::spawn(cd);
+    tokio::spawn(sd);
+    (cm, sm)
+}
+
+fn piped() -> (Mux, Mux) {
+    let (c, s) = tokio::io::duplex(64 * 1024);
+    muxes(c, s)
 }
 
 #[tokio::test]
@@ -59,16 +60,14 @@ async fn early_data_backpressure_half_close_and_counts_multi_thread() {
 }
 
 async fn early_data_case() {
-    let (send_req, mut server) = h2().await;
-    // Server side: read the early data before answering, then hand the
-    // stream to a copy towards an echo "pod".
+    let (cm, sm) = piped();
+    // Server side: read the early data before the copy starts, then hand
+    // the stream to a copy towards an echo "pod".
     let server_side = tokio::spawn(async move {
-        let (req, mut respond) = server.accept().await.unwrap().unwrap();
-        // The connection must be driven for any stream to make progress.
-        let drive = tokio::spawn(async move { while server.accept().await.is_some() {} });
-        let mut body = req.into_body();
-        let early = body.data().await.unwrap().unwrap();
-        let _ = body.flow_control().release_capacity(early.len());
+        let (mut stream, head) = sm.accept().await.unwrap();
+        assert_eq!(head.method.as_deref(), Some("CONNECT"));
+        let early = std::future::poll_fn(|cx| stream.poll_data(cx)).await.unwrap().unwrap();
+        stream.release(early.len());
         let (mut echo_app, echo_proxy) = pair().await;
         tokio::spawn(async move {
             // The echo pod: reads slowly in small pieces, echoes, and
@@ -83,15 +82,13 @@ async fn early_data_case() {
             }
             echo_app.shutdown().await.unwrap();
         });
-        let send = respond.send_response(Response::new(()), false).unwrap();
         // The test kept the early chunk; the rest goes to the pod.
-        let (totals, result) = tunnel(echo_proxy, super::Outgoing::Stream(send), Incoming::Body(body)).await;
-        (early, totals, result, drive)
+        let (totals, result) = server(echo_proxy, stream, super::HOLD).await;
+        (early, totals, result, sm)
     });
     let (mut app, proxy_end) = pair().await;
-    let mut sr = send_req.ready().await.unwrap();
-    let (response, send) = sr.send_request(connect(), false).unwrap();
-    let client = tokio::spawn(tunnel(proxy_end, super::Outgoing::Stream(send), Incoming::Response(response)));
+    let stream = cm.open("10.0.0.1:80", "for=\"10.0.0.2:1\"").unwrap();
+    let client_side = tokio::spawn(client(proxy_end, stream));
     let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
     let p2 = payload.clone();
     let (mut rd, mut wr) = app.split();
@@ -103,7 +100,7 @@ async fn early_data_case() {
     let reader = rd.read_to_end(&mut back);
     let ((), n) = tokio::join!(writer, reader);
     n.unwrap();
-    let (early, server_totals, server_result, drive) = server_side.await.unwrap();
+    let (early, server_totals, server_result, _sm) = server_side.await.unwrap();
     server_result.unwrap();
     // Everything after the early chunk came back, in order, then EOF.
     assert!(!early.is_empty());
@@ -118,11 +115,10 @@ async fn early_data_case() {
     );
     assert_eq!(server_totals.down as usize, payload.len() - early.len());
     assert_eq!(server_totals.up as usize, payload.len() - early.len());
-    let (totals, result) = client.await.unwrap();
+    let (totals, result) = client_side.await.unwrap();
     result.unwrap();
     assert_eq!(totals.up as usize, payload.len());
     assert_eq!(totals.down as usize, payload.len() - early.len());
-    drive.abort();
 }
 
 /// What an IO object was asked to write, one entry per flush (the
@@ -174,35 +170,26 @@ impl tokio::io::AsyncWrite for Recorder {
 }
 
 /// The pod's first bytes, already there when the tunnel opens, leave in
-/// the same write as the CONNECT (one TLS record, one packet, one
-/// wake-up of the peer), although the new stream has no window yet.
+/// the same write as the CONNECT (one TLS record, one packet, one wake-up
+/// of the peer).
 #[tokio::test]
 async fn first_bytes_leave_with_the_connect() {
     let (c, s) = tokio::io::duplex(64 * 1024);
     let writes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let c = Recorder { inner: c, pending: Vec::new(), writes: writes.clone() };
-    let server = tokio::spawn(async move {
-        let mut conn = h2::server::handshake(s).await.unwrap();
-        let (req, _respond) = conn.accept().await.unwrap().unwrap();
-        tokio::spawn(async move { while conn.accept().await.is_some() {} });
-        let mut body = req.into_body();
-        let first = body.data().await.unwrap().unwrap();
-        (first, _respond, body)
-    });
-    let (send_req, conn) = h2::client::handshake(c).await.unwrap();
-    tokio::spawn(conn);
-    let mut sr = send_req.ready().await.unwrap();
+    let (cm, sm) = muxes(c, s);
     let (mut app, proxy_end) = pair().await;
     app.write_all(b"first bytes").await.unwrap();
     // Let them reach the proxy end's receive queue.
     proxy_end.readable().await.unwrap();
-    // As in the proxy: the CONNECT and the copy's first poll in one
-    // task poll, before HTTP/2's connection task runs.
+    // As in the proxy: the CONNECT and the copy's first poll in one task
+    // poll, before the connection's driver runs.
     let copy = tokio::spawn(async move {
-        let (response, send) = sr.send_request(connect(), false).unwrap();
-        tunnel(proxy_end, super::Outgoing::Stream(send), Incoming::Response(response)).await
+        let stream = cm.open("10.0.0.1:80", "for=x").unwrap();
+        client(proxy_end, stream).await
     });
-    let (first, _respond, _body) = server.await.unwrap();
+    let (mut stream, _) = sm.accept().await.unwrap();
+    let first = std::future::poll_fn(|cx| stream.poll_data(cx)).await.unwrap().unwrap();
     assert_eq!(&first[..], b"first bytes");
     // HEADERS (type 1, END_HEADERS, stream 1) in the write carrying the bytes.
     let writes = writes.lock().unwrap();
@@ -214,44 +201,43 @@ async fn first_bytes_leave_with_the_connect() {
     copy.abort();
 }
 
-/// A server-side copy behind a recorded HTTP/2 connection: the client's
-/// request handle, the recorded server writes, and the pod's end.
-async fn answering(
-    hold: std::time::Duration,
-) -> (h2::client::SendRequest<Bytes>, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>, TcpStream) {
+/// A server-side copy behind a recorded connection: the client's
+/// connection, the recorded server writes, and the pod's end.
+async fn answering(hold: std::time::Duration) -> (Mux, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>, TcpStream) {
     let (c, s) = tokio::io::duplex(64 * 1024);
     let writes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let s = Recorder { inner: s, pending: Vec::new(), writes: writes.clone() };
+    let (cm, sm) = muxes(c, s);
     let (pod, pod_proxy_end) = pair().await;
     tokio::spawn(async move {
-        let mut conn = h2::server::handshake(s).await.unwrap();
-        let (req, respond) = conn.accept().await.unwrap().unwrap();
-        tokio::spawn(async move { while conn.accept().await.is_some() {} });
+        let (stream, _) = sm.accept().await.unwrap();
         // Let whatever the client sent with its CONNECT arrive first.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let _ = tunnel(pod_proxy_end, super::Outgoing::answer(respond, hold), Incoming::Body(req.into_body())).await;
+        let _ = server(pod_proxy_end, stream, hold).await;
+        drop(sm);
     });
-    let (send_req, conn) = h2::client::handshake(c).await.unwrap();
-    tokio::spawn(conn);
-    (send_req, writes, pod)
+    (cm, writes, pod)
+}
+
+async fn response(stream: &mut mux::Stream) -> u16 {
+    let r = std::future::poll_fn(|cx| stream.poll_response(cx));
+    tokio::time::timeout(std::time::Duration::from_secs(10), r).await.unwrap().unwrap()
 }
 
 /// The client sent bytes with its CONNECT: the 200 waits for the pod's
 /// answer and leaves in the same flush.
 #[tokio::test]
 async fn the_answer_leaves_with_the_pods_first_bytes() {
-    let (send_req, writes, mut pod) = answering(std::time::Duration::from_secs(60)).await;
-    let mut sr = send_req.ready().await.unwrap();
-    let (response, mut send) = sr.send_request(connect(), false).unwrap();
-    send.send_data(Bytes::from_static(b"ping"), false).unwrap();
+    let (cm, writes, mut pod) = answering(std::time::Duration::from_secs(60)).await;
+    let mut stream = cm.open("10.0.0.1:80", "for=x").unwrap();
+    stream.send(&mut Bytes::from_static(b"ping"), false).unwrap();
     let mut b = [0u8; 4];
     pod.read_exact(&mut b).await.unwrap();
     assert_eq!(&b, b"ping");
     pod.write_all(b"pong").await.unwrap();
-    let resp = tokio::time::timeout(std::time::Duration::from_secs(10), response).await.unwrap().unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let mut body = resp.into_body();
-    assert_eq!(&body.data().await.unwrap().unwrap()[..], b"pong");
+    assert_eq!(response(&mut stream).await, 200);
+    let data = std::future::poll_fn(|cx| stream.poll_data(cx)).await.unwrap().unwrap();
+    assert_eq!(&data[..], b"pong");
     let writes = writes.lock().unwrap();
     let with_data = writes.iter().find(|w| w.windows(4).any(|x| x == b"pong")).unwrap();
     assert!(with_data.windows(6).any(|x| x == [1, 4, 0, 0, 0, 1]), "200 and first bytes apart: {writes:?}");
@@ -261,25 +247,21 @@ async fn the_answer_leaves_with_the_pods_first_bytes() {
 /// once, long before the hold would end, while the pod says nothing.
 #[tokio::test]
 async fn a_client_that_sent_nothing_is_answered_at_once() {
-    let (send_req, _writes, _pod) = answering(std::time::Duration::from_secs(60)).await;
-    let mut sr = send_req.ready().await.unwrap();
-    let (response, _send) = sr.send_request(connect(), false).unwrap();
-    let resp = tokio::time::timeout(std::time::Duration::from_secs(10), response).await.unwrap().unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    let (cm, _writes, _pod) = answering(std::time::Duration::from_secs(60)).await;
+    let mut stream = cm.open("10.0.0.1:80", "for=x").unwrap();
+    assert_eq!(response(&mut stream).await, 200);
 }
 
 /// A client that sent bytes and then waits for the 200 anyway, towards
 /// a pod that says nothing, gets it when the hold ends.
 #[tokio::test]
 async fn a_held_answer_goes_when_the_hold_ends() {
-    let (send_req, _writes, mut pod) = answering(std::time::Duration::from_millis(20)).await;
-    let mut sr = send_req.ready().await.unwrap();
-    let (response, mut send) = sr.send_request(connect(), false).unwrap();
-    send.send_data(Bytes::from_static(b"ping"), false).unwrap();
+    let (cm, _writes, mut pod) = answering(std::time::Duration::from_millis(20)).await;
+    let mut stream = cm.open("10.0.0.1:80", "for=x").unwrap();
+    stream.send(&mut Bytes::from_static(b"ping"), false).unwrap();
     let mut b = [0u8; 4];
     pod.read_exact(&mut b).await.unwrap();
-    let resp = tokio::time::timeout(std::time::Duration::from_secs(10), response).await.unwrap().unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(response(&mut stream).await, 200);
 }
 
 /// Holds end between `hold` and twice that after they start, and holds
@@ -320,26 +302,46 @@ async fn one_slot_end_timer_per_slot() {
     assert_eq!(timer().unwrap().0, next);
 }
 
-/// See [`super::Outgoing::Unanswered`].
+/// See [`super::Answer::Held`]: the hold is boxed, so the answer's state
+/// takes two words at most in every open tunnel's task.
 #[test]
 fn the_unanswered_state_costs_no_room() {
-    assert_eq!(std::mem::size_of::<super::Outgoing>(), std::mem::size_of::<h2::SendStream<Bytes>>());
+    assert!(std::mem::size_of::<super::Answer>() <= 16);
 }
 
 #[tokio::test]
 async fn a_refusal_ends_the_copy_with_its_status() {
-    let (send_req, mut server) = h2().await;
+    let (cm, sm) = piped();
     tokio::spawn(async move {
-        while let Some(Ok((_req, mut respond))) = server.accept().await {
-            let mut r = Response::new(());
-            *r.status_mut() = StatusCode::FORBIDDEN;
-            let _ = respond.send_response(r, true);
+        while let Some((mut stream, _)) = sm.accept().await {
+            let _ = stream.respond(403, true);
         }
     });
     let (mut app, proxy_end) = pair().await;
-    let mut sr = send_req.ready().await.unwrap();
-    let (response, send) = sr.send_request(connect(), false).unwrap();
+    let stream = cm.open("10.0.0.1:80", "for=x").unwrap();
     app.write_all(b"sent before the answer").await.unwrap();
-    let (_, result) = tunnel(proxy_end, super::Outgoing::Stream(send), Incoming::Response(response)).await;
+    let (_, result) = client(proxy_end, stream).await;
     assert!(matches!(result, Err(CopyError::Refused(s)) if s == StatusCode::FORBIDDEN), "{result:?}");
+}
+
+/// A connection that breaks mid-tunnel ends the copy with an error (which
+/// the proxy passes on to the pod as a reset), not as an orderly close.
+#[tokio::test]
+async fn a_broken_connection_is_an_error_not_an_eof() {
+    let (c, s) = tokio::io::duplex(64 * 1024);
+    let (cm, cd) = mux::start(Role::Client, small(), c);
+    let driver = tokio::spawn(cd);
+    let (sm, sd) = mux::start(Role::Server, small(), s);
+    let server_driver = tokio::spawn(sd);
+    let (_app, proxy_end) = pair().await;
+    let stream = cm.open("10.0.0.1:80", "for=x").unwrap();
+    let copy = tokio::spawn(client(proxy_end, stream));
+    let (mut accepted, _) = sm.accept().await.unwrap();
+    accepted.respond(200, false).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // The server's side of the pipe goes away.
+    server_driver.abort();
+    let (_, result) = tokio::time::timeout(std::time::Duration::from_secs(5), copy).await.unwrap().unwrap();
+    assert!(matches!(result, Err(CopyError::Mux(_))), "{result:?}");
+    assert!(driver.await.unwrap().is_err());
 }
