@@ -44,11 +44,52 @@ pub enum MuxError {
     Stream(StreamError),
 }
 
+/// Received chunks waiting for a stream's handle: usually none or one, so
+/// one is kept inline and a queue allocated only while more wait (a
+/// `VecDeque` would keep its first allocation for the stream's life).
+#[derive(Debug, Default)]
+enum Chunks {
+    #[default]
+    None,
+    One(Bytes),
+    Many(VecDeque<Bytes>),
+}
+
+impl Chunks {
+    fn push(&mut self, b: Bytes) {
+        *self = match std::mem::take(self) {
+            Chunks::None => Chunks::One(b),
+            Chunks::One(a) => Chunks::Many(VecDeque::from([a, b])),
+            Chunks::Many(mut q) => {
+                q.push_back(b);
+                Chunks::Many(q)
+            }
+        };
+    }
+
+    fn pop(&mut self) -> Option<Bytes> {
+        match self {
+            Chunks::None => None,
+            Chunks::One(_) => match std::mem::take(self) {
+                Chunks::One(b) => Some(b),
+                _ => None,
+            },
+            Chunks::Many(q) => {
+                let b = q.pop_front();
+                if q.is_empty() {
+                    *self = Chunks::None;
+                }
+                b
+            }
+        }
+    }
+}
+
 /// A stream's asynchronous state.
 #[derive(Debug, Default)]
 struct Slot {
     /// Received bytes not yet taken by the handle.
-    recv: VecDeque<Bytes>,
+    recv: Chunks,
     /// The handle's task.
     waker: Option<Waker>,
     /// (Client) the response status, 0 until it arrives.
@@ -114,7 +155,7 @@ impl State {
                 Event::Data { stream, data, end } => {
                     if let Some(s) = self.slots.get_mut(&stream) {
                         if !data.is_empty() {
-                            s.recv.push_back(data);
+                            s.recv.push(data);
                         }
                         s.end |= end;
                         s.wake();
@@ -236,6 +277,10 @@ impl Mux {
         let mut st = lock(&self.state);
         if let Some((id, head)) = st.accepted.pop_front() {
             return Poll::Ready(Some((Stream { state: self.state.clone(), id, ended: false }, head)));
+        }
+        if st.accepted.capacity() > 16 {
+            // Not the room of the largest burst for the connection's life.
+            st.accepted = VecDeque::new();
         }
         if st.closed.is_some() || !st.conn.accepting() {
             return Poll::Ready(None);
@@ -389,7 +434,7 @@ impl Stream {
         };
         // What arrived before a reset or the connection's end is still
         // delivered; the failure comes after it.
-        if let Some(b) = slot.recv.pop_front() {
+        if let Some(b) = slot.recv.pop() {
             return Poll::Ready(Some(Ok(b)));
         }
         // A peer that ended its side cleanly and then reset the stream
@@ -518,6 +563,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 self.wq.extend(out);
             }
             if self.wq.is_empty() {
+                if self.wq.capacity() > MAX_IOV {
+                    self.wq = VecDeque::new();
+                }
                 if !self.flushed {
                     std::task::ready!(Pin::new(&mut self.io).poll_flush(cx))?;
                     self.flushed = true;
