@@ -252,7 +252,7 @@ pub fn start<T>(role: Role, config: Config, io: T) -> (Mux, Driver<T>) {
         wq: VecDeque::new(),
         flushed: true,
         eof: false,
-        max_frame: config.max_frame as usize,
+        bulk: false,
     };
     (Mux { state }, driver)
 }
@@ -498,12 +498,16 @@ pub struct Driver<T> {
     /// Everything written was flushed.
     flushed: bool,
     eof: bool,
-    max_frame: usize,
+    /// The last read was large.
+    bulk: bool,
 }
 
-/// Room offered to one read: a whole large frame when one is arriving,
-/// else enough for many small ones.
+/// Room offered to one read while reads are small (frames of new tunnels,
+/// requests and responses)...
 const READ_MIN: usize = 32 * 1024;
+/// ...and during a bulk transfer (the TLS layer decrypts records straight
+/// into it).
+const READ_BULK: usize = 256 * 1024;
 /// At most this many buffers per vectored write.
 const MAX_IOV: usize = 32;
 
@@ -518,17 +522,20 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         if self.eof {
             return Poll::Pending;
         }
-        let mut st = lock(&self.state);
-        let want = st.conn.wanted(&self.rbuf).min(self.max_frame + hbone::frame::HEADER_LEN);
-        drop(st);
-        self.rbuf.reserve(want.max(READ_MIN));
+        // DATA payloads are handed on as they arrive (see
+        // `hbone::conn`), so what stays in the buffer between reads is at
+        // most a partial frame header or small control frame: offering a
+        // fixed room never makes the buffer grow by copying a frame.
+        let room = if self.bulk { READ_BULK } else { READ_MIN };
+        self.rbuf.reserve(room);
         match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
             Poll::Ready(Ok(0)) => {
                 self.eof = true;
                 Poll::Ready(Ok(false))
             }
-            Poll::Ready(Ok(_)) => {
-                st = lock(&self.state);
+            Poll::Ready(Ok(n)) => {
+                self.bulk = n >= READ_MIN / 2;
+                let mut st = lock(&self.state);
                 let r = st.conn.recv(&mut self.rbuf);
                 st.dispatch();
                 if !st.conn.accepting()
