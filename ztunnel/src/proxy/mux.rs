@@ -122,6 +122,10 @@ struct State {
     pongs: u64,
     /// Set once the connection has ended; every call then fails with it.
     closed: Option<Arc<str>>,
+    /// Bytes handed to the connection and not yet written to the transport.
+    unsent: usize,
+    /// Streams waiting for `unsent` to fall.
+    starved: Vec<u32>,
 }
 
 impl State {
@@ -244,6 +248,8 @@ pub fn start<T>(role: Role, config: Config, io: T) -> (Mux, Driver<T>) {
         pinger: None,
         pongs: 0,
         closed: None,
+        unsent: 0,
+        starved: Vec::new(),
     }));
     let driver = Driver {
         state: state.clone(),
@@ -401,21 +407,47 @@ impl Stream {
     pub fn send(&mut self, data: &mut Bytes, end: bool) -> Result<(), MuxError> {
         let mut st = lock(&self.state);
         Self::slot(&mut st, self.id)?;
-        let before = data.len();
-        st.conn.send_data(self.id, data, end).map_err(MuxError::Stream)?;
-        self.ended |= end && data.is_empty();
-        if data.len() < before || (end && data.is_empty()) {
-            st.wake_driver();
+        // What the windows allow, and what the connection's backlog does.
+        let room = SEND_BACKLOG.saturating_sub(st.unsent);
+        let window = st.conn.send_capacity(self.id);
+        let take = window.min(room).min(data.len());
+        let mut part = data.split_to(take);
+        let last = end && data.is_empty();
+        if !data.is_empty() {
+            // Told when there is room again: by the peer's window update,
+            // or by the driver once the backlog is written.
+            if window <= room {
+                st.conn.want_writable(self.id);
+            } else if !st.starved.contains(&self.id) {
+                st.starved.push(self.id);
+            }
         }
+        if take == 0 && !last {
+            return Ok(());
+        }
+        st.conn.send_data(self.id, &mut part, last).map_err(MuxError::Stream)?;
+        debug_assert!(part.is_empty());
+        st.unsent += take;
+        self.ended |= last;
+        st.wake_driver();
         Ok(())
     }
 
-    /// Ready once the stream may send (its windows are open), or failed.
+    /// Ready once the stream may send (its windows are open and the
+    /// connection's backlog has room), or failed.
     pub fn poll_capacity(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), MuxError>> {
         let mut st = lock(&self.state);
         Self::slot(&mut st, self.id)?;
-        if st.conn.send_capacity(self.id) > 0 {
+        let backlogged = st.unsent >= SEND_BACKLOG;
+        let window = st.conn.send_capacity(self.id);
+        if !backlogged && window > 0 {
             return Poll::Ready(Ok(()));
+        }
+        if window == 0 {
+            st.conn.want_writable(self.id);
+        }
+        if backlogged && !st.starved.contains(&self.id) {
+            st.starved.push(self.id);
         }
         if let Some(s) = st.slots.get_mut(&self.id) {
             s.waker = Some(cx.waker().clone());
@@ -508,6 +540,12 @@ const READ_MIN: usize = 32 * 1024;
 /// ...and during a bulk transfer (the TLS layer decrypts records straight
 /// into it).
 const READ_BULK: usize = 256 * 1024;
+/// Bytes tunnels may queue on a connection ahead of its transport. Bytes
+/// read from a pod are encrypted soon after, while still in the cache; the
+/// windows alone (megabytes) would let a fast pod's bytes pile up behind a
+/// busy socket and go cold (ten per cent of a bulk transfer's throughput).
+const SEND_BACKLOG: usize = 512 * 1024;
+
 /// At most this many buffers per vectored write.
 const MAX_IOV: usize = 32;
 
@@ -586,6 +624,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.flushed = false;
+            {
+                let mut st = lock(&self.state);
+                st.unsent = st.unsent.saturating_sub(n);
+                if st.unsent < SEND_BACKLOG / 2 && !st.starved.is_empty() {
+                    let starved = std::mem::take(&mut st.starved);
+                    for id in starved {
+                        if let Some(s) = st.slots.get_mut(&id) {
+                            s.wake();
+                        }
+                    }
+                }
+            }
             let mut left = n;
             while left > 0 {
                 let Some(front) = self.wq.front_mut() else { break };
