@@ -3,8 +3,11 @@
 //! A cluster in a box for end-to-end tests: nodes and pods as network
 //! namespaces joined by veth pairs, the way a CNI leaves them (each pod's
 //! `eth0` holds a /32 and reaches its node through a link-local gateway on
-//! the host-side veth, and the node routes the pod's /32 to that veth). Everything is named with a per-testbed prefix and removed on
-//! drop, also when a test fails.
+//! the host-side veth, and the node routes the pod's /32 to that veth).
+//! Everything is named with a per-testbed prefix and removed on drop, also
+//! when a test fails; what a run killed by a signal left behind (its
+//! namespaces and the agents inside them) is removed by the next
+//! [`Testbed::new`] ([`netns::reap_stale`]).
 //!
 //! Tests that need root call [`require_root`], which skips loudly when not
 //! root and fails under `CI=true`.

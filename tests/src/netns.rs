@@ -133,13 +133,50 @@ pub struct Testbed {
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// The process that created a [`Testbed::new`] namespace, from its name
+/// (`zt<PID>x<N>-<role>`); `None` for any other name (fixed prefixes such
+/// as the demo's are replaced by their next run instead).
+fn creator(name: &str) -> Option<u32> {
+    let (pid, rest) = name.strip_prefix("zt")?.split_once('x')?;
+    let (n, role) = rest.split_once('-')?;
+    n.parse::<u32>().ok()?;
+    if role.is_empty() {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Removes what interrupted runs left behind: namespaces of
+/// [`Testbed::new`] whose creating process is gone (a benchmark stopped
+/// with a signal never runs its destructors), after killing the processes
+/// still inside them (the agents that run had started). Without this, every
+/// interrupted run leaves its nodes, pods, veths and agents on the machine.
+/// Namespaces of live processes are never touched.
+pub fn reap_stale() {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else { return };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = creator(&name) else { continue };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", &name]).output() {
+            for p in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", p]).output();
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+    }
+}
+
 impl Testbed {
     /// Creates `nodes` node namespaces joined by one link
     /// (192.168.100.0/24 for two nodes). Node `i` routes pod addresses of
     /// 10.244.(i+1).0/24 itself and the other nodes' ranges via their link
     /// address.
     pub fn new(node_names: &[&str]) -> anyhow::Result<Self> {
-        let prefix = format!("zt{}x{}", std::process::id() % 100_000, COUNTER.fetch_add(1, Ordering::Relaxed));
+        reap_stale();
+        let prefix = format!("zt{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
         Self::with_prefix(&prefix, node_names)
     }
 
@@ -293,5 +330,21 @@ impl Testbed {
     /// The pod with this key.
     pub fn pod(&self, key: &str) -> Option<&PodNs> {
         self.pods.iter().find(|p| p.key == key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::creator;
+
+    #[test]
+    fn only_testbed_names_have_a_creator() {
+        assert_eq!(creator("zt4242x0-n1"), Some(4242));
+        assert_eq!(creator("zt4242x17-p12"), Some(4242));
+        for other in
+            ["ztdemo-n0", "ztkube-n1", "ztgw-p0", "zt4242x0", "zt4242x-n0", "ztx0-n0", "zt12ax0-n0", "zt4242x0-", "lab"]
+        {
+            assert_eq!(creator(other), None, "{other}");
+        }
     }
 }
