@@ -298,12 +298,31 @@ impl Testbed {
         let ns = Netns::create(&format!("{}-p{n}", self.prefix))?;
         // Interface names are per namespace; only the 15-byte limit matters.
         let host_if = format!("ztv{n}");
+        self.wire(&ns, &host_if, node, ip)?;
+        Ok(PodNs { key: key.to_string(), ns, ip, node, host_if })
+    }
+
+    /// Replaces a pod's veth pair by a new one with the same names,
+    /// addresses and routes, as a CNI does when a pod's sandbox is
+    /// recreated: only the interfaces' indexes change (IPv4 wiring only;
+    /// the IPv6 addresses of [`Testbed::add_pod_dual`] are not restored).
+    pub fn replug(&self, key: &str) -> anyhow::Result<()> {
+        let pod = self.pod(key).with_context(|| format!("no pod {key}"))?;
+        let node_ns = &self.nodes[pod.node].ns;
+        // Deleting one end of a veth deletes the pair (and its routes).
+        node_ns.ip(&["link", "del", &pod.host_if])?;
+        self.wire(&pod.ns, &pod.host_if, pod.node, pod.ip)
+    }
+
+    /// A veth from `ns` (`eth0`) to node `node` (`host_if`), with the pod's
+    /// address, its default route and the node's host route.
+    fn wire(&self, ns: &Netns, host_if: &str, node: usize, ip: std::net::Ipv4Addr) -> anyhow::Result<()> {
         let node_ns = &self.nodes[node].ns;
         run(&[
             "ip",
             "link",
             "add",
-            &host_if,
+            host_if,
             "netns",
             node_ns.name(),
             "type",
@@ -320,11 +339,11 @@ impl Testbed {
         ns.ip(&["route", "add", "default", "via", "169.254.1.1", "dev", "eth0"])?;
         // The pod's gateway answers ARP because the host side holds it, as
         // a /32 on every host-side veth.
-        node_ns.ip(&["addr", "add", "169.254.1.1/32", "dev", &host_if, "scope", "link"])?;
-        node_ns.ip(&["link", "set", &host_if, "up"])?;
+        node_ns.ip(&["addr", "add", "169.254.1.1/32", "dev", host_if, "scope", "link"])?;
+        node_ns.ip(&["link", "set", host_if, "up"])?;
         node_ns.sysctl(&format!("net.ipv4.conf.{host_if}.rp_filter"), "0")?;
-        node_ns.ip(&["route", "add", &format!("{ip}/32"), "dev", &host_if])?;
-        Ok(PodNs { key: key.to_string(), ns, ip, node, host_if })
+        node_ns.ip(&["route", "add", &format!("{ip}/32"), "dev", host_if])?;
+        Ok(())
     }
 
     /// The pod with this key.

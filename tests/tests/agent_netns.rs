@@ -48,9 +48,21 @@ fn start_agent(ns: &str, dir: &Path, node: &str, log: &Path, pins: Option<&Path>
 }
 
 fn start_agent_with(ns: &str, dir: &Path, node: &str, log: &Path, pins: Option<&Path>, extra: &[&str]) -> Agent {
+    spawn_agent(ns, dir, node, log, pins, extra, 100)
+}
+
+fn spawn_agent(
+    ns: &str,
+    dir: &Path,
+    node: &str,
+    log: &Path,
+    pins: Option<&Path>,
+    extra: &[&str],
+    poll_ms: u32,
+) -> Agent {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns]).arg(ztunnel_bin()).args(["run", "--local"]).arg(dir);
-    cmd.args(["--node", node, "--poll-ms", "100", "--flow-log"]).arg(log).args(extra);
+    cmd.args(["--node", node, "--poll-ms", &poll_ms.to_string(), "--flow-log"]).arg(log).args(extra);
     match pins {
         Some(p) => cmd.arg("--bpffs").arg(p),
         None => cmd.arg("--no-pin"),
@@ -635,4 +647,53 @@ fn a_namespace_label_audits_its_pods_and_removing_it_enforces_again() {
     assert!(probe::tcp(&front_ns, api), "the frontend keeps access");
     assert!(!long.echo(b'b'), "the connection the label let through must be cut");
     long.close();
+}
+
+/// A pod's veth replaced by a CNI between two polls (sandbox recreated:
+/// same interface name, address and route, new interface index) is
+/// enforced again, never left without programs.
+#[test]
+fn a_pod_whose_veth_is_replaced_is_enforced_on_the_new_one() {
+    if !require_root("a_pod_whose_veth_is_replaced_is_enforced_on_the_new_one") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = workload_dir(dir.path());
+    for f in ["01-default-deny.yaml", "02-allow-dns.yaml", "03-bookstore.yaml"] {
+        copy(&examples().join("policies").join(f), &manifests.join(f));
+    }
+    let nodes = ["node-1", "node-2"];
+    let mut tb = Testbed::new(&nodes).unwrap();
+    tb.add_pod("default/apiserver", 0, Ipv4Addr::new(10, 244, 1, 10)).unwrap();
+    tb.add_pod("default/db", 0, Ipv4Addr::new(10, 244, 1, 11)).unwrap();
+    tb.add_pod("default/frontend", 1, Ipv4Addr::new(10, 244, 2, 10)).unwrap();
+    for p in &tb.pods {
+        probe::serve(&p.ns, &[80], &[]).unwrap();
+    }
+    // Polls far apart, so that the replacement falls between two of them
+    // (the case where the agent never sees the interface missing).
+    let logs: Vec<PathBuf> = nodes.iter().map(|n| dir.path().join(format!("{n}.flows.jsonl"))).collect();
+    let _agents: Vec<Agent> = tb
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| spawn_agent(n.ns.name(), &manifests, &n.name, &logs[i], None, &[], 4000))
+        .collect();
+    assert!(wait_for(&logs, "attached", 3) && wait_for(&logs, "policy synced", 2), "agents did not start");
+    let api = SocketAddr::from((Ipv4Addr::new(10, 244, 1, 10), 80));
+    let db = tb.pod("default/db").unwrap().ns.name().to_string();
+    let front = tb.pod("default/frontend").unwrap().ns.name().to_string();
+    assert!(until(Duration::from_secs(3), false, || probe::tcp(&db, api)).is_some(), "default-deny in force");
+    assert!(probe::tcp(&front, api), "bookstore allowed");
+
+    tb.replug("default/apiserver").unwrap();
+    tb.replug("default/db").unwrap();
+    // The agent attaches to the new interfaces at its next poll.
+    assert!(
+        wait_for(&logs, "attached", 5),
+        "the replaced veths were not attached again\n{}",
+        fs::read_to_string(logs[0].with_extension("stderr")).unwrap_or_default()
+    );
+    assert!(!probe::tcp(&db, api), "default-deny must hold on the new veths");
+    assert!(probe::tcp(&front, api), "bookstore must still be allowed through the new veth");
 }

@@ -2,7 +2,7 @@
 //! maps kept equal to the compiled tables, and the classifiers attached to
 //! every local pod's host-side interface.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -228,12 +228,28 @@ impl Dataplane {
         }
         let wanted: BTreeMap<ObjectKey, (EndpointId, Option<String>)> =
             tables.endpoints.iter().map(|(id, info)| (info.pod.clone(), (*id, iface_of.remove(id)))).collect();
-        // Detach what is gone or moved to another interface.
+        // The interfaces as they are now, by name: a CNI that recreates a
+        // pod's sandbox between two polls leaves the same name, address and
+        // route on a new veth, which has none of the programs; only its
+        // index tells it apart. (One netlink dump per poll.)
+        let links: Option<HashMap<String, u32>> = match nix::net::if_::if_nameindex() {
+            Ok(list) => Some(list.iter().map(|i| (i.name().to_string_lossy().into_owned(), i.index())).collect()),
+            Err(e) => {
+                problems.push(format!("listing interfaces: {e}"));
+                None
+            }
+        };
+        // Detach what is gone, moved to another interface, or whose
+        // interface was replaced.
         let stale: Vec<ObjectKey> = self
             .attached
             .iter()
             .filter(|(k, a)| {
-                wanted.get(*k).is_none_or(|(id, i)| i.as_deref() != Some(a.interface.as_str()) || *id != a.endpoint)
+                let replaced = links.as_ref().is_some_and(|l| l.get(&a.interface) != Some(&a.ifindex));
+                replaced
+                    || wanted
+                        .get(*k)
+                        .is_none_or(|(id, i)| i.as_deref() != Some(a.interface.as_str()) || *id != a.endpoint)
             })
             .map(|(k, _)| k.clone())
             .collect();
