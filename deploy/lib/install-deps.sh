@@ -11,6 +11,8 @@ zt_install_deps() {
   command -v clang-19 >/dev/null 2>&1 || command -v clang >/dev/null 2>&1 || pkgs+=(clang-19)
   [ -f /usr/include/bpf/bpf_helpers.h ] || pkgs+=(libbpf-dev)
   command -v ip >/dev/null 2>&1 || pkgs+=(iproute2)
+  # The agent's unknown-interface guard (--pod-interface-prefix) is an nftables table.
+  command -v nft >/dev/null 2>&1 || pkgs+=(nftables)
   # jemalloc (the agent's allocator) is built from source: configure + make.
   command -v make >/dev/null 2>&1 || pkgs+=(make)
   # The CA tests check issued chains with an independent implementation.

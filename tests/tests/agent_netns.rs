@@ -387,7 +387,11 @@ fn enforcement_survives_agent_kill_and_restart() {
         assert!(probe::tcp(&front_ns, api), "{when}: the frontend must be allowed");
     };
 
-    let agents = pinned.start(&[]);
+    // With the unknown-interface guard: its table and set outlive the
+    // agents as the pins do, so judged pods keep passing while no agent
+    // runs and after the next one takes over.
+    let guard = ["--pod-interface-prefix", "ztv"];
+    let agents = pinned.start(&guard);
     assert!(wait_for(logs, "attached", 3), "agents did not attach");
     check("agents running");
 
@@ -400,7 +404,7 @@ fn enforcement_survives_agent_kill_and_restart() {
     check("agents killed");
 
     // Restart: the new agents re-adopt the links and maps, without a gap.
-    let agents = pinned.start(&[]);
+    let agents = pinned.start(&guard);
     assert!(wait_for(logs, "re-adopted", 3), "restarted agents did not re-adopt");
     check("agents restarted");
 
@@ -696,4 +700,67 @@ fn a_pod_whose_veth_is_replaced_is_enforced_on_the_new_one() {
     );
     assert!(!probe::tcp(&db, api), "default-deny must hold on the new veths");
     assert!(probe::tcp(&front, api), "bookstore must still be allowed through the new veth");
+}
+
+/// With `--pod-interface-prefix`, a pod the CNI has wired but the agent has
+/// not attached to yet (its Pod object not seen yet) sends nothing: the
+/// guard drops what arrives on an unjudged pod veth. Without the guard the
+/// same packets would pass unjudged. Once the agent attaches, its traffic
+/// is judged by policy as usual.
+#[test]
+fn the_guard_drops_traffic_of_pod_veths_not_attached_yet() {
+    if !require_root("the_guard_drops_traffic_of_pod_veths_not_attached_yet") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = workload_dir(dir.path());
+    let nodes = ["node-1", "node-2"];
+    let mut tb = Testbed::new(&nodes).unwrap();
+    tb.add_pod("default/apiserver", 0, Ipv4Addr::new(10, 244, 1, 10)).unwrap();
+    tb.add_pod("default/frontend", 1, Ipv4Addr::new(10, 244, 2, 10)).unwrap();
+    for p in &tb.pods {
+        probe::serve(&p.ns, &[80], &[]).unwrap();
+    }
+    let logs: Vec<PathBuf> = nodes.iter().map(|n| dir.path().join(format!("{n}.flows.jsonl"))).collect();
+    let _agents: Vec<Agent> = tb
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            start_agent_with(n.ns.name(), &manifests, &n.name, &logs[i], None, &["--pod-interface-prefix", "ztv"])
+        })
+        .collect();
+    assert!(wait_for(&logs, "attached", 2) && wait_for(&logs, "policy synced", 2), "agents did not start");
+    let api = SocketAddr::from((Ipv4Addr::new(10, 244, 1, 10), 80));
+    let front = tb.pod("default/frontend").unwrap().ns.name().to_string();
+    assert!(probe::tcp(&front, api), "no policy: an attached pod reaches the API server");
+
+    // The CNI wires a new pod before the agent knows it.
+    let new_ip = Ipv4Addr::new(10, 244, 2, 77);
+    tb.add_pod("default/newcomer", 1, new_ip).unwrap();
+    let newcomer = tb.pod("default/newcomer").unwrap().ns.name().to_string();
+    std::thread::sleep(Duration::from_millis(300)); // a few polls: still unknown
+    assert!(!probe::tcp(&newcomer, api), "an unjudged pod veth passed traffic");
+    let node2 = tb.nodes[1].ns.name().to_string();
+    let rules = Command::new("ip")
+        .args(["netns", "exec", &node2, "nft", "list", "table", "inet", "ztunnel_guard"])
+        .output()
+        .unwrap();
+    let rules = String::from_utf8_lossy(&rules.stdout).to_string();
+    assert!(rules.contains("iifname \"ztv*\" iif != @judged") && !rules.contains("packets 0 "), "{rules}");
+
+    // The Pod object arrives; the agent attaches and the pod is judged.
+    fs::write(
+        manifests.join("newcomer.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: newcomer, namespace: default}}\n\
+             spec: {{nodeName: node-2, containers: [{{name: c, image: x}}]}}\nstatus: {{podIP: {new_ip}}}\n"
+        ),
+    )
+    .unwrap();
+    assert!(wait_for(&logs, "attached", 3), "the new pod was not attached");
+    assert!(
+        until(Duration::from_secs(3), true, || probe::tcp(&newcomer, api)).is_some(),
+        "the attached pod is allowed (no policy)"
+    );
 }

@@ -2,7 +2,7 @@
 //! maps kept equal to the compiled tables, and the classifiers attached to
 //! every local pod's host-side interface.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -202,6 +202,11 @@ impl Dataplane {
         self.steering = steering;
         self.config.set(0, config(self.epoch, steering, self.audit), 0)?;
         Ok(())
+    }
+
+    /// The indexes of the interfaces the classifiers are attached to.
+    pub fn attached_ifindexes(&self) -> BTreeSet<u32> {
+        self.attached.values().map(|a| a.ifindex).collect()
     }
 
     /// Attaches the classifiers to local endpoints that have an interface

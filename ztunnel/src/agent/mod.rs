@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod dataplane;
 pub mod flowlog;
+pub mod guard;
 pub mod mesh;
 pub mod routes;
 pub mod source;
@@ -55,6 +56,9 @@ pub struct Config {
     /// Policy audit mode: flows NetworkPolicy denies are reported (flow
     /// log verdict `audit`) and let through, for rolling out policies.
     pub policy_audit: bool,
+    /// Pod veth name prefixes guarded until attached ([`guard`]); empty:
+    /// no guard.
+    pub pod_interface_prefixes: Vec<String>,
 }
 
 impl Config {
@@ -67,6 +71,9 @@ impl Config {
             "--poll-ms must be between 10 and 10000"
         );
         anyhow::ensure!(self.flow_log_keep <= 100, "--flow-log-keep must be at most 100");
+        for p in &self.pod_interface_prefixes {
+            guard::validate_prefix(p)?;
+        }
         Ok(())
     }
 }
@@ -104,6 +111,16 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         tracing::warn!("policy audit mode: NetworkPolicy denials are reported, not enforced");
     }
     let (mut dp, numbers) = Dataplane::load(cfg.pin_dir.as_deref(), cfg.policy_audit)?;
+    // Before the first attachment: from here on a pod veth of these
+    // prefixes passes traffic only once it is judged. Interfaces a previous
+    // agent left judged (pinned) stay in the set until the first sync.
+    let mut guard = if cfg.pod_interface_prefixes.is_empty() {
+        None
+    } else {
+        let g = guard::Guard::install(&cfg.pod_interface_prefixes).context("--pod-interface-prefix")?;
+        tracing::info!(prefixes = ?cfg.pod_interface_prefixes, "unknown pod interfaces are dropped until attached");
+        Some(g)
+    };
     // The counter lives in the (pinned) maps across agents: count from here.
     let mut last_lost = dp.events_lost();
     let mut compiler = Compiler::new(Scope::Node(cfg.node.clone()));
@@ -170,7 +187,14 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 tracing::error!(error = %e, "map sync failed; affected traffic is denied");
             }
         }
-        let problems = dp.reconcile(compiler.tables());
+        let mut problems = dp.reconcile(compiler.tables());
+        if let Some(g) = &mut guard
+            && let Err(e) = g.sync(&dp.attached_ifindexes())
+        {
+            // The set is stale: new veths stay dropped, replaced ones too
+            // (their index is not in it); retried every poll.
+            problems.push(format!("updating the unknown-interface guard: {e}"));
+        }
         if problems != last_problems {
             for p in &problems {
                 tracing::warn!(problem = %p, "attachment");

@@ -352,6 +352,18 @@ pub struct RunArgs {
     /// enforces again, cutting the flows it let through.
     #[arg(long, env = "ZTUNNEL_POLICY_AUDIT")]
     pub policy_audit: bool,
+    /// The CNI's pod veth name prefix (`cali` for Calico; repeatable or
+    /// comma-separated): traffic arriving on such an interface before the
+    /// agent has attached its programs to it is dropped (an nftables table,
+    /// `ztunnel_guard`), so a new or recreated pod is never unjudged.
+    /// Needs the `nft` command.
+    #[arg(
+        long = "pod-interface-prefix",
+        value_name = "PREFIX",
+        value_delimiter = ',',
+        env = "ZTUNNEL_POD_INTERFACE_PREFIX"
+    )]
+    pub pod_interface_prefix: Vec<String>,
     /// Admin endpoint address (`/ready`, `/metrics`).
     #[arg(long, default_value = "127.0.0.1:15021", env = "ZTUNNEL_ADMIN")]
     pub admin: std::net::SocketAddr,
@@ -456,6 +468,7 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 poll: std::time::Duration::from_millis(args.poll_ms),
                 pin_dir: if args.no_pin { None } else { Some(args.bpffs.unwrap_or(default_pins)) },
                 admin: Some(args.admin),
+                pod_interface_prefixes: args.pod_interface_prefix,
                 mesh: match (args.ca_address, args.ca_bundle, args.ca_token) {
                     (Some(ca_address), Some(ca_bundle), Some(ca_token)) => Some(crate::agent::mesh::MeshConfig {
                         ca_address,
