@@ -138,10 +138,23 @@ pub fn mesh_agent_args(
     pins: Option<&str>,
     flow_log: &str,
 ) -> Vec<String> {
-    let mut a: Vec<String> = ["run", "--local", manifests, "--node", node, "--poll-ms", "100", "--flow-log", flow_log]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    // The unknown-interface guard on the testbed's pod veths, as deployed.
+    let mut a: Vec<String> = [
+        "run",
+        "--local",
+        manifests,
+        "--node",
+        node,
+        "--poll-ms",
+        "100",
+        "--flow-log",
+        flow_log,
+        "--pod-interface-prefix",
+        "ztv",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     match pins {
         Some(p) => a.extend(["--bpffs".to_string(), p.to_string()]),
         None => a.push("--no-pin".into()),

@@ -297,7 +297,9 @@ impl Testbed {
         let n = if key == "external" { "ext".to_string() } else { self.pods.len().to_string() };
         let ns = Netns::create(&format!("{}-p{n}", self.prefix))?;
         // Interface names are per namespace; only the 15-byte limit matters.
-        let host_if = format!("ztv{n}");
+        // Pods' veths share a prefix (`ztv`, the testbed's "CNI prefix" for
+        // the agent's unknown-interface guard); the external host is no pod.
+        let host_if = if key == "external" { "ztext0".to_string() } else { format!("ztv{n}") };
         self.wire(&ns, &host_if, node, ip)?;
         Ok(PodNs { key: key.to_string(), ns, ip, node, host_if })
     }
