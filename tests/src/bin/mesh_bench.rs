@@ -151,7 +151,22 @@ impl Mesh<'_> {
         anyhow::ensure!(ready, "agents not ready; logs in {}", self.root.display());
         Ok(agents)
     }
+
+    /// Stops the agents and removes what they leave for their successors
+    /// (the unknown-interface guard's nftables table), so the direct path
+    /// is measured as on nodes without the agent.
+    fn stop(&self, agents: Vec<Proc>) {
+        drop(agents);
+        for ns in self.ns {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "exec", ns, "nft", "delete", "table", "inet", GUARD_TABLE])
+                .output();
+        }
+    }
 }
+
+/// The agent's guard table (`agent::guard::TABLE` in the ztunnel binary).
+const GUARD_TABLE: &str = "ztunnel_guard";
 
 /// Opens `n` connections from `ns` to `to`, each proven by an echo, and
 /// keeps them open while `f` runs.
@@ -260,7 +275,7 @@ fn main() -> anyhow::Result<()> {
         let agents = mesh.start()?;
         let pids: Vec<u32> = agents.iter().map(|a| a.0.id()).collect();
         meshed.push(measure(&client_ns, server_ip, &pids).context("mesh")?);
-        drop(agents);
+        mesh.stop(agents);
         std::thread::sleep(Duration::from_millis(300));
     }
 
@@ -306,7 +321,7 @@ fn main() -> anyhow::Result<()> {
             pids.iter().filter_map(|p| rss_mib(*p)).collect::<Vec<f64>>()
         })?);
     }
-    drop(agents);
+    mesh.stop(agents);
     drop(iperf_srv);
 
     let med = |v: Vec<f64>| {
