@@ -722,7 +722,7 @@ fn the_guard_drops_traffic_of_pod_veths_not_attached_yet() {
         probe::serve(&p.ns, &[80], &[]).unwrap();
     }
     let logs: Vec<PathBuf> = nodes.iter().map(|n| dir.path().join(format!("{n}.flows.jsonl"))).collect();
-    let _agents: Vec<Agent> = tb
+    let mut agents: Vec<Agent> = tb
         .nodes
         .iter()
         .enumerate()
@@ -763,4 +763,14 @@ fn the_guard_drops_traffic_of_pod_veths_not_attached_yet() {
         until(Duration::from_secs(3), true, || probe::tcp(&newcomer, api)).is_some(),
         "the attached pod is allowed (no policy)"
     );
+
+    // An unpinned agent's programs leave with it: stopped cleanly, it takes
+    // its veths out of the judged set, so its pods fail closed.
+    for a in &agents {
+        Command::new("kill").args(["-TERM", &a.0.id().to_string()]).status().unwrap();
+    }
+    for a in &mut agents {
+        assert!(until(Duration::from_secs(15), true, || a.0.try_wait().unwrap().is_some()).is_some(), "no exit");
+    }
+    assert!(!probe::tcp(&front, api), "pods of a stopped unpinned agent must not pass unjudged");
 }

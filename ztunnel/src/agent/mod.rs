@@ -263,6 +263,15 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             }
             // Pinned programs and maps stay: enforcement (and, with the
             // mesh, fail-closed steering) continues until the next agent.
+            // Unpinned ones leave with this process, so the guard stops
+            // counting their veths as judged: until the next agent, pods
+            // send nothing rather than anything.
+            if cfg.pin_dir.is_none()
+                && let Some(g) = &mut guard
+                && let Err(e) = g.sync(&std::collections::BTreeSet::new())
+            {
+                tracing::error!(error = %e, "could not empty the guard's judged set; pods may pass unjudged");
+            }
             return Ok(());
         }
         // First once start-up is over (datapath loaded, certificates
