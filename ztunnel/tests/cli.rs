@@ -1,4 +1,5 @@
-//! The `ztunnel policy` commands, run as a user runs them.
+//! The `ztunnel policy` commands, and `ztunnel run`'s checks of its
+//! arguments, run as a user runs them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
@@ -175,4 +176,27 @@ fn check_notes_a_namespace_in_audit_mode() {
     assert!(!text(&out.stdout).contains("note:"), "{}", text(&out.stdout));
     let out = ztunnel(&["policy", "matrix", "-f", d]);
     assert!(!text(&out.stdout).contains("note:"), "{}", text(&out.stdout));
+}
+
+#[test]
+fn run_rejects_a_bad_pod_interface_prefix_before_touching_the_node() {
+    // Validated before anything is loaded or installed (no root needed):
+    // a prefix with a space or a wildcard would not mean what it says in
+    // the guard's nftables rule.
+    for bad in ["a b", "cali*", "x\"; flush ruleset", "abcdefghijklmno"] {
+        let examples = examples();
+        let out = ztunnel(&[
+            "run",
+            "--local",
+            examples.to_str().unwrap(),
+            "--node",
+            "node-1",
+            "--no-pin",
+            "--pod-interface-prefix",
+            bad,
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", text(&out.stderr));
+        let err = text(&out.stderr);
+        assert!(err.contains("--pod-interface-prefix") && err.contains("letters, digits"), "{bad:?}: {err}");
+    }
 }
