@@ -1,7 +1,7 @@
 //! The Ingress gateway's protocol features against real peers on
 //! loopback: WebSockets (switching, joining, limits), gRPC to h2c backends
-//! (grpcio client and server: streams, trailers, failover) and the PROXY
-//! protocol with HSTS. The gateway and backends use 127.0.0.0/8 addresses,
+//! (grpcio client and server: streams, trailers, failover), the PROXY
+//! protocol with HSTS, and TLS to `https` backends. The gateway and backends use 127.0.0.0/8 addresses,
 //! a different /24 per test (none shared with `gateway.rs`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
@@ -408,4 +408,122 @@ fn behind_a_load_balancer_the_proxy_protocol_names_the_client_and_https_sends_hs
     let log = fs::read_to_string(&g.access_log).unwrap();
     let line = log.lines().find(|l| l.contains("\"/v2\"")).expect("access log line");
     assert!(line.contains("203.0.113.7:4242"), "{line}");
+}
+
+/// An HTTPS backend (Python's `ssl`): answers every GET with `name`, the
+/// SNI it was asked for and the path; HTTP/1.1 keep-alive.
+fn tls_backend(ip: &str, port: u16, cert: &Path, key: &Path, name: &str) -> Proc {
+    const SERVER: &str = r#"
+import http.server, ssl, sys
+ip, port, cert, key, name = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+def on_sni(sock, server_name, _ctx):
+    sock.zt_sni = server_name
+ctx.sni_callback = on_sni
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = f"{name}\nsni={getattr(self.connection, 'zt_sni', None)}\npath={self.path}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+srv = http.server.ThreadingHTTPServer((ip, port), H)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"#;
+    let child = Command::new("python3")
+        .args(["-c", SERVER, ip, &port.to_string()])
+        .arg(cert)
+        .arg(key)
+        .arg(name)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(until(Duration::from_secs(10), || TcpStream::connect((ip, port)).is_ok()), "TLS backend did not start");
+    Proc(child)
+}
+
+/// A Service whose one port (443) has `appProtocol: https`, endpoints on
+/// `target_port`.
+fn https_service(name: &str, target_port: u16, endpoint: &str) -> String {
+    service_yaml("shop", name, 443, target_port, &[endpoint])
+        .replace("ports: [{name: http, port: 443}]", "ports: [{name: http, port: 443, appProtocol: https}]")
+}
+
+#[test]
+fn https_backends_get_tls_with_the_service_name_verified_and_never_plain_http() {
+    let (dir, mut pki) = setup(11);
+    let m = dir.path().join("manifests");
+    let write_pair = |pki: &mut testbed::gateway::Pki, host: &str, stem: &str| -> (PathBuf, PathBuf) {
+        let (cert, key) = pki.issue(&[host], 30).unwrap();
+        let (c, k) = (dir.path().join(format!("{stem}.crt")), dir.path().join(format!("{stem}.key")));
+        fs::write(&c, cert).unwrap();
+        fs::write(&k, key).unwrap();
+        (c, k)
+    };
+    // A backend with a certificate for its Service's name, one whose
+    // certificate names another Service, and one that speaks plain HTTP.
+    let (c, k) = write_pair(&mut pki, "secure.shop.svc", "secure");
+    let _secure = tls_backend("127.0.11.2", 8443, &c, &k, "secure");
+    let (c, k) = write_pair(&mut pki, "other.shop.svc", "misnamed");
+    let _misnamed = tls_backend("127.0.11.3", 8443, &c, &k, "misnamed");
+    backend("127.0.11.4", "plain");
+    let mut svcs = vec![
+        https_service("secure", 8443, "127.0.11.2"),
+        https_service("misnamed", 8443, "127.0.11.3"),
+        https_service("plain", 8080, "127.0.11.4"),
+    ];
+    let mut rules = String::from("  rules:\n");
+    for s in ["secure", "misnamed", "plain"] {
+        rules.push_str(&format!(
+            "  - host: {s}.example.com\n    http:\n      paths:\n      - {{path: /, pathType: Prefix, backend: {{service: {{name: {s}, port: {{number: 443}}}}}}}}\n"
+        ));
+    }
+    svcs.push(ingress("tls-backends", &rules));
+    fs::write(m.join("all.yaml"), svcs.join("---\n")).unwrap();
+    let ca = dir.path().join("pki/ca.crt");
+    let g = Gateway::start(11, dir.path(), &["--backend-ca", ca.to_str().unwrap()]);
+
+    let get = |g: &Gateway, host: &str, path: &str| g.curl(host, &format!("http://{host}:8080{path}"), &[]);
+    let (status, body) = get(&g, "secure.example.com", "/orders?id=7");
+    assert!(status.starts_with("200"), "{status} {body}\n{}", g.logs());
+    assert!(body.contains("secure\nsni=secure.shop.svc\npath=/orders?id=7\n"), "{body}");
+    // Kept alive: the second request reuses the TLS connection.
+    let (status, _) = get(&g, "secure.example.com", "/again");
+    assert!(status.starts_with("200"), "{status}");
+
+    // A certificate for another name, and a backend without TLS: refused,
+    // never sent the request in the clear.
+    let (status, body) = get(&g, "misnamed.example.com", "/x");
+    assert!(!status.starts_with("200") && !body.contains("misnamed"), "{status} {body}");
+    let (status, body) = get(&g, "plain.example.com", "/x");
+    assert!(!status.starts_with("200") && !body.contains("plain"), "{status} {body}");
+    let logs = g.logs();
+    assert!(logs.contains("backend TLS failed") && logs.contains("shop/misnamed"), "{logs}");
+    drop(g);
+
+    // Without --backend-ca the gateway cannot check a backend's certificate:
+    // 502, and it says why.
+    let g = Gateway::start(11, dir.path(), &[]);
+    let (status, body) = get(&g, "secure.example.com", "/x");
+    assert!(status.starts_with("502") && !body.contains("secure\n"), "{status} {body}");
+    assert!(g.logs().contains("no --backend-ca"), "{}", g.logs());
+
+    // A --backend-ca that holds no certificate is refused at start.
+    let bad = dir.path().join("not-a-ca.pem");
+    fs::write(&bad, "hello\n").unwrap();
+    let out = Command::new(testbed::cluster::ztunnel_bin())
+        .args(["gateway", "--local"])
+        .arg(&m)
+        .args(["--https", "127.0.11.1:9443", "--http", "127.0.11.1:9080", "--admin", "127.0.11.1:9021", "--backend-ca"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--backend-ca"), "{err}");
 }

@@ -147,6 +147,12 @@ pub struct GatewayArgs {
     /// With `--hsts-max-age-secs`: the policy covers subdomains too.
     #[arg(long, requires = "hsts_max_age_secs")]
     pub hsts_include_subdomains: bool,
+    /// CA certificates (PEM) for backends whose Service port has
+    /// `appProtocol: https`: the gateway speaks TLS to them and requires a
+    /// certificate chaining to these and naming `<service>.<namespace>.svc`.
+    /// Without it such backends answer 502 (never plain HTTP).
+    #[arg(long, value_name = "PATH", env = "ZTUNNEL_GATEWAY_BACKEND_CA")]
+    pub backend_ca: Option<PathBuf>,
 }
 
 /// Where the CA state lives: a directory (local mode) or a Secret
@@ -552,5 +558,6 @@ fn gateway_config(a: GatewayArgs) -> anyhow::Result<crate::ingress::Config> {
             let sub = if a.hsts_include_subdomains { "; includeSubDomains" } else { "" };
             format!("max-age={}{sub}", a.hsts_max_age_secs)
         }),
+        backend_ca: a.backend_ca,
     })
 }

@@ -82,6 +82,9 @@ pub struct Config {
     pub threads: usize,
     /// `Strict-Transport-Security` value for HTTPS responses (`None`: off).
     pub hsts: Option<String>,
+    /// CA certificates (PEM) that `https` backends' certificates must chain
+    /// to (`None`: such backends answer 502).
+    pub backend_ca: Option<std::path::PathBuf>,
 }
 
 /// The objects the gateway knows, and what it last reported.
@@ -150,10 +153,14 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         }
     };
     let cache = Arc::new(SecretCache::new());
-    let shared = Arc::new(
+    let mut shared =
         Shared::new(cache.clone(), fallback, cfg.default_secret.clone(), cfg.limits.clone(), cfg.redirect_port, log)
-            .with_hsts(cfg.hsts.as_deref())?,
-    );
+            .with_hsts(cfg.hsts.as_deref())?;
+    if let Some(p) = &cfg.backend_ca {
+        let pem = std::fs::read(p).with_context(|| format!("--backend-ca {}", p.display()))?;
+        shared = shared.with_backend_ca(&pem).with_context(|| format!("--backend-ca {}", p.display()))?;
+    }
+    let shared = Arc::new(shared);
 
     // The first sync happens before any listener accepts, so the first
     // client already sees every route and certificate.

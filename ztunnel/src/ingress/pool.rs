@@ -1,6 +1,7 @@
-//! Backend connections: HTTP/1.1 keep-alive connections per endpoint,
-//! reused once a response has been read in full, and for h2c backends one
-//! multiplexed HTTP/2 connection per endpoint.
+//! Backend connections: HTTP/1.1 keep-alive connections per endpoint (in
+//! the clear, or over TLS for `https` backends), reused once a response has
+//! been read in full, and for h2c backends one multiplexed HTTP/2
+//! connection per endpoint.
 //!
 //! The gateway manages connections itself (instead of a generic client) so
 //! that a connect failure is visible before the request is handed over: the
@@ -25,6 +26,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 /// Idle connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 128;
@@ -46,6 +48,15 @@ pub enum ConnectError {
         /// Endpoint.
         addr: SocketAddr,
     },
+    /// The TLS handshake failed (untrusted or misnamed certificate, or
+    /// the backend does not speak TLS).
+    #[error("TLS to {addr}: {source}")]
+    Tls {
+        /// Endpoint.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// The HTTP/1 handshake failed.
     #[error("connect to {addr}: {source}")]
     Http {
@@ -56,10 +67,26 @@ pub enum ConnectError {
     },
 }
 
+/// How an `https` backend is reached: the connector (trusting
+/// `--backend-ca`) and the name its certificate must carry.
+#[derive(Clone, Copy)]
+pub struct BackendTls<'a> {
+    /// The TLS client.
+    pub connector: &'a TlsConnector,
+    /// `<service>.<namespace>.svc`.
+    pub server_name: &'a str,
+}
+
+/// Idle connections are kept apart by endpoint and by whether they speak
+/// TLS (two Services may name the same endpoint differently).
+type IdleKey = (SocketAddr, bool);
+
 /// A connection checked out for one request.
 pub struct Conn {
     /// The endpoint.
     pub addr: SocketAddr,
+    /// Over TLS.
+    pub tls: bool,
     /// The request sender.
     pub sender: SendRequest<Incoming>,
     /// Whether it came from the pool (it may have been closed by the
@@ -70,7 +97,7 @@ pub struct Conn {
 /// The pool.
 #[derive(Debug, Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<Incoming>>>>,
+    idle: Mutex<HashMap<IdleKey, Vec<SendRequest<Incoming>>>>,
     /// The current multiplexed HTTP/2 connection per h2c endpoint, shared
     /// by the requests of this serving thread.
     h2: Mutex<HashMap<SocketAddr, H2Entry>>,
@@ -118,32 +145,48 @@ impl Drop for StreamSlot {
 }
 
 impl Pool {
-    /// An idle connection to `addr`, or a new one.
-    pub async fn checkout(&self, addr: SocketAddr, connect_timeout: Duration) -> Result<Conn, ConnectError> {
-        while let Some(mut sender) = self.take_idle(addr) {
+    /// An idle connection to `addr` (over TLS with `tls`), or a new one.
+    pub async fn checkout(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        tls: Option<BackendTls<'_>>,
+    ) -> Result<Conn, ConnectError> {
+        while let Some(mut sender) = self.take_idle((addr, tls.is_some())) {
             // Released at the end of the previous body, the connection may
             // not have signalled readiness yet; it does at once, or errs if
             // the backend closed it.
             if sender.ready().await.is_ok() {
-                return Ok(Conn { addr, sender, reused: true });
+                return Ok(Conn { addr, tls: tls.is_some(), sender, reused: true });
             }
         }
-        self.connect(addr, connect_timeout).await
+        self.connect(addr, connect_timeout, tls).await
     }
 
-    /// A new connection to `addr`.
-    pub async fn connect(&self, addr: SocketAddr, connect_timeout: Duration) -> Result<Conn, ConnectError> {
+    /// A new connection to `addr` (over TLS with `tls`).
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        tls: Option<BackendTls<'_>>,
+    ) -> Result<Conn, ConnectError> {
         let tcp = tcp_connect(addr, connect_timeout).await?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|source| ConnectError::Http { addr, source })?;
-        tokio::spawn(async move {
-            // Ends when the backend closes, the sender is dropped, or a 101
-            // hands the socket to a WebSocket.
-            let _ = conn.with_upgrades().await;
-        });
-        Ok(Conn { addr, sender, reused: false })
+        let Some(t) = tls else {
+            let sender = http1_over(addr, tcp).await?;
+            return Ok(Conn { addr, tls: false, sender, reused: false });
+        };
+        let name = rustls_pki_types::ServerName::try_from(t.server_name.to_string()).map_err(|e| {
+            ConnectError::Tls { addr, source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e) }
+        })?;
+        // The handshake counts against the connect timeout: a backend that
+        // takes the TCP connection but never answers TLS moves on too.
+        let stream = match tokio::time::timeout(connect_timeout, t.connector.connect(name, tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => return Err(ConnectError::Tls { addr, source }),
+            Err(_) => return Err(ConnectError::Timeout { addr }),
+        };
+        let sender = http1_over(addr, stream).await?;
+        Ok(Conn { addr, tls: true, sender, reused: false })
     }
 
     /// The current HTTP/2 connection to `addr`; a new one if there is none,
@@ -187,7 +230,7 @@ impl Pool {
         Ok(H2Conn { sender, reused: false, stream })
     }
 
-    fn take_idle(&self, addr: SocketAddr) -> Option<SendRequest<Incoming>> {
+    fn take_idle(&self, addr: IdleKey) -> Option<SendRequest<Incoming>> {
         let mut idle = match self.idle.lock() {
             Ok(g) => g,
             Err(e) => e.into_inner(),
@@ -201,7 +244,7 @@ impl Pool {
         None
     }
 
-    fn put(&self, addr: SocketAddr, sender: SendRequest<Incoming>) {
+    fn put(&self, addr: IdleKey, sender: SendRequest<Incoming>) {
         let mut idle = match self.idle.lock() {
             Ok(g) => g,
             Err(e) => e.into_inner(),
@@ -217,8 +260,8 @@ impl Pool {
 
     /// Wraps a response body so that its connection returns to the pool
     /// once the body has been read to the end.
-    pub fn recycle(self: &Arc<Self>, addr: SocketAddr, sender: SendRequest<Incoming>, body: Incoming) -> PooledBody {
-        PooledBody { inner: body, slot: Some((self.clone(), addr, sender)), _stream: None }
+    pub fn recycle(self: &Arc<Self>, key: IdleKey, sender: SendRequest<Incoming>, body: Incoming) -> PooledBody {
+        PooledBody { inner: body, slot: Some((self.clone(), key, sender)), _stream: None }
     }
 
     /// Forgets every idle connection to endpoints not in `keep`.
@@ -227,10 +270,27 @@ impl Pool {
             Ok(g) => g,
             Err(e) => e.into_inner(),
         };
-        idle.retain(|a, _| keep(a));
+        idle.retain(|(a, _), _| keep(a));
         drop(idle);
         lock(&self.h2).retain(|a, _| keep(a));
     }
+}
+
+/// An HTTP/1.1 client connection over `io`, driven by its own task.
+async fn http1_over<T>(addr: SocketAddr, io: T) -> Result<SendRequest<Incoming>, ConnectError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|source| ConnectError::Http { addr, source })?;
+    tokio::spawn(async move {
+        // Ends when the backend closes, the sender is dropped, or a 101
+        // hands the socket to a WebSocket.
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(sender)
 }
 
 /// A TCP connection to a backend endpoint, `TCP_NODELAY` set.
@@ -257,18 +317,19 @@ pub enum Checkout {
 pub type SendError = hyper::client::conn::TrySendError<http::Request<Incoming>>;
 
 impl Pool {
-    /// A connection to `addr` for one request: HTTP/2 (`h2`) or HTTP/1.1,
-    /// a new one (`fresh`) or the pool's.
+    /// A connection to `addr` for one request: HTTP/2 (`h2`) or HTTP/1.1
+    /// (over TLS with `tls`), a new one (`fresh`) or the pool's.
     pub async fn get(
         &self,
         h2: bool,
         fresh: bool,
         addr: SocketAddr,
         connect_timeout: Duration,
+        tls: Option<BackendTls<'_>>,
     ) -> Result<Checkout, ConnectError> {
         Ok(match (h2, fresh) {
-            (false, false) => Checkout::H1(self.checkout(addr, connect_timeout).await?),
-            (false, true) => Checkout::H1(self.connect(addr, connect_timeout).await?),
+            (false, false) => Checkout::H1(self.checkout(addr, connect_timeout, tls).await?),
+            (false, true) => Checkout::H1(self.connect(addr, connect_timeout, tls).await?),
             (true, false) => Checkout::H2(self.checkout_h2(addr, connect_timeout).await?),
             (true, true) => Checkout::H2(self.connect_h2(addr, connect_timeout).await?),
         })
@@ -296,7 +357,7 @@ impl Checkout {
         match self {
             Checkout::H1(mut c) => {
                 let (parts, body) = c.sender.try_send_request(req).await?.into_parts();
-                Ok(http::Response::from_parts(parts, pool.recycle(c.addr, c.sender, body)))
+                Ok(http::Response::from_parts(parts, pool.recycle((c.addr, c.tls), c.sender, body)))
             }
             Checkout::H2(mut c) => {
                 let resp = c.sender.try_send_request(req).await?;
@@ -330,7 +391,7 @@ impl std::fmt::Debug for Conn {
 /// its end.
 pub struct PooledBody {
     inner: Incoming,
-    slot: Option<(Arc<Pool>, SocketAddr, SendRequest<Incoming>)>,
+    slot: Option<(Arc<Pool>, IdleKey, SendRequest<Incoming>)>,
     _stream: Option<StreamSlot>,
 }
 

@@ -54,6 +54,9 @@ pub struct Target {
     pub endpoints: Vec<SocketAddr>,
     /// How the endpoints speak HTTP.
     pub protocol: BackendProtocol,
+    /// The name a TLS backend's certificate must carry:
+    /// `<service>.<namespace>.svc`.
+    pub server_name: Arc<str>,
     next: AtomicUsize,
 }
 
@@ -66,15 +69,21 @@ pub enum BackendProtocol {
     /// HTTP/2 without TLS, by prior knowledge (RFC 9113 3.3): gRPC and
     /// other HTTP/2-only servers. One multiplexed connection per endpoint.
     H2c,
+    /// HTTP/1.1 over TLS, for backends that serve only HTTPS: the
+    /// certificate must chain to `--backend-ca` and name the Service
+    /// (`<service>.<namespace>.svc`).
+    Https,
 }
 
 impl BackendProtocol {
     /// `kubernetes.io/h2c` (the standard value, KEP-3726), and the names
-    /// other meshes use for the same thing: `h2c`, `http2`, `grpc`. Any
-    /// other value (`http`, `kubernetes.io/ws`, ...) is HTTP/1.1.
+    /// other meshes use for the same thing: `h2c`, `http2`, `grpc`;
+    /// `https` (the IANA service name) is HTTP/1.1 over TLS. Any other
+    /// value (`http`, `kubernetes.io/ws`, ...) is HTTP/1.1.
     pub fn from_app_protocol(app_protocol: Option<&str>) -> Self {
         match app_protocol.map(str::to_ascii_lowercase).as_deref() {
             Some("kubernetes.io/h2c" | "h2c" | "http2" | "grpc") => Self::H2c,
+            Some("https") => Self::Https,
             _ => Self::Http1,
         }
     }
@@ -94,7 +103,8 @@ impl Target {
             PortRef::Number(n) => format!("{service}:{n}"),
             PortRef::Name(s) => format!("{service}:{s}"),
         };
-        Self { label: label.into(), endpoints, protocol, next: AtomicUsize::new(0) }
+        let server_name = format!("{}.{}.svc", service.name, service.namespace).into();
+        Self { label: label.into(), endpoints, protocol, server_name, next: AtomicUsize::new(0) }
     }
 }
 
@@ -464,10 +474,12 @@ mod tests {
 
     #[test]
     fn backend_protocol_from_the_service_port() {
-        use BackendProtocol::{H2c, Http1};
+        use BackendProtocol::{H2c, Http1, Https};
         for (value, want) in [
             (None, Http1),
             (Some("kubernetes.io/h2c"), H2c),
+            (Some("https"), Https),
+            (Some("HTTPS"), Https),
             (Some("GRPC"), H2c),
             (Some("http2"), H2c),
             (Some("h2c"), H2c),

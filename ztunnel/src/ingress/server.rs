@@ -39,7 +39,7 @@ use super::accesslog::{AccessLog, Entry};
 use super::certs::SniResolver;
 use super::io::{IdleIo, Prefixed, read_proxy_header};
 use super::metrics::{GatewayMetrics, ReasonLabels, RequestLabels, RouteLabels, status_class};
-use super::pool::{Pool, PooledBody};
+use super::pool::{BackendTls, Pool, PooledBody};
 use super::routes::{BackendProtocol, RouteTable, normalize_host};
 use crate::identity::SecretCache;
 use crate::identity::cache::ServingCert;
@@ -105,6 +105,11 @@ pub struct Shared {
     permits: Arc<Semaphore>,
     /// `Strict-Transport-Security` for HTTPS responses.
     hsts: Option<HeaderValue>,
+    /// TLS client for `https` backends (trusting `--backend-ca`); `None`:
+    /// such backends answer 502.
+    backend_tls: Option<tokio_rustls::TlsConnector>,
+    /// An `https` backend was met without `--backend-ca` (said once).
+    warned_no_backend_ca: std::sync::atomic::AtomicBool,
 }
 
 /// Metric handles of one route, resolved when the table is installed so
@@ -184,7 +189,29 @@ impl Shared {
             limits,
             redirect,
             hsts: None,
+            backend_tls: None,
+            warned_no_backend_ca: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Speaks TLS to `https` backends, trusting the CA certificates in
+    /// `ca_pem` (PEM); offers HTTP/1.1 by ALPN.
+    pub fn with_backend_ca(mut self, ca_pem: &[u8]) -> anyhow::Result<Self> {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+            let cert = cert.map_err(|e| anyhow::anyhow!("not PEM certificates: {e}"))?;
+            roots.add(cert).map_err(|e| anyhow::anyhow!("not a usable CA certificate: {e}"))?;
+        }
+        anyhow::ensure!(!roots.is_empty(), "no CA certificate in it");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        self.backend_tls = Some(tokio_rustls::TlsConnector::from(Arc::new(cfg)));
+        Ok(self)
     }
 
     /// Adds `Strict-Transport-Security: value` to every HTTPS response that
@@ -735,16 +762,34 @@ async fn forward(
     entry: &mut Option<Entry>,
 ) -> Result<Response<PooledBody>, StatusCode> {
     let h2 = target.protocol == BackendProtocol::H2c;
+    let tls = match (target.protocol, &shared.backend_tls) {
+        (BackendProtocol::Https, Some(connector)) => Some(BackendTls { connector, server_name: &target.server_name }),
+        (BackendProtocol::Https, None) => {
+            // Never downgraded to plain HTTP: the backend asked for TLS.
+            if !shared.warned_no_backend_ca.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                warn!(backend = %target.label, "backend port is appProtocol https but the gateway has no --backend-ca: answering 502");
+            }
+            return Err(StatusCode::BAD_GATEWAY);
+        }
+        _ => None,
+    };
     let mut req = if h2 { as_http2(req)? } else { req };
     for addr in target.attempt_order() {
         // At most one retry on a fresh connection when a pooled one had
         // been closed under us.
         for fresh in [false, true] {
-            let conn = match pool.get(h2, fresh, addr, shared.limits.connect_timeout).await {
+            let conn = match pool.get(h2, fresh, addr, shared.limits.connect_timeout, tls).await {
                 Ok(c) => c,
                 Err(e) => {
                     shared.metrics.backend_connect_failures.inc();
-                    debug!(endpoint = %addr, error = %e, "backend connect failed; trying the next endpoint");
+                    if matches!(e, super::pool::ConnectError::Tls { .. }) {
+                        // A certificate that does not chain to --backend-ca
+                        // or does not name the Service: a configuration
+                        // error to see, not a passing outage.
+                        warn!(endpoint = %addr, backend = %target.label, error = %e, "backend TLS failed; trying the next endpoint");
+                    } else {
+                        debug!(endpoint = %addr, error = %e, "backend connect failed; trying the next endpoint");
+                    }
                     break;
                 }
             };
