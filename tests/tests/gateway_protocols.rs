@@ -486,7 +486,10 @@ fn https_backends_get_tls_with_the_service_name_verified_and_never_plain_http() 
     }
     svcs.push(ingress("tls-backends", &rules));
     fs::write(m.join("all.yaml"), svcs.join("---\n")).unwrap();
-    let ca = dir.path().join("pki/ca.crt");
+    // The backend CA file, as a mounted ConfigMap would hold it.
+    let ca = dir.path().join("backend-ca.pem");
+    let ca1 = fs::read_to_string(dir.path().join("pki/ca.crt")).unwrap();
+    fs::write(&ca, &ca1).unwrap();
     let g = Gateway::start(11, dir.path(), &["--backend-ca", ca.to_str().unwrap()]);
 
     let get = |g: &Gateway, host: &str, path: &str| g.curl(host, &format!("http://{host}:8080{path}"), &[]);
@@ -505,6 +508,34 @@ fn https_backends_get_tls_with_the_service_name_verified_and_never_plain_http() 
     assert!(!status.starts_with("200") && !body.contains("plain"), "{status} {body}");
     let logs = g.logs();
     assert!(logs.contains("backend TLS failed") && logs.contains("shop/misnamed"), "{logs}");
+
+    // Rotation of the backend CA without a restart: a backend with a
+    // certificate from a second CA is refused until the file trusts both.
+    let mut pki2 = testbed::gateway::Pki::new(&dir.path().join("pki2")).unwrap();
+    let (c, k) = write_pair(&mut pki2, "rotated.shop.svc", "rotated");
+    let _rotated = tls_backend("127.0.11.5", 8443, &c, &k, "rotated");
+    let rule = "  rules:\n  - host: rotated.example.com\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: rotated, port: {number: 443}}}}\n";
+    let manifest = [https_service("rotated", 8443, "127.0.11.5"), ingress("rotated", rule)].join("---\n");
+    testbed::gateway::write_atomic(&m.join("rotated.yaml"), &manifest).unwrap();
+    assert!(
+        until(Duration::from_secs(5), || g.admin("/config_dump").contains("rotated.example.com")),
+        "{}",
+        g.admin("/config_dump")
+    );
+    let (status, _) = get(&g, "rotated.example.com", "/before");
+    assert!(!status.starts_with("200"), "a CA not in --backend-ca was trusted: {status}");
+    let ca2 = fs::read_to_string(dir.path().join("pki2/ca.crt")).unwrap();
+    testbed::gateway::write_atomic(&ca, &format!("{ca1}{ca2}")).unwrap();
+    assert!(
+        until(Duration::from_secs(5), || get(&g, "rotated.example.com", "/after").0.starts_with("200")),
+        "the rotated CA file was not picked up\n{}",
+        g.logs()
+    );
+    assert!(get(&g, "secure.example.com", "/still").0.starts_with("200"));
+    // A broken file is reported and the certificates in use stay.
+    testbed::gateway::write_atomic(&ca, "not a certificate\n").unwrap();
+    assert!(until(Duration::from_secs(5), || g.logs().contains("backend CA file rejected")), "{}", g.logs());
+    assert!(get(&g, "rotated.example.com", "/kept").0.starts_with("200"));
     drop(g);
 
     // Without --backend-ca the gateway cannot check a backend's certificate:

@@ -142,6 +142,48 @@ impl Store {
     }
 }
 
+/// `--backend-ca`, re-read when the file changes (a mounted ConfigMap is
+/// replaced by a symlink swap: the stamp follows the link), so operators
+/// rotate backend CAs without restarting the gateway.
+struct BackendCa {
+    path: std::path::PathBuf,
+    /// Size and modification time of what was last read.
+    stamp: Option<(u64, std::time::SystemTime)>,
+}
+
+impl BackendCa {
+    fn new(path: &std::path::Path) -> Self {
+        Self { path: path.to_path_buf(), stamp: None }
+    }
+
+    fn current_stamp(&self) -> Option<(u64, std::time::SystemTime)> {
+        std::fs::metadata(&self.path).ok().and_then(|m| Some((m.len(), m.modified().ok()?)))
+    }
+
+    fn load(&mut self, shared: &Shared) -> anyhow::Result<()> {
+        let stamp = self.current_stamp();
+        let pem = std::fs::read(&self.path)?;
+        // Remembered even when the contents are bad, so a bad file is
+        // reported once, not at every poll.
+        self.stamp = stamp;
+        shared.set_backend_ca(&pem)
+    }
+
+    fn reload_if_changed(&mut self, shared: &Shared) {
+        if self.current_stamp() == self.stamp {
+            return;
+        }
+        match self.load(shared) {
+            Ok(()) => tracing::info!(path = %self.path.display(), "backend CA certificates reloaded"),
+            Err(e) => tracing::warn!(
+                path = %self.path.display(),
+                error = %e,
+                "backend CA file rejected; the previous certificates stay in use"
+            ),
+        }
+    }
+}
+
 /// Runs the gateway until SIGTERM or SIGINT.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     let fallback = certs::fallback_certificate().map_err(|e| anyhow::anyhow!("default certificate: {e}"))?;
@@ -153,14 +195,15 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         }
     };
     let cache = Arc::new(SecretCache::new());
-    let mut shared =
+    let shared = Arc::new(
         Shared::new(cache.clone(), fallback, cfg.default_secret.clone(), cfg.limits.clone(), cfg.redirect_port, log)
-            .with_hsts(cfg.hsts.as_deref())?;
-    if let Some(p) = &cfg.backend_ca {
-        let pem = std::fs::read(p).with_context(|| format!("--backend-ca {}", p.display()))?;
-        shared = shared.with_backend_ca(&pem).with_context(|| format!("--backend-ca {}", p.display()))?;
+            .with_hsts(cfg.hsts.as_deref())?,
+    );
+    // Read once before serving (a bad file stops the start), then watched.
+    let mut backend_ca = cfg.backend_ca.as_deref().map(BackendCa::new);
+    if let Some(ca) = &mut backend_ca {
+        ca.load(&shared).with_context(|| format!("--backend-ca {}", ca.path.display()))?;
     }
-    let shared = Arc::new(shared);
 
     // The first sync happens before any listener accepts, so the first
     // client already sees every route and certificate.
@@ -202,6 +245,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             let p = source.poll();
             report(&p.errors);
             store.apply(p.changes, &poll_shared, &selector);
+            if let Some(ca) = &mut backend_ca {
+                ca.reload_if_changed(&poll_shared);
+            }
         }
     })?;
 

@@ -105,9 +105,9 @@ pub struct Shared {
     permits: Arc<Semaphore>,
     /// `Strict-Transport-Security` for HTTPS responses.
     hsts: Option<HeaderValue>,
-    /// TLS client for `https` backends (trusting `--backend-ca`); `None`:
-    /// such backends answer 502.
-    backend_tls: Option<tokio_rustls::TlsConnector>,
+    /// TLS client for `https` backends (trusting `--backend-ca`, replaced
+    /// when the file changes); `None`: such backends answer 502.
+    backend_tls: RwLock<Option<tokio_rustls::TlsConnector>>,
     /// An `https` backend was met without `--backend-ca` (said once).
     warned_no_backend_ca: std::sync::atomic::AtomicBool,
 }
@@ -189,14 +189,16 @@ impl Shared {
             limits,
             redirect,
             hsts: None,
-            backend_tls: None,
+            backend_tls: RwLock::new(None),
             warned_no_backend_ca: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// Speaks TLS to `https` backends, trusting the CA certificates in
-    /// `ca_pem` (PEM); offers HTTP/1.1 by ALPN.
-    pub fn with_backend_ca(mut self, ca_pem: &[u8]) -> anyhow::Result<Self> {
+    /// Speaks TLS to `https` backends from now on, trusting the CA
+    /// certificates in `ca_pem` (PEM; offers HTTP/1.1 by ALPN). Connections
+    /// already pooled keep the trust they were made with. On error the
+    /// previous roots stay.
+    pub fn set_backend_ca(&self, ca_pem: &[u8]) -> anyhow::Result<()> {
         use rustls_pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem) {
@@ -210,8 +212,19 @@ impl Shared {
             .with_root_certificates(roots)
             .with_no_client_auth();
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        self.backend_tls = Some(tokio_rustls::TlsConnector::from(Arc::new(cfg)));
-        Ok(self)
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+        match self.backend_tls.write() {
+            Ok(mut g) => *g = Some(connector),
+            Err(e) => *e.into_inner() = Some(connector),
+        }
+        Ok(())
+    }
+
+    fn backend_connector(&self) -> Option<tokio_rustls::TlsConnector> {
+        match self.backend_tls.read() {
+            Ok(g) => g.clone(),
+            Err(e) => e.into_inner().clone(),
+        }
     }
 
     /// Adds `Strict-Transport-Security: value` to every HTTPS response that
@@ -762,7 +775,8 @@ async fn forward(
     entry: &mut Option<Entry>,
 ) -> Result<Response<PooledBody>, StatusCode> {
     let h2 = target.protocol == BackendProtocol::H2c;
-    let tls = match (target.protocol, &shared.backend_tls) {
+    let connector = if target.protocol == BackendProtocol::Https { shared.backend_connector() } else { None };
+    let tls = match (target.protocol, &connector) {
         (BackendProtocol::Https, Some(connector)) => Some(BackendTls { connector, server_name: &target.server_name }),
         (BackendProtocol::Https, None) => {
             // Never downgraded to plain HTTP: the backend asked for TLS.
