@@ -22,6 +22,7 @@ pub mod pool;
 pub mod proxy_protocol;
 pub mod routes;
 pub mod server;
+mod upstream;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

@@ -1,6 +1,6 @@
 //! The gateway's listeners: TLS (HTTP/1.1 and HTTP/2 by ALPN) and plain
 //! HTTP (redirects to HTTPS for TLS hosts), and the reverse proxy to
-//! backends.
+//! backends (routing here, the backend side in `upstream`).
 //!
 //! Limits that keep slow or hostile clients from exhausting the gateway:
 //! a connection cap (excess connections are closed at accept), a TLS
@@ -22,7 +22,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -39,8 +39,9 @@ use super::accesslog::{AccessLog, Entry};
 use super::certs::SniResolver;
 use super::io::{IdleIo, Prefixed, read_proxy_header};
 use super::metrics::{GatewayMetrics, ReasonLabels, RequestLabels, RouteLabels, status_class};
-use super::pool::{BackendTls, Pool, PooledBody};
+use super::pool::{Pool, PooledBody};
 use super::routes::{BackendProtocol, RouteTable, normalize_host};
+use super::upstream::{forward, has_token, is_websocket_switch, is_websocket_upgrade, strip_hop_by_hop};
 use crate::identity::SecretCache;
 use crate::identity::cache::ServingCert;
 
@@ -98,7 +99,7 @@ pub struct Shared {
     pub metrics: Arc<GatewayMetrics>,
     pools: std::sync::Mutex<Vec<std::sync::Weak<Pool>>>,
     log: AccessLog,
-    limits: Limits,
+    pub(super) limits: Limits,
     redirect: Option<u16>,
     unmatched: RouteMetrics,
     /// Places under `--max-connections`, shared by every serving thread.
@@ -109,7 +110,7 @@ pub struct Shared {
     /// when the file changes); `None`: such backends answer 502.
     backend_tls: RwLock<Option<tokio_rustls::TlsConnector>>,
     /// An `https` backend was met without `--backend-ca` (said once).
-    warned_no_backend_ca: std::sync::atomic::AtomicBool,
+    pub(super) warned_no_backend_ca: std::sync::atomic::AtomicBool,
 }
 
 /// Metric handles of one route, resolved when the table is installed so
@@ -220,7 +221,7 @@ impl Shared {
         Ok(())
     }
 
-    fn backend_connector(&self) -> Option<tokio_rustls::TlsConnector> {
+    pub(super) fn backend_connector(&self) -> Option<tokio_rustls::TlsConnector> {
         match self.backend_tls.read() {
             Ok(g) => g.clone(),
             Err(e) => e.into_inner().clone(),
@@ -528,30 +529,6 @@ fn local(status: StatusCode, msg: &'static str) -> Response<Body> {
     r
 }
 
-/// Headers that belong to one hop and are never forwarded (RFC 9110 7.6.1).
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
-        .filter_map(|s| HeaderName::from_bytes(s.as_bytes()).ok())
-        .collect();
-    for n in named.iter().chain(HOP_BY_HOP.iter()) {
-        h.remove(n);
-    }
-}
-
 async fn handle(
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,
@@ -688,33 +665,6 @@ async fn route(
     (response, Some(m.id))
 }
 
-/// Whether `req` asks to become a WebSocket (RFC 6455 4.1): an HTTP/1.1
-/// GET with `Upgrade: websocket` and `upgrade` among its `Connection`
-/// options. Only this switch is forwarded; other upgrades (`h2c`, TLS) stay
-/// hop-by-hop and are stripped, since they would hand the rest of the
-/// client's connection to one backend, past routing.
-fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.method() == http::Method::GET
-        && has_token(req.headers(), header::CONNECTION, "upgrade")
-        && has_token(req.headers(), header::UPGRADE, "websocket")
-}
-
-/// Whether a 101 answer switches to a WebSocket.
-fn is_websocket_switch(h: &HeaderMap) -> bool {
-    has_token(h, header::CONNECTION, "upgrade") && has_token(h, header::UPGRADE, "websocket")
-}
-
-/// Whether the comma-separated values of `name` include `token`, ignoring
-/// case (`Connection: keep-alive, Upgrade`).
-fn has_token(h: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    h.get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
 /// Answers the client with the backend's 101 and, once both connections
 /// have switched, copies bytes between them until both directions end (or
 /// the client connection's idle timeout passes with no byte either way).
@@ -760,123 +710,4 @@ fn switch(
         drop(slot);
     });
     Response::from_parts(parts, Empty::new().map_err(|n| match n {}).boxed_unsync())
-}
-
-/// Sends the request to the target's endpoints in turn until one accepts
-/// the connection. A request that was not written (connect failure, or a
-/// pooled connection the backend had closed) moves on untouched; one that
-/// was written and failed is a 502, never replayed. An h2c backend gets the
-/// request as HTTP/2 on the endpoint's shared connection, by the same rule.
-async fn forward(
-    shared: &Arc<Shared>,
-    pool: &Arc<Pool>,
-    target: &super::routes::Target,
-    req: Request<Incoming>,
-    entry: &mut Option<Entry>,
-) -> Result<Response<PooledBody>, StatusCode> {
-    let h2 = target.protocol == BackendProtocol::H2c;
-    let connector = if target.protocol == BackendProtocol::Https { shared.backend_connector() } else { None };
-    let tls = match (target.protocol, &connector) {
-        (BackendProtocol::Https, Some(connector)) => Some(BackendTls { connector, server_name: &target.server_name }),
-        (BackendProtocol::Https, None) => {
-            // Never downgraded to plain HTTP: the backend asked for TLS.
-            if !shared.warned_no_backend_ca.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                warn!(backend = %target.label, "backend port is appProtocol https but the gateway has no --backend-ca: answering 502");
-            }
-            return Err(StatusCode::BAD_GATEWAY);
-        }
-        _ => None,
-    };
-    let mut req = if h2 { as_http2(req)? } else { req };
-    for addr in target.attempt_order() {
-        // At most one retry on a fresh connection when a pooled one had
-        // been closed under us.
-        for fresh in [false, true] {
-            let conn = match pool.get(h2, fresh, addr, shared.limits.connect_timeout, tls).await {
-                Ok(c) => c,
-                Err(e) => {
-                    shared.metrics.backend_connect_failures.inc();
-                    if matches!(e, super::pool::ConnectError::Tls { .. }) {
-                        // A certificate that does not chain to --backend-ca
-                        // or does not name the Service: a configuration
-                        // error to see, not a passing outage.
-                        warn!(endpoint = %addr, backend = %target.label, error = %e, "backend TLS failed; trying the next endpoint");
-                    } else {
-                        debug!(endpoint = %addr, error = %e, "backend connect failed; trying the next endpoint");
-                    }
-                    break;
-                }
-            };
-            if let Some(e) = entry.as_mut() {
-                e.endpoint = Some(addr);
-            }
-            let reused = conn.reused();
-            match conn.send(pool, req).await {
-                Ok(resp) => return Ok(resp),
-                Err(mut e) => match e.take_message() {
-                    Some(r) if reused => {
-                        req = r;
-                        continue; // stale pooled connection: once more, fresh
-                    }
-                    Some(r) => {
-                        req = r;
-                        break;
-                    }
-                    None => {
-                        debug!(endpoint = %addr, error = %e.error(), "backend failed after the request was sent");
-                        return Err(StatusCode::BAD_GATEWAY);
-                    }
-                },
-            }
-        }
-    }
-    Err(StatusCode::SERVICE_UNAVAILABLE)
-}
-
-/// The request as HTTP/2 sends it: the host in `:authority`, taken from an
-/// absolute URI, instead of a `Host` header.
-fn as_http2(req: Request<Incoming>) -> Result<Request<Incoming>, StatusCode> {
-    let (mut parts, body) = req.into_parts();
-    let host = parts.headers.remove(header::HOST);
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = host
-        .as_ref()
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| Uri::builder().scheme("http").authority(h).path_and_query(path).build().ok())
-        .ok_or(StatusCode::BAD_REQUEST)?;
-    parts.version = Version::HTTP_2;
-    Ok(Request::from_parts(parts, body))
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use http::{Method, Request, Version};
-
-    use super::is_websocket_upgrade;
-
-    fn req(method: Method, version: Version, headers: &[(&str, &str)]) -> Request<()> {
-        let mut b = Request::builder().method(method).version(version).uri("/chat");
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        b.body(()).unwrap()
-    }
-
-    #[test]
-    fn only_http11_get_websocket_upgrades_are_forwarded() {
-        let ws = [("connection", "keep-alive, Upgrade"), ("upgrade", "WebSocket")];
-        assert!(is_websocket_upgrade(&req(Method::GET, Version::HTTP_11, &ws)));
-        // Split across two Connection headers.
-        let split = [("connection", "keep-alive"), ("connection", "upgrade"), ("upgrade", "websocket")];
-        assert!(is_websocket_upgrade(&req(Method::GET, Version::HTTP_11, &split)));
-        assert!(!is_websocket_upgrade(&req(Method::POST, Version::HTTP_11, &ws)));
-        assert!(!is_websocket_upgrade(&req(Method::GET, Version::HTTP_10, &ws)));
-        assert!(!is_websocket_upgrade(&req(Method::GET, Version::HTTP_11, &[("upgrade", "websocket")])));
-        let h2c = [("connection", "Upgrade, HTTP2-Settings"), ("upgrade", "h2c")];
-        assert!(!is_websocket_upgrade(&req(Method::GET, Version::HTTP_11, &h2c)));
-        let bogus = [("connection", "upgraded"), ("upgrade", "websockets")];
-        assert!(!is_websocket_upgrade(&req(Method::GET, Version::HTTP_11, &bogus)));
-    }
 }
