@@ -748,6 +748,9 @@ fn the_guard_drops_traffic_of_pod_veths_not_attached_yet() {
         .unwrap();
     let rules = String::from_utf8_lossy(&rules.stdout).to_string();
     assert!(rules.contains("iifname \"ztv*\" iif != @judged") && !rules.contains("packets 0 "), "{rules}");
+    // node-2's agent judges the frontend only, so far.
+    let metrics = testbed::cluster::admin_get(&node2, 15021, "/metrics");
+    assert!(metrics.contains("ztunnel_guard_judged_interfaces 1\n"), "{metrics}");
 
     // The Pod object arrives; the agent attaches and the pod is judged.
     fs::write(

@@ -61,6 +61,12 @@ pub struct Metrics {
     pub policy_audit: Gauge,
     /// Pods of this node whose namespace is in policy audit mode.
     pub policy_audit_pods: Gauge,
+    /// Interfaces in the unknown-interface guard's judged set (-1: no
+    /// guard).
+    pub guard_judged: Gauge,
+    /// Failed updates of the guard's set (new or replaced veths stay
+    /// dropped until one succeeds).
+    pub guard_sync_errors: Counter,
 }
 
 impl Metrics {
@@ -88,6 +94,16 @@ impl Metrics {
             "policy_audit_pods",
             "Pods of this node whose namespace is in policy audit mode (label ztunnel.io/policy-audit=true)",
             self.policy_audit_pods.clone(),
+        );
+        r.register(
+            "guard_judged_interfaces",
+            "Pod interfaces the unknown-interface guard lets through (-1: no --pod-interface-prefix)",
+            self.guard_judged.clone(),
+        );
+        r.register(
+            "guard_sync_errors",
+            "Failed updates of the unknown-interface guard (its set is stale until one succeeds)",
+            self.guard_sync_errors.clone(),
         );
     }
 }

@@ -115,6 +115,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     // prefixes passes traffic only once it is judged. Interfaces a previous
     // agent left judged (pinned) stay in the set until the first sync.
     let mut guard = if cfg.pod_interface_prefixes.is_empty() {
+        metrics.guard_judged.set(-1);
         None
     } else {
         let g = guard::Guard::install(&cfg.pod_interface_prefixes).context("--pod-interface-prefix")?;
@@ -188,12 +189,20 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             }
         }
         let mut problems = dp.reconcile(compiler.tables());
-        if let Some(g) = &mut guard
-            && let Err(e) = g.sync(&dp.attached_ifindexes())
-        {
-            // The set is stale: new veths stay dropped, replaced ones too
-            // (their index is not in it); retried every poll.
-            problems.push(format!("updating the unknown-interface guard: {e}"));
+        if let Some(g) = &mut guard {
+            let judged = dp.attached_ifindexes();
+            match g.sync(&judged) {
+                Ok(()) => {
+                    metrics.guard_judged.set(i64::try_from(judged.len()).unwrap_or(i64::MAX));
+                }
+                Err(e) => {
+                    // The set is stale: new veths stay dropped, replaced
+                    // ones too (their index is not in it); retried every
+                    // poll.
+                    metrics.guard_sync_errors.inc();
+                    problems.push(format!("updating the unknown-interface guard: {e}"));
+                }
+            }
         }
         if problems != last_problems {
             for p in &problems {
