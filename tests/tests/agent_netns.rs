@@ -681,9 +681,17 @@ fn a_pod_whose_veth_is_replaced_is_enforced_on_the_new_one() {
         .nodes
         .iter()
         .enumerate()
-        .map(|(i, n)| spawn_agent(n.ns.name(), &manifests, &n.name, &logs[i], None, &[], 4000))
+        // A guard prefix that is not this CNI's (the testbed's veths are
+        // `ztv*`): harmless, and the agent says so.
+        .map(|(i, n)| {
+            spawn_agent(n.ns.name(), &manifests, &n.name, &logs[i], None, &["--pod-interface-prefix", "cali"], 4000)
+        })
         .collect();
     assert!(wait_for(&logs, "attached", 3) && wait_for(&logs, "policy synced", 2), "agents did not start");
+    assert!(
+        wait_for(&logs, "outside --pod-interface-prefix", 3),
+        "a pod veth the guard does not cover was not reported"
+    );
     let api = SocketAddr::from((Ipv4Addr::new(10, 244, 1, 10), 80));
     let db = tb.pod("default/db").unwrap().ns.name().to_string();
     let front = tb.pod("default/frontend").unwrap().ns.name().to_string();

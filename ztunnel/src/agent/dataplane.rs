@@ -209,6 +209,11 @@ impl Dataplane {
         self.attached.values().map(|a| a.ifindex).collect()
     }
 
+    /// The interfaces the classifiers are attached to, by pod.
+    pub fn attached_interfaces(&self) -> impl Iterator<Item = (&ObjectKey, &str)> {
+        self.attached.iter().map(|(k, a)| (k, a.interface.as_str()))
+    }
+
     /// Attaches the classifiers to local endpoints that have an interface
     /// now, and detaches those of endpoints that are gone or moved.
     /// Returns one message per failure; failures are retried next time.

@@ -119,7 +119,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         None
     } else {
         let g = guard::Guard::install(&cfg.pod_interface_prefixes).context("--pod-interface-prefix")?;
-        tracing::info!(prefixes = ?cfg.pod_interface_prefixes, "unknown pod interfaces are dropped until attached");
+        tracing::info!(prefixes = ?cfg.pod_interface_prefixes, "pod interfaces the classifiers do not judge yet are dropped (unknown-interface guard)");
         Some(g)
     };
     // The counter lives in the (pinned) maps across agents: count from here.
@@ -152,6 +152,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         crate::kube_source::open::<source::PolicyKinds>(&cfg.source, crate::kube_source::policy_resources())?;
     tracing::info!(node = %cfg.node, source = %cfg.source.describe(), "agent started");
     let mut last_problems: Vec<String> = Vec::new();
+    let mut unguarded: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut last_trim: Option<std::time::Instant> = None;
     loop {
         let poll = source.poll();
@@ -190,6 +191,21 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         }
         let mut problems = dp.reconcile(compiler.tables());
         if let Some(g) = &mut guard {
+            // A pod veth outside every prefix is judged, but a new or
+            // replaced one of that pod would not be guarded: the prefix is
+            // probably wrong for this CNI. Said once per interface.
+            for (pod, iface) in dp.attached_interfaces() {
+                if !cfg.pod_interface_prefixes.iter().any(|p| iface.starts_with(p.as_str()))
+                    && unguarded.insert(iface.to_string())
+                {
+                    tracing::warn!(
+                        pod = %pod,
+                        interface = iface,
+                        prefixes = ?cfg.pod_interface_prefixes,
+                        "pod interface outside --pod-interface-prefix: the guard does not cover this pod's veths"
+                    );
+                }
+            }
             let judged = dp.attached_ifindexes();
             match g.sync(&judged) {
                 Ok(()) => {
