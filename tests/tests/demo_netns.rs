@@ -52,4 +52,6 @@ fn demo_walk_matches_expected_with_the_mesh_on() {
     assert!(text.contains("plain HTTP: 308 -> https://shop.example.com:8443/cart"), "{text}");
     assert!(text.contains("spiffe://cluster.local/ns/ingress/sa/ztunnel-gateway: yes"), "{text}");
     assert!(text.contains("ok (new handshake, new certificate)"), "{text}");
+    // The unknown-interface guard.
+    assert!(text.contains("before its Pod object exists -> default/apiserver:80: dropped — sends nothing"), "{text}");
 }

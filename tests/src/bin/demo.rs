@@ -212,6 +212,7 @@ fn up(zt: &Path) -> anyhow::Result<()> {
     ingress(&tb, &ns, &gw_ns, &pki, &state)?;
     walk_policies(&tb, &cluster, &manifests, &examples)?;
     rotation(&tb, zt, &ns, &d)?;
+    unknown_pod(&mut tb, &ns)?;
 
     heading("the cluster keeps running");
     let front = tb.pod("default/frontend").map(|p| p.ns.name().to_string()).unwrap_or_default();
@@ -363,6 +364,28 @@ fn encryption_proof(tb: &Testbed, ns: &[String], state: &Path) -> anyhow::Result
         String::from_utf8_lossy(MARKER),
         if clear { paint("FOUND (plaintext!)", "31") } else { paint("never — encrypted", "32") }
     );
+    Ok(())
+}
+
+/// A pod the CNI has wired but the agent does not know (no Pod object
+/// yet): with the unknown-interface guard it sends nothing, although no
+/// policy is in force any more.
+fn unknown_pod(tb: &mut Testbed, ns: &[String]) -> anyhow::Result<()> {
+    heading("fail closed: a pod veth the agent has not attached to");
+    let late = Ipv4Addr::new(10, 244, 2, 99);
+    tb.add_pod("default/late", 1, late)?;
+    let late_ns = tb.pod("default/late").map(|p| p.ns.name().to_string()).unwrap_or_default();
+    let api = tb.pod("default/apiserver").map(|p| p.ip).context("example pods missing")?;
+    let reached = probe::tcp(&late_ns, SocketAddr::from((api, 80)));
+    println!(
+        "  a pod wired at {late} on node-2 before its Pod object exists -> default/apiserver:80: {}",
+        if reached { paint("CONNECTED (unjudged!)", "31") } else { paint("dropped — sends nothing", "32") }
+    );
+    let rules =
+        Command::new("ip").args(["netns", "exec", &ns[1], "nft", "list", "table", "inet", "ztunnel_guard"]).output()?;
+    for l in String::from_utf8_lossy(&rules.stdout).lines().filter(|l| l.contains("@judged")) {
+        println!("  node-2: {}", paint(l.trim(), "2"));
+    }
     Ok(())
 }
 
