@@ -74,19 +74,21 @@ pub struct BackendTls<'a> {
     /// The TLS client.
     pub connector: &'a TlsConnector,
     /// `<service>.<namespace>.svc`.
-    pub server_name: &'a str,
+    pub server_name: &'a Arc<str>,
 }
 
-/// Idle connections are kept apart by endpoint and by whether they speak
-/// TLS (two Services may name the same endpoint differently).
-type IdleKey = (SocketAddr, bool);
+/// Idle connections are kept apart by endpoint and by the name a TLS
+/// connection's certificate was checked for (`None`: in the clear): two
+/// Services naming one endpoint never share a connection checked for the
+/// other's name, nor a plain one.
+type IdleKey = (SocketAddr, Option<Arc<str>>);
 
 /// A connection checked out for one request.
 pub struct Conn {
     /// The endpoint.
     pub addr: SocketAddr,
-    /// Over TLS.
-    pub tls: bool,
+    /// The name its TLS certificate was checked for (`None`: in the clear).
+    pub tls: Option<Arc<str>>,
     /// The request sender.
     pub sender: SendRequest<Incoming>,
     /// Whether it came from the pool (it may have been closed by the
@@ -152,12 +154,13 @@ impl Pool {
         connect_timeout: Duration,
         tls: Option<BackendTls<'_>>,
     ) -> Result<Conn, ConnectError> {
-        while let Some(mut sender) = self.take_idle((addr, tls.is_some())) {
+        let name = tls.map(|t| t.server_name.clone());
+        while let Some(mut sender) = self.take_idle((addr, name.clone())) {
             // Released at the end of the previous body, the connection may
             // not have signalled readiness yet; it does at once, or errs if
             // the backend closed it.
             if sender.ready().await.is_ok() {
-                return Ok(Conn { addr, tls: tls.is_some(), sender, reused: true });
+                return Ok(Conn { addr, tls: name, sender, reused: true });
             }
         }
         self.connect(addr, connect_timeout, tls).await
@@ -173,7 +176,7 @@ impl Pool {
         let tcp = tcp_connect(addr, connect_timeout).await?;
         let Some(t) = tls else {
             let sender = http1_over(addr, tcp).await?;
-            return Ok(Conn { addr, tls: false, sender, reused: false });
+            return Ok(Conn { addr, tls: None, sender, reused: false });
         };
         let name = rustls_pki_types::ServerName::try_from(t.server_name.to_string()).map_err(|e| {
             ConnectError::Tls { addr, source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e) }
@@ -186,7 +189,7 @@ impl Pool {
             Err(_) => return Err(ConnectError::Timeout { addr }),
         };
         let sender = http1_over(addr, stream).await?;
-        Ok(Conn { addr, tls: true, sender, reused: false })
+        Ok(Conn { addr, tls: Some(t.server_name.clone()), sender, reused: false })
     }
 
     /// The current HTTP/2 connection to `addr`; a new one if there is none,
