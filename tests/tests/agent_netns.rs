@@ -784,4 +784,20 @@ fn the_guard_drops_traffic_of_pod_veths_not_attached_yet() {
         assert!(until(Duration::from_secs(15), true, || a.0.try_wait().unwrap().is_some()).is_some(), "no exit");
     }
     assert!(!probe::tcp(&front, api), "pods of a stopped unpinned agent must not pass unjudged");
+
+    // Turned off: an agent without the flag removes the guard it finds
+    // (nothing would ever add new veths to its set).
+    let log = dir.path().join("node-2-unguarded.flows.jsonl");
+    let _plain = start_agent(&node2, &manifests, "node-2", &log, None);
+    let listed = || {
+        Command::new("ip")
+            .args(["netns", "exec", &node2, "nft", "list", "table", "inet", "ztunnel_guard"])
+            .output()
+            .unwrap()
+    };
+    assert!(
+        until(Duration::from_secs(10), false, || listed().status.success()).is_some(),
+        "the guard outlived the flag\n{}",
+        fs::read_to_string(log.with_extension("stderr")).unwrap_or_default()
+    );
 }

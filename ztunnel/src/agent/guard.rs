@@ -104,6 +104,23 @@ fn nft(script: &str) -> Result<(), GuardError> {
     }
 }
 
+/// Removes a guard a previous agent installed, when this one runs without
+/// `--pod-interface-prefix`: left in place, nothing would add new pods'
+/// veths to its set and they would stay dropped for good. Returns whether
+/// there was one. Without `nft` there is nothing to remove.
+pub fn remove_leftover() -> Result<bool, GuardError> {
+    let out = match Command::new("nft").args(["list", "table", "inet", TABLE]).output() {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(GuardError::Spawn(e)),
+    };
+    if !out.status.success() {
+        return Ok(false); // no such table
+    }
+    nft(&format!("delete table inet {TABLE}\n"))?;
+    Ok(true)
+}
+
 /// The installed guard.
 #[derive(Debug)]
 pub struct Guard {

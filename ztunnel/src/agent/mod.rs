@@ -116,6 +116,15 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     // agent left judged (pinned) stay in the set until the first sync.
     let mut guard = if cfg.pod_interface_prefixes.is_empty() {
         metrics.guard_judged.set(-1);
+        match guard::remove_leftover() {
+            Ok(true) => tracing::info!(
+                "removed the unknown-interface guard a previous agent installed (no --pod-interface-prefix now)"
+            ),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not remove a previous agent's unknown-interface guard; new pod veths stay dropped")
+            }
+        }
         None
     } else {
         let g = guard::Guard::install(&cfg.pod_interface_prefixes).context("--pod-interface-prefix")?;
