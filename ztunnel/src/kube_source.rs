@@ -314,6 +314,16 @@ where
         Poll { changes: applies, errors: std::mem::take(&mut self.errors), ignored: Vec::new() }
     }
 
+    fn wait(&mut self, timeout: Duration) -> bool {
+        match self.rx.recv_timeout(timeout) {
+            Ok(m) => {
+                self.handle(m);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     fn health(&self) -> SourceHealth {
         let h = lock(&self.health);
         match &h.error {

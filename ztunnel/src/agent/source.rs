@@ -132,6 +132,13 @@ pub trait ObjectSource<K: Kinds>: Send {
     fn health(&self) -> SourceHealth {
         SourceHealth { connected: true, detail: String::new() }
     }
+    /// Waits up to `timeout` for something to poll; `true` when something
+    /// arrived (the next [`ObjectSource::poll`] has it). A source that can
+    /// only be polled (a directory) just sleeps.
+    fn wait(&mut self, timeout: std::time::Duration) -> bool {
+        std::thread::sleep(timeout);
+        false
+    }
 }
 
 impl<K: Kinds> ObjectSource<K> for DirSource<K>
