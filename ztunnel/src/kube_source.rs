@@ -320,7 +320,14 @@ where
                 self.handle(m);
                 true
             }
-            Err(_) => false,
+            Err(mpsc::RecvTimeoutError::Timeout) => false,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // No watcher left to report anything (it would return at
+                // once and spin the caller's loop): wait like a poll-only
+                // source.
+                std::thread::sleep(timeout);
+                false
+            }
         }
     }
 
