@@ -178,9 +178,9 @@ const fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
-/// The messages of one `recv`: (type, flags, payload). Stops at the end or
-/// at a message whose length does not fit.
-fn messages(buf: &[u8]) -> Result<Vec<(u16, u16, &[u8])>, LinksError> {
+/// The messages of one `recv`: (type, payload). Stops at the end or at a
+/// message whose length does not fit.
+fn messages(buf: &[u8]) -> Result<Vec<(u16, &[u8])>, LinksError> {
     let mut out = Vec::new();
     let mut at = 0;
     while at + NLMSG_HDRLEN <= buf.len() {
@@ -189,8 +189,7 @@ fn messages(buf: &[u8]) -> Result<Vec<(u16, u16, &[u8])>, LinksError> {
             return Err(LinksError::Malformed("message length"));
         }
         let kind = u16_at(buf, at + 4).ok_or(LinksError::Malformed("header"))?;
-        let flags = u16_at(buf, at + 6).ok_or(LinksError::Malformed("header"))?;
-        out.push((kind, flags, &buf[at + NLMSG_HDRLEN..at + len]));
+        out.push((kind, &buf[at + NLMSG_HDRLEN..at + len]));
         at += align4(len);
     }
     Ok(out)
@@ -242,7 +241,7 @@ fn control(kind: u16, body: &[u8]) -> Result<bool, LinksError> {
 /// Parses one `recv` of a link dump: the links, and whether the dump ended.
 pub fn parse_links(buf: &[u8]) -> Result<(Vec<Link>, bool), LinksError> {
     let mut links = Vec::new();
-    for (kind, _, body) in messages(buf)? {
+    for (kind, body) in messages(buf)? {
         if control(kind, body)? {
             return Ok((links, true));
         }
@@ -277,7 +276,7 @@ pub fn parse_links(buf: &[u8]) -> Result<(Vec<Link>, bool), LinksError> {
 /// dump ended.
 pub fn parse_addresses(buf: &[u8]) -> Result<(Vec<Address>, bool), LinksError> {
     let mut out = Vec::new();
-    for (kind, _, body) in messages(buf)? {
+    for (kind, body) in messages(buf)? {
         if control(kind, body)? {
             return Ok((out, true));
         }
