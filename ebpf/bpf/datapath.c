@@ -194,11 +194,21 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f)
 		f->dst.family = ZT_FAMILY_V6;
 		__builtin_memcpy(f->src.addr, &ip6->saddr, 16);
 		__builtin_memcpy(f->dst.addr, &ip6->daddr, 16);
-		/* Extension headers are not walked: a packet whose first next
-		 * header is not TCP/UDP/SCTP/ICMPv6 is judged as that protocol,
-		 * which only protocol-wildcard rules allow. */
+		/* Extension headers are not walked, but for one hop-by-hop
+		 * options header, which every MLD message (link housekeeping,
+		 * see is_infra) carries for its router alert: a packet whose
+		 * next header after that is not TCP/UDP/SCTP/ICMPv6 is judged as
+		 * that protocol, which only protocol-wildcard rules allow. */
+		void *l4 = ip6 + 1;
 		f->protocol = ip6->nexthdr;
-		return parse_l4(ip6 + 1, end, f, 1) < 0 ? -1 : 1;
+		if (f->protocol == 0) {
+			__u8 *hbh = l4;
+			if ((void *)(hbh + 8) > end)
+				return -1;
+			f->protocol = hbh[0];
+			l4 = hbh + ((__u32)hbh[1] + 1) * 8;
+		}
+		return parse_l4(l4, end, f, 1) < 0 ? -1 : 1;
 	}
 	return 0;
 }
@@ -276,6 +286,13 @@ static __always_inline int decide(struct zt_endpoint *ep, __u8 dir, struct zt_ad
 
 static __always_inline int is_infra(struct flow *f)
 {
+	/* IGMP on the local network control block (224.0.0.0/24: queries,
+	 * v3 reports) is IPv4's counterpart of MLD below; behind a bridge
+	 * every pod receives the host's. */
+	if (f->protocol == IPPROTO_IGMP && f->dst.family == ZT_FAMILY_V4) {
+		__u8 *d = (__u8 *)&f->dst.addr[0];
+		return d[0] == 224 && d[1] == 0 && d[2] == 0;
+	}
 	/* IPv6 link housekeeping keeps the pod's link working; like ARP for
 	 * IPv4 it is not subject to policy. */
 	if (f->protocol != IPPROTO_ICMPV6_)

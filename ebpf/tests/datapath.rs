@@ -349,3 +349,57 @@ fn steering_on_a_bridge_port_addresses_the_bridge_and_fails_closed_without_a_pro
     let udp = packet("10.244.2.10".parse().unwrap(), "10.244.1.10".parse().unwrap(), Protocol::Udp, 53);
     assert_eq!(dp.test_run_marked(bridge, &udp, MARK).0, TC_ACT_SHOT, "only pod TCP is ever marked");
 }
+
+/// `l4` behind one hop-by-hop options header (router alert, as MLD sends
+/// it) in an IPv6 packet from `src` to `dst`.
+fn behind_hop_by_hop(src: &str, dst: &str, next: u8, l4: &[u8]) -> Vec<u8> {
+    let mut p = packet(src.parse().unwrap(), dst.parse().unwrap(), Protocol::Other(0), 0);
+    p.truncate(14 + 40);
+    let len = u16::try_from(8 + l4.len()).unwrap();
+    p[14 + 4..14 + 6].copy_from_slice(&len.to_be_bytes());
+    p.extend_from_slice(&[next, 0, 5, 2, 0, 0, 1, 0]); // router alert, PadN
+    p.extend_from_slice(l4);
+    p
+}
+
+/// Link housekeeping passes a pod whose policies isolate it, as ARP does:
+/// MLD behind its hop-by-hop header and IGMP on 224.0.0.0/24 (behind a
+/// bridge every pod receives the host's). IGMP elsewhere, and TCP behind a
+/// hop-by-hop header, are judged (the TCP by its ports).
+#[test]
+fn multicast_housekeeping_passes_and_hop_by_hop_tcp_is_judged_by_its_ports() {
+    if !privileged("multicast_housekeeping_passes_and_hop_by_hop_tcp_is_judged_by_its_ports") {
+        return;
+    }
+    let (compiler, mut dp, _db) = at_db();
+    let tables = compiler.tables();
+    let mld = behind_hop_by_hop("fe80::1", "ff02::16", 58, &[143, 0, 0, 0, 0, 0, 0, 1]);
+    assert_eq!(dp.test_run(Direction::Ingress, &mld), TC_ACT_OK, "MLD report to an isolated pod");
+    assert_eq!(dp.test_run(Direction::Egress, &mld), TC_ACT_OK, "MLD report from an isolated pod");
+    let igmp = |dst: &str| packet("10.244.1.1".parse().unwrap(), dst.parse().unwrap(), Protocol::Other(2), 0);
+    assert_eq!(dp.test_run(Direction::Ingress, &igmp("224.0.0.22")), TC_ACT_OK, "IGMPv3 report");
+    assert_eq!(dp.test_run(Direction::Ingress, &igmp("224.0.0.1")), TC_ACT_OK, "IGMP query");
+    assert_eq!(dp.test_run(Direction::Ingress, &igmp("239.1.2.3")), TC_ACT_SHOT, "IGMP to a group: judged");
+    assert!(events(&mut dp).iter().all(|e| e.protocol == 2), "housekeeping emits no verdicts");
+
+    // TCP behind a hop-by-hop header is TCP with its ports, not a
+    // protocol-0 packet (the seed cluster has no IPv6 pods, so the peer is
+    // an address outside it).
+    let front = tables.endpoint_of(&policy::ObjectKey::new("default", "frontend")).unwrap();
+    dp.maps.put_endpoint(TEST_IFINDEX, maps::endpoint(front, &tables.endpoints[&front])).unwrap();
+    let tcp_hdr = |dport: u16| {
+        let mut h = vec![0u8; 20];
+        h[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        h[2..4].copy_from_slice(&dport.to_be_bytes());
+        h[12] = 0x50;
+        h[13] = 0x02;
+        h
+    };
+    // frontend's egress is isolated and opens nothing towards that
+    // address: denied, and reported as TCP to port 80.
+    dp.clear_ct();
+    let out = behind_hop_by_hop("fd00::9", "fd00::10", 6, &tcp_hdr(80));
+    assert_eq!(dp.test_run(Direction::Egress, &out), TC_ACT_SHOT);
+    let evs = events(&mut dp);
+    assert!(evs.iter().any(|e| e.protocol == 6 && e.dport == 80u16.to_be()), "judged as TCP port 80: {evs:?}");
+}
