@@ -458,8 +458,16 @@ impl Dataplane {
     fn ensure_bridge(&mut self, snap: &super::links::Snapshot, port: u32) -> anyhow::Result<()> {
         let Some(master) = snap.links.get(&port).and_then(|l| l.master) else { return Ok(()) };
         let Some(bridge) = snap.links.get(&master) else { return Ok(()) };
-        if self.bridges.get(&master).is_some_and(|(name, _)| *name == bridge.name) {
-            return Ok(());
+        match self.bridges.remove(&master) {
+            Some((name, link)) if name == bridge.name => {
+                self.bridges.insert(master, (name, link));
+                return Ok(());
+            }
+            // Renamed, or a new bridge on a reused index: attach afresh.
+            Some((_, link)) => {
+                let _ = detach_bridge(&mut self.bpf, link);
+            }
+            None => {}
         }
         let link = attach_bridge(&mut self.bpf, &bridge.name)
             .with_context(|| format!("attaching to its bridge {}", bridge.name))?;
