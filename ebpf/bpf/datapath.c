@@ -42,6 +42,13 @@ struct {
 } zt_endpoints SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct zt_port);
+} zt_ports SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 65536);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -187,11 +194,21 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f)
 		f->dst.family = ZT_FAMILY_V6;
 		__builtin_memcpy(f->src.addr, &ip6->saddr, 16);
 		__builtin_memcpy(f->dst.addr, &ip6->daddr, 16);
-		/* Extension headers are not walked: a packet whose first next
-		 * header is not TCP/UDP/SCTP/ICMPv6 is judged as that protocol,
-		 * which only protocol-wildcard rules allow. */
+		/* Extension headers are not walked, but for one hop-by-hop
+		 * options header, which every MLD message (link housekeeping,
+		 * see is_infra) carries for its router alert: a packet whose
+		 * next header after that is not TCP/UDP/SCTP/ICMPv6 is judged as
+		 * that protocol, which only protocol-wildcard rules allow. */
+		void *l4 = ip6 + 1;
 		f->protocol = ip6->nexthdr;
-		return parse_l4(ip6 + 1, end, f, 1) < 0 ? -1 : 1;
+		if (f->protocol == 0) {
+			__u8 *hbh = l4;
+			if ((void *)(hbh + 8) > end)
+				return -1;
+			f->protocol = hbh[0];
+			l4 = hbh + ((__u32)hbh[1] + 1) * 8;
+		}
+		return parse_l4(l4, end, f, 1) < 0 ? -1 : 1;
 	}
 	return 0;
 }
@@ -269,6 +286,13 @@ static __always_inline int decide(struct zt_endpoint *ep, __u8 dir, struct zt_ad
 
 static __always_inline int is_infra(struct flow *f)
 {
+	/* IGMP on the local network control block (224.0.0.0/24: queries,
+	 * v3 reports) is IPv4's counterpart of MLD below; behind a bridge
+	 * every pod receives the host's. */
+	if (f->protocol == IPPROTO_IGMP && f->dst.family == ZT_FAMILY_V4) {
+		__u8 *d = (__u8 *)&f->dst.addr[0];
+		return d[0] == 224 && d[1] == 0 && d[2] == 0;
+	}
 	/* IPv6 link housekeeping keeps the pod's link working; like ARP for
 	 * IPv4 it is not subject to policy. */
 	if (f->protocol != IPPROTO_ICMPV6_)
@@ -341,14 +365,12 @@ static __always_inline void ct_key(struct zt_ct_key *k, __u32 endpoint, __u8 dir
 static __always_inline int decide_packet(struct __sk_buff *skb, __u8 dir, struct flow *fp);
 
 /*
- * Steers a permitted TCP packet from a pod to another pod into the local
- * proxy (see zt_config.mesh). Returns the verdict.
+ * Assigns a TCP packet to the local proxy socket it belongs to (see
+ * zt_config.mesh): the socket of its connection if one exists, else, for a
+ * SYN, the capture listener. Returns the verdict: no socket, no packet.
  */
-static __always_inline int steer(struct __sk_buff *skb, struct flow *f, struct zt_config *cfg)
+static __always_inline int assign(struct __sk_buff *skb, struct flow *f, struct zt_config *cfg)
 {
-	struct zt_ip_info *dst = bpf_map_lookup_elem(&zt_ipcache, &f->dst);
-	if (!dst || dst->identity == 0)
-		return TC_ACT_OK; /* not a pod: external, node, host network */
 	/* The connection's own proxy socket, by its 4-tuple. */
 	int v6 = f->src.family == ZT_FAMILY_V6;
 	__u32 tlen = v6 ? sizeof(struct bpf_sock_tuple) : sizeof(((struct bpf_sock_tuple *)0)->ipv4);
@@ -393,6 +415,31 @@ assign:;
 	long err = bpf_sk_assign(skb, sk, 0);
 	bpf_sk_release(sk);
 	if (err)
+		return TC_ACT_SHOT;
+	skb->mark = cfg->redirect_mark;
+	return TC_ACT_OK;
+}
+
+/*
+ * Steers a permitted TCP packet from a pod to another pod into the local
+ * proxy. Returns the verdict.
+ */
+static __always_inline int steer(struct __sk_buff *skb, struct flow *f, struct zt_config *cfg)
+{
+	struct zt_ip_info *dst = bpf_map_lookup_elem(&zt_ipcache, &f->dst);
+	if (!dst || dst->identity == 0)
+		return TC_ACT_OK; /* not a pod: external, node, host network */
+	__u32 ifindex = skb->ifindex;
+	struct zt_port *port = bpf_map_lookup_elem(&zt_ports, &ifindex);
+	if (!port)
+		return assign(skb, f, cfg);
+	/* A bridge port. The frame is addressed to the bridge itself, or one
+	 * for a pod of the same bridge would be switched to it past the proxy;
+	 * the mark sends it to the local stack. The socket is assigned by
+	 * zt_bridge_in when the bridge hands the frame up: an assignment made
+	 * here does not survive the bridge's netfilter pass (br_netfilter,
+	 * which Kubernetes nodes run). */
+	if (bpf_skb_store_bytes(skb, 0, port->l3_mac, ETH_ALEN, 0))
 		return TC_ACT_SHOT;
 	skb->mark = cfg->redirect_mark;
 	return TC_ACT_OK;
@@ -545,6 +592,31 @@ SEC("classifier/to_pod")
 int zt_to_pod(struct __sk_buff *skb)
 {
 	return handle(skb, ZT_DIR_INGRESS);
+}
+
+/*
+ * At TC ingress of a bridge whose ports are pods' veths: a frame the bridge
+ * hands up to the host that zt_from_pod steered (it carries the redirect
+ * mark) is assigned to its proxy socket here, past the bridge. Nothing
+ * else is touched. No socket, no packet, as on a routed veth.
+ */
+SEC("classifier/bridge_in")
+int zt_bridge_in(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct zt_config *cfg = bpf_map_lookup_elem(&zt_config, &zero);
+	if (!cfg || !cfg->redirect_mark || (skb->mark & ZT_MARK_MASK) != (cfg->redirect_mark & ZT_MARK_MASK))
+		return TC_ACT_OK;
+	struct flow f;
+	if (parse(skb, &f) != 1 || f.protocol != IPPROTO_TCP)
+		return TC_ACT_SHOT; /* only pod TCP is ever marked */
+	int r = assign(skb, &f, cfg);
+	if (r == TC_ACT_SHOT) {
+		struct zt_ip_info *src = bpf_map_lookup_elem(&zt_ipcache, &f.src);
+		count(ZT_DIR_EGRESS, 0, skb->len);
+		emit(src ? src->endpoint : 0, ZT_DIR_EGRESS, &f, ZT_REASON_NO_PROXY, 0, 0);
+	}
+	return r;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -64,6 +64,21 @@ struct zt_endpoint {
 };
 
 /*
+ * zt_ports (HASH): host-side interface index of a local pod that is a port
+ * of a bridge (flannel's cni0, kubenet's cbr0) -> the bridge's own MAC.
+ * Routed CNIs have no entry. A bridge switches a frame a pod addresses to
+ * another pod of its bridge straight to that pod's port, past the host's IP
+ * stack and so past the proxy; a steered packet therefore gets the bridge's
+ * MAC as its destination, which makes the bridge hand it up to the stack
+ * (and its assigned socket). The same holds for the replies a pod sends to
+ * the original source address of a delivered tunnel.
+ */
+struct zt_port {
+	__u8 l3_mac[6];
+	__u8 pad[2];
+};
+
+/*
  * zt_cidr4 / zt_cidr6 (LPM_TRIE): per endpoint and direction, the ipBlock
  * prefixes of the policies selecting the endpoint -> prefix identity.
  *   match: endpoint (32 bits) and direction + pad (32 bits) always exact,
@@ -164,8 +179,10 @@ struct zt_ct_value {
  *         the proxy down, pod TCP fails closed instead of leaving the node
  *         in plaintext.
  *   redirect_mark: set on steered packets; the agent routes marked packets
- *         to the local stack (ip rule fwmark -> local default route).
+ *         to the local stack (ip rule fwmark -> local default route),
+ *         matching the bits of ZT_MARK_MASK.
  */
+#define ZT_MARK_MASK 0xff00
 struct zt_config {
 	__u32 epoch;
 	__u32 mesh;
@@ -232,6 +249,7 @@ enum zt_reason {
 _Static_assert(sizeof(struct zt_addr) == 20, "zt_addr layout");
 _Static_assert(sizeof(struct zt_ip_info) == 20, "zt_ip_info layout");
 _Static_assert(sizeof(struct zt_endpoint) == 12, "zt_endpoint layout");
+_Static_assert(sizeof(struct zt_port) == 8, "zt_port layout");
 _Static_assert(sizeof(struct zt_cidr4_key) == 16, "zt_cidr4_key layout");
 _Static_assert(sizeof(struct zt_cidr6_key) == 28, "zt_cidr6_key layout");
 _Static_assert(sizeof(struct zt_policy_key) == 16, "zt_policy_key layout");

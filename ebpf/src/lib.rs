@@ -18,6 +18,9 @@ pub mod programs {
     pub const FROM_POD: &str = "zt_from_pod";
     /// Packets delivered to a pod: TC egress of its host-side veth.
     pub const TO_POD: &str = "zt_to_pod";
+    /// Steered frames a bridge hands up: TC ingress of a bridge whose ports
+    /// are pods' veths.
+    pub const BRIDGE_IN: &str = "zt_bridge_in";
 }
 
 /// Map names in the object.
@@ -26,6 +29,8 @@ pub mod map_names {
     pub const IPCACHE: &str = "zt_ipcache";
     /// Interface index → endpoint.
     pub const ENDPOINTS: &str = "zt_endpoints";
+    /// Interface index → the bridge of a pod's veth (bridge CNIs only).
+    pub const PORTS: &str = "zt_ports";
     /// IPv4 cidr trie.
     pub const CIDR4: &str = "zt_cidr4";
     /// IPv6 cidr trie.
@@ -41,5 +46,5 @@ pub mod map_names {
     /// Per-CPU packet/byte counters.
     pub const COUNTERS: &str = "zt_counters";
     /// Every map (pinned by these names).
-    pub const ALL: [&str; 9] = [IPCACHE, ENDPOINTS, CIDR4, CIDR6, POLICY, CT, CONFIG, EVENTS, COUNTERS];
+    pub const ALL: [&str; 10] = [IPCACHE, ENDPOINTS, PORTS, CIDR4, CIDR6, POLICY, CT, CONFIG, EVENTS, COUNTERS];
 }

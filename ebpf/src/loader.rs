@@ -16,7 +16,7 @@ use policy::ObjectKey;
 use policy::compile::{Change, TableDiff, Tables};
 
 use crate::maps::{
-    self, CidrEntryKey, ZtAddr, ZtCidr4Key, ZtCidr6Key, ZtEndpoint, ZtIpInfo, ZtPolicyKey, ZtPolicyValue,
+    self, CidrEntryKey, ZtAddr, ZtCidr4Key, ZtCidr6Key, ZtEndpoint, ZtIpInfo, ZtPolicyKey, ZtPolicyValue, ZtPort,
 };
 
 /// A map write failed.
@@ -129,6 +129,7 @@ pub fn apply_diff(
 pub struct AyaMaps {
     ipcache: aya::maps::HashMap<aya::maps::MapData, ZtAddr, ZtIpInfo>,
     endpoints: aya::maps::HashMap<aya::maps::MapData, u32, ZtEndpoint>,
+    ports: aya::maps::HashMap<aya::maps::MapData, u32, ZtPort>,
     cidr4: aya::maps::LpmTrie<aya::maps::MapData, ZtCidr4Key, u32>,
     cidr6: aya::maps::LpmTrie<aya::maps::MapData, ZtCidr6Key, u32>,
     policy: aya::maps::LpmTrie<aya::maps::MapData, ZtPolicyKey, ZtPolicyValue>,
@@ -316,6 +317,11 @@ impl AyaMaps {
             self.del_endpoint(k)?;
             removed += 1;
         }
+        let stale: Vec<u32> = self.ports.keys().flatten().filter(|k| !ifindexes.contains(k)).collect();
+        for k in stale {
+            self.del_port(k)?;
+            removed += 1;
+        }
         let (mut c4, mut c6) = (HashSet::new(), HashSet::new());
         for k in tables.cidr.keys() {
             match maps::cidr_key(k) {
@@ -345,12 +351,24 @@ impl AyaMaps {
         Ok(removed)
     }
 
+    /// Marks an attached interface as a port of the bridge with MAC
+    /// `l3_mac` (see `zt_ports` in maps.h).
+    pub fn put_port(&mut self, ifindex: u32, l3_mac: [u8; 6]) -> Result<(), SyncError> {
+        conv("zt_ports", self.ports.insert(ifindex, ZtPort { l3_mac, pad: [0; 2] }, 0))
+    }
+
+    /// Forgets an interface's bridge (absent is fine).
+    pub fn del_port(&mut self, ifindex: u32) -> Result<(), SyncError> {
+        del_ok("zt_ports", self.ports.remove(&ifindex))
+    }
+
     /// Takes the datapath maps out of a loaded object.
     pub fn take(bpf: &mut aya::Ebpf) -> Result<Self, SyncError> {
         use crate::map_names::*;
         Ok(Self {
             ipcache: conv(IPCACHE, aya::maps::HashMap::try_from(take(bpf, IPCACHE)?))?,
             endpoints: conv(ENDPOINTS, aya::maps::HashMap::try_from(take(bpf, ENDPOINTS)?))?,
+            ports: conv(PORTS, aya::maps::HashMap::try_from(take(bpf, PORTS)?))?,
             cidr4: conv(CIDR4, aya::maps::LpmTrie::try_from(take(bpf, CIDR4)?))?,
             cidr6: conv(CIDR6, aya::maps::LpmTrie::try_from(take(bpf, CIDR6)?))?,
             policy: conv(POLICY, aya::maps::LpmTrie::try_from(take(bpf, POLICY)?))?,
@@ -436,9 +454,9 @@ fn classifier<'a>(
     bpf.program_mut(name).ok_or(AttachError::Missing(name))?.try_into().map_err(prog_err("load", name, ""))
 }
 
-/// Loads both classifiers into the kernel (verifier), once per object.
+/// Loads the classifiers into the kernel (verifier), once per object.
 pub fn load_programs(bpf: &mut aya::Ebpf) -> Result<(), AttachError> {
-    for name in [crate::programs::FROM_POD, crate::programs::TO_POD] {
+    for name in [crate::programs::FROM_POD, crate::programs::TO_POD, crate::programs::BRIDGE_IN] {
         classifier(bpf, name)?.load().map_err(prog_err("load", name, ""))?;
     }
     Ok(())
@@ -474,6 +492,29 @@ pub fn attach_pod(bpf: &mut aya::Ebpf, interface: &str) -> Result<PodLinks, Atta
             Err(e)
         }
     }
+}
+
+/// Attaches `zt_bridge_in` at TC ingress of a bridge whose ports are pods'
+/// veths. The link lives as long as the process: while no agent runs there
+/// is no proxy either, and steered frames without a socket are dropped all
+/// the same.
+pub fn attach_bridge(
+    bpf: &mut aya::Ebpf,
+    interface: &str,
+) -> Result<aya::programs::tc::SchedClassifierLinkId, AttachError> {
+    use aya::programs::TcAttachType;
+    let tcx = aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+    if !tcx {
+        let _ = aya::programs::tc::qdisc_add_clsact(interface);
+    }
+    let name = crate::programs::BRIDGE_IN;
+    classifier(bpf, name)?.attach(interface, TcAttachType::Ingress).map_err(prog_err("attach", name, interface))
+}
+
+/// Detaches `zt_bridge_in` from a bridge.
+pub fn detach_bridge(bpf: &mut aya::Ebpf, link: aya::programs::tc::SchedClassifierLinkId) -> Result<(), AttachError> {
+    let name = crate::programs::BRIDGE_IN;
+    classifier(bpf, name)?.detach(link).map_err(prog_err("detach", name, ""))
 }
 
 /// Detaches a pod's classifiers.

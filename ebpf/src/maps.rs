@@ -61,6 +61,16 @@ pub struct ZtEndpoint {
     pub pad: u8,
 }
 
+/// `struct zt_port`: the bridge a pod's veth is a port of.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ZtPort {
+    /// The bridge's own MAC address (steered frames are addressed to it).
+    pub l3_mac: [u8; 6],
+    /// Zero.
+    pub pad: [u8; 2],
+}
+
 /// `struct zt_cidr4_key` without `prefixlen`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -263,6 +273,8 @@ unsafe impl aya::Pod for ZtAddr {}
 unsafe impl aya::Pod for ZtIpInfo {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ZtEndpoint {}
+// SAFETY: as above: `repr(C)`, byte fields only, no padding.
+unsafe impl aya::Pod for ZtPort {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ZtCidr4Key {}
 // SAFETY: as above.
@@ -314,6 +326,7 @@ pub fn layouts() -> Vec<Layout> {
             size_of::<ZtEndpoint>(),
             fields!(ZtEndpoint, 0, endpoint, node, ingress_isolated, egress_isolated, audit, pad),
         ),
+        ("zt_port", size_of::<ZtPort>(), fields!(ZtPort, 0, l3_mac, pad)),
         ("zt_cidr4_key", 4 + size_of::<ZtCidr4Key>(), fields!(ZtCidr4Key, 4, endpoint, direction, pad, addr)),
         ("zt_cidr6_key", 4 + size_of::<ZtCidr6Key>(), fields!(ZtCidr6Key, 4, endpoint, direction, pad, addr)),
         (

@@ -280,3 +280,126 @@ fn a_namespace_in_audit_mode_passes_and_reports_its_denials() {
     assert!(!compiler.tables().endpoints[&db].audit);
     assert_eq!(dp.test_run(Direction::Egress, &ack), TC_ACT_SHOT, "label removed: the audited flow is cut");
 }
+
+/// Steering behind a bridge: the pod's program addresses a steered frame to
+/// the bridge and marks it (so the bridge hands it up to the host), and
+/// leaves the socket to the bridge's program, which assigns it or, with no
+/// proxy socket to take it, drops it (fail closed). A routed veth's packet
+/// without a proxy socket is dropped by the pod's program itself. Frames
+/// the pod's program did not steer pass the bridge's untouched.
+#[test]
+fn steering_on_a_bridge_port_addresses_the_bridge_and_fails_closed_without_a_proxy() {
+    if !privileged("steering_on_a_bridge_port_addresses_the_bridge_and_fails_closed_without_a_proxy") {
+        return;
+    }
+    let cluster = example_cluster();
+    let compiler = Compiler::from_cluster(Scope::Cluster, &cluster);
+    let mut dp = load(compiler.tables());
+    let tables = compiler.tables();
+    let front = tables.endpoint_of(&policy::ObjectKey::new("default", "frontend")).unwrap();
+    dp.maps.put_endpoint(TEST_IFINDEX, maps::endpoint(front, &tables.endpoints[&front])).unwrap();
+    const MARK: u32 = 0x7a00;
+    // No listener on port 9 (discard) of the test's loopback: no proxy.
+    dp.set_config(maps::ZtConfig {
+        mesh: 1,
+        redirect_mark: MARK,
+        proxy_addr4: u32::from_ne_bytes([127, 0, 0, 1]),
+        proxy_port: 9u16.to_be(),
+        ..Default::default()
+    });
+    let _ = events(&mut dp);
+    // frontend -> apiserver:80 is allowed (bookstore).
+    let syn = tcp("10.244.2.10", 40000, "10.244.1.10", 80, 0x02);
+    let from = zt_ebpf::programs::FROM_POD;
+
+    // A routed veth: no proxy socket, no packet.
+    dp.clear_ct();
+    assert_eq!(dp.test_run_marked(from, &syn, 0).0, TC_ACT_SHOT, "routed: fail closed");
+    let evs = events(&mut dp);
+    assert!(evs.iter().any(|e| e.reason == 10), "no-proxy drop reported: {evs:?}");
+
+    // A bridge port: to the bridge's MAC, marked, passed on to the bridge.
+    let bridge_mac = [0x02, 0x42, 0xac, 0x11, 0x00, 0x01];
+    dp.maps.put_port(TEST_IFINDEX, bridge_mac).unwrap();
+    dp.clear_ct();
+    let (verdict, out, mark) = dp.test_run_marked(from, &syn, 0);
+    assert_eq!(verdict, TC_ACT_OK, "the port's program leaves the socket to the bridge's");
+    assert_eq!(out[..6], bridge_mac, "steered frame addressed to the bridge");
+    assert_eq!(out[6..], syn[6..], "nothing else rewritten");
+    assert_eq!(mark, MARK, "steered frame marked for local delivery");
+    // Traffic to what is not a pod is not steered: no rewrite, no mark.
+    dp.clear_ct();
+    let (_, out, mark) = dp.test_run_marked(from, &tcp("10.244.2.10", 40001, "192.168.100.1", 15012, 0x02), 0);
+    assert_eq!((out[..6] == bridge_mac, mark), (false, 0), "non-pod traffic untouched");
+
+    // The bridge's program: a steered frame with no proxy socket is
+    // dropped and reported; anything unmarked passes untouched.
+    let bridge = zt_ebpf::programs::BRIDGE_IN;
+    let _ = events(&mut dp);
+    let steered = {
+        let mut f = syn.clone();
+        f[..6].copy_from_slice(&bridge_mac);
+        f
+    };
+    assert_eq!(dp.test_run_marked(bridge, &steered, MARK).0, TC_ACT_SHOT, "no proxy behind the bridge: dropped");
+    let evs = events(&mut dp);
+    assert!(evs.iter().any(|e| e.reason == 10 && e.endpoint == front), "reported for the sender: {evs:?}");
+    assert_eq!(dp.test_run_marked(bridge, &steered, 0).0, TC_ACT_OK, "unmarked frames pass");
+    assert_eq!(dp.test_run_marked(bridge, &steered, 0x4000).0, TC_ACT_OK, "others' marks are not ours");
+    let udp = packet("10.244.2.10".parse().unwrap(), "10.244.1.10".parse().unwrap(), Protocol::Udp, 53);
+    assert_eq!(dp.test_run_marked(bridge, &udp, MARK).0, TC_ACT_SHOT, "only pod TCP is ever marked");
+}
+
+/// `l4` behind one hop-by-hop options header (router alert, as MLD sends
+/// it) in an IPv6 packet from `src` to `dst`.
+fn behind_hop_by_hop(src: &str, dst: &str, next: u8, l4: &[u8]) -> Vec<u8> {
+    let mut p = packet(src.parse().unwrap(), dst.parse().unwrap(), Protocol::Other(0), 0);
+    p.truncate(14 + 40);
+    let len = u16::try_from(8 + l4.len()).unwrap();
+    p[14 + 4..14 + 6].copy_from_slice(&len.to_be_bytes());
+    p.extend_from_slice(&[next, 0, 5, 2, 0, 0, 1, 0]); // router alert, PadN
+    p.extend_from_slice(l4);
+    p
+}
+
+/// Link housekeeping passes a pod whose policies isolate it, as ARP does:
+/// MLD behind its hop-by-hop header and IGMP on 224.0.0.0/24 (behind a
+/// bridge every pod receives the host's). IGMP elsewhere, and TCP behind a
+/// hop-by-hop header, are judged (the TCP by its ports).
+#[test]
+fn multicast_housekeeping_passes_and_hop_by_hop_tcp_is_judged_by_its_ports() {
+    if !privileged("multicast_housekeeping_passes_and_hop_by_hop_tcp_is_judged_by_its_ports") {
+        return;
+    }
+    let (compiler, mut dp, _db) = at_db();
+    let tables = compiler.tables();
+    let mld = behind_hop_by_hop("fe80::1", "ff02::16", 58, &[143, 0, 0, 0, 0, 0, 0, 1]);
+    assert_eq!(dp.test_run(Direction::Ingress, &mld), TC_ACT_OK, "MLD report to an isolated pod");
+    assert_eq!(dp.test_run(Direction::Egress, &mld), TC_ACT_OK, "MLD report from an isolated pod");
+    let igmp = |dst: &str| packet("10.244.1.1".parse().unwrap(), dst.parse().unwrap(), Protocol::Other(2), 0);
+    assert_eq!(dp.test_run(Direction::Ingress, &igmp("224.0.0.22")), TC_ACT_OK, "IGMPv3 report");
+    assert_eq!(dp.test_run(Direction::Ingress, &igmp("224.0.0.1")), TC_ACT_OK, "IGMP query");
+    assert_eq!(dp.test_run(Direction::Ingress, &igmp("239.1.2.3")), TC_ACT_SHOT, "IGMP to a group: judged");
+    assert!(events(&mut dp).iter().all(|e| e.protocol == 2), "housekeeping emits no verdicts");
+
+    // TCP behind a hop-by-hop header is TCP with its ports, not a
+    // protocol-0 packet (the seed cluster has no IPv6 pods, so the peer is
+    // an address outside it).
+    let front = tables.endpoint_of(&policy::ObjectKey::new("default", "frontend")).unwrap();
+    dp.maps.put_endpoint(TEST_IFINDEX, maps::endpoint(front, &tables.endpoints[&front])).unwrap();
+    let tcp_hdr = |dport: u16| {
+        let mut h = vec![0u8; 20];
+        h[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        h[2..4].copy_from_slice(&dport.to_be_bytes());
+        h[12] = 0x50;
+        h[13] = 0x02;
+        h
+    };
+    // frontend's egress is isolated and opens nothing towards that
+    // address: denied, and reported as TCP to port 80.
+    dp.clear_ct();
+    let out = behind_hop_by_hop("fd00::9", "fd00::10", 6, &tcp_hdr(80));
+    assert_eq!(dp.test_run(Direction::Egress, &out), TC_ACT_SHOT);
+    let evs = events(&mut dp);
+    assert!(evs.iter().any(|e| e.protocol == 6 && e.dport == 80u16.to_be()), "judged as TCP port 80: {evs:?}");
+}

@@ -83,7 +83,7 @@ fn object_has_both_programs_and_all_maps() {
     assert!(sections.contains(&"classifier/from_pod") && sections.contains(&"classifier/to_pod"), "{sections:?}");
     let symbols: Vec<String> =
         obj.symbols().filter_map(|s| object::ObjectSymbol::name(&s).ok().map(String::from)).collect();
-    for m in ["zt_ipcache", "zt_endpoints", "zt_cidr4", "zt_cidr6", "zt_policy"] {
+    for m in zt_ebpf::map_names::ALL {
         assert!(symbols.iter().any(|s| s == m), "map {m} missing");
     }
 }

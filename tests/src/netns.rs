@@ -129,7 +129,12 @@ pub struct Testbed {
     pub external: Option<PodNs>,
     /// Whether the nodes have IPv6 on their link.
     v6: bool,
+    /// Whether pods hang off a bridge per node (see [`Testbed::bridged`]).
+    bridge: bool,
 }
+
+/// The bridge of a [`Testbed::bridged`] node.
+pub const BRIDGE: &str = "ztbr0";
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -184,7 +189,14 @@ impl Testbed {
     /// so a later run can find and remove it).
     pub fn with_prefix(prefix: &str, node_names: &[&str]) -> anyhow::Result<Self> {
         let prefix = prefix.to_string();
-        let mut tb = Testbed { prefix: prefix.clone(), pods: Vec::new(), nodes: Vec::new(), external: None, v6: false };
+        let mut tb = Testbed {
+            prefix: prefix.clone(),
+            pods: Vec::new(),
+            nodes: Vec::new(),
+            external: None,
+            v6: false,
+            bridge: false,
+        };
         for (i, name) in node_names.iter().enumerate() {
             let ns = Netns::create(&format!("{prefix}-n{i}"))?;
             ns.sysctl("net.ipv4.ip_forward", "1")?;
@@ -218,6 +230,23 @@ impl Testbed {
                 node.ns.ip(&["route", "add", other_range, "via", &peer.to_string()])?;
             }
         }
+        Ok(tb)
+    }
+
+    /// [`Testbed::new`] wired like a bridge CNI (flannel's `cni0`, kubenet's
+    /// `cbr0`): each node has a bridge, [`BRIDGE`], holding the first
+    /// address of its pod range (10.244.(i+1).1/24), pods added later get
+    /// `ip/24` with a default route via that address, and their host-side
+    /// veths are ports of the bridge: no host route names a pod's veth,
+    /// and pods of one node reach each other through the bridge alone.
+    pub fn bridged(node_names: &[&str]) -> anyhow::Result<Self> {
+        let mut tb = Self::new(node_names)?;
+        for (i, node) in tb.nodes.iter().enumerate() {
+            node.ns.ip(&["link", "add", BRIDGE, "type", "bridge"])?;
+            node.ns.ip(&["addr", "add", &format!("10.244.{}.1/24", i + 1), "dev", BRIDGE])?;
+            node.ns.ip(&["link", "set", BRIDGE, "up"])?;
+        }
+        tb.bridge = true;
         Ok(tb)
     }
 
@@ -300,7 +329,11 @@ impl Testbed {
         // Pods' veths share a prefix (`ztv`, the testbed's "CNI prefix" for
         // the agent's unknown-interface guard); the external host is no pod.
         let host_if = if key == "external" { "ztext0".to_string() } else { format!("ztv{n}") };
-        self.wire(&ns, &host_if, node, ip)?;
+        if self.bridge && key != "external" {
+            self.wire_bridged(&ns, &host_if, node, ip)?;
+        } else {
+            self.wire(&ns, &host_if, node, ip)?;
+        }
         Ok(PodNs { key: key.to_string(), ns, ip, node, host_if })
     }
 
@@ -313,7 +346,39 @@ impl Testbed {
         let node_ns = &self.nodes[pod.node].ns;
         // Deleting one end of a veth deletes the pair (and its routes).
         node_ns.ip(&["link", "del", &pod.host_if])?;
-        self.wire(&pod.ns, &pod.host_if, pod.node, pod.ip)
+        if self.bridge {
+            self.wire_bridged(&pod.ns, &pod.host_if, pod.node, pod.ip)
+        } else {
+            self.wire(&pod.ns, &pod.host_if, pod.node, pod.ip)
+        }
+    }
+
+    /// A veth from `ns` (`eth0`, `ip/24`, default route via the bridge's
+    /// address) whose host side `host_if` is a port of node `node`'s
+    /// bridge.
+    fn wire_bridged(&self, ns: &Netns, host_if: &str, node: usize, ip: std::net::Ipv4Addr) -> anyhow::Result<()> {
+        let node_ns = &self.nodes[node].ns;
+        run(&[
+            "ip",
+            "link",
+            "add",
+            host_if,
+            "netns",
+            node_ns.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ])?;
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        ns.ip(&["route", "add", "default", "via", &format!("10.244.{}.1", node + 1), "dev", "eth0"])?;
+        node_ns.ip(&["link", "set", host_if, "master", BRIDGE])?;
+        node_ns.ip(&["link", "set", host_if, "up"])?;
+        Ok(())
     }
 
     /// A veth from `ns` (`eth0`) to node `node` (`host_if`), with the pod's

@@ -153,14 +153,15 @@ fn the_guard_drops_traffic_of_pod_veths_not_attached_yet() {
     // (nothing would ever add new veths to its set).
     let log = dir.path().join("node-2-unguarded.flows.jsonl");
     let _plain = start_agent(&node2, &manifests, "node-2", &log, None);
-    let listed = || {
+    let listed = |family: &str| {
         Command::new("ip")
-            .args(["netns", "exec", &node2, "nft", "list", "table", "inet", "ztunnel_guard"])
+            .args(["netns", "exec", &node2, "nft", "list", "table", family, "ztunnel_guard"])
             .output()
             .unwrap()
     };
     assert!(
-        until(Duration::from_secs(10), false, || listed().status.success()).is_some(),
+        until(Duration::from_secs(10), false, || listed("inet").status.success() || listed("bridge").status.success())
+            .is_some(),
         "the guard outlived the flag\n{}",
         fs::read_to_string(log.with_extension("stderr")).unwrap_or_default()
     );

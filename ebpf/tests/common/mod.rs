@@ -113,7 +113,7 @@ pub struct Datapath {
 
 pub fn load(tables: &Tables) -> Datapath {
     let mut bpf = aya::Ebpf::load(zt_ebpf::OBJECT).expect("load object");
-    for name in [zt_ebpf::programs::FROM_POD, zt_ebpf::programs::TO_POD] {
+    for name in [zt_ebpf::programs::FROM_POD, zt_ebpf::programs::TO_POD, zt_ebpf::programs::BRIDGE_IN] {
         let p: &mut SchedClassifier =
             bpf.program_mut(name).unwrap_or_else(|| panic!("program {name}")).try_into().unwrap();
         p.load().unwrap_or_else(|e| panic!("verifier rejected {name}: {e}"));
@@ -163,6 +163,30 @@ impl Datapath {
         let mut cfg: aya::maps::Array<_, maps::ZtConfig> =
             aya::maps::Array::try_from(self.bpf.map_mut(zt_ebpf::map_names::CONFIG).unwrap()).unwrap();
         cfg.set(0, c, 0).unwrap();
+    }
+
+    /// Runs program `name` on a packet whose `skb->mark` is `mark`; returns
+    /// the verdict, the packet as the program left it, and its mark then.
+    pub fn test_run_marked(&self, name: &str, pkt: &[u8], mark: u32) -> (u32, Vec<u8>, u32) {
+        // struct __sk_buff: len, pkt_type, mark, ... (192 bytes); the kernel
+        // takes a prefix of it and zeroes the rest.
+        const SKB_CTX: usize = 192;
+        const MARK: usize = 8;
+        let mut ctx_in = [0u8; MARK + 4];
+        ctx_in[MARK..].copy_from_slice(&mark.to_ne_bytes());
+        let mut ctx_out = [0u8; SKB_CTX];
+        let mut out = vec![0u8; pkt.len()];
+        let prog: &SchedClassifier = self.bpf.program(name).unwrap().try_into().unwrap();
+        let opts = TestRunOptions {
+            data_in: Some(pkt),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx_in),
+            ctx_out: Some(&mut ctx_out),
+            ..TestRunOptions::default()
+        };
+        let verdict = prog.test_run(opts).unwrap().return_value;
+        let mark = u32::from_ne_bytes(ctx_out[MARK..MARK + 4].try_into().unwrap());
+        (verdict, out, mark)
     }
 
     /// Runs one program on a packet with the maps as they are.

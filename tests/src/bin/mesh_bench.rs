@@ -158,9 +158,11 @@ impl Mesh<'_> {
     fn stop(&self, agents: Vec<Proc>) {
         drop(agents);
         for ns in self.ns {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "exec", ns, "nft", "delete", "table", "inet", GUARD_TABLE])
-                .output();
+            for family in ["inet", "bridge"] {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "exec", ns, "nft", "delete", "table", family, GUARD_TABLE])
+                    .output();
+            }
         }
     }
 }

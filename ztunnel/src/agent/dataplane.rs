@@ -9,8 +9,8 @@ use anyhow::Context;
 use policy::ObjectKey;
 use policy::compile::{EndpointId, TableDiff, Tables};
 use zt_ebpf::loader::{
-    AyaMaps, MapWriter, Numbers, PinAdjustment, PinnedPod, PodLinks, adopt_pinned, apply_diff, attach_pod,
-    attach_pod_pinned, detach_pod, load_object, load_programs, replace_pinned, unpin_pod,
+    AyaMaps, MapWriter, Numbers, PinAdjustment, PinnedPod, PodLinks, adopt_pinned, apply_diff, attach_bridge,
+    attach_pod, attach_pod_pinned, detach_bridge, detach_pod, load_object, load_programs, replace_pinned, unpin_pod,
 };
 use zt_ebpf::maps::{self, ZtConfig, ZtEvent};
 
@@ -33,6 +33,9 @@ struct Attached {
     interface: String,
     endpoint: EndpointId,
     links: Links,
+    /// The MAC of the bridge the interface is a port of, as written to
+    /// `zt_ports` (`None`: a routed veth, no entry).
+    bridge_mac: Option<[u8; 6]>,
 }
 
 /// The loaded datapath.
@@ -52,6 +55,10 @@ pub struct Dataplane {
     pruned: bool,
     /// Policy audit mode.
     audit: bool,
+    /// Veth peers' addresses, for pods behind a bridge.
+    peers: super::links::PeerAddresses,
+    /// Bridges with attached pods as ports, and their `zt_bridge_in` links.
+    bridges: BTreeMap<u32, (String, aya::programs::tc::SchedClassifierLinkId)>,
 }
 
 /// The bpffs magic number (`BPF_FS_MAGIC`).
@@ -176,6 +183,8 @@ impl Dataplane {
             links_dir,
             epoch,
             pruned: false,
+            peers: super::links::PeerAddresses::default(),
+            bridges: BTreeMap::new(),
             steering,
             audit,
         };
@@ -231,6 +240,16 @@ impl Dataplane {
         // its lowest routed one, as before.
         let mut host_routes: Vec<(std::net::IpAddr, &str)> = super::routes::host_routes(&routes).into_iter().collect();
         host_routes.sort_unstable();
+        // The node's links, and the addresses behind its veths: pods behind
+        // a bridge have no host route, only a veth whose other end holds
+        // their address (one link dump per poll; see `links`).
+        let snapshot = match self.peers.refresh() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                problems.push(format!("reading links: {e}"));
+                None
+            }
+        };
         let mut iface_of: BTreeMap<EndpointId, String> = BTreeMap::new();
         for (ip, iface) in host_routes {
             if let Some(info) = tables.ipcache.get(&ip)
@@ -239,18 +258,34 @@ impl Dataplane {
                 iface_of.entry(info.endpoint).or_insert_with(|| iface.to_string());
             }
         }
+        if let Some(snap) = &snapshot {
+            let mut peers: Vec<(&std::net::IpAddr, &u32)> = snap.by_peer_address.iter().collect();
+            peers.sort_unstable();
+            for (ip, index) in peers {
+                if let Some(info) = tables.ipcache.get(ip)
+                    && info.endpoint != 0
+                    && let Some(link) = snap.links.get(index)
+                {
+                    // A host route, where there is one, said it first.
+                    iface_of.entry(info.endpoint).or_insert_with(|| link.name.clone());
+                }
+            }
+        }
         let wanted: BTreeMap<ObjectKey, (EndpointId, Option<String>)> =
             tables.endpoints.iter().map(|(id, info)| (info.pod.clone(), (*id, iface_of.remove(id)))).collect();
         // The interfaces as they are now, by name: a CNI that recreates a
         // pod's sandbox between two polls leaves the same name, address and
         // route on a new veth, which has none of the programs; only its
-        // index tells it apart. (One netlink dump per poll.)
-        let links: Option<HashMap<String, u32>> = match nix::net::if_::if_nameindex() {
-            Ok(list) => Some(list.iter().map(|i| (i.name().to_string_lossy().into_owned(), i.index())).collect()),
-            Err(e) => {
-                problems.push(format!("listing interfaces: {e}"));
-                None
-            }
+        // index tells it apart.
+        let links: Option<HashMap<String, u32>> = match &snapshot {
+            Some(snap) => Some(snap.links.values().map(|l| (l.name.clone(), l.index)).collect()),
+            None => match nix::net::if_::if_nameindex() {
+                Ok(list) => Some(list.iter().map(|i| (i.name().to_string_lossy().into_owned(), i.index())).collect()),
+                Err(e) => {
+                    problems.push(format!("listing interfaces: {e}"));
+                    None
+                }
+            },
         };
         // Detach what is gone, moved to another interface, or whose
         // interface was replaced.
@@ -278,7 +313,30 @@ impl Dataplane {
                 if let Err(e) = self.maps.del_endpoint(a.ifindex) {
                     problems.push(format!("removing endpoint of {k}: {e}"));
                 }
+                if a.bridge_mac.is_some()
+                    && let Err(e) = self.maps.del_port(a.ifindex)
+                {
+                    problems.push(format!("removing the bridge entry of {k}: {e}"));
+                }
                 tracing::info!(pod = %k, interface = %a.interface, "detached");
+            }
+        }
+        // A bridge's MAC can change under its ports (a bridge without a MAC
+        // of its own takes its lowest port's); keep the entries current.
+        if let Some(snap) = &snapshot {
+            for (k, a) in self.attached.iter_mut() {
+                let mac = snap.bridge_mac(a.ifindex);
+                if mac == a.bridge_mac {
+                    continue;
+                }
+                let res = match mac {
+                    Some(m) => self.maps.put_port(a.ifindex, m),
+                    None => self.maps.del_port(a.ifindex),
+                };
+                match res {
+                    Ok(()) => a.bridge_mac = mac,
+                    Err(e) => problems.push(format!("bridge entry for {k}: {e}")),
+                }
             }
         }
         for (pod, (endpoint, iface)) in wanted {
@@ -296,6 +354,27 @@ impl Dataplane {
             };
             if let Err(e) = self.maps.put_endpoint(ifindex, maps::endpoint(endpoint, info)) {
                 problems.push(format!("endpoint entry for {pod}: {e}"));
+                continue;
+            }
+            // So is the bridge entry: without it a steered frame for a pod
+            // of the same bridge would be switched past the proxy. (Deleting
+            // clears what a predecessor left on a reused index.)
+            let bridge_mac = snapshot.as_ref().and_then(|s| s.bridge_mac(ifindex));
+            let port = match bridge_mac {
+                Some(mac) => self.maps.put_port(ifindex, mac),
+                None => self.maps.del_port(ifindex),
+            };
+            if let Err(e) = port {
+                problems.push(format!("bridge entry for {pod}: {e}"));
+                continue;
+            }
+            // And the bridge's own program, which assigns the proxy socket
+            // to what the pod's program steers.
+            if bridge_mac.is_some()
+                && let Some(snap) = &snapshot
+                && let Err(e) = self.ensure_bridge(snap, ifindex)
+            {
+                problems.push(format!("{pod}: {e}"));
                 continue;
             }
             // A previous agent's pinned links on this interface: this
@@ -318,8 +397,10 @@ impl Dataplane {
                             failed.old
                         }
                     };
-                    self.attached
-                        .insert(pod, Attached { ifindex, interface: iface, endpoint, links: Links::Pinned(links) });
+                    self.attached.insert(
+                        pod,
+                        Attached { ifindex, interface: iface, endpoint, links: Links::Pinned(links), bridge_mac },
+                    );
                     continue;
                 }
                 let _ = unpin_pod(p);
@@ -331,12 +412,68 @@ impl Dataplane {
             match links {
                 Ok(links) => {
                     tracing::info!(pod = %pod, interface = %iface, ifindex, "attached");
-                    self.attached.insert(pod, Attached { ifindex, interface: iface, endpoint, links });
+                    self.attached.insert(pod, Attached { ifindex, interface: iface, endpoint, links, bridge_mac });
                 }
                 Err(e) => problems.push(format!("attaching to {pod} ({iface}): {e}")),
             }
         }
+        // Bridges: attached to every one an attached pod is a port of (a
+        // veth can move to another), released by the last.
+        if let Some(snap) = &snapshot {
+            let ports: Vec<(ObjectKey, u32)> = self
+                .attached
+                .iter()
+                .filter(|(_, a)| a.bridge_mac.is_some())
+                .map(|(k, a)| (k.clone(), a.ifindex))
+                .collect();
+            for (k, ifindex) in ports {
+                if let Err(e) = self.ensure_bridge(snap, ifindex) {
+                    problems.push(format!("{k}: {e}"));
+                }
+            }
+            let needed: BTreeSet<u32> = self
+                .attached
+                .values()
+                .filter(|a| a.bridge_mac.is_some())
+                .filter_map(|a| snap.links.get(&a.ifindex)?.master)
+                .collect();
+            let unneeded: Vec<u32> = self.bridges.keys().filter(|b| !needed.contains(b)).copied().collect();
+            for b in unneeded {
+                if let Some((name, link)) = self.bridges.remove(&b) {
+                    // A bridge that is gone took its link along.
+                    if snap.links.contains_key(&b)
+                        && let Err(e) = detach_bridge(&mut self.bpf, link)
+                    {
+                        problems.push(format!("detaching from bridge {name}: {e}"));
+                    }
+                    tracing::info!(bridge = %name, "bridge released");
+                }
+            }
+        }
         problems
+    }
+
+    /// Attaches `zt_bridge_in` to the bridge `port` is a port of, unless it
+    /// is attached already.
+    fn ensure_bridge(&mut self, snap: &super::links::Snapshot, port: u32) -> anyhow::Result<()> {
+        let Some(master) = snap.links.get(&port).and_then(|l| l.master) else { return Ok(()) };
+        let Some(bridge) = snap.links.get(&master) else { return Ok(()) };
+        match self.bridges.remove(&master) {
+            Some((name, link)) if name == bridge.name => {
+                self.bridges.insert(master, (name, link));
+                return Ok(());
+            }
+            // Renamed, or a new bridge on a reused index: attach afresh.
+            Some((_, link)) => {
+                let _ = detach_bridge(&mut self.bpf, link);
+            }
+            None => {}
+        }
+        let link = attach_bridge(&mut self.bpf, &bridge.name)
+            .with_context(|| format!("attaching to its bridge {}", bridge.name))?;
+        tracing::info!(bridge = %bridge.name, ifindex = master, "bridge attached");
+        self.bridges.insert(master, (bridge.name.clone(), link));
+        Ok(())
     }
 
     /// After the first full sync: detach adopted links no pod claimed, and

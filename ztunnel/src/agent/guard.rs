@@ -22,6 +22,14 @@
 //! }
 //! ```
 //!
+//! Behind a bridge CNI (flannel's `cni0`) a pod's packets reach the IP
+//! stack from the bridge, not from the pod's veth, and packets between two
+//! pods of the bridge never reach it at all; so the same rule, and a set of
+//! the same members, also sit in a `bridge` family table of the same name,
+//! whose prerouting hook sees each frame with the port it came in on
+//! (`meta protocol { ip, ip6 }`: ARP still passes, as it does on a routed
+//! veth).
+//!
 //! The table outlives the agent, as pinned programs do: while no agent
 //! runs, attached veths stay judged by their pinned programs and new ones
 //! stay dropped. Every update is one `nft -f` transaction (atomic), so the
@@ -34,7 +42,7 @@ use std::process::{Command, Stdio};
 
 use thiserror::Error;
 
-/// The guard's nftables table (family `inet`).
+/// The guard's nftables tables (families `inet` and `bridge`).
 pub const TABLE: &str = "ztunnel_guard";
 
 /// What can go wrong with the guard.
@@ -67,20 +75,27 @@ pub fn validate_prefix(p: &str) -> Result<(), GuardError> {
 /// set keeps its members) and replaces the chain's rules.
 pub fn install_script(prefixes: &[String]) -> String {
     let mut s = format!(
-        "table inet {TABLE} {{\n  set judged {{ type iface_index; }}\n  chain prerouting {{ type filter hook prerouting priority raw; policy accept; }}\n}}\nflush chain inet {TABLE} prerouting\n"
+        "table inet {TABLE} {{\n  set judged {{ type iface_index; }}\n  chain prerouting {{ type filter hook prerouting priority raw; policy accept; }}\n}}\nflush chain inet {TABLE} prerouting\n\
+         table bridge {TABLE} {{\n  set judged {{ type iface_index; }}\n  chain prerouting {{ type filter hook prerouting priority -300; policy accept; }}\n}}\nflush chain bridge {TABLE} prerouting\n"
     );
     for p in prefixes {
         s.push_str(&format!("add rule inet {TABLE} prerouting iifname \"{p}*\" iif != @judged counter drop\n"));
+        s.push_str(&format!(
+            "add rule bridge {TABLE} prerouting meta protocol {{ ip, ip6 }} iifname \"{p}*\" iif != @judged counter drop\n"
+        ));
     }
     s
 }
 
 /// The transaction that makes the set exactly `members`.
 pub fn members_script(members: &BTreeSet<u32>) -> String {
-    let mut s = format!("flush set inet {TABLE} judged\n");
-    if !members.is_empty() {
-        let list: Vec<String> = members.iter().map(u32::to_string).collect();
-        s.push_str(&format!("add element inet {TABLE} judged {{ {} }}\n", list.join(", ")));
+    let mut s = String::new();
+    for family in ["inet", "bridge"] {
+        s.push_str(&format!("flush set {family} {TABLE} judged\n"));
+        if !members.is_empty() {
+            let list: Vec<String> = members.iter().map(u32::to_string).collect();
+            s.push_str(&format!("add element {family} {TABLE} judged {{ {} }}\n", list.join(", ")));
+        }
     }
     s
 }
@@ -109,16 +124,21 @@ fn nft(script: &str) -> Result<(), GuardError> {
 /// veths to its set and they would stay dropped for good. Returns whether
 /// there was one. Without `nft` there is nothing to remove.
 pub fn remove_leftover() -> Result<bool, GuardError> {
-    let out = match Command::new("nft").args(["list", "table", "inet", TABLE]).output() {
-        Ok(o) => o,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(GuardError::Spawn(e)),
-    };
-    if !out.status.success() {
-        return Ok(false); // no such table
+    let mut found = false;
+    // One at a time: a guard from before the bridge table has only the
+    // inet one.
+    for family in ["inet", "bridge"] {
+        let out = match Command::new("nft").args(["list", "table", family, TABLE]).output() {
+            Ok(o) => o,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(GuardError::Spawn(e)),
+        };
+        if out.status.success() {
+            nft(&format!("delete table {family} {TABLE}\n"))?;
+            found = true;
+        }
     }
-    nft(&format!("delete table inet {TABLE}\n"))?;
-    Ok(true)
+    Ok(found)
 }
 
 /// The installed guard.
@@ -179,12 +199,23 @@ mod tests {
         assert!(s.contains("iifname \"cali*\" iif != @judged counter drop"), "{s}");
         assert!(s.contains("iifname \"ztv*\" iif != @judged counter drop"), "{s}");
         assert!(s.contains("priority raw"), "{s}");
+        // The same rules for frames between the ports of a bridge.
+        let flush = s.find("flush chain bridge ztunnel_guard prerouting").unwrap();
+        let rule = s.find("add rule bridge ztunnel_guard prerouting meta protocol { ip, ip6 } iifname \"cali*\" iif != @judged counter drop").unwrap();
+        assert!(flush < rule, "{s}");
     }
 
     #[test]
     fn members_are_replaced_whole() {
-        assert_eq!(members_script(&BTreeSet::new()), "flush set inet ztunnel_guard judged\n");
+        assert_eq!(
+            members_script(&BTreeSet::new()),
+            "flush set inet ztunnel_guard judged\nflush set bridge ztunnel_guard judged\n"
+        );
         let s = members_script(&BTreeSet::from([7, 3]));
-        assert_eq!(s, "flush set inet ztunnel_guard judged\nadd element inet ztunnel_guard judged { 3, 7 }\n");
+        assert_eq!(
+            s,
+            "flush set inet ztunnel_guard judged\nadd element inet ztunnel_guard judged { 3, 7 }\n\
+             flush set bridge ztunnel_guard judged\nadd element bridge ztunnel_guard judged { 3, 7 }\n"
+        );
     }
 }

@@ -54,6 +54,7 @@ pub struct MeshConfig {
 
 /// Mark on steered packets, and the routing table that delivers them locally.
 pub const REDIRECT_MARK: u32 = 0x7a00;
+/// The mark bits ours are matched on (`ZT_MARK_MASK` in `ebpf/bpf/maps.h`).
 const REDIRECT_MASK: u32 = 0xff00;
 const REDIRECT_TABLE: &str = "122";
 

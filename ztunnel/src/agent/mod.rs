@@ -13,6 +13,7 @@ pub mod admin;
 pub mod dataplane;
 pub mod flowlog;
 pub mod guard;
+pub mod links;
 pub mod mesh;
 pub mod routes;
 pub mod source;

@@ -1,0 +1,256 @@
+//! Pods behind a bridge CNI (flannel's `cni0`, kubenet's `cbr0`): no host
+//! route names a pod's veth, each veth is a port of the node's bridge, and
+//! pods of one node reach each other through the bridge alone, past the
+//! host's IP stack. The agent finds the veths by their peers' addresses,
+//! policy holds between pods of one bridge, the unknown-interface guard
+//! drops bridged frames of veths not attached yet, and the mesh carries
+//! same-node flows through the proxy and cross-node ones in mTLS.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use testbed::cluster::{
+    LinkCapture, Proc, admin_get, ca_init, ca_serve_args, example_manifests, mesh_agent_args, spawn_args,
+};
+use testbed::netns::run_in;
+use testbed::{Testbed, probe, require_root};
+
+mod agent_support;
+
+use agent_support::*;
+
+const API: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
+const DB: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
+const FRONT: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 10);
+
+/// apiserver and db on node-1's bridge, frontend on node-2's.
+fn bridged_cluster() -> Testbed {
+    let mut tb = Testbed::bridged(&["node-1", "node-2"]).unwrap();
+    tb.add_pod("default/apiserver", 0, API).unwrap();
+    tb.add_pod("default/db", 0, DB).unwrap();
+    tb.add_pod("default/frontend", 1, FRONT).unwrap();
+    for p in &tb.pods {
+        probe::serve(&p.ns, &[80], &[]).unwrap();
+    }
+    tb
+}
+
+fn ns_of(tb: &Testbed, key: &str) -> String {
+    tb.pod(key).unwrap().ns.name().to_string()
+}
+
+fn stderr_of(logs: &[PathBuf]) -> String {
+    logs.iter().map(|l| fs::read_to_string(l.with_extension("stderr")).unwrap_or_default()).collect()
+}
+
+/// The seed's default-deny and bookstore policies hold on bridge ports:
+/// between pods of one bridge (frames switched port to port, which no
+/// route or host firewall sees) as well as across nodes.
+#[test]
+fn bridged_pods_are_attached_and_policy_holds_between_pods_of_one_bridge() {
+    if !require_root("bridged_pods_are_attached_and_policy_holds_between_pods_of_one_bridge") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = workload_dir(dir.path());
+    let tb = bridged_cluster();
+    let api = SocketAddr::from((API, 80));
+    let (db, front) = (ns_of(&tb, "default/db"), ns_of(&tb, "default/frontend"));
+    // Without the agent, the bridge passes everything.
+    assert!(probe::tcp(&db, api) && probe::tcp(&front, api), "the bridged testbed is wired");
+
+    for f in ["01-default-deny.yaml", "02-allow-dns.yaml", "03-bookstore.yaml"] {
+        copy(&examples().join("policies").join(f), &manifests.join(f));
+    }
+    let (_agents, logs) = start_agents(&tb, &manifests, dir.path());
+    assert!(
+        wait_for(&logs, "attached", 3) && wait_for(&logs, "policy synced", 2),
+        "the agents did not attach to the bridged pods:\n{}",
+        stderr_of(&logs)
+    );
+    assert!(
+        until(Duration::from_secs(3), false, || probe::tcp(&db, api)).is_some(),
+        "db reached the API server across the bridge despite default-deny\n{}",
+        stderr_of(&logs)
+    );
+    assert!(probe::tcp(&front, api), "bookstore: frontend may reach the API server");
+    assert!(!probe::tcp(&front, SocketAddr::from((DB, 80))), "default-deny across nodes");
+    let flows: String = logs.iter().map(|l| fs::read_to_string(l).unwrap_or_default()).collect();
+    assert!(
+        flows.lines().any(|l| l.contains("\"src\":\"10.244.1.11:")
+            && l.contains("\"dst\":\"10.244.1.10:80\"")
+            && l.contains("\"verdict\":\"denied\"")),
+        "the flow log shows no denial between the bridge's pods:\n{flows}"
+    );
+}
+
+/// The guard on a bridge: a pod the CNI wired to the bridge before the
+/// agent knew it sends nothing, not even to a pod of the same bridge, until
+/// the agent attaches to it.
+#[test]
+fn the_guard_drops_bridged_frames_of_veths_not_attached_yet() {
+    if !require_root("the_guard_drops_bridged_frames_of_veths_not_attached_yet") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = workload_dir(dir.path());
+    let mut tb = bridged_cluster();
+    let logs: Vec<PathBuf> = tb.nodes.iter().map(|n| dir.path().join(format!("{}.flows.jsonl", n.name))).collect();
+    let _agents: Vec<Agent> = tb
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            start_agent_with(n.ns.name(), &manifests, &n.name, &logs[i], None, &["--pod-interface-prefix", "ztv"])
+        })
+        .collect();
+    assert!(wait_for(&logs, "attached", 3), "agents did not start:\n{}", stderr_of(&logs));
+    let api = SocketAddr::from((API, 80));
+    let db = ns_of(&tb, "default/db");
+    assert!(
+        until(Duration::from_secs(3), true, || probe::tcp(&db, api)).is_some(),
+        "no policy: attached pods of one bridge talk\n{}",
+        stderr_of(&logs)
+    );
+
+    tb.add_pod("default/newcomer", 0, Ipv4Addr::new(10, 244, 1, 77)).unwrap();
+    let newcomer = ns_of(&tb, "default/newcomer");
+    std::thread::sleep(Duration::from_millis(300)); // a few polls: still unknown
+    assert!(!probe::tcp(&newcomer, api), "an unjudged bridge port passed a frame to a pod of its bridge");
+    assert!(!probe::tcp(&newcomer, SocketAddr::from((FRONT, 80))), "an unjudged bridge port passed traffic off-node");
+
+    fs::write(
+        manifests.join("newcomer.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: newcomer, namespace: default}\n\
+         spec: {nodeName: node-1, containers: [{name: main, image: busybox}]}\n\
+         status: {podIP: 10.244.1.77, podIPs: [{ip: 10.244.1.77}]}\n",
+    )
+    .unwrap();
+    assert!(
+        until(Duration::from_secs(5), true, || probe::tcp(&newcomer, api)).is_some(),
+        "the attached newcomer still cannot reach a pod of its bridge\n{}",
+        stderr_of(&logs)
+    );
+}
+
+/// A server in the pod that answers each connection with the address it
+/// sees the client at, then echoes.
+fn whoami_server(ns: &testbed::netns::Netns, port: u16) {
+    let l = ns.run(move || TcpListener::bind(("0.0.0.0", port))).unwrap().unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            std::thread::spawn(move || {
+                let peer = c.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+                let _ = c.write_all(format!("{peer}\n").as_bytes());
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Connects from `ns` to `to`, reads the greeting, sends `payload`, reads it
+/// back. Returns the greeting.
+fn converse(ns: &str, to: SocketAddr, payload: &'static [u8]) -> Option<String> {
+    run_in(ns, move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        let mut greeting = Vec::new();
+        let mut b = [0u8; 1];
+        while s.read_exact(&mut b).is_ok() && b[0] != b'\n' {
+            greeting.push(b[0]);
+        }
+        s.write_all(payload).ok()?;
+        let mut back = vec![0u8; payload.len()];
+        s.read_exact(&mut back).ok()?;
+        (back == payload).then(|| String::from_utf8_lossy(&greeting).into_owned())
+    })
+    .ok()
+    .flatten()
+}
+
+/// Tunnels counted by a node's proxy from `src` to `dst` (service accounts
+/// of `default`) in `direction`.
+fn tunnels(node_ns: &str, direction: &str, src: &str, dst: &str) -> u64 {
+    let want = [
+        format!("direction=\"{direction}\""),
+        format!("source_identity=\"spiffe://cluster.local/ns/default/sa/{src}\""),
+        format!("destination_identity=\"spiffe://cluster.local/ns/default/sa/{dst}\""),
+    ];
+    admin_get(node_ns, 15021, "/metrics")
+        .lines()
+        .filter(|l| l.starts_with("ztunnel_tcp_connections_opened_total{") && want.iter().all(|w| l.contains(w)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+const MARKER: &[u8] = b"ZT-BRIDGED-PLAINTEXT-7d41";
+
+/// The mesh behind a bridge: a flow between two pods of one bridge goes
+/// through the node's proxy (the bridge would otherwise switch it straight
+/// to the destination), and a flow across nodes is mTLS on the link; both
+/// reach the destination from the real source address.
+#[test]
+fn the_mesh_carries_bridged_pods_same_node_and_across_nodes() {
+    if !require_root("the_mesh_carries_bridged_pods_same_node_and_across_nodes") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let manifests = example_manifests(root).unwrap();
+    let tb = bridged_cluster();
+    whoami_server(&tb.pod("default/apiserver").unwrap().ns, 9000);
+    let ns: Vec<String> = tb.nodes.iter().map(|n| n.ns.name().to_string()).collect();
+    let nodes = ["node-1", "node-2"];
+    let ca_dir = root.join("ca");
+    ca_init(&ca_dir, &[]).unwrap();
+    let (d, m) = (ca_dir.to_str().unwrap(), manifests.to_str().unwrap());
+    let _ca = spawn_args(&ns[0], &ca_serve_args(d, m), &root.join("ca.log")).unwrap();
+    let _agents: Vec<Proc> = (0..2)
+        .map(|i| {
+            let log = root.join(format!("{}.log", nodes[i]));
+            let flows = root.join(format!("{}.flows.jsonl", nodes[i]));
+            spawn_args(&ns[i], &mesh_agent_args(m, nodes[i], i, d, None, flows.to_str().unwrap()), &log).unwrap()
+        })
+        .collect();
+    let logs = || -> String {
+        nodes.iter().map(|n| fs::read_to_string(root.join(format!("{n}.log"))).unwrap_or_default()).collect()
+    };
+    let ready = testbed::cluster::until(Duration::from_secs(30), || {
+        (0..2).all(|i| admin_get(&ns[i], 15021, "/config_dump").contains("spiffe://cluster.local/ns/default/sa/"))
+            && logs().matches("attached").count() >= 3
+    });
+    assert!(ready, "agents did not get certificates or attach:\n{}", logs());
+    let to_api = SocketAddr::from((API, 9000));
+
+    // Same bridge: through node-1's proxy, from db's own address.
+    let before = tunnels(&ns[0], "inbound", "db", "bookstore");
+    let seen = converse(&ns_of(&tb, "default/db"), to_api, MARKER);
+    assert_eq!(seen.as_deref(), Some(DB.to_string().as_str()), "same-bridge flow\n{}", logs());
+    assert!(
+        tunnels(&ns[0], "outbound", "db", "bookstore") > 0 && tunnels(&ns[0], "inbound", "db", "bookstore") > before,
+        "the same-bridge flow was switched past the proxy:\n{}",
+        admin_get(&ns[0], 15021, "/metrics")
+    );
+
+    // Across nodes: mTLS on the link, from frontend's own address.
+    let pcap = root.join("link.pcap");
+    let capture = LinkCapture::start(&ns[0], "zt-link0", &pcap).unwrap();
+    let seen = converse(&ns_of(&tb, "default/frontend"), to_api, MARKER);
+    let (captured, summary) = capture.stop().unwrap();
+    assert_eq!(seen.as_deref(), Some(FRONT.to_string().as_str()), "cross-node flow\n{}", logs());
+    assert!(!captured.windows(MARKER.len()).any(|w| w == MARKER), "payload crossed the link in plaintext");
+    assert!(summary.contains(".15008"), "traffic went through HBONE port 15008:\n{summary}");
+    assert!(!summary.contains(&format!("{API}.9000")), "no direct pod-to-pod packets on the link:\n{summary}");
+    assert!(tunnels(&ns[1], "outbound", "bookstore", "bookstore") > 0, "frontend's node counted no tunnel");
+}
