@@ -131,6 +131,8 @@ pub struct Testbed {
     v6: bool,
     /// Whether pods hang off a bridge per node (see [`Testbed::bridged`]).
     bridge: bool,
+    /// Whether the bridges have their IPv6 range.
+    v6_bridges: bool,
 }
 
 /// The bridge of a [`Testbed::bridged`] node.
@@ -196,6 +198,7 @@ impl Testbed {
             external: None,
             v6: false,
             bridge: false,
+            v6_bridges: false,
         };
         for (i, name) in node_names.iter().enumerate() {
             let ns = Netns::create(&format!("{prefix}-n{i}"))?;
@@ -287,6 +290,9 @@ impl Testbed {
             }
             self.v6 = true;
         }
+        if self.bridge {
+            return self.add_bridged_pod_dual(key, node, ip, ip6);
+        }
         let pod = self.make_pod(key, node, ip)?;
         pod.ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
         pod.ns.ip(&["-6", "addr", "add", &format!("{ip6}/128"), "dev", "eth0", "nodad"])?;
@@ -306,6 +312,42 @@ impl Testbed {
                 ])?;
             }
         }
+        self.pods.push(pod);
+        self.pods.last().context("just pushed")
+    }
+
+    /// [`Testbed::add_pod_dual`] behind a bridge: node `i`'s pods share
+    /// fd00:244:(i+1)::/64 on its bridge, which holds fd00:244:(i+1)::1 (the
+    /// pods' default route; `ip6` must be in that range), and the nodes
+    /// route each other's /64 over their link.
+    fn add_bridged_pod_dual(
+        &mut self,
+        key: &str,
+        node: usize,
+        ip: std::net::Ipv4Addr,
+        ip6: std::net::Ipv6Addr,
+    ) -> anyhow::Result<&PodNs> {
+        let range = |i: usize| format!("fd00:244:{}::", i + 1);
+        if !self.v6_bridges {
+            for (i, n) in self.nodes.iter().enumerate() {
+                n.ns.ip(&["-6", "addr", "add", &format!("{}1/64", range(i)), "dev", BRIDGE, "nodad"])?;
+                for (j, _) in self.nodes.iter().enumerate().filter(|(j, _)| *j != i) {
+                    n.ns.ip(&[
+                        "-6",
+                        "route",
+                        "add",
+                        &format!("{}/64", range(j)),
+                        "via",
+                        &format!("fd00:100::{}", j + 1),
+                    ])?;
+                }
+            }
+            self.v6_bridges = true;
+        }
+        let pod = self.make_pod(key, node, ip)?;
+        pod.ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+        pod.ns.ip(&["-6", "addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"])?;
+        pod.ns.ip(&["-6", "route", "add", "default", "via", &format!("{}1", range(node)), "dev", "eth0"])?;
         self.pods.push(pod);
         self.pods.last().context("just pushed")
     }

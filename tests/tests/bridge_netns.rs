@@ -254,3 +254,121 @@ fn the_mesh_carries_bridged_pods_same_node_and_across_nodes() {
     assert!(!summary.contains(&format!("{API}.9000")), "no direct pod-to-pod packets on the link:\n{summary}");
     assert!(tunnels(&ns[1], "outbound", "bookstore", "bookstore") > 0, "frontend's node counted no tunnel");
 }
+
+const DUAL_STACK: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: default}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+status: {addresses: [{type: InternalIP, address: 192.168.100.1}, {type: InternalIP, address: "fd00:100::1"}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-2}
+status: {addresses: [{type: InternalIP, address: 192.168.100.2}, {type: InternalIP, address: "fd00:100::2"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: default}
+spec: {nodeName: node-1, serviceAccountName: server, containers: [{name: c, image: x}]}
+status: {podIP: 10.244.1.70, podIPs: [{ip: 10.244.1.70}, {ip: "fd00:244:1::70"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: neighbour, namespace: default}
+spec: {nodeName: node-1, serviceAccountName: neighbour, containers: [{name: c, image: x}]}
+status: {podIP: 10.244.1.71, podIPs: [{ip: 10.244.1.71}, {ip: "fd00:244:1::71"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: default}
+spec: {nodeName: node-2, serviceAccountName: client, containers: [{name: c, image: x}]}
+status: {podIP: 10.244.2.70, podIPs: [{ip: 10.244.2.70}, {ip: "fd00:244:2::70"}]}
+"#;
+
+/// IPv6 behind bridges: the peers' IPv6 addresses are found too, and the
+/// mesh carries an IPv6 flow between two pods of one bridge through the
+/// proxy and one across nodes in mTLS, each from its real source address.
+#[test]
+fn the_mesh_carries_bridged_ipv6_same_node_and_across_nodes() {
+    if !require_root("the_mesh_carries_bridged_ipv6_same_node_and_across_nodes") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let manifests = root.join("manifests");
+    fs::create_dir(&manifests).unwrap();
+    fs::write(manifests.join("all.yaml"), DUAL_STACK).unwrap();
+    let nodes = ["node-1", "node-2"];
+    let mut tb = Testbed::bridged(&nodes).unwrap();
+    let server6: std::net::Ipv6Addr = "fd00:244:1::70".parse().unwrap();
+    let neighbour6: std::net::Ipv6Addr = "fd00:244:1::71".parse().unwrap();
+    let client6: std::net::Ipv6Addr = "fd00:244:2::70".parse().unwrap();
+    tb.add_pod_dual("default/server", 0, Ipv4Addr::new(10, 244, 1, 70), server6).unwrap();
+    tb.add_pod_dual("default/neighbour", 0, Ipv4Addr::new(10, 244, 1, 71), neighbour6).unwrap();
+    tb.add_pod_dual("default/client", 1, Ipv4Addr::new(10, 244, 2, 70), client6).unwrap();
+    let server = tb.pod("default/server").unwrap();
+    let l = server.ns.run(|| TcpListener::bind(("::", 9000))).unwrap().unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            std::thread::spawn(move || {
+                let peer = c.peer_addr().map(|a| a.ip().to_canonical().to_string()).unwrap_or_default();
+                let _ = c.write_all(format!("{peer}\n").as_bytes());
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let to = SocketAddr::from((server6, 9000));
+    let (neighbour, client) = (ns_of(&tb, "default/neighbour"), ns_of(&tb, "default/client"));
+    assert!(
+        testbed::cluster::until(Duration::from_secs(5), || converse(&client, to, b"x").is_some()),
+        "no IPv6 path between the bridges"
+    );
+
+    let ns: Vec<String> = tb.nodes.iter().map(|n| n.ns.name().to_string()).collect();
+    let ca_dir = root.join("ca");
+    ca_init(&ca_dir, &[]).unwrap();
+    let (d, m) = (ca_dir.to_str().unwrap(), manifests.to_str().unwrap());
+    let _ca = spawn_args(&ns[0], &ca_serve_args(d, m), &root.join("ca.log")).unwrap();
+    let _agents: Vec<Proc> = (0..2)
+        .map(|i| {
+            let log = root.join(format!("{}.log", nodes[i]));
+            spawn_args(&ns[i], &mesh_agent_args(m, nodes[i], i, d, None, "/dev/null"), &log).unwrap()
+        })
+        .collect();
+    let logs = || -> String {
+        nodes.iter().map(|n| fs::read_to_string(root.join(format!("{n}.log"))).unwrap_or_default()).collect()
+    };
+    let ready = testbed::cluster::until(Duration::from_secs(30), || {
+        admin_get(&ns[0], 15021, "/config_dump").contains("spiffe://cluster.local/ns/default/sa/server")
+            && admin_get(&ns[1], 15021, "/config_dump").contains("spiffe://cluster.local/ns/default/sa/client")
+            && logs().matches("attached").count() >= 3
+    });
+    assert!(ready, "agents did not get certificates or attach:\n{}", logs());
+
+    let seen = converse(&neighbour, to, MARKER);
+    assert_eq!(seen.as_deref(), Some(neighbour6.to_string().as_str()), "same-bridge IPv6 flow\n{}", logs());
+    assert!(
+        tunnels(&ns[0], "inbound", "neighbour", "server") > 0,
+        "the same-bridge IPv6 flow was switched past the proxy:\n{}",
+        admin_get(&ns[0], 15021, "/metrics")
+    );
+
+    let pcap = root.join("link6.pcap");
+    let capture = LinkCapture::start(&ns[0], "zt-link0", &pcap).unwrap();
+    let seen = converse(&client, to, MARKER);
+    let (captured, summary) = capture.stop().unwrap();
+    assert_eq!(seen.as_deref(), Some(client6.to_string().as_str()), "cross-node IPv6 flow\n{}", logs());
+    assert!(!captured.windows(MARKER.len()).any(|w| w == MARKER), "payload crossed the link in plaintext");
+    assert!(summary.contains(".15008"), "traffic went through HBONE port 15008:\n{summary}");
+    assert!(!summary.contains(&format!("{server6}.9000")), "no direct IPv6 pod packets on the link:\n{summary}");
+}
