@@ -1,9 +1,11 @@
-"""A real gRPC server and client (grpcio) for the gateway's h2c backend test.
+"""A real gRPC server and client (grpcio) for the gateway's gRPC backend
+tests.
 
-    grpc_peer.py serve HOST:PORT
-        Plaintext HTTP/2 gRPC server with service zt.Echo, no .proto needed
-        (raw bytes in and out): Say (unary), Count (server streaming),
-        Fail (answers NOT_FOUND with a message: carried in trailers).
+    grpc_peer.py serve HOST:PORT [CERT KEY]
+        HTTP/2 gRPC server with service zt.Echo, no .proto needed (raw
+        bytes in and out): Say (unary), Count (server streaming), Fail
+        (answers NOT_FOUND with a message: carried in trailers). Plaintext
+        (h2c), or with CERT and KEY over TLS (HTTP/2 chosen by ALPN).
         Prints "ready" once it listens.
 
     grpc_peer.py call HOST:PORT CA_FILE SERVER_NAME
@@ -18,7 +20,7 @@ from concurrent import futures
 import grpc
 
 
-def serve(addr):
+def serve(addr, cert=None, key=None):
     def say(request, context):
         agent = dict(context.invocation_metadata()).get("user-agent", "")
         return b"echo:" + request + b" (grpc client: " + agent.split(" ")[0].encode() + b")"
@@ -40,7 +42,11 @@ def serve(addr):
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     server.add_generic_rpc_handlers((handler,))
-    server.add_insecure_port(addr)
+    if cert:
+        with open(cert, "rb") as c, open(key, "rb") as k:
+            server.add_secure_port(addr, grpc.ssl_server_credentials([(k.read(), c.read())]))
+    else:
+        server.add_insecure_port(addr)
     server.start()
     print("ready", flush=True)
     server.wait_for_termination()
@@ -64,6 +70,6 @@ def call(addr, ca_file, server_name):
 
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
-        serve(sys.argv[2])
+        serve(*sys.argv[2:5])
     else:
         call(sys.argv[2], sys.argv[3], sys.argv[4])

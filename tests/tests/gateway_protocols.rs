@@ -229,9 +229,15 @@ fn websockets_are_switched_joined_to_the_backend_and_bounded() {
 
 /// A gRPC server (grpcio, `tests/peers/grpc_peer.py`) on `addr`, ready.
 fn grpc_server(addr: &str) -> Proc {
+    grpc_server_with(addr, &[])
+}
+
+/// A gRPC server; with a certificate and key (`tls`), over TLS.
+fn grpc_server_with(addr: &str, tls: &[&Path]) -> Proc {
     let mut child = Command::new("/usr/bin/python3")
         .arg(grpc_peer())
         .args(["serve", addr])
+        .args(tls)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -557,4 +563,65 @@ fn https_backends_get_tls_with_the_service_name_verified_and_never_plain_http() 
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--backend-ca"), "{err}");
+}
+
+/// gRPC to an `https` backend: the backend chooses HTTP/2 by ALPN, so
+/// unary and streaming calls and a status in trailers go through over TLS
+/// (verified against `--backend-ca` and the Service's name), several calls
+/// on one shared connection; a WebSocket's request would still be offered
+/// HTTP/1.1 only (see the WebSocket test), and HTTP/1.1-only TLS backends
+/// keep working (see the https test).
+#[test]
+fn grpc_to_https_backends_chooses_http2_by_alpn() {
+    let (dir, mut pki) = setup(12);
+    let have = Command::new("/usr/bin/python3").args(["-c", "import grpc"]).status().is_ok_and(|s| s.success());
+    assert!(have, "python3-grpcio is needed by this test; deploy/lib/install-deps.sh installs it");
+    let m = dir.path().join("manifests");
+    let (cert, key) = pki.issue(&["echo.rpc.svc"], 30).unwrap();
+    let (c, k) = (dir.path().join("backend.crt"), dir.path().join("backend.key"));
+    fs::write(&c, cert).unwrap();
+    fs::write(&k, key).unwrap();
+    let _server = grpc_server_with("127.0.12.2:50051", &[&c, &k]);
+    let svc = service_yaml("rpc", "echo", 443, 50051, &["127.0.12.2"])
+        .replace("ports: [{name: http, port: 443}]", "ports: [{name: http, port: 443, appProtocol: https}]");
+    assert!(svc.contains("appProtocol: https"), "{svc}");
+    fs::write(m.join("svc.yaml"), svc).unwrap();
+    let (cert, key) = pki.issue(&["grpc.example.com"], 90).unwrap();
+    fs::write(m.join("secret.yaml"), tls_secret_yaml("rpc", "grpc-tls", &cert, &key)).unwrap();
+    fs::write(
+        m.join("ingress.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: echo, namespace: rpc}\nspec:
+  ingressClassName: ztunnel
+  tls: [{hosts: [grpc.example.com], secretName: grpc-tls}]
+  rules:
+  - host: grpc.example.com
+    http: {paths: [{path: /zt.Echo, pathType: Prefix, backend: {service: {name: echo, port: {number: 443}}}}]}
+",
+    )
+    .unwrap();
+    let ca = dir.path().join("backend-ca.pem");
+    fs::copy(dir.path().join("pki/ca.crt"), &ca).unwrap();
+    let g = Gateway::start(12, dir.path(), &["--backend-ca", ca.to_str().unwrap()]);
+    for _ in 0..3 {
+        let out = Command::new("/usr/bin/python3")
+            .arg(grpc_peer())
+            .args(["call", "127.0.12.1:8443"])
+            .arg(pki.ca())
+            .arg("grpc.example.com")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "gRPC client: {text}{}\n{}", String::from_utf8_lossy(&out.stderr), g.logs());
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(v["say"].as_str().unwrap().starts_with("echo:hello (grpc client: grpc-python/"), "{v}");
+        assert_eq!(v["count"], serde_json::json!(["0", "1", "2", "3", "4"]));
+        assert_eq!(v["fail"], serde_json::json!({"code": "NOT_FOUND", "details": "no such thing: x"}));
+    }
+    let log = fs::read_to_string(&g.access_log).unwrap();
+    assert!(log.lines().any(|l| l.contains("/zt.Echo/Count") && l.contains("\"status\":200")), "{log}");
+    // Nine calls, one TLS connection to the backend (`ss` in the gateway's
+    // view: established connections to the backend's port).
+    let ss = Command::new("ss").args(["-Htn", "state", "established", "dst", "127.0.12.2:50051"]).output().unwrap();
+    let conns = String::from_utf8_lossy(&ss.stdout).lines().count();
+    assert_eq!(conns, 1, "calls share one HTTP/2 connection:\n{}", String::from_utf8_lossy(&ss.stdout));
 }

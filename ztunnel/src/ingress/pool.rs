@@ -1,7 +1,7 @@
 //! Backend connections: HTTP/1.1 keep-alive connections per endpoint (in
 //! the clear, or over TLS for `https` backends), reused once a response has
-//! been read in full, and for h2c backends one multiplexed HTTP/2
-//! connection per endpoint.
+//! been read in full, and one multiplexed HTTP/2 connection per endpoint
+//! for h2c backends and for `https` backends that choose HTTP/2 by ALPN.
 //!
 //! The gateway manages connections itself (instead of a generic client) so
 //! that a connect failure is visible before the request is handed over: the
@@ -67,14 +67,27 @@ pub enum ConnectError {
     },
 }
 
-/// How an `https` backend is reached: the connector (trusting
-/// `--backend-ca`) and the name its certificate must carry.
+/// The TLS clients for `https` backends (trusting `--backend-ca`): one
+/// that offers HTTP/2 and HTTP/1.1 by ALPN, and one that offers HTTP/1.1
+/// only (for a WebSocket, which needs HTTP/1.1's upgrade).
+#[derive(Clone)]
+pub struct BackendConnectors {
+    /// ALPN `h2`, `http/1.1`.
+    pub any: TlsConnector,
+    /// ALPN `http/1.1`.
+    pub http1: TlsConnector,
+}
+
+/// How an `https` backend is reached: the connectors and the name its
+/// certificate must carry.
 #[derive(Clone, Copy)]
 pub struct BackendTls<'a> {
-    /// The TLS client.
-    pub connector: &'a TlsConnector,
+    /// The TLS clients.
+    pub connectors: &'a BackendConnectors,
     /// `<service>.<namespace>.svc`.
     pub server_name: &'a Arc<str>,
+    /// Whether HTTP/2 may be chosen (not for a WebSocket's request).
+    pub h2: bool,
 }
 
 /// Idle connections are kept apart by endpoint and by the name a TLS
@@ -100,9 +113,10 @@ pub struct Conn {
 #[derive(Debug, Default)]
 pub struct Pool {
     idle: Mutex<HashMap<IdleKey, Vec<SendRequest<Incoming>>>>,
-    /// The current multiplexed HTTP/2 connection per h2c endpoint, shared
-    /// by the requests of this serving thread.
-    h2: Mutex<HashMap<SocketAddr, H2Entry>>,
+    /// The current multiplexed HTTP/2 connection per endpoint (and, over
+    /// TLS, per name checked), shared by the requests of this serving
+    /// thread.
+    h2: Mutex<HashMap<IdleKey, H2Entry>>,
 }
 
 /// Streams one shared HTTP/2 connection carries before the next request
@@ -147,76 +161,99 @@ impl Drop for StreamSlot {
 }
 
 impl Pool {
-    /// An idle connection to `addr` (over TLS with `tls`), or a new one.
+    /// An idle HTTP/1.1 connection to `addr` (over TLS with `tls`), or a
+    /// new connection — which, over TLS, may be HTTP/2 if `tls` allows it
+    /// and the backend chooses it.
     pub async fn checkout(
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
         tls: Option<BackendTls<'_>>,
-    ) -> Result<Conn, ConnectError> {
+    ) -> Result<Checkout, ConnectError> {
         let name = tls.map(|t| t.server_name.clone());
         while let Some(mut sender) = self.take_idle((addr, name.clone())) {
             // Released at the end of the previous body, the connection may
             // not have signalled readiness yet; it does at once, or errs if
             // the backend closed it.
             if sender.ready().await.is_ok() {
-                return Ok(Conn { addr, tls: name, sender, reused: true });
+                return Ok(Checkout::H1(Conn { addr, tls: name, sender, reused: true }));
             }
         }
         self.connect(addr, connect_timeout, tls).await
     }
 
-    /// A new connection to `addr` (over TLS with `tls`).
+    /// A new connection to `addr` (over TLS with `tls`): HTTP/1.1, or over
+    /// TLS HTTP/2 when `tls` allows it and the backend chooses it by ALPN
+    /// (the connection is then shared like an h2c one).
     pub async fn connect(
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
         tls: Option<BackendTls<'_>>,
-    ) -> Result<Conn, ConnectError> {
+    ) -> Result<Checkout, ConnectError> {
         let tcp = tcp_connect(addr, connect_timeout).await?;
         let Some(t) = tls else {
             let sender = http1_over(addr, tcp).await?;
-            return Ok(Conn { addr, tls: None, sender, reused: false });
+            return Ok(Checkout::H1(Conn { addr, tls: None, sender, reused: false }));
         };
         let name = rustls_pki_types::ServerName::try_from(t.server_name.to_string()).map_err(|e| {
             ConnectError::Tls { addr, source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e) }
         })?;
+        let connector = if t.h2 { &t.connectors.any } else { &t.connectors.http1 };
         // The handshake counts against the connect timeout: a backend that
         // takes the TCP connection but never answers TLS moves on too.
-        let stream = match tokio::time::timeout(connect_timeout, t.connector.connect(name, tcp)).await {
+        let stream = match tokio::time::timeout(connect_timeout, connector.connect(name, tcp)).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => return Err(ConnectError::Tls { addr, source }),
             Err(_) => return Err(ConnectError::Timeout { addr }),
         };
+        let key = (addr, Some(t.server_name.clone()));
+        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            return Ok(Checkout::H2(self.h2_over(key, stream, connect_timeout).await?));
+        }
         let sender = http1_over(addr, stream).await?;
-        Ok(Conn { addr, tls: Some(t.server_name.clone()), sender, reused: false })
+        Ok(Checkout::H1(Conn { addr, tls: key.1, sender, reused: false }))
     }
 
-    /// The current HTTP/2 connection to `addr`; a new one if there is none,
-    /// it closed, or it carries [`H2_STREAMS_PER_CONNECTION`] streams (later
-    /// requests then share the new one, and the old one closes once its
-    /// streams end).
+    /// The current HTTP/2 connection to an h2c endpoint `addr`, or to an
+    /// `https` endpoint that chose HTTP/2 (`name`: the name checked); `None`
+    /// if there is none, it closed, or it carries
+    /// [`H2_STREAMS_PER_CONNECTION`] streams (later requests then share a
+    /// new one, and the old one closes once its streams end).
+    fn shared_h2(&self, key: &IdleKey) -> Option<H2Conn> {
+        let map = lock(&self.h2);
+        map.get(key)
+            .filter(|e| !e.sender.is_closed() && e.streams.load(Ordering::Relaxed) < H2_STREAMS_PER_CONNECTION)
+            .map(|e| H2Conn { sender: e.sender.clone(), reused: true, stream: StreamSlot::take(&e.streams) })
+    }
+
+    /// The current HTTP/2 connection to the h2c endpoint `addr`, or a new
+    /// one.
     pub async fn checkout_h2(&self, addr: SocketAddr, connect_timeout: Duration) -> Result<H2Conn, ConnectError> {
-        let open = {
-            let map = lock(&self.h2);
-            map.get(&addr)
-                .filter(|e| !e.sender.is_closed() && e.streams.load(Ordering::Relaxed) < H2_STREAMS_PER_CONNECTION)
-                .map(|e| (e.sender.clone(), StreamSlot::take(&e.streams)))
-        };
-        match open {
-            Some((sender, stream)) => Ok(H2Conn { sender, reused: true, stream }),
+        match self.shared_h2(&(addr, None)) {
+            Some(c) => Ok(c),
             None => self.connect_h2(addr, connect_timeout).await,
         }
     }
 
-    /// A new HTTP/2 connection to `addr`, which later requests share.
+    /// A new HTTP/2 connection to the h2c endpoint `addr`, which later
+    /// requests share.
     pub async fn connect_h2(&self, addr: SocketAddr, connect_timeout: Duration) -> Result<H2Conn, ConnectError> {
         let tcp = tcp_connect(addr, connect_timeout).await?;
+        self.h2_over((addr, None), tcp, connect_timeout).await
+    }
+
+    /// HTTP/2 over `io`, shared under `key` by later requests.
+    async fn h2_over<T>(&self, key: IdleKey, io: T, connect_timeout: Duration) -> Result<H2Conn, ConnectError>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let addr = key.0;
         let handshake = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(10))
-            .handshake(TokioIo::new(tcp));
+            .handshake(TokioIo::new(io));
         let (sender, conn) = match tokio::time::timeout(connect_timeout, handshake).await {
             Ok(Ok(pair)) => pair,
             Ok(Err(source)) => return Err(ConnectError::Http { addr, source }),
@@ -229,7 +266,7 @@ impl Pool {
         });
         let streams = Arc::new(AtomicUsize::new(0));
         let stream = StreamSlot::take(&streams);
-        lock(&self.h2).insert(addr, H2Entry { sender: sender.clone(), streams });
+        lock(&self.h2).insert(key, H2Entry { sender: sender.clone(), streams });
         Ok(H2Conn { sender, reused: false, stream })
     }
 
@@ -275,7 +312,7 @@ impl Pool {
         };
         idle.retain(|(a, _), _| keep(a));
         drop(idle);
-        lock(&self.h2).retain(|a, _| keep(a));
+        lock(&self.h2).retain(|(a, _), _| keep(a));
     }
 }
 
@@ -320,22 +357,34 @@ pub enum Checkout {
 pub type SendError = hyper::client::conn::TrySendError<http::Request<Incoming>>;
 
 impl Pool {
-    /// A connection to `addr` for one request: HTTP/2 (`h2`) or HTTP/1.1
-    /// (over TLS with `tls`), a new one (`fresh`) or the pool's.
+    /// A connection to `addr` for one request, a new one (`fresh`) or the
+    /// pool's: HTTP/2 in the clear (`h2c`), or HTTP/1.1 — over TLS with
+    /// `tls`, where the backend may choose HTTP/2 instead (a shared HTTP/2
+    /// connection to it is then preferred to an idle HTTP/1.1 one).
     pub async fn get(
         &self,
-        h2: bool,
+        h2c: bool,
         fresh: bool,
         addr: SocketAddr,
         connect_timeout: Duration,
         tls: Option<BackendTls<'_>>,
     ) -> Result<Checkout, ConnectError> {
-        Ok(match (h2, fresh) {
-            (false, false) => Checkout::H1(self.checkout(addr, connect_timeout, tls).await?),
-            (false, true) => Checkout::H1(self.connect(addr, connect_timeout, tls).await?),
-            (true, false) => Checkout::H2(self.checkout_h2(addr, connect_timeout).await?),
-            (true, true) => Checkout::H2(self.connect_h2(addr, connect_timeout).await?),
-        })
+        if h2c {
+            return Ok(Checkout::H2(if fresh {
+                self.connect_h2(addr, connect_timeout).await?
+            } else {
+                self.checkout_h2(addr, connect_timeout).await?
+            }));
+        }
+        if fresh {
+            return self.connect(addr, connect_timeout, tls).await;
+        }
+        if let Some(t) = tls.filter(|t| t.h2)
+            && let Some(c) = self.shared_h2(&(addr, Some(t.server_name.clone())))
+        {
+            return Ok(Checkout::H2(c));
+        }
+        self.checkout(addr, connect_timeout, tls).await
     }
 }
 

@@ -39,7 +39,7 @@ use super::accesslog::{AccessLog, Entry};
 use super::certs::SniResolver;
 use super::io::{IdleIo, Prefixed, read_proxy_header};
 use super::metrics::{GatewayMetrics, ReasonLabels, RequestLabels, RouteLabels, status_class};
-use super::pool::{Pool, PooledBody};
+use super::pool::{BackendConnectors, Pool, PooledBody};
 use super::routes::{BackendProtocol, RouteTable, normalize_host};
 use super::upstream::{forward, has_token, is_websocket_switch, is_websocket_upgrade, strip_hop_by_hop};
 use crate::identity::SecretCache;
@@ -108,7 +108,7 @@ pub struct Shared {
     hsts: Option<HeaderValue>,
     /// TLS client for `https` backends (trusting `--backend-ca`, replaced
     /// when the file changes); `None`: such backends answer 502.
-    backend_tls: RwLock<Option<tokio_rustls::TlsConnector>>,
+    backend_tls: RwLock<Option<BackendConnectors>>,
     /// An `https` backend was met without `--backend-ca` (said once).
     pub(super) warned_no_backend_ca: std::sync::atomic::AtomicBool,
 }
@@ -213,7 +213,9 @@ impl Shared {
             .with_root_certificates(roots)
             .with_no_client_auth();
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+        let http1 = tokio_rustls::TlsConnector::from(Arc::new(cfg.clone()));
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let connector = BackendConnectors { any: tokio_rustls::TlsConnector::from(Arc::new(cfg)), http1 };
         match self.backend_tls.write() {
             Ok(mut g) => *g = Some(connector),
             Err(e) => *e.into_inner() = Some(connector),
@@ -221,7 +223,7 @@ impl Shared {
         Ok(())
     }
 
-    pub(super) fn backend_connector(&self) -> Option<tokio_rustls::TlsConnector> {
+    pub(super) fn backend_connector(&self) -> Option<BackendConnectors> {
         match self.backend_tls.read() {
             Ok(g) => g.clone(),
             Err(e) => e.into_inner().clone(),
@@ -617,8 +619,11 @@ async fn route(
     let client_upgrade = (!h2c && is_websocket_upgrade(&req)).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     // gRPC asks for trailers with `TE: trailers`, the one TE value HTTP/2
-    // allows; kept for h2c backends, which may insist on it.
-    let trailers = h2c && has_token(&parts.headers, header::TE, "trailers");
+    // allows; kept for h2c backends, which may insist on it, and for
+    // `https` ones, which may speak HTTP/2 (to an HTTP/1.1 one it means the
+    // same: trailers are welcome).
+    let trailers =
+        (h2c || m.target.protocol == BackendProtocol::Https) && has_token(&parts.headers, header::TE, "trailers");
     strip_hop_by_hop(&mut parts.headers);
     let h = &mut parts.headers;
     if client_upgrade.is_some() {

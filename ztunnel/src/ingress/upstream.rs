@@ -1,7 +1,8 @@
 //! The backend side of a request: what is stripped before it is forwarded
 //! (hop-by-hop headers, upgrades other than WebSockets) and the forwarding
 //! itself — endpoint order, pooled or fresh connections (HTTP/1.1, over TLS
-//! for `https` backends, or HTTP/2 for h2c ones), and the no-replay rule.
+//! for `https` backends, which may choose HTTP/2 by ALPN, or HTTP/2 for h2c
+//! ones), and the no-replay rule.
 
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use hyper::body::Incoming;
 use tracing::{debug, warn};
 
 use super::accesslog::Entry;
-use super::pool::{BackendTls, Pool, PooledBody};
+use super::pool::{BackendTls, Checkout, Pool, PooledBody};
 use super::routes::BackendProtocol;
 use super::server::Shared;
 
@@ -71,7 +72,9 @@ pub(super) fn has_token(h: &HeaderMap, name: HeaderName, token: &str) -> bool {
 /// the connection. A request that was not written (connect failure, or a
 /// pooled connection the backend had closed) moves on untouched; one that
 /// was written and failed is a 502, never replayed. An h2c backend gets the
-/// request as HTTP/2 on the endpoint's shared connection, by the same rule.
+/// request as HTTP/2 on the endpoint's shared connection, by the same rule,
+/// and so does an `https` backend that chose HTTP/2 (except a WebSocket's
+/// request, which offers it HTTP/1.1 only).
 pub(super) async fn forward(
     shared: &Arc<Shared>,
     pool: &Arc<Pool>,
@@ -79,10 +82,13 @@ pub(super) async fn forward(
     req: Request<Incoming>,
     entry: &mut Option<Entry>,
 ) -> Result<Response<PooledBody>, StatusCode> {
-    let h2 = target.protocol == BackendProtocol::H2c;
-    let connector = if target.protocol == BackendProtocol::Https { shared.backend_connector() } else { None };
-    let tls = match (target.protocol, &connector) {
-        (BackendProtocol::Https, Some(connector)) => Some(BackendTls { connector, server_name: &target.server_name }),
+    let h2c = target.protocol == BackendProtocol::H2c;
+    let connectors = if target.protocol == BackendProtocol::Https { shared.backend_connector() } else { None };
+    let h2 = !is_websocket_upgrade(&req);
+    let tls = match (target.protocol, &connectors) {
+        (BackendProtocol::Https, Some(connectors)) => {
+            Some(BackendTls { connectors, server_name: &target.server_name, h2 })
+        }
         (BackendProtocol::Https, None) => {
             // Never downgraded to plain HTTP: the backend asked for TLS.
             if !shared.warned_no_backend_ca.swap(true, std::sync::atomic::Ordering::Relaxed) {
@@ -92,12 +98,13 @@ pub(super) async fn forward(
         }
         _ => None,
     };
-    let mut req = if h2 { as_http2(req)? } else { req };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut req = req;
     for addr in target.attempt_order() {
         // At most one retry on a fresh connection when a pooled one had
         // been closed under us.
         for fresh in [false, true] {
-            let conn = match pool.get(h2, fresh, addr, shared.limits.connect_timeout, tls).await {
+            let conn = match pool.get(h2c, fresh, addr, shared.limits.connect_timeout, tls).await {
                 Ok(c) => c,
                 Err(e) => {
                     shared.metrics.backend_connect_failures.inc();
@@ -116,6 +123,12 @@ pub(super) async fn forward(
                 e.endpoint = Some(addr);
             }
             let reused = conn.reused();
+            // The request in the form of the connection's protocol (a
+            // request handed back unsent may go out on the other one).
+            req = match &conn {
+                Checkout::H2(_) => as_http2(req, scheme)?,
+                Checkout::H1(_) => as_http1(req),
+            };
             match conn.send(pool, req).await {
                 Ok(resp) => return Ok(resp),
                 Err(mut e) => match e.take_message() {
@@ -139,18 +152,36 @@ pub(super) async fn forward(
 }
 
 /// The request as HTTP/2 sends it: the host in `:authority`, taken from an
-/// absolute URI, instead of a `Host` header.
-fn as_http2(req: Request<Incoming>) -> Result<Request<Incoming>, StatusCode> {
+/// absolute URI, instead of a `Host` header. (Already in that form: kept.)
+fn as_http2<B>(req: Request<B>, scheme: &str) -> Result<Request<B>, StatusCode> {
+    if req.version() == Version::HTTP_2 {
+        return Ok(req);
+    }
     let (mut parts, body) = req.into_parts();
     let host = parts.headers.remove(header::HOST);
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     parts.uri = host
         .as_ref()
         .and_then(|h| h.to_str().ok())
-        .and_then(|h| Uri::builder().scheme("http").authority(h).path_and_query(path).build().ok())
+        .and_then(|h| Uri::builder().scheme(scheme).authority(h).path_and_query(path).build().ok())
         .ok_or(StatusCode::BAD_REQUEST)?;
     parts.version = Version::HTTP_2;
     Ok(Request::from_parts(parts, body))
+}
+
+/// The request as HTTP/1.1 sends it: the host in a `Host` header and the
+/// target in origin form. (Already in that form: kept.)
+fn as_http1<B>(req: Request<B>) -> Request<B> {
+    if req.version() != Version::HTTP_2 {
+        return req;
+    }
+    let (mut parts, body) = req.into_parts();
+    if let Some(host) = parts.uri.authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()) {
+        parts.headers.insert(header::HOST, host);
+    }
+    parts.uri = parts.uri.path_and_query().map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+    parts.version = Version::HTTP_11;
+    Request::from_parts(parts, body)
 }
 
 #[cfg(test)]
@@ -159,7 +190,7 @@ mod tests {
 
     use http::{Method, Request, Version};
 
-    use super::is_websocket_upgrade;
+    use super::{as_http1, as_http2, is_websocket_upgrade};
 
     fn req(method: Method, version: Version, headers: &[(&str, &str)]) -> Request<()> {
         let mut b = Request::builder().method(method).version(version).uri("/chat");
@@ -183,5 +214,23 @@ mod tests {
         assert!(!is_websocket_upgrade(&req(Method::GET, Version::HTTP_11, &h2c)));
         let bogus = [("connection", "upgraded"), ("upgrade", "websockets")];
         assert!(!is_websocket_upgrade(&req(Method::GET, Version::HTTP_11, &bogus)));
+    }
+
+    #[test]
+    fn a_request_changes_form_between_http1_and_http2_and_back() {
+        let r = Request::builder().uri("/zt.Echo/Say?x=1").header("host", "grpc.example.com").body(()).unwrap();
+        let h2 = as_http2(r, "https").unwrap();
+        assert_eq!(h2.version(), Version::HTTP_2);
+        assert_eq!(h2.uri().to_string(), "https://grpc.example.com/zt.Echo/Say?x=1");
+        assert!(h2.headers().get("host").is_none(), "the authority replaces Host");
+        let again = as_http2(h2, "http").unwrap();
+        assert_eq!(again.uri().scheme_str(), Some("https"), "already HTTP/2: kept");
+        let h1 = as_http1(again);
+        assert_eq!(h1.version(), Version::HTTP_11);
+        assert_eq!(h1.uri().to_string(), "/zt.Echo/Say?x=1");
+        assert_eq!(h1.headers()["host"], "grpc.example.com");
+        // Without a Host there is no authority to send: 400.
+        let bare = Request::builder().uri("/").body(()).unwrap();
+        assert_eq!(as_http2(bare, "http").unwrap_err(), http::StatusCode::BAD_REQUEST);
     }
 }
