@@ -601,7 +601,8 @@ fn grpc_to_https_backends_chooses_http2_by_alpn() {
     .unwrap();
     let ca = dir.path().join("backend-ca.pem");
     fs::copy(dir.path().join("pki/ca.crt"), &ca).unwrap();
-    let g = Gateway::start(12, dir.path(), &["--backend-ca", ca.to_str().unwrap()]);
+    // One serving thread, so that one pool sees every call.
+    let g = Gateway::start(12, dir.path(), &["--backend-ca", ca.to_str().unwrap(), "--threads", "1"]);
     for _ in 0..3 {
         let out = Command::new("/usr/bin/python3")
             .arg(grpc_peer())
@@ -619,8 +620,8 @@ fn grpc_to_https_backends_chooses_http2_by_alpn() {
     }
     let log = fs::read_to_string(&g.access_log).unwrap();
     assert!(log.lines().any(|l| l.contains("/zt.Echo/Count") && l.contains("\"status\":200")), "{log}");
-    // Nine calls, one TLS connection to the backend (`ss` in the gateway's
-    // view: established connections to the backend's port).
+    // Nine calls from three clients, one TLS connection to the backend
+    // (`ss`: the gateway's established connections to the backend's port).
     let ss = Command::new("ss").args(["-Htn", "state", "established", "dst", "127.0.12.2:50051"]).output().unwrap();
     let conns = String::from_utf8_lossy(&ss.stdout).lines().count();
     assert_eq!(conns, 1, "calls share one HTTP/2 connection:\n{}", String::from_utf8_lossy(&ss.stdout));
