@@ -495,17 +495,14 @@ pub fn attach_socket_programs(bpf: &mut aya::Ebpf, cgroup: &Path, pin_dir: Optio
             AttachError::Pin { path: where_.clone(), reason: e.to_string() }
         })?;
         let path = dir.join(format!("socket-{name}"));
-        let old = path.with_extension("old");
-        // The predecessor's link stays attached until this one is pinned.
-        let had = std::fs::rename(&path, &old).is_ok();
-        fd.pin(&path).map_err(|e| AttachError::Pin { path: path.display().to_string(), reason: e.to_string() })?;
-        if had {
-            if let Ok(prev) = aya::programs::links::PinnedLink::from_pin(&old) {
-                let _ = prev.unpin();
-            } else {
-                let _ = std::fs::remove_file(&old);
-            }
+        // The new link is attached (held by its descriptor) before the
+        // predecessor's pin goes, which detaches the old one: no moment
+        // without translation.
+        if path.exists() {
+            std::fs::remove_file(&path)
+                .map_err(|e| AttachError::Pin { path: path.display().to_string(), reason: e.to_string() })?;
         }
+        fd.pin(&path).map_err(|e| AttachError::Pin { path: path.display().to_string(), reason: e.to_string() })?;
     }
     Ok(())
 }
