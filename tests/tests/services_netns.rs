@@ -188,3 +188,74 @@ fn cluster_ips_reach_backends_judged_by_their_policy_and_carried_in_mutual_tls()
     });
     assert!(refused, "the api Service still has a backend after its endpoints went away\n{}", logs());
 }
+
+/// With pinned programs and maps, translation outlives the agent (kill -9:
+/// connections to the Service keep reaching its backend), and a restarted
+/// agent takes over without a gap and applies changes again.
+#[test]
+fn translation_survives_a_killed_agent_and_a_restart_takes_over() {
+    if !require_root("translation_survives_a_killed_agent_and_a_restart_takes_over") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let manifests = example_manifests(root).unwrap();
+    // A cluster IP of its own: the agents of a test running beside this one
+    // translate for the whole cgroup tree too.
+    let services = SERVICES.replace("10.96.0.50", "10.96.1.50");
+    fs::write(manifests.join("services.yaml"), &services).unwrap();
+    let mut tb = Testbed::new(&["node-1", "node-2"]).unwrap();
+    tb.add_pod("default/apiserver", 0, Ipv4Addr::new(10, 244, 1, 10)).unwrap();
+    tb.add_pod("default/frontend", 1, Ipv4Addr::new(10, 244, 2, 10)).unwrap();
+    probe::serve(&tb.pod("default/apiserver").unwrap().ns, &[80], &[]).unwrap();
+    let front = tb.pod("default/frontend").unwrap().ns.name().to_string();
+    let node2 = tb.nodes[1].ns.name().to_string();
+    let bpffs = testbed::cluster::BpfFs::mount(&root.join("bpf")).unwrap();
+    let m = manifests.to_str().unwrap().to_string();
+    let start = |ns: &str, node: &str, log: &str| {
+        let pins = bpffs.0.join(node);
+        let args: Vec<String> = [
+            "run",
+            "--local",
+            &m,
+            "--node",
+            node,
+            "--poll-ms",
+            "100",
+            "--flow-log",
+            "/dev/null",
+            "--bpffs",
+            pins.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        spawn_args(ns, &args, &root.join(log)).unwrap()
+    };
+    let logs = || fs::read_to_string(root.join("node-2.log")).unwrap_or_default();
+    // One agent only: every agent translates for the whole machine's
+    // cgroup tree, so a second one would hide what the pins do.
+    let mut agent = start(&node2, "node-2", "node-2.log");
+    let api = SocketAddr::from(([10, 96, 1, 50], 8080));
+    assert!(until(Duration::from_secs(10), || probe::tcp(&front, api)), "Service before the kill\n{}", logs());
+
+    let _ = agent.0.kill();
+    let _ = agent.0.wait();
+    assert!(probe::tcp(&front, api), "translation stopped with the agent (pinned links and maps should hold)");
+
+    let _agent = start(&node2, "node-2", "node-2b.log");
+    let logs2 = || fs::read_to_string(root.join("node-2b.log")).unwrap_or_default();
+    assert!(until(Duration::from_secs(10), || logs2().contains("Services synced")), "restart\n{}", logs2());
+    assert!(probe::tcp(&front, api), "Service after the restart\n{}", logs2());
+    // The restarted agent keeps the maps current.
+    fs::write(
+        manifests.join("services.yaml"),
+        services.replace("endpoints: [{addresses: [10.244.1.10]}]", "endpoints: []"),
+    )
+    .unwrap();
+    let gone = until(Duration::from_secs(5), || {
+        run_in(&front, move || TcpStream::connect_timeout(&api, Duration::from_secs(1)).is_err()).unwrap_or(false)
+    });
+    assert!(gone, "the restarted agent did not apply the endpoint change\n{}", logs2());
+    drop(bpffs);
+}
