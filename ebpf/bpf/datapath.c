@@ -675,6 +675,36 @@ static __always_inline void sock_addr_set(struct bpf_sock_addr *ctx, int v6, con
 	ctx->user_port = b->port;
 }
 
+/* An IPv4 address an IPv6 socket uses (::ffff:a.b.c.d): read as the IPv4
+ * address, so a dual-stack socket (Java's default) reaches IPv4 Services. */
+static __always_inline int v4_mapped(const struct zt_addr *a)
+{
+	return a->family == ZT_FAMILY_V6 && a->addr[0] == 0 && a->addr[1] == 0 && a->addr[2] == bpf_htonl(0xffff);
+}
+
+static __always_inline void unmap(struct zt_addr *a)
+{
+	if (v4_mapped(a)) {
+		a->family = ZT_FAMILY_V4;
+		a->addr[0] = a->addr[3];
+		a->addr[1] = 0;
+		a->addr[2] = 0;
+		a->addr[3] = 0;
+	}
+}
+
+/* What an IPv6 socket is given for an IPv4 address: the mapped form. */
+static __always_inline void remap(struct zt_backend *b, int v6)
+{
+	if (v6 && b->addr.family == ZT_FAMILY_V4) {
+		b->addr.family = ZT_FAMILY_V6;
+		b->addr.addr[3] = b->addr.addr[0];
+		b->addr.addr[0] = 0;
+		b->addr.addr[1] = 0;
+		b->addr.addr[2] = bpf_htonl(0xffff);
+	}
+}
+
 static __always_inline int sock_translate(struct bpf_sock_addr *ctx, int v6)
 {
 	__u8 proto = ctx->protocol;
@@ -682,6 +712,7 @@ static __always_inline int sock_translate(struct bpf_sock_addr *ctx, int v6)
 		return 1;
 	struct zt_svc_key k = {};
 	sock_addr_get(ctx, v6, &k.addr, &k.port);
+	unmap(&k.addr);
 	k.protocol = proto;
 	struct zt_svc_value *svc = bpf_map_lookup_elem(&zt_svc, &k);
 	if (!svc)
@@ -691,13 +722,20 @@ static __always_inline int sock_translate(struct bpf_sock_addr *ctx, int v6)
 		return 0;
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	struct zt_backend_key bk = { .id = svc->id, .index = (__u32)(cookie % count) };
-	struct zt_backend *b = bpf_map_lookup_elem(&zt_svc_backends, &bk);
-	if (!b)
+	struct zt_backend *found = bpf_map_lookup_elem(&zt_svc_backends, &bk);
+	if (!found)
 		return 0;
-	struct zt_rev_key rk = { .cookie = cookie, .addr = b->addr, .port = b->port };
+	struct zt_backend b = *found;
+	/* An IPv4 backend cannot be given to an IPv6 socket but mapped; an
+	 * IPv6 one cannot be given to an IPv4 socket at all (the agent only
+	 * lists backends of the frontend's family). */
+	if (!v6 && b.addr.family != ZT_FAMILY_V4)
+		return 0;
+	struct zt_rev_key rk = { .cookie = cookie, .addr = b.addr, .port = b.port };
 	struct zt_backend front = { .addr = k.addr, .port = k.port };
 	bpf_map_update_elem(&zt_svc_rev, &rk, &front, BPF_ANY);
-	sock_addr_set(ctx, v6, b);
+	remap(&b, v6);
+	sock_addr_set(ctx, v6, &b);
 	return 1;
 }
 
@@ -705,9 +743,13 @@ static __always_inline int sock_reverse(struct bpf_sock_addr *ctx, int v6)
 {
 	struct zt_rev_key rk = { .cookie = bpf_get_socket_cookie(ctx) };
 	sock_addr_get(ctx, v6, &rk.addr, &rk.port);
-	struct zt_backend *front = bpf_map_lookup_elem(&zt_svc_rev, &rk);
-	if (front)
-		sock_addr_set(ctx, v6, front);
+	unmap(&rk.addr);
+	struct zt_backend *found = bpf_map_lookup_elem(&zt_svc_rev, &rk);
+	if (!found)
+		return 1;
+	struct zt_backend front = *found;
+	remap(&front, v6);
+	sock_addr_set(ctx, v6, &front);
 	return 1;
 }
 

@@ -149,6 +149,21 @@ fn cluster_ips_reach_backends_judged_by_their_policy_and_carried_in_mutual_tls()
     // cluster IP, as resolvers require.
     let reply = udp_exchange(&front, dns);
     assert_eq!(reply, Some((b"query".to_vec(), dns)), "DNS through its Service\n{}", logs());
+    // A dual-stack socket (Java's default) reaches the IPv4 Service by its
+    // mapped address, and is answered from it.
+    let mapped = |v4: Ipv4Addr, port: u16| SocketAddr::from((v4.to_ipv6_mapped(), port));
+    assert_eq!(tcp_peer(&front, mapped(API_VIP, 8080)), Some(mapped(API_VIP, 8080)), "IPv6 socket, IPv4 Service");
+    let dns6 = mapped(DNS_VIP, 53);
+    let reply = run_in(&front, move || {
+        let s = UdpSocket::bind("[::]:0").ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.send_to(b"query", dns6).ok()?;
+        let mut buf = [0u8; 64];
+        let (n, from) = s.recv_from(&mut buf).ok()?;
+        Some((buf[..n].to_vec(), from))
+    })
+    .unwrap();
+    assert_eq!(reply, Some((b"query".to_vec(), dns6)), "DNS from an IPv6 socket");
     // TCP 53 is not in allow-dns: denied through the Service as directly.
     assert!(!probe::tcp(&front, dns), "DNS over TCP is not allowed by the seed policy");
     // No ready endpoint: refused at once.
