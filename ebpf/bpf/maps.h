@@ -79,6 +79,49 @@ struct zt_port {
 };
 
 /*
+ * Service translation at the socket (cgroup programs; see
+ * ztunnel/src/agent/services.rs): a connect or UDP send to a Service's
+ * cluster IP and port goes to one of its ready backends instead.
+ *   zt_svc (HASH): frontend (cluster IP, port, protocol) -> the id of its
+ *         current backend list and its length (0: refused).
+ *   zt_svc_backends (HASH): (id, index) -> backend address and port. A new
+ *         list is written under a new id before the frontend points at it.
+ *   zt_svc_rev (LRU_HASH): (socket cookie, backend) -> frontend, so that a
+ *         UDP reply and getpeername show the application the address it
+ *         asked for.
+ * Ports are in network byte order.
+ */
+struct zt_svc_key {
+	struct zt_addr addr;
+	__be16 port;
+	__u8 protocol;
+	__u8 pad;
+};
+
+struct zt_svc_value {
+	__u32 id;
+	__u32 count;
+};
+
+struct zt_backend_key {
+	__u32 id;
+	__u32 index;
+};
+
+struct zt_backend {
+	struct zt_addr addr;
+	__be16 port;
+	__u16 pad;
+};
+
+struct zt_rev_key {
+	__u64 cookie;
+	struct zt_addr addr;
+	__be16 port;
+	__u16 pad;
+};
+
+/*
  * zt_cidr4 / zt_cidr6 (LPM_TRIE): per endpoint and direction, the ipBlock
  * prefixes of the policies selecting the endpoint -> prefix identity.
  *   match: endpoint (32 bits) and direction + pad (32 bits) always exact,
@@ -250,6 +293,11 @@ _Static_assert(sizeof(struct zt_addr) == 20, "zt_addr layout");
 _Static_assert(sizeof(struct zt_ip_info) == 20, "zt_ip_info layout");
 _Static_assert(sizeof(struct zt_endpoint) == 12, "zt_endpoint layout");
 _Static_assert(sizeof(struct zt_port) == 8, "zt_port layout");
+_Static_assert(sizeof(struct zt_svc_key) == 24, "zt_svc_key layout");
+_Static_assert(sizeof(struct zt_svc_value) == 8, "zt_svc_value layout");
+_Static_assert(sizeof(struct zt_backend_key) == 8, "zt_backend_key layout");
+_Static_assert(sizeof(struct zt_backend) == 24, "zt_backend layout");
+_Static_assert(sizeof(struct zt_rev_key) == 32, "zt_rev_key layout");
 _Static_assert(sizeof(struct zt_cidr4_key) == 16, "zt_cidr4_key layout");
 _Static_assert(sizeof(struct zt_cidr6_key) == 28, "zt_cidr6_key layout");
 _Static_assert(sizeof(struct zt_policy_key) == 16, "zt_policy_key layout");

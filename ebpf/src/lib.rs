@@ -21,6 +21,17 @@ pub mod programs {
     /// Steered frames a bridge hands up: TC ingress of a bridge whose ports
     /// are pods' veths.
     pub const BRIDGE_IN: &str = "zt_bridge_in";
+    /// Service translation at the socket (cgroup programs).
+    pub const SOCKET: [&str; 8] = [
+        "zt_connect4",
+        "zt_sendmsg4",
+        "zt_recvmsg4",
+        "zt_getpeername4",
+        "zt_connect6",
+        "zt_sendmsg6",
+        "zt_recvmsg6",
+        "zt_getpeername6",
+    ];
 }
 
 /// Map names in the object.
@@ -31,6 +42,12 @@ pub mod map_names {
     pub const ENDPOINTS: &str = "zt_endpoints";
     /// Interface index → the bridge of a pod's veth (bridge CNIs only).
     pub const PORTS: &str = "zt_ports";
+    /// Service frontends.
+    pub const SVC: &str = "zt_svc";
+    /// Service backend lists.
+    pub const SVC_BACKENDS: &str = "zt_svc_backends";
+    /// Translated sockets' frontends, for replies.
+    pub const SVC_REV: &str = "zt_svc_rev";
     /// IPv4 cidr trie.
     pub const CIDR4: &str = "zt_cidr4";
     /// IPv6 cidr trie.
@@ -46,5 +63,6 @@ pub mod map_names {
     /// Per-CPU packet/byte counters.
     pub const COUNTERS: &str = "zt_counters";
     /// Every map (pinned by these names).
-    pub const ALL: [&str; 10] = [IPCACHE, ENDPOINTS, PORTS, CIDR4, CIDR6, POLICY, CT, CONFIG, EVENTS, COUNTERS];
+    pub const ALL: [&str; 13] =
+        [IPCACHE, ENDPOINTS, PORTS, SVC, SVC_BACKENDS, SVC_REV, CIDR4, CIDR6, POLICY, CT, CONFIG, EVENTS, COUNTERS];
 }

@@ -71,6 +71,76 @@ pub struct ZtPort {
     pub pad: [u8; 2],
 }
 
+/// `struct zt_svc_key`: a Service frontend.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ZtSvcKey {
+    /// The cluster IP.
+    pub addr: ZtAddr,
+    /// The Service port, network order.
+    pub port: u16,
+    /// 6 (TCP) or 17 (UDP).
+    pub protocol: u8,
+    /// Zero.
+    pub pad: u8,
+}
+
+/// `struct zt_svc_value`: where a frontend's backends are.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ZtSvcValue {
+    /// The backend list's id.
+    pub id: u32,
+    /// Its length (0: connections are refused).
+    pub count: u32,
+}
+
+/// `struct zt_backend_key`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ZtBackendKey {
+    /// The list's id.
+    pub id: u32,
+    /// Position in it.
+    pub index: u32,
+}
+
+/// `struct zt_backend`: a backend (or, in `zt_svc_rev`, a frontend).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ZtBackend {
+    /// Address.
+    pub addr: ZtAddr,
+    /// Port, network order.
+    pub port: u16,
+    /// Zero.
+    pub pad: u16,
+}
+
+/// `struct zt_rev_key` (written by the programs only).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ZtRevKey {
+    /// The socket's cookie.
+    pub cookie: u64,
+    /// The backend.
+    pub addr: ZtAddr,
+    /// Its port, network order.
+    pub port: u16,
+    /// Zero.
+    pub pad: u16,
+}
+
+/// The frontend key of a Service port.
+pub fn svc_key(ip: IpAddr, port: u16, protocol: u8) -> ZtSvcKey {
+    ZtSvcKey { addr: addr(ip), port: port.to_be(), protocol, pad: 0 }
+}
+
+/// A backend entry.
+pub fn backend(a: std::net::SocketAddr) -> ZtBackend {
+    ZtBackend { addr: addr(a.ip()), port: a.port().to_be(), pad: 0 }
+}
+
 /// `struct zt_cidr4_key` without `prefixlen`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -275,6 +345,14 @@ unsafe impl aya::Pod for ZtIpInfo {}
 unsafe impl aya::Pod for ZtEndpoint {}
 // SAFETY: as above: `repr(C)`, byte fields only, no padding.
 unsafe impl aya::Pod for ZtPort {}
+// SAFETY: as above (24 bytes: a 20-byte address, then 2 + 1 + 1).
+unsafe impl aya::Pod for ZtSvcKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ZtSvcValue {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ZtBackendKey {}
+// SAFETY: as above (24 bytes: a 20-byte address, then 2 + 2).
+unsafe impl aya::Pod for ZtBackend {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ZtCidr4Key {}
 // SAFETY: as above.
@@ -327,6 +405,11 @@ pub fn layouts() -> Vec<Layout> {
             fields!(ZtEndpoint, 0, endpoint, node, ingress_isolated, egress_isolated, audit, pad),
         ),
         ("zt_port", size_of::<ZtPort>(), fields!(ZtPort, 0, l3_mac, pad)),
+        ("zt_svc_key", size_of::<ZtSvcKey>(), fields!(ZtSvcKey, 0, addr, port, protocol, pad)),
+        ("zt_svc_value", size_of::<ZtSvcValue>(), fields!(ZtSvcValue, 0, id, count)),
+        ("zt_backend_key", size_of::<ZtBackendKey>(), fields!(ZtBackendKey, 0, id, index)),
+        ("zt_backend", size_of::<ZtBackend>(), fields!(ZtBackend, 0, addr, port, pad)),
+        ("zt_rev_key", size_of::<ZtRevKey>(), fields!(ZtRevKey, 0, cookie, addr, port, pad)),
         ("zt_cidr4_key", 4 + size_of::<ZtCidr4Key>(), fields!(ZtCidr4Key, 4, endpoint, direction, pad, addr)),
         ("zt_cidr6_key", 4 + size_of::<ZtCidr6Key>(), fields!(ZtCidr6Key, 4, endpoint, direction, pad, addr)),
         (

@@ -44,6 +44,7 @@ fn demo_walk_matches_expected_with_the_mesh_on() {
     assert!(text.contains("every observed connection matched the expected verdict"), "{text}");
     assert_eq!(text.matches("observed = expected").count(), 10, "all ten steps matched\n{text}");
     assert!(text.contains("in the capture: never — encrypted"), "{text}");
+    assert!(text.contains("translated at the socket to 10.244.1.10:80): echo ok"), "{text}");
     assert!(text.contains("0 pod-to-pod packets in clear"), "{text}");
     assert!(text.contains("never interrupted"), "{text}");
     // Ingress: HTTPS from outside, through the gateway pod, into the mesh.

@@ -408,6 +408,14 @@ pub fn policy_resources() -> Vec<Resource> {
     ]
 }
 
+/// What the node agent watches for Service translation.
+pub fn service_resources() -> Vec<Resource> {
+    vec![
+        res("", "v1", "Service", "services", None),
+        res("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", None),
+    ]
+}
+
 /// What the CA watches: pods only (which identities run on which node).
 pub fn pod_resources() -> Vec<Resource> {
     vec![res("", "v1", "Pod", "pods", None)]

@@ -35,6 +35,10 @@ const STATE: &str = "/tmp/ztunnel-demo";
 const EXTERNAL: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const TCP_PORTS: &str = "80,443,6379,8080";
 const MARKER: &[u8] = b"ZT-DEMO-SECRET-PAYLOAD-7d1f";
+/// Sent through the API server's Service (cluster IP).
+const SERVICE_MARKER: &[u8] = b"ZT-DEMO-SERVICE-PAYLOAD-e29a";
+/// The cluster IP of Service `default/api` (port 8080 -> the API server's 80).
+const API_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 50);
 /// The Ingress gateway pod (namespace `ingress`, node-1).
 const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 50);
 /// The HTTP port of the pods' demo backend (behind the Ingress).
@@ -149,6 +153,13 @@ fn up(zt: &Path) -> anyhow::Result<()> {
     let text = fs::read_to_string(manifests.join("pods.yaml"))?;
     let cluster = Cluster::from_objects(parse_str("pods.yaml", &text).objects.into_iter().map(|(_, o)| o));
     let pki = ingress_manifests(&state, &manifests)?;
+    // A Service with a cluster IP: the agents translate it at the socket
+    // (the cluster in a box has no kube-proxy).
+    fs::write(
+        manifests.join("services.yaml"),
+        testbed::gateway::service_yaml("default", "api", 8080, 80, &["10.244.1.10"])
+            .replace("spec:\n  ports:", &format!("spec:\n  clusterIP: {API_VIP}\n  ports:")),
+    )?;
 
     heading("cluster in a box: 2 node namespaces, pods as namespaces, 1 external host");
     let nodes = ["node-1", "node-2"];
@@ -323,15 +334,18 @@ fn encryption_proof(tb: &Testbed, ns: &[String], state: &Path) -> anyhow::Result
         .spawn()
         .context("tcpdump")?;
     std::thread::sleep(Duration::from_millis(800));
-    let to = SocketAddr::from((api.ip, 80));
-    let echoed = run_in(front.ns.name(), move || {
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-        s.write_all(MARKER).ok()?;
-        let mut back = vec![0u8; MARKER.len()];
-        s.read_exact(&mut back).ok()?;
-        Some(back == MARKER)
-    })?;
+    let echo = |to: SocketAddr, marker: &'static [u8]| {
+        run_in(front.ns.name(), move || {
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+            s.write_all(marker).ok()?;
+            let mut back = vec![0u8; marker.len()];
+            s.read_exact(&mut back).ok()?;
+            Some(back == marker)
+        })
+    };
+    let echoed = echo(SocketAddr::from((api.ip, 80)), MARKER)?;
+    let via_service = echo(SocketAddr::from((API_VIP, 8080)), SERVICE_MARKER)?;
     std::thread::sleep(Duration::from_millis(500));
     let _ = Command::new("kill").args(["-INT", &dump.id().to_string()]).status();
     let _ = dump.wait();
@@ -340,6 +354,11 @@ fn encryption_proof(tb: &Testbed, ns: &[String], state: &Path) -> anyhow::Result
         front.ip,
         api.ip,
         if echoed == Some(true) { paint("ok", "32") } else { paint("FAILED", "31") }
+    );
+    println!(
+        "  default/frontend -> Service default/api ({API_VIP}:8080, no kube-proxy: translated at the socket to {}:80): echo {}",
+        api.ip,
+        if via_service == Some(true) { paint("ok", "32") } else { paint("FAILED", "31") }
     );
     let log = fs::read_to_string(state.join("node-1.log")).unwrap_or_default();
     if let Some(line) = log.lines().rev().find(|l| l.contains("tunnel closed") && l.contains(&front.ip.to_string())) {
@@ -351,7 +370,8 @@ fn encryption_proof(tb: &Testbed, ns: &[String], state: &Path) -> anyhow::Result
     let summary = String::from_utf8_lossy(&summary.stdout);
     let hbone = summary.lines().filter(|l| l.contains(".15008")).count();
     let direct = summary.lines().filter(|l| l.contains(&format!("{}.80", api.ip))).count();
-    let clear = captured.windows(MARKER.len()).any(|w| w == MARKER);
+    let clear = captured.windows(MARKER.len()).any(|w| w == MARKER)
+        || captured.windows(SERVICE_MARKER.len()).any(|w| w == SERVICE_MARKER);
     println!(
         "  capture of the node link ({}): {hbone} packets on HBONE port 15008, {direct} pod-to-pod packets in clear",
         pcap.display()
@@ -360,8 +380,9 @@ fn encryption_proof(tb: &Testbed, ns: &[String], state: &Path) -> anyhow::Result
         println!("    {}", paint(l, "2"));
     }
     println!(
-        "  payload {:?} in the capture: {}",
+        "  payloads {:?} and {:?} in the capture: {}",
         String::from_utf8_lossy(MARKER),
+        String::from_utf8_lossy(SERVICE_MARKER),
         if clear { paint("FOUND (plaintext!)", "31") } else { paint("never — encrypted", "32") }
     );
     Ok(())

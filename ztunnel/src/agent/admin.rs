@@ -67,6 +67,8 @@ pub struct Metrics {
     /// Failed updates of the guard's set (new or replaced veths stay
     /// dropped until one succeeds).
     pub guard_sync_errors: Counter,
+    /// Service frontends translated at the socket (-1: translation off).
+    pub service_frontends: Gauge,
 }
 
 impl Metrics {
@@ -104,6 +106,11 @@ impl Metrics {
             "guard_sync_errors",
             "Failed updates of the unknown-interface guard (its set is stale until one succeeds)",
             self.guard_sync_errors.clone(),
+        );
+        r.register(
+            "service_frontends",
+            "Service frontends (cluster IP, port, protocol) translated to backends at the socket (-1: off)",
+            self.service_frontends.clone(),
         );
     }
 }

@@ -59,6 +59,17 @@ pub struct Dataplane {
     peers: super::links::PeerAddresses,
     /// Bridges with attached pods as ports, and their `zt_bridge_in` links.
     bridges: BTreeMap<u32, (String, aya::programs::tc::SchedClassifierLinkId)>,
+    /// Service translation at the socket, once enabled.
+    services: Option<Services>,
+}
+
+/// The Service maps and what this agent wrote to them.
+struct Services {
+    maps: zt_ebpf::loader::ServiceMaps,
+    installed: BTreeMap<super::services::Frontend, super::services::Installed>,
+    next_id: u32,
+    /// What a predecessor left (pinned maps), removed after the first sync.
+    leftover: Option<(Vec<maps::ZtSvcKey>, Vec<maps::ZtBackendKey>)>,
 }
 
 /// The bpffs magic number (`BPF_FS_MAGIC`).
@@ -76,6 +87,30 @@ fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
     }
     nix::mount::mount(Some("bpf"), dir, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>).with_context(
         || format!("{0} is not on a bpffs and mounting one there failed (mount -t bpf bpf {0})", dir.display()),
+    )?;
+    Ok(())
+}
+
+/// The cgroup2 magic number (`CGROUP2_SUPER_MAGIC`).
+const CGROUP2_MAGIC: u64 = 0x6367_7270;
+
+/// Makes `dir` a cgroup v2 directory, mounting the hierarchy there if it is
+/// not one: `ip netns exec` (how an agent runs in a namespace it was not
+/// started in) gives the process its own `/sys`, with an empty
+/// `/sys/fs/cgroup`; the mount stays in that private mount namespace.
+fn ensure_cgroup2(dir: &Path) -> anyhow::Result<()> {
+    let is_cgroup2 =
+        |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as u64 == CGROUP2_MAGIC);
+    if is_cgroup2(dir) {
+        return Ok(());
+    }
+    nix::mount::mount(Some("cgroup2"), dir, Some("cgroup2"), nix::mount::MsFlags::empty(), None::<&str>).with_context(
+        || {
+            format!(
+                "{0} is not a cgroup v2 directory and mounting the hierarchy there failed (mount -t cgroup2 none {0})",
+                dir.display()
+            )
+        },
     )?;
     Ok(())
 }
@@ -185,6 +220,7 @@ impl Dataplane {
             pruned: false,
             peers: super::links::PeerAddresses::default(),
             bridges: BTreeMap::new(),
+            services: None,
             steering,
             audit,
         };
@@ -447,6 +483,70 @@ impl Dataplane {
                         problems.push(format!("detaching from bridge {name}: {e}"));
                     }
                     tracing::info!(bridge = %name, "bridge released");
+                }
+            }
+        }
+        problems
+    }
+
+    /// Turns on Service translation at the socket: the cgroup programs on
+    /// `cgroup` (pinned beside the pods' links when those are), numbering
+    /// backend lists above whatever a predecessor left in pinned maps.
+    pub fn enable_services(&mut self, cgroup: &Path) -> anyhow::Result<()> {
+        ensure_cgroup2(cgroup)?;
+        zt_ebpf::loader::attach_socket_programs(&mut self.bpf, cgroup, self.links_dir.as_deref())
+            .with_context(|| format!("attaching the Service translation programs to cgroup {}", cgroup.display()))?;
+        let maps = zt_ebpf::loader::ServiceMaps::take(&mut self.bpf)?;
+        let (fronts, backs) = maps.existing();
+        let top = fronts.iter().map(|(_, v)| v.id).chain(backs.iter().map(|k| k.id)).max().unwrap_or(0);
+        let leftover = Some((fronts.into_iter().map(|(k, _)| k).collect(), backs));
+        self.services =
+            Some(Services { maps, installed: BTreeMap::new(), next_id: top.wrapping_add(1).max(1), leftover });
+        Ok(())
+    }
+
+    /// Removes Service translation links a predecessor pinned (an agent
+    /// started without translation: left in place, they would translate
+    /// with maps nobody keeps current).
+    pub fn disable_services(&self) {
+        if let Some(dir) = &self.links_dir {
+            zt_ebpf::loader::unpin_socket_programs(dir);
+        }
+    }
+
+    /// Makes the Service maps hold `want`; returns the failures (retried
+    /// with the next change). The first call also removes what a
+    /// predecessor left that `want` does not hold.
+    pub fn sync_services(
+        &mut self,
+        want: &BTreeMap<super::services::Frontend, Vec<std::net::SocketAddr>>,
+    ) -> Vec<String> {
+        use super::services::{Op, plan};
+        let Some(svc) = &mut self.services else { return Vec::new() };
+        let mut problems = Vec::new();
+        let key = |f: &super::services::Frontend| maps::svc_key(f.ip, f.port, f.protocol);
+        for op in plan(&mut svc.installed, want, &mut svc.next_id) {
+            let r = match &op {
+                Op::PutBackends(id, b) => svc.maps.put_backends(*id, b),
+                Op::PutFrontend(f, id, n) => svc.maps.put_frontend(key(f), *id, *n),
+                Op::DelFrontend(f) => svc.maps.del_frontend(key(f)),
+                Op::DelBackends(id, n) => svc.maps.del_backends(*id, *n),
+            };
+            if let Err(e) = r {
+                problems.push(format!("{op:?}: {e}"));
+            }
+        }
+        if let Some((fronts, backs)) = svc.leftover.take() {
+            let current: HashSet<maps::ZtSvcKey> = svc.installed.keys().map(key).collect();
+            let ids: HashSet<u32> = svc.installed.values().map(|i| i.id).collect();
+            for k in fronts.into_iter().filter(|k| !current.contains(k)) {
+                if let Err(e) = svc.maps.del_frontend(k) {
+                    problems.push(format!("removing a stale Service frontend: {e}"));
+                }
+            }
+            for k in backs.into_iter().filter(|k| !ids.contains(&k.id)) {
+                if let Err(e) = svc.maps.del_backend(k) {
+                    problems.push(format!("removing a stale Service backend: {e}"));
                 }
             }
         }

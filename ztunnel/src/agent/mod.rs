@@ -16,6 +16,7 @@ pub mod guard;
 pub mod links;
 pub mod mesh;
 pub mod routes;
+pub mod services;
 pub mod source;
 
 use std::path::PathBuf;
@@ -60,6 +61,9 @@ pub struct Config {
     /// Pod veth name prefixes guarded until attached ([`guard`]); empty:
     /// no guard.
     pub pod_interface_prefixes: Vec<String>,
+    /// The cgroup (v2) whose sockets get Service ClusterIPs translated to
+    /// backends ([`services`]); `None`: no translation.
+    pub service_cgroup: Option<PathBuf>,
 }
 
 impl Config {
@@ -157,6 +161,22 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             None
         }
     };
+    let mut service_source = match &cfg.service_cgroup {
+        Some(cgroup) => {
+            dp.enable_services(cgroup)?;
+            tracing::info!(cgroup = %cgroup.display(), "Service cluster IPs are translated to their backends at the socket");
+            Some(crate::kube_source::open::<services::ServiceKinds>(
+                &cfg.source,
+                crate::kube_source::service_resources(),
+            )?)
+        }
+        None => {
+            dp.disable_services();
+            metrics.service_frontends.set(-1);
+            None
+        }
+    };
+    let mut service_objects = services::Objects::default();
     let stop = stop_flag()?;
     let mut source =
         crate::kube_source::open::<source::PolicyKinds>(&cfg.source, crate::kube_source::policy_resources())?;
@@ -171,6 +191,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "rejected manifest");
         }
         for i in &poll.ignored {
+            // Services and EndpointSlices are the Service source's.
+            if service_source.is_some()
+                && (i.contains(": v1/Service ") || i.contains(": discovery.k8s.io/v1/EndpointSlice "))
+            {
+                continue;
+            }
             tracing::info!(object = %i, "ignored object: its kind is not used by the agent");
         }
         metrics.rejected_objects.inc_by(poll.errors.len() as u64);
@@ -198,6 +224,26 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 // A full or failing map: the affected entries are missing,
                 // which only ever denies (no entry opens traffic).
                 tracing::error!(error = %e, "map sync failed; affected traffic is denied");
+            }
+        }
+        if let Some(src) = &mut service_source {
+            let p = src.poll();
+            for e in &p.errors {
+                tracing::warn!(error = %e, "rejected manifest");
+            }
+            metrics.rejected_objects.inc_by(p.errors.len() as u64);
+            let mut any = false;
+            for c in &p.changes {
+                any |= service_objects.apply(c);
+            }
+            if any || !service_objects.synced() {
+                let table = service_objects.table();
+                for e in dp.sync_services(&table) {
+                    tracing::error!(error = %e, "Service map sync");
+                }
+                service_objects.mark_synced();
+                metrics.service_frontends.set(i64::try_from(table.len()).unwrap_or(i64::MAX));
+                tracing::info!(frontends = table.len(), "Services synced");
             }
         }
         let mut problems = dp.reconcile(compiler.tables());
@@ -281,7 +327,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         // identity has its certificate.
         // Out of touch with the API server, the last known state stays
         // enforced (fail static) and readiness says so.
-        let health = source.health();
+        let mut health = source.health();
+        if let Some(src) = &service_source {
+            let h = src.health();
+            if !h.connected && health.connected {
+                health = h;
+            }
+        }
         if let Ok(mut r) = state.not_ready.lock() {
             *r = if health.connected {
                 "certificates pending\n".to_string()

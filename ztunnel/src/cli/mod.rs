@@ -370,6 +370,12 @@ pub struct RunArgs {
         env = "ZTUNNEL_POD_INTERFACE_PREFIX"
     )]
     pub pod_interface_prefix: Vec<String>,
+    /// The cgroup v2 directory whose sockets (the pods', and everything
+    /// below it) get Service cluster IPs translated to a ready backend at
+    /// `connect`/`sendmsg`, so that policy and the mesh see the backend pod
+    /// as under kube-proxy; `off` leaves cluster IPs to kube-proxy.
+    #[arg(long, value_name = "PATH|off", default_value = "/sys/fs/cgroup", env = "ZTUNNEL_SERVICE_CGROUP")]
+    pub service_cgroup: String,
     /// Admin endpoint address (`/ready`, `/metrics`).
     #[arg(long, default_value = "127.0.0.1:15021", env = "ZTUNNEL_ADMIN")]
     pub admin: std::net::SocketAddr,
@@ -475,6 +481,7 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 pin_dir: if args.no_pin { None } else { Some(args.bpffs.unwrap_or(default_pins)) },
                 admin: Some(args.admin),
                 pod_interface_prefixes: args.pod_interface_prefix,
+                service_cgroup: (args.service_cgroup != "off").then(|| PathBuf::from(&args.service_cgroup)),
                 mesh: match (args.ca_address, args.ca_bundle, args.ca_token) {
                     (Some(ca_address), Some(ca_bundle), Some(ca_token)) => Some(crate::agent::mesh::MeshConfig {
                         ca_address,
