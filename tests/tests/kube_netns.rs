@@ -214,4 +214,20 @@ fn kube_mode_agents_and_ca_enforce_the_seed_policies_like_local_mode() {
     api.apply(namespace(serde_json::json!({})));
     let enforced = until(Duration::from_secs(20), || !probe::tcp(&test_ns, apiserver));
     assert!(enforced, "removing the label did not enforce again\n{}", logs());
+
+    // A Service made through the API: its cluster IP reaches the API server
+    // for a pod its policy admits, and stays closed to one it does not.
+    api.apply_yaml(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: default}\n\
+         spec: {clusterIP: 10.96.0.50, ports: [{name: http, port: 8080}]}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {name: api-1, namespace: default, labels: {kubernetes.io/service-name: api}}\n\
+         addressType: IPv4\nports: [{name: http, port: 80}]\nendpoints: [{addresses: [10.244.1.10]}]\n",
+    )
+    .unwrap();
+    let front = tb.pod("default/frontend").unwrap().ns.name().to_string();
+    let vip = SocketAddr::from((Ipv4Addr::new(10, 96, 0, 50), 8080));
+    let served = until(Duration::from_secs(20), || probe::tcp(&front, vip));
+    assert!(served, "the Service from the API was not translated\n{}", logs());
+    assert!(!probe::tcp(&test_ns, vip), "default/api-allow denies default/test through the Service too");
 }
