@@ -344,6 +344,18 @@ kind: Pod
 metadata: {name: client, namespace: default, labels: {app: client}}
 spec: {nodeName: node-2, serviceAccountName: client, containers: [{name: c, image: x}]}
 status: {podIP: 10.244.2.70, podIPs: [{ip: 10.244.2.70}, {ip: "fd00:244:2::70"}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: server, namespace: default}
+spec: {clusterIPs: ["fd00:96::70"], ipFamilies: [IPv6], ports: [{name: whoami, port: 9900, targetPort: 9000}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: server-v6, namespace: default, labels: {kubernetes.io/service-name: server}}
+addressType: IPv6
+ports: [{name: whoami, port: 9000}]
+endpoints: [{addresses: ["fd00:244:1::70"]}]
 "#;
 
 #[test]
@@ -405,6 +417,15 @@ fn ipv6_pod_traffic_is_captured_and_carried_in_mutual_tls() {
     assert!(!captured.windows(MARKER.len()).any(|w| w == MARKER), "payload crossed the link in plaintext");
     assert!(summary.contains(".15008"), "traffic went through HBONE port 15008:\n{summary}");
     assert!(!summary.contains(&format!("{server6}.9000")), "no direct IPv6 pod packets on the link:\n{summary}");
+    // The same through the server's IPv6 Service (cluster IP translated at
+    // the client's socket): still the real source, still in TLS.
+    let vip: std::net::Ipv6Addr = "fd00:96::70".parse().unwrap();
+    let pcap = root.join("service6.pcap");
+    let capture = LinkCapture::start(&ns[0], "zt-link0", &pcap).unwrap();
+    let seen = converse(&client, SocketAddr::from((vip, 9900)), MARKER);
+    let (captured, _) = capture.stop().unwrap();
+    assert_eq!(seen.as_deref(), Some(client6.to_string().as_str()), "through the IPv6 Service\n{}", logs());
+    assert!(!captured.windows(MARKER.len()).any(|w| w == MARKER), "Service payload crossed the link in plaintext");
     let tunnels = admin_get(&ns[1], 15021, "/metrics");
     assert!(
         tunnels.lines().any(|l| l.starts_with("ztunnel_tcp_connections_opened_total{")
