@@ -200,3 +200,21 @@ fn run_rejects_a_bad_pod_interface_prefix_before_touching_the_node() {
         assert!(err.contains("--pod-interface-prefix") && err.contains("letters, digits"), "{bad:?}: {err}");
     }
 }
+
+#[test]
+fn run_rejects_a_service_cgroup_that_is_not_a_directory() {
+    let examples = examples();
+    let out = ztunnel(&[
+        "run",
+        "--local",
+        examples.to_str().unwrap(),
+        "--node",
+        "node-1",
+        "--no-pin",
+        "--service-cgroup",
+        "/nonexistent/cgroup",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("--service-cgroup /nonexistent/cgroup: no such directory") && err.contains("`off`"), "{err}");
+}

@@ -79,6 +79,13 @@ impl Config {
         for p in &self.pod_interface_prefixes {
             guard::validate_prefix(p)?;
         }
+        if let Some(c) = &self.service_cgroup {
+            anyhow::ensure!(
+                c.is_dir(),
+                "--service-cgroup {}: no such directory (the cgroup v2 hierarchy, usually /sys/fs/cgroup; `off` leaves Service cluster IPs to kube-proxy)",
+                c.display()
+            );
+        }
         Ok(())
     }
 }
