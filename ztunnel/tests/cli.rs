@@ -218,3 +218,40 @@ fn run_rejects_a_service_cgroup_that_is_not_a_directory() {
     let err = text(&out.stderr);
     assert!(err.contains("--service-cgroup /nonexistent/cgroup: no such directory") && err.contains("`off`"), "{err}");
 }
+
+#[test]
+fn check_to_a_cluster_ip_judges_each_backend_as_the_datapath_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = dir.path().join("services.yaml");
+    std::fs::write(
+        &svc,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: default}\n\
+         spec: {clusterIP: 10.96.0.50, ports: [{name: http, port: 8080}]}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {name: api-1, namespace: default, labels: {kubernetes.io/service-name: api}}\n\
+         addressType: IPv4\nports: [{name: http, port: 80}]\nendpoints: [{addresses: [10.244.1.10]}]\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: empty, namespace: default}\n\
+         spec: {clusterIP: 10.96.0.60, ports: [{port: 80}]}\n",
+    )
+    .unwrap();
+    let (ex, svc) = (examples(), svc.to_str().unwrap().to_string());
+    let ex = ex.to_str().unwrap();
+    for from in ["default/frontend", "default/test"] {
+        // The verdict through the Service is the backend pod's.
+        let direct =
+            ztunnel(&["policy", "check", "-f", ex, "--from", from, "--to", "default/apiserver", "--port", "80"]);
+        let via =
+            ztunnel(&["policy", "check", "-f", ex, "-f", &svc, "--from", from, "--to", "10.96.0.50", "--port", "8080"]);
+        assert_eq!(via.status.code(), direct.status.code(), "{from}: {}", text(&via.stdout));
+        let s = text(&via.stdout);
+        assert!(s.contains("a Service: each connection goes to one of 1 ready backend(s)"), "{s}");
+        assert!(s.contains("backend default/apiserver (10.244.1.10:80)"), "{s}");
+    }
+    let out = ztunnel(&["policy", "check", "-f", ex, "-f", &svc, "--from", "default/frontend", "--to", "10.96.0.60"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("no ready endpoint: connections are refused"), "{}", text(&out.stdout));
+    // Without the Service manifests the address is just an address.
+    let out =
+        ztunnel(&["policy", "check", "-f", ex, "--from", "default/frontend", "--to", "10.96.0.50", "--port", "8080"]);
+    assert!(!text(&out.stdout).contains("a Service"), "{}", text(&out.stdout));
+}

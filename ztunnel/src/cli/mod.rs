@@ -438,7 +438,9 @@ pub struct CheckArgs {
     /// Source: `namespace/pod`, `pod` (namespace default) or an IP address.
     #[arg(long)]
     pub from: String,
-    /// Destination: `namespace/pod`, `pod` or an IP address.
+    /// Destination: `namespace/pod`, `pod` or an IP address; a Service's
+    /// cluster IP is judged for each of its ready backends, as the datapath
+    /// sends each connection to one of them.
     #[arg(long)]
     pub to: String,
     /// Destination port and protocol, e.g. `80/TCP`, `53/UDP`, `ICMP`.

@@ -49,12 +49,102 @@ fn load_reporting(paths: &[std::path::PathBuf]) -> Loaded {
     loaded
 }
 
+/// The Service frontends of the manifests (invalid Service documents are
+/// reported by [`load_reporting`]'s pass or here, and left out).
+fn service_table(
+    paths: &[std::path::PathBuf],
+) -> std::collections::BTreeMap<crate::agent::services::Frontend, Vec<std::net::SocketAddr>> {
+    use crate::agent::services::{Objects, ServiceKinds};
+    use crate::agent::source::{Change, Kinds};
+    let mut objects = Objects::default();
+    for path in paths {
+        for file in crate::manifests::manifest_files(path).unwrap_or_default() {
+            let Ok(text) = std::fs::read_to_string(&file) else { continue };
+            let parsed = ServiceKinds::parse(&file.display().to_string(), &text);
+            for e in &parsed.errors {
+                eprintln!("warning: {e}");
+            }
+            for o in parsed.objects {
+                objects.apply(&Change::Apply(o));
+            }
+        }
+    }
+    objects.table()
+}
+
+/// `policy check` to a Service's cluster IP: the datapath sends each
+/// connection to one ready backend (translated at the socket), so each is
+/// judged as the pod it is. Exit 0 only when every backend is allowed.
+fn check_service(
+    args: &CheckArgs,
+    cluster: &policy::Cluster,
+    from: &Endpoint,
+    frontend: crate::agent::services::Frontend,
+    backends: &[std::net::SocketAddr],
+    protocol: Protocol,
+    color: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut results = Vec::new();
+    for b in backends {
+        let to = Endpoint::Ip(b.ip());
+        results.push((*b, evaluate(cluster, from, &to, b.port(), protocol)?));
+    }
+    let all = !results.is_empty() && results.iter().all(|(_, v)| v.allowed());
+    match args.output {
+        Output::Json => {
+            let backends: Vec<serde_json::Value> =
+                results.iter().map(|(b, v)| serde_json::json!({"backend": b.to_string(), "verdict": v})).collect();
+            let out = serde_json::json!({
+                "service": {"cluster_ip": frontend.ip.to_string(), "port": frontend.port},
+                "allowed": all,
+                "backends": backends,
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Output::Text => {
+            let label = port_label(frontend.port, protocol);
+            let word = if all { "ALLOWED" } else { "DENIED" };
+            if results.is_empty() {
+                println!("{} {} -> {} {label}", paint(word, false, color), args.from, args.to);
+                println!("  the Service has no ready endpoint: connections are refused");
+            } else {
+                println!(
+                    "{} {} -> {} {label} (a Service: each connection goes to one of {} ready backend(s), judged as that pod)",
+                    paint(word, all, color),
+                    args.from,
+                    args.to,
+                    results.len()
+                );
+            }
+            for (b, v) in &results {
+                let name = cluster.pod_by_ip(b.ip()).map_or_else(|| b.ip().to_string(), |p| p.key.to_string());
+                println!(
+                    "  backend {name} ({b}): {}",
+                    paint(if v.allowed() { "allowed" } else { "denied" }, v.allowed(), color)
+                );
+                println!("    egress  ({}): {}", args.from, explain(&v.egress));
+                println!("    ingress ({name}): {}", explain(&v.ingress));
+            }
+        }
+    }
+    Ok(if all { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
 /// `policy check`: exit 0 when allowed, 1 when denied.
 pub fn check(args: &CheckArgs, color: bool) -> anyhow::Result<ExitCode> {
     let (port, protocol) = parse_port(&args.port)?;
     let from = parse_endpoint(&args.from, "--from")?;
     let to = parse_endpoint(&args.to, "--to")?;
     let cluster = load_reporting(&args.sources.paths).cluster();
+    if let Endpoint::Ip(ip) = to
+        && matches!(protocol, Protocol::Tcp | Protocol::Udp)
+    {
+        let number = if protocol == Protocol::Tcp { crate::agent::services::TCP } else { crate::agent::services::UDP };
+        let frontend = crate::agent::services::Frontend { ip, port, protocol: number };
+        if let Some(backends) = service_table(&args.sources.paths).get(&frontend) {
+            return check_service(args, &cluster, &from, frontend, backends, protocol, color);
+        }
+    }
     let verdict = evaluate(&cluster, &from, &to, port, protocol)?;
     match args.output {
         Output::Json => {
