@@ -191,6 +191,9 @@ fn cluster_ips_reach_backends_judged_by_their_policy_and_carried_in_mutual_tls()
     assert!(summary.contains(".15008"), "through HBONE:\n{summary}");
     let metrics = admin_get(&ns[1], 15021, "/metrics");
     assert!(metrics.contains("ztunnel_service_frontends 4\n"), "{metrics}");
+    let dump = admin_get(&ns[1], 15021, "/config_dump");
+    assert!(dump.contains("\"10.96.0.50:8080/TCP\": [\n      \"10.244.1.10:80\"\n    ]"), "{dump}");
+    assert!(dump.contains("\"10.96.0.60:80/TCP\": []"), "{dump}");
 
     // The Service's endpoints change: the next connections follow.
     fs::write(

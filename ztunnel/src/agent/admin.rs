@@ -127,6 +127,9 @@ pub struct State {
     pub certs: Mutex<Option<Arc<crate::identity::SecretCache>>>,
     /// The ingress gateway's routes for `/config_dump`, when it runs.
     pub routes: Mutex<Option<RoutesDump>>,
+    /// The Service frontends translated at the socket and their backends
+    /// (`None`: translation off).
+    pub services: Mutex<Option<serde_json::Value>>,
     /// Why `/ready` says 503.
     pub not_ready: Mutex<String>,
 }
@@ -210,8 +213,10 @@ fn handle(mut s: TcpStream, state: &State) -> std::io::Result<()> {
         "/config_dump" => {
             let certs = state.certs.lock().ok().and_then(|c| c.clone());
             let routes = state.routes.lock().ok().and_then(|r| r.clone()).map(|f| (f.0)());
+            let services = state.services.lock().ok().and_then(|s| s.clone());
             let body = serde_json::json!({
                 "ingress": routes,
+                "services": services,
                 "serving_certificates": certs.as_ref().map(|c| c.serving_summary()).unwrap_or_default(),
                 "secret_cache_version": certs.as_ref().map(|c| c.version()),
                 "certificates": certs.as_ref().map(|c| c.summary()).unwrap_or_default(),
@@ -258,6 +263,7 @@ mod tests {
             registry: Mutex::new(registry),
             certs: Mutex::new(None),
             routes: Mutex::new(None),
+            services: Mutex::new(None),
             not_ready: Mutex::new("not synced yet\n".into()),
         });
         let addr = serve("127.0.0.1:0".parse().unwrap(), state.clone()).unwrap();

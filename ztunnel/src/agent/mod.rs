@@ -112,6 +112,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         registry: Mutex::new(registry),
         certs: Mutex::new(None),
         routes: Mutex::new(None),
+        services: Mutex::new(None),
         not_ready: Mutex::new("not synced yet\n".into()),
     });
     if let Some(addr) = cfg.admin {
@@ -250,6 +251,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 }
                 service_objects.mark_synced();
                 metrics.service_frontends.set(i64::try_from(table.len()).unwrap_or(i64::MAX));
+                if let Ok(mut d) = state.services.lock() {
+                    *d = Some(services::dump(&table));
+                }
                 tracing::info!(frontends = table.len(), "Services synced");
             }
         }

@@ -281,6 +281,22 @@ pub fn table<'a>(
     out
 }
 
+/// The table as `/config_dump` shows it: one entry per frontend,
+/// `ip:port/PROTO` → backends (`[ip]:port` for IPv6).
+pub fn dump(table: &BTreeMap<Frontend, Vec<SocketAddr>>) -> serde_json::Value {
+    let entries: serde_json::Map<String, serde_json::Value> = table
+        .iter()
+        .map(|(f, b)| {
+            let proto = if f.protocol == TCP { "TCP" } else { "UDP" };
+            (
+                format!("{}/{proto}", SocketAddr::new(f.ip, f.port)),
+                serde_json::Value::from(b.iter().map(ToString::to_string).collect::<Vec<_>>()),
+            )
+        })
+        .collect();
+    serde_json::Value::Object(entries)
+}
+
 /// A frontend as written to the maps: the id of its backend list, and the
 /// list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -445,6 +461,12 @@ endpoints:
         // A port no slice names has no backends: connections are refused.
         assert_eq!(t[&Frontend { ip: vip, port: 9153, protocol: TCP }], Vec::<SocketAddr>::new());
         assert_eq!(t.len(), 3);
+        assert_eq!(
+            dump(&t)["10.96.0.10:53/UDP"],
+            serde_json::json!(["10.244.1.2:5353", "10.244.2.2:5353"]),
+            "{}",
+            dump(&t)
+        );
         // No slices at all: every frontend without backends.
         assert!(table(&svcs, &[]).values().all(Vec::is_empty));
     }

@@ -225,6 +225,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         registry: Mutex::new(registry),
         certs: Mutex::new(Some(cache.clone())),
         routes: Mutex::new(None),
+        services: Mutex::new(None),
         not_ready: Mutex::new("starting\n".into()),
     });
     if let Some(addr) = cfg.admin {
