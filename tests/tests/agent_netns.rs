@@ -546,3 +546,47 @@ fn a_namespace_label_audits_its_pods_and_removing_it_enforces_again() {
     assert!(!long.echo(b'b'), "the connection the label let through must be cut");
     long.close();
 }
+
+/// Local mode applies a manifest change when the file is written (inotify
+/// on the directory), not at the next poll: with a ten-second poll, a
+/// policy file added and removed takes effect within a second or two.
+#[test]
+fn local_mode_applies_a_written_file_at_once_not_a_poll_later() {
+    if !require_root("local_mode_applies_a_written_file_at_once_not_a_poll_later") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = workload_dir(dir.path());
+    let mut tb = Testbed::new(&["node-1"]).unwrap();
+    tb.add_pod("default/apiserver", 0, Ipv4Addr::new(10, 244, 1, 10)).unwrap();
+    tb.add_pod("default/db", 0, Ipv4Addr::new(10, 244, 1, 11)).unwrap();
+    probe::serve(&tb.pod("default/apiserver").unwrap().ns, &[80], &[]).unwrap();
+    let db = tb.pod("default/db").unwrap().ns.name().to_string();
+    let log = dir.path().join("node-1.flows.jsonl");
+    let _agent = spawn_agent(tb.nodes[0].ns.name(), &manifests, "node-1", &log, None, &[], 10_000);
+    assert!(wait_for(std::slice::from_ref(&log), "attached", 2), "agent did not start");
+    let api = SocketAddr::from((Ipv4Addr::new(10, 244, 1, 10), 80));
+    assert!(until(Duration::from_secs(12), true, || probe::tcp(&db, api)).is_some(), "no policy: allowed");
+    let policy = manifests.join("deny.yaml");
+    for round in 0..2 {
+        let t = Instant::now();
+        fs::write(
+            &policy,
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: default}\n\
+             spec: {podSelector: {}, policyTypes: [Ingress]}\n",
+        )
+        .unwrap();
+        assert!(
+            until(Duration::from_secs(12), false, || probe::tcp(&db, api)).is_some(),
+            "round {round}: never denied"
+        );
+        assert!(t.elapsed() < Duration::from_secs(3), "round {round}: the file took {:?} to apply", t.elapsed());
+        let t = Instant::now();
+        fs::remove_file(&policy).unwrap();
+        assert!(
+            until(Duration::from_secs(12), true, || probe::tcp(&db, api)).is_some(),
+            "round {round}: never allowed"
+        );
+        assert!(t.elapsed() < Duration::from_secs(3), "round {round}: the removal took {:?} to apply", t.elapsed());
+    }
+}

@@ -381,8 +381,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         }
         // Between polls the event ring is drained more often than the
         // manifests are read, so that a burst of new flows fits in it. A
-        // source that is told of changes (the API server's watches) ends
-        // the wait early: a new pod is attached — and, with the guard,
+        // source that is told of changes (the API server's watches, the
+        // manifest directory's inotify) ends the wait early: a new pod is attached — and, with the guard,
         // passes traffic — soon after its address is known rather than up
         // to a poll later. At most one pass per REACT under a stream of
         // changes, which then arrive batched.

@@ -134,7 +134,7 @@ pub trait ObjectSource<K: Kinds>: Send {
     }
     /// Waits up to `timeout` for something to poll; `true` when something
     /// arrived (the next [`ObjectSource::poll`] has it). A source that can
-    /// only be polled (a directory) just sleeps.
+    /// only be polled just sleeps.
     fn wait(&mut self, timeout: std::time::Duration) -> bool {
         std::thread::sleep(timeout);
         false
@@ -148,6 +148,10 @@ where
 {
     fn poll(&mut self) -> Poll<K> {
         DirSource::poll(self)
+    }
+
+    fn wait(&mut self, timeout: std::time::Duration) -> bool {
+        self.wait_for_change(timeout)
     }
 }
 
@@ -178,6 +182,29 @@ pub struct DirSource<K: Kinds = PolicyKinds> {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileState<K>>,
     current: BTreeMap<K::Ref, K::Object>,
+    /// Told of changes in the directory itself (inotify), so a wait ends
+    /// when a file is written, renamed or removed rather than at the next
+    /// poll; `None` where that is not possible (polling still finds
+    /// everything, including changes in subdirectories).
+    notify: Option<nix::sys::inotify::Inotify>,
+}
+
+/// An inotify instance watching `dir` for anything that can change what a
+/// poll reads (a ConfigMap mount's `..data` swap is a rename in it).
+fn watch(dir: &Path) -> Option<nix::sys::inotify::Inotify> {
+    use nix::sys::inotify::{AddWatchFlags as W, InitFlags, Inotify};
+    let n = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
+    let what = W::IN_CREATE
+        | W::IN_DELETE
+        | W::IN_MODIFY
+        | W::IN_CLOSE_WRITE
+        | W::IN_MOVED_FROM
+        | W::IN_MOVED_TO
+        | W::IN_ATTRIB
+        | W::IN_DELETE_SELF
+        | W::IN_MOVE_SELF;
+    n.add_watch(dir, what).ok()?;
+    Some(n)
 }
 
 /// What one poll found.
@@ -196,7 +223,31 @@ pub struct Poll<K: Kinds = PolicyKinds> {
 impl<K: Kinds> DirSource<K> {
     /// A source for `dir` (nothing read yet).
     pub fn new(dir: &Path) -> Self {
-        Self { dir: dir.to_path_buf(), files: BTreeMap::new(), current: BTreeMap::new() }
+        Self { dir: dir.to_path_buf(), files: BTreeMap::new(), current: BTreeMap::new(), notify: watch(dir) }
+    }
+
+    /// Waits up to `timeout` for a change in the directory; `true` when
+    /// one came (the next poll reads it). Without inotify, sleeps.
+    pub fn wait_for_change(&mut self, timeout: std::time::Duration) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let Some(n) = &self.notify else {
+            std::thread::sleep(timeout);
+            return false;
+        };
+        let mut fds = [PollFd::new(n.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX)) {
+            Ok(k) if k > 0 => {
+                // Drained: one wake-up for a burst of events.
+                while n.read_events().is_ok_and(|e| !e.is_empty()) {}
+                true
+            }
+            Ok(_) => false,
+            Err(_) => {
+                std::thread::sleep(timeout);
+                false
+            }
+        }
     }
 
     /// Reads what changed since the last poll.
@@ -302,6 +353,35 @@ mod tests {
         format!(
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: a}}\nspec: {{podSelector: {{}}{extra}}}\n"
         )
+    }
+
+    #[test]
+    fn a_wait_ends_when_a_file_is_written_renamed_or_removed() {
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir().unwrap();
+        let mut src: DirSource = DirSource::new(dir.path());
+        let _ = src.poll();
+        // Nothing happens: the whole timeout passes.
+        let t = Instant::now();
+        assert!(!src.wait_for_change(Duration::from_millis(100)));
+        assert!(t.elapsed() >= Duration::from_millis(90));
+        let path = dir.path().to_path_buf();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            std::fs::write(path.join("new.yaml.tmp"), np("x", "")).unwrap();
+            std::fs::rename(path.join("new.yaml.tmp"), path.join("new.yaml")).unwrap();
+        });
+        let t = Instant::now();
+        assert!(src.wait_for_change(Duration::from_secs(10)), "the write did not end the wait");
+        assert!(t.elapsed() < Duration::from_secs(5));
+        writer.join().unwrap();
+        // A burst is one wake-up, and the poll then sees the file.
+        std::thread::sleep(Duration::from_millis(20));
+        let _ = src.wait_for_change(Duration::from_millis(1));
+        assert_eq!(src.poll().changes.len(), 1);
+        std::fs::remove_file(dir.path().join("new.yaml")).unwrap();
+        assert!(src.wait_for_change(Duration::from_secs(10)), "the removal did not end the wait");
+        assert_eq!(src.poll().changes.len(), 1, "the policy is deleted");
     }
 
     #[test]
