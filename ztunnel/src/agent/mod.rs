@@ -235,27 +235,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             }
         }
         if let Some(src) = &mut service_source {
-            let p = src.poll();
-            for e in &p.errors {
-                tracing::warn!(error = %e, "rejected manifest");
-            }
-            metrics.rejected_objects.inc_by(p.errors.len() as u64);
-            let mut any = false;
-            for c in &p.changes {
-                any |= service_objects.apply(c);
-            }
-            if any || !service_objects.synced() {
-                let table = service_objects.table();
-                for e in dp.sync_services(&table) {
-                    tracing::error!(error = %e, "Service map sync");
-                }
-                service_objects.mark_synced();
-                metrics.service_frontends.set(i64::try_from(table.len()).unwrap_or(i64::MAX));
-                if let Ok(mut d) = state.services.lock() {
-                    *d = Some(services::dump(&table));
-                }
-                tracing::info!(frontends = table.len(), "Services synced");
-            }
+            sync_services(src.as_mut(), &mut service_objects, &mut dp, &metrics, &state);
         }
         let mut problems = dp.reconcile(compiler.tables());
         if let Some(g) = &mut guard {
@@ -382,9 +362,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         // Between polls the event ring is drained more often than the
         // manifests are read, so that a burst of new flows fits in it. A
         // source that is told of changes (the API server's watches, the
-        // manifest directory's inotify) ends the wait early: a new pod is attached — and, with the guard,
-        // passes traffic — soon after its address is known rather than up
-        // to a poll later. At most one pass per REACT under a stream of
+        // manifest directory's inotify) ends the wait early: a new pod is
+        // attached — and, with the guard, passes traffic — soon after its
+        // address is known rather than up to a poll later. At most one pass per REACT under a stream of
         // changes, which then arrive batched.
         let next_poll = std::time::Instant::now() + cfg.poll;
         let mut arrived = false;
@@ -398,6 +378,40 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             log_events(&mut dp, &mut flowlog, &compiler, &metrics);
         }
     }
+}
+
+/// Applies what the Service source reports to the Service maps (the first
+/// time even if nothing was reported: that sync also clears what a
+/// predecessor left).
+fn sync_services(
+    src: &mut dyn source::ObjectSource<services::ServiceKinds>,
+    objects: &mut services::Objects,
+    dp: &mut Dataplane,
+    metrics: &Metrics,
+    state: &admin::State,
+) {
+    let p = src.poll();
+    for e in &p.errors {
+        tracing::warn!(error = %e, "rejected manifest");
+    }
+    metrics.rejected_objects.inc_by(p.errors.len() as u64);
+    let mut any = false;
+    for c in &p.changes {
+        any |= objects.apply(c);
+    }
+    if !any && objects.synced() {
+        return;
+    }
+    let table = objects.table();
+    for e in dp.sync_services(&table) {
+        tracing::error!(error = %e, "Service map sync");
+    }
+    objects.mark_synced();
+    metrics.service_frontends.set(i64::try_from(table.len()).unwrap_or(i64::MAX));
+    if let Ok(mut d) = state.services.lock() {
+        *d = Some(services::dump(&table));
+    }
+    tracing::info!(frontends = table.len(), "Services synced");
 }
 
 /// The shortest time between two passes of the agent's loop when changes
