@@ -69,3 +69,48 @@ pub fn udp(ns: &str, to: SocketAddr) -> bool {
     })
     .unwrap_or(false)
 }
+
+/// Starts a server in `ns` on `port` (IPv4 and IPv6) that answers each
+/// connection with the address it sees the client at, then echoes: what
+/// the mesh tests use to see the source address a pod gets.
+pub fn whoami_server(ns: &Netns, port: u16) -> anyhow::Result<()> {
+    let l = ns.run(move || TcpListener::bind(("::", port)))??;
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            std::thread::spawn(move || {
+                // An IPv4 client shows as ::ffff:a.b.c.d on the dual-stack socket.
+                let peer = c.peer_addr().map(|a| a.ip().to_canonical().to_string()).unwrap_or_default();
+                let _ = c.write_all(format!("{peer}\n").as_bytes());
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Connects from `ns` to a [`whoami_server`] at `to`, reads the greeting,
+/// sends `payload` and reads it back. Returns the greeting (the address the
+/// server saw), or `None` if any step failed.
+pub fn converse(ns: &str, to: SocketAddr, payload: &'static [u8]) -> Option<String> {
+    run_in(ns, move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        let mut greeting = Vec::new();
+        let mut b = [0u8; 1];
+        while s.read_exact(&mut b).is_ok() && b[0] != b'\n' {
+            greeting.push(b[0]);
+        }
+        s.write_all(payload).ok()?;
+        let mut back = vec![0u8; payload.len()];
+        s.read_exact(&mut back).ok()?;
+        (back == payload).then(|| String::from_utf8_lossy(&greeting).into_owned())
+    })
+    .ok()
+    .flatten()
+}

@@ -9,15 +9,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use testbed::cluster::{
     LinkCapture, Proc, admin_get, ca_init, ca_serve_args, example_manifests, mesh_agent_args, spawn_args,
 };
-use testbed::netns::run_in;
 use testbed::{Testbed, probe, require_root};
 
 mod agent_support;
@@ -138,47 +136,6 @@ fn the_guard_drops_bridged_frames_of_veths_not_attached_yet() {
     );
 }
 
-/// A server in the pod that answers each connection with the address it
-/// sees the client at, then echoes.
-fn whoami_server(ns: &testbed::netns::Netns, port: u16) {
-    let l = ns.run(move || TcpListener::bind(("0.0.0.0", port))).unwrap().unwrap();
-    std::thread::spawn(move || {
-        for c in l.incoming() {
-            let Ok(mut c) = c else { continue };
-            std::thread::spawn(move || {
-                let peer = c.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
-                let _ = c.write_all(format!("{peer}\n").as_bytes());
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = c.read(&mut buf) {
-                    if n == 0 || c.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-}
-
-/// Connects from `ns` to `to`, reads the greeting, sends `payload`, reads it
-/// back. Returns the greeting.
-fn converse(ns: &str, to: SocketAddr, payload: &'static [u8]) -> Option<String> {
-    run_in(ns, move || {
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-        let mut greeting = Vec::new();
-        let mut b = [0u8; 1];
-        while s.read_exact(&mut b).is_ok() && b[0] != b'\n' {
-            greeting.push(b[0]);
-        }
-        s.write_all(payload).ok()?;
-        let mut back = vec![0u8; payload.len()];
-        s.read_exact(&mut back).ok()?;
-        (back == payload).then(|| String::from_utf8_lossy(&greeting).into_owned())
-    })
-    .ok()
-    .flatten()
-}
-
 /// Tunnels counted by a node's proxy from `src` to `dst` (service accounts
 /// of `default`) in `direction`.
 fn tunnels(node_ns: &str, direction: &str, src: &str, dst: &str) -> u64 {
@@ -209,7 +166,7 @@ fn the_mesh_carries_bridged_pods_same_node_and_across_nodes() {
     let root = dir.path();
     let manifests = example_manifests(root).unwrap();
     let tb = bridged_cluster();
-    whoami_server(&tb.pod("default/apiserver").unwrap().ns, 9000);
+    probe::whoami_server(&tb.pod("default/apiserver").unwrap().ns, 9000).unwrap();
     let ns: Vec<String> = tb.nodes.iter().map(|n| n.ns.name().to_string()).collect();
     let nodes = ["node-1", "node-2"];
     let ca_dir = root.join("ca");
@@ -235,7 +192,7 @@ fn the_mesh_carries_bridged_pods_same_node_and_across_nodes() {
 
     // Same bridge: through node-1's proxy, from db's own address.
     let before = tunnels(&ns[0], "inbound", "db", "bookstore");
-    let seen = converse(&ns_of(&tb, "default/db"), to_api, MARKER);
+    let seen = probe::converse(&ns_of(&tb, "default/db"), to_api, MARKER);
     assert_eq!(seen.as_deref(), Some(DB.to_string().as_str()), "same-bridge flow\n{}", logs());
     assert!(
         tunnels(&ns[0], "outbound", "db", "bookstore") > 0 && tunnels(&ns[0], "inbound", "db", "bookstore") > before,
@@ -246,7 +203,7 @@ fn the_mesh_carries_bridged_pods_same_node_and_across_nodes() {
     // Across nodes: mTLS on the link, from frontend's own address.
     let pcap = root.join("link.pcap");
     let capture = LinkCapture::start(&ns[0], "zt-link0", &pcap).unwrap();
-    let seen = converse(&ns_of(&tb, "default/frontend"), to_api, MARKER);
+    let seen = probe::converse(&ns_of(&tb, "default/frontend"), to_api, MARKER);
     let (captured, summary) = capture.stop().unwrap();
     assert_eq!(seen.as_deref(), Some(FRONT.to_string().as_str()), "cross-node flow\n{}", logs());
     assert!(!captured.windows(MARKER.len()).any(|w| w == MARKER), "payload crossed the link in plaintext");
@@ -310,27 +267,11 @@ fn the_mesh_carries_bridged_ipv6_same_node_and_across_nodes() {
     tb.add_pod_dual("default/server", 0, Ipv4Addr::new(10, 244, 1, 70), server6).unwrap();
     tb.add_pod_dual("default/neighbour", 0, Ipv4Addr::new(10, 244, 1, 71), neighbour6).unwrap();
     tb.add_pod_dual("default/client", 1, Ipv4Addr::new(10, 244, 2, 70), client6).unwrap();
-    let server = tb.pod("default/server").unwrap();
-    let l = server.ns.run(|| TcpListener::bind(("::", 9000))).unwrap().unwrap();
-    std::thread::spawn(move || {
-        for c in l.incoming() {
-            let Ok(mut c) = c else { continue };
-            std::thread::spawn(move || {
-                let peer = c.peer_addr().map(|a| a.ip().to_canonical().to_string()).unwrap_or_default();
-                let _ = c.write_all(format!("{peer}\n").as_bytes());
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = c.read(&mut buf) {
-                    if n == 0 || c.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    probe::whoami_server(&tb.pod("default/server").unwrap().ns, 9000).unwrap();
     let to = SocketAddr::from((server6, 9000));
     let (neighbour, client) = (ns_of(&tb, "default/neighbour"), ns_of(&tb, "default/client"));
     assert!(
-        testbed::cluster::until(Duration::from_secs(5), || converse(&client, to, b"x").is_some()),
+        testbed::cluster::until(Duration::from_secs(5), || probe::converse(&client, to, b"x").is_some()),
         "no IPv6 path between the bridges"
     );
 
@@ -355,7 +296,7 @@ fn the_mesh_carries_bridged_ipv6_same_node_and_across_nodes() {
     });
     assert!(ready, "agents did not get certificates or attach:\n{}", logs());
 
-    let seen = converse(&neighbour, to, MARKER);
+    let seen = probe::converse(&neighbour, to, MARKER);
     assert_eq!(seen.as_deref(), Some(neighbour6.to_string().as_str()), "same-bridge IPv6 flow\n{}", logs());
     assert!(
         tunnels(&ns[0], "inbound", "neighbour", "server") > 0,
@@ -365,7 +306,7 @@ fn the_mesh_carries_bridged_ipv6_same_node_and_across_nodes() {
 
     let pcap = root.join("link6.pcap");
     let capture = LinkCapture::start(&ns[0], "zt-link0", &pcap).unwrap();
-    let seen = converse(&client, to, MARKER);
+    let seen = probe::converse(&client, to, MARKER);
     let (captured, summary) = capture.stop().unwrap();
     assert_eq!(seen.as_deref(), Some(client6.to_string().as_str()), "cross-node IPv6 flow\n{}", logs());
     assert!(!captured.windows(MARKER.len()).any(|w| w == MARKER), "payload crossed the link in plaintext");

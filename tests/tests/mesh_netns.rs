@@ -8,7 +8,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -18,48 +18,6 @@ use testbed::cluster::{
 };
 use testbed::netns::run_in;
 use testbed::{Testbed, probe, require_root};
-
-/// A server in the pod (IPv4 and IPv6) that answers each connection with
-/// the address it sees the client at, then echoes.
-fn whoami_server(ns: &testbed::netns::Netns, port: u16) {
-    let l = ns.run(move || TcpListener::bind(("::", port))).unwrap().unwrap();
-    std::thread::spawn(move || {
-        for c in l.incoming() {
-            let Ok(mut c) = c else { continue };
-            std::thread::spawn(move || {
-                // An IPv4 client shows as ::ffff:a.b.c.d on the dual-stack socket.
-                let peer = c.peer_addr().map(|a| a.ip().to_canonical().to_string()).unwrap_or_default();
-                let _ = c.write_all(format!("{peer}\n").as_bytes());
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = c.read(&mut buf) {
-                    if n == 0 || c.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-}
-
-/// Connects from `ns` to `to`, reads the greeting, sends `payload`, reads it
-/// back. Returns the greeting.
-fn converse(ns: &str, to: SocketAddr, payload: &'static [u8]) -> Option<String> {
-    run_in(ns, move || {
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-        let mut greeting = Vec::new();
-        let mut b = [0u8; 1];
-        while s.read_exact(&mut b).is_ok() && b[0] != b'\n' {
-            greeting.push(b[0]);
-        }
-        s.write_all(payload).ok()?;
-        let mut back = vec![0u8; payload.len()];
-        s.read_exact(&mut back).ok()?;
-        (back == payload).then(|| String::from_utf8_lossy(&greeting).into_owned())
-    })
-    .ok()
-    .flatten()
-}
 
 const MARKER: &[u8] = b"ZT-PLAINTEXT-MARKER-3f9c1e";
 
@@ -80,7 +38,7 @@ fn cross_node_pod_traffic_is_mutual_tls_with_real_source_and_port_policy() {
     for p in &tb.pods {
         probe::serve(&p.ns, &[80], &[]).unwrap();
     }
-    whoami_server(&tb.pod("default/apiserver").unwrap().ns, 9000);
+    probe::whoami_server(&tb.pod("default/apiserver").unwrap().ns, 9000).unwrap();
     let ns: Vec<String> = tb.nodes.iter().map(|n| n.ns.name().to_string()).collect();
 
     // The CA, on node-1's link address.
@@ -110,7 +68,7 @@ fn cross_node_pod_traffic_is_mutual_tls_with_real_source_and_port_policy() {
     let pcap = root.join("link.pcap");
     let capture = LinkCapture::start(&ns[0], "zt-link0", &pcap).unwrap();
     let front = tb.pod("default/frontend").unwrap().ns.name().to_string();
-    let seen = converse(&front, SocketAddr::from((api_ip, 9000)), MARKER);
+    let seen = probe::converse(&front, SocketAddr::from((api_ip, 9000)), MARKER);
     let (captured, summary) = capture.stop().unwrap();
     assert_eq!(
         seen.as_deref(),
@@ -134,7 +92,8 @@ fn cross_node_pod_traffic_is_mutual_tls_with_real_source_and_port_policy() {
          spec:\n  podSelector: {matchLabels: {role: api}}\n  ingress:\n  - ports: [{port: 80}]\n",
     )
     .unwrap();
-    let enforced = until(Duration::from_secs(5), || converse(&front, SocketAddr::from((api_ip, 9000)), b"x").is_none());
+    let enforced =
+        until(Duration::from_secs(5), || probe::converse(&front, SocketAddr::from((api_ip, 9000)), b"x").is_none());
     assert!(enforced, "port 9000 still reachable after the policy\n{}", logs());
     assert!(probe::tcp(&front, SocketAddr::from((api_ip, 80))), "port 80 stays open");
 
@@ -374,13 +333,13 @@ fn ipv6_pod_traffic_is_captured_and_carried_in_mutual_tls() {
     let client6: std::net::Ipv6Addr = "fd00:244:2::70".parse().unwrap();
     tb.add_pod_dual("default/server", 0, Ipv4Addr::new(10, 244, 1, 70), server6).unwrap();
     tb.add_pod_dual("default/client", 1, Ipv4Addr::new(10, 244, 2, 70), client6).unwrap();
-    whoami_server(&tb.pod("default/server").unwrap().ns, 9000);
-    whoami_server(&tb.pod("default/server").unwrap().ns, 80);
+    probe::whoami_server(&tb.pod("default/server").unwrap().ns, 9000).unwrap();
+    probe::whoami_server(&tb.pod("default/server").unwrap().ns, 80).unwrap();
     let ns: Vec<String> = tb.nodes.iter().map(|n| n.ns.name().to_string()).collect();
     let client = tb.pod("default/client").unwrap().ns.name().to_string();
     let to = |port: u16| SocketAddr::from((server6, port));
     // The testbed routes IPv6 between the nodes before any agent runs.
-    assert!(until(Duration::from_secs(5), || converse(&client, to(9000), b"x").is_some()), "no IPv6 path");
+    assert!(until(Duration::from_secs(5), || probe::converse(&client, to(9000), b"x").is_some()), "no IPv6 path");
 
     let ca_dir = root.join("ca");
     ca_init(&ca_dir, &[]).unwrap();
@@ -411,7 +370,7 @@ fn ipv6_pod_traffic_is_captured_and_carried_in_mutual_tls() {
     // TLS on the link, delivered from the client's real IPv6 address.
     let pcap = root.join("link6.pcap");
     let capture = LinkCapture::start(&ns[0], "zt-link0", &pcap).unwrap();
-    let seen = converse(&client, to(9000), MARKER);
+    let seen = probe::converse(&client, to(9000), MARKER);
     let (captured, summary) = capture.stop().unwrap();
     assert_eq!(seen.as_deref(), Some(client6.to_string().as_str()), "destination saw the real source\n{}", logs());
     assert!(!captured.windows(MARKER.len()).any(|w| w == MARKER), "payload crossed the link in plaintext");
@@ -422,7 +381,7 @@ fn ipv6_pod_traffic_is_captured_and_carried_in_mutual_tls() {
     let vip: std::net::Ipv6Addr = "fd00:96::70".parse().unwrap();
     let pcap = root.join("service6.pcap");
     let capture = LinkCapture::start(&ns[0], "zt-link0", &pcap).unwrap();
-    let seen = converse(&client, SocketAddr::from((vip, 9900)), MARKER);
+    let seen = probe::converse(&client, SocketAddr::from((vip, 9900)), MARKER);
     let (captured, _) = capture.stop().unwrap();
     assert_eq!(seen.as_deref(), Some(client6.to_string().as_str()), "through the IPv6 Service\n{}", logs());
     assert!(!captured.windows(MARKER.len()).any(|w| w == MARKER), "Service payload crossed the link in plaintext");
@@ -441,9 +400,13 @@ fn ipv6_pod_traffic_is_captured_and_carried_in_mutual_tls() {
          spec:\n  podSelector: {matchLabels: {app: server}}\n  ingress:\n  - ports: [{port: 80}]\n",
     )
     .unwrap();
-    let enforced = until(Duration::from_secs(5), || converse(&client, to(9000), b"x").is_none());
+    let enforced = until(Duration::from_secs(5), || probe::converse(&client, to(9000), b"x").is_none());
     assert!(enforced, "IPv6 port 9000 still reachable after the policy\n{}", logs());
-    assert_eq!(converse(&client, to(80), b"y").as_deref(), Some(client6.to_string().as_str()), "port 80 stays open");
+    assert_eq!(
+        probe::converse(&client, to(80), b"y").as_deref(),
+        Some(client6.to_string().as_str()),
+        "port 80 stays open"
+    );
 
     // kill -9 the client node's agent: IPv6 pod TCP fails closed as IPv4
     // does, and nothing crosses the link in clear.
@@ -453,7 +416,7 @@ fn ipv6_pod_traffic_is_captured_and_carried_in_mutual_tls() {
     let _ = agents[1].0.wait();
     std::thread::sleep(Duration::from_millis(800));
     for _ in 0..3 {
-        assert!(converse(&client, to(80), b"z").is_none(), "an IPv6 connection got through with the proxy down");
+        assert!(probe::converse(&client, to(80), b"z").is_none(), "an IPv6 connection got through with the proxy down");
     }
     let (_, summary) = capture.stop().unwrap();
     assert!(!summary.contains(&format!("> {server6}.80")), "plaintext IPv6 SYN on the link:\n{summary}");
