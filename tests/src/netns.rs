@@ -135,6 +135,26 @@ pub struct Testbed {
     v6_bridges: bool,
 }
 
+/// A veth pair: `eth0` in the pod namespace `ns`, `host_if` in `node_ns`.
+fn veth_pair(ns: &Netns, host_if: &str, node_ns: &Netns) -> anyhow::Result<()> {
+    run(&[
+        "ip",
+        "link",
+        "add",
+        host_if,
+        "netns",
+        node_ns.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns.name(),
+    ])?;
+    Ok(())
+}
+
 /// The bridge of a [`Testbed::bridged`] node.
 pub const BRIDGE: &str = "ztbr0";
 
@@ -400,21 +420,7 @@ impl Testbed {
     /// bridge.
     fn wire_bridged(&self, ns: &Netns, host_if: &str, node: usize, ip: std::net::Ipv4Addr) -> anyhow::Result<()> {
         let node_ns = &self.nodes[node].ns;
-        run(&[
-            "ip",
-            "link",
-            "add",
-            host_if,
-            "netns",
-            node_ns.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ])?;
+        veth_pair(ns, host_if, node_ns)?;
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
         ns.ip(&["link", "set", "eth0", "up"])?;
         ns.ip(&["route", "add", "default", "via", &format!("10.244.{}.1", node + 1), "dev", "eth0"])?;
@@ -427,21 +433,7 @@ impl Testbed {
     /// address, its default route and the node's host route.
     fn wire(&self, ns: &Netns, host_if: &str, node: usize, ip: std::net::Ipv4Addr) -> anyhow::Result<()> {
         let node_ns = &self.nodes[node].ns;
-        run(&[
-            "ip",
-            "link",
-            "add",
-            host_if,
-            "netns",
-            node_ns.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ])?;
+        veth_pair(ns, host_if, node_ns)?;
         ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
         ns.ip(&["link", "set", "eth0", "up"])?;
         ns.ip(&["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"])?;
