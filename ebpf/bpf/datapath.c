@@ -50,6 +50,14 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 64);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct zt_svc_cidr_key);
+	__type(value, __u8);
+} zt_svc_cidr SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 65536);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct zt_cidr4_key);
@@ -427,8 +435,14 @@ assign:;
 static __always_inline int steer(struct __sk_buff *skb, struct flow *f, struct zt_config *cfg)
 {
 	struct zt_ip_info *dst = bpf_map_lookup_elem(&zt_ipcache, &f->dst);
-	if (!dst || dst->identity == 0)
-		return TC_ACT_OK; /* not a pod: external, node, host network */
+	if (!dst || dst->identity == 0) {
+		/* Not a pod: external, node, host network — or a Service's
+		 * cluster IP its socket was not translated for. */
+		struct zt_svc_cidr_key ck = { .prefixlen = 32 + (f->dst.family == ZT_FAMILY_V6 ? 128 : 32),
+					      .family = f->dst.family };
+		__builtin_memcpy(ck.addr, f->dst.addr, 16);
+		return bpf_map_lookup_elem(&zt_svc_cidr, &ck) ? TC_ACT_SHOT : TC_ACT_OK;
+	}
 	__u32 ifindex = skb->ifindex;
 	struct zt_port *port = bpf_map_lookup_elem(&zt_ports, &ifindex);
 	if (!port)

@@ -114,6 +114,19 @@ struct zt_backend {
 	__u16 pad;
 };
 
+/*
+ * zt_svc_cidr (LPM_TRIE): the cluster's Service CIDRs (--service-cidr).
+ * With steering on, pod TCP still addressed to one of them at the pod's
+ * veth was not translated at its socket (a Service the agent has not seen
+ * yet): dropped, since kube-proxy would carry it past the mesh in the
+ * clear. match: family (32 bits, exact), then the address.
+ */
+struct zt_svc_cidr_key {
+	__u32 prefixlen;
+	__u32 family;
+	__u32 addr[4];
+};
+
 struct zt_rev_key {
 	__u64 cookie;
 	struct zt_addr addr;
@@ -298,6 +311,7 @@ _Static_assert(sizeof(struct zt_svc_value) == 8, "zt_svc_value layout");
 _Static_assert(sizeof(struct zt_backend_key) == 8, "zt_backend_key layout");
 _Static_assert(sizeof(struct zt_backend) == 24, "zt_backend layout");
 _Static_assert(sizeof(struct zt_rev_key) == 32, "zt_rev_key layout");
+_Static_assert(sizeof(struct zt_svc_cidr_key) == 24, "zt_svc_cidr_key layout");
 _Static_assert(sizeof(struct zt_cidr4_key) == 16, "zt_cidr4_key layout");
 _Static_assert(sizeof(struct zt_cidr6_key) == 28, "zt_cidr6_key layout");
 _Static_assert(sizeof(struct zt_policy_key) == 16, "zt_policy_key layout");

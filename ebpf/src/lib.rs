@@ -48,6 +48,8 @@ pub mod map_names {
     pub const SVC_BACKENDS: &str = "zt_svc_backends";
     /// Translated sockets' frontends, for replies.
     pub const SVC_REV: &str = "zt_svc_rev";
+    /// The cluster's Service CIDRs.
+    pub const SVC_CIDR: &str = "zt_svc_cidr";
     /// IPv4 cidr trie.
     pub const CIDR4: &str = "zt_cidr4";
     /// IPv6 cidr trie.

@@ -464,6 +464,25 @@ impl ServiceMaps {
     }
 }
 
+/// Makes the Service CIDR trie hold exactly `cidrs` (network, prefix
+/// length), adding before removing.
+pub fn set_service_cidrs(bpf: &mut aya::Ebpf, cidrs: &[(std::net::IpAddr, u8)]) -> Result<(), SyncError> {
+    use aya::maps::lpm_trie::Key;
+    let name = crate::map_names::SVC_CIDR;
+    let mut trie: aya::maps::LpmTrie<_, maps::ZtSvcCidrKey, u8> =
+        conv(name, aya::maps::LpmTrie::try_from(bpf.map_mut(name).ok_or(SyncError::Missing(name))?))?;
+    let want: HashSet<(u32, maps::ZtSvcCidrKey)> = cidrs.iter().map(|(n, p)| maps::svc_cidr_key(*n, *p)).collect();
+    for (p, k) in &want {
+        conv(name, trie.insert(&Key::new(*p, *k), 1, 0))?;
+    }
+    let stale: Vec<(u32, maps::ZtSvcCidrKey)> =
+        trie.keys().flatten().map(|k| (k.prefix_len(), k.data())).filter(|k| !want.contains(k)).collect();
+    for (p, k) in stale {
+        del_ok(name, trie.remove(&Key::new(p, k)))?;
+    }
+    Ok(())
+}
+
 /// Loads the socket (Service translation) programs and attaches them to the
 /// cgroup at `cgroup` (a cgroup v2 directory; every socket of a process in
 /// it or below is translated), with bpf links that live as long as the

@@ -131,6 +131,23 @@ pub struct ZtRevKey {
     pub pad: u16,
 }
 
+/// `struct zt_svc_cidr_key` without `prefixlen`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ZtSvcCidrKey {
+    /// 4 or 6 (matched exactly: the first 32 bits of the prefix).
+    pub family: u32,
+    /// The address, network order.
+    pub addr: [u32; 4],
+}
+
+/// The trie key of a Service CIDR `network/prefix_len` (host bits clear):
+/// (prefix length with the family, key).
+pub fn svc_cidr_key(network: IpAddr, prefix_len: u8) -> (u32, ZtSvcCidrKey) {
+    let a = addr(network);
+    (32 + u32::from(prefix_len), ZtSvcCidrKey { family: u32::from(a.family), addr: a.addr })
+}
+
 /// The frontend key of a Service port.
 pub fn svc_key(ip: IpAddr, port: u16, protocol: u8) -> ZtSvcKey {
     ZtSvcKey { addr: addr(ip), port: port.to_be(), protocol, pad: 0 }
@@ -349,6 +366,8 @@ unsafe impl aya::Pod for ZtPort {}
 unsafe impl aya::Pod for ZtSvcKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ZtSvcValue {}
+// SAFETY: as above (20 bytes of u32s).
+unsafe impl aya::Pod for ZtSvcCidrKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ZtBackendKey {}
 // SAFETY: as above (24 bytes: a 20-byte address, then 2 + 2).
@@ -407,6 +426,7 @@ pub fn layouts() -> Vec<Layout> {
         ("zt_port", size_of::<ZtPort>(), fields!(ZtPort, 0, l3_mac, pad)),
         ("zt_svc_key", size_of::<ZtSvcKey>(), fields!(ZtSvcKey, 0, addr, port, protocol, pad)),
         ("zt_svc_value", size_of::<ZtSvcValue>(), fields!(ZtSvcValue, 0, id, count)),
+        ("zt_svc_cidr_key", 4 + size_of::<ZtSvcCidrKey>(), fields!(ZtSvcCidrKey, 4, family, addr)),
         ("zt_backend_key", size_of::<ZtBackendKey>(), fields!(ZtBackendKey, 0, id, index)),
         ("zt_backend", size_of::<ZtBackend>(), fields!(ZtBackend, 0, addr, port, pad)),
         ("zt_rev_key", size_of::<ZtRevKey>(), fields!(ZtRevKey, 0, cookie, addr, port, pad)),

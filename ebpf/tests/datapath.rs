@@ -403,3 +403,48 @@ fn multicast_housekeeping_passes_and_hop_by_hop_tcp_is_judged_by_its_ports() {
     let evs = events(&mut dp);
     assert!(evs.iter().any(|e| e.protocol == 6 && e.dport == 80u16.to_be()), "judged as TCP port 80: {evs:?}");
 }
+
+/// With steering on, pod TCP to the Service CIDR that reaches the pod's
+/// veth was not translated at its socket: dropped and reported, never
+/// passed on for kube-proxy to carry in the clear. Other addresses outside
+/// the pods pass as before.
+#[test]
+fn untranslated_cluster_ip_tcp_is_dropped_when_the_service_cidr_is_known() {
+    if !privileged("untranslated_cluster_ip_tcp_is_dropped_when_the_service_cidr_is_known") {
+        return;
+    }
+    let cluster = example_cluster();
+    let compiler = Compiler::from_cluster(Scope::Cluster, &cluster);
+    let mut dp = load(compiler.tables());
+    let tables = compiler.tables();
+    let front = tables.endpoint_of(&policy::ObjectKey::new("default", "frontend")).unwrap();
+    let mut entry = maps::endpoint(front, &tables.endpoints[&front]);
+    entry.egress_isolated = 0; // judge steering, not policy
+    dp.maps.put_endpoint(TEST_IFINDEX, entry).unwrap();
+    dp.set_config(maps::ZtConfig {
+        mesh: 1,
+        redirect_mark: 0x7a00,
+        proxy_addr4: u32::from_ne_bytes([127, 0, 0, 1]),
+        proxy_port: 9u16.to_be(),
+        ..Default::default()
+    });
+    let to_vip = tcp("10.244.2.10", 40000, "10.96.0.99", 80, 0x02);
+    let to_world = tcp("10.244.2.10", 40001, "192.0.2.7", 80, 0x02);
+    dp.clear_ct();
+    assert_eq!(dp.test_run(Direction::Egress, &to_vip), TC_ACT_OK, "no Service CIDR known: an address like any");
+    zt_ebpf::loader::set_service_cidrs(&mut dp.bpf, &[("10.96.0.0".parse().unwrap(), 12)]).unwrap();
+    let _ = events(&mut dp);
+    dp.clear_ct();
+    assert_eq!(dp.test_run(Direction::Egress, &to_vip), TC_ACT_SHOT, "untranslated cluster IP: dropped");
+    assert!(events(&mut dp).iter().any(|e| e.reason == 10), "reported as no proxy");
+    dp.clear_ct();
+    assert_eq!(dp.test_run(Direction::Egress, &to_world), TC_ACT_OK, "outside the Service CIDR: passes");
+    // UDP is not steered, so not dropped for it either (policy decides).
+    let udp = packet("10.244.2.10".parse().unwrap(), "10.96.0.99".parse().unwrap(), Protocol::Udp, 53);
+    dp.clear_ct();
+    assert_eq!(dp.test_run(Direction::Egress, &udp), TC_ACT_OK);
+    // Emptied: passes again.
+    zt_ebpf::loader::set_service_cidrs(&mut dp.bpf, &[]).unwrap();
+    dp.clear_ct();
+    assert_eq!(dp.test_run(Direction::Egress, &to_vip), TC_ACT_OK);
+}

@@ -125,7 +125,9 @@ fn cluster_ips_reach_backends_judged_by_their_policy_and_carried_in_mutual_tls()
         .map(|i| {
             let log = root.join(format!("{}.log", nodes[i]));
             let flows = root.join(format!("{}.flows.jsonl", nodes[i]));
-            spawn_args(&ns[i], &mesh_agent_args(m, nodes[i], i, d, None, flows.to_str().unwrap()), &log).unwrap()
+            let mut args = mesh_agent_args(m, nodes[i], i, d, None, flows.to_str().unwrap());
+            args.extend(["--service-cidr".to_string(), "10.96.0.0/16".to_string()]);
+            spawn_args(&ns[i], &args, &log).unwrap()
         })
         .collect();
     let logs = || -> String {
@@ -194,6 +196,21 @@ fn cluster_ips_reach_backends_judged_by_their_policy_and_carried_in_mutual_tls()
     let dump = admin_get(&ns[1], 15021, "/config_dump");
     assert!(dump.contains("\"10.96.0.50:8080/TCP\": [\n      \"10.244.1.10:80\"\n    ]"), "{dump}");
     assert!(dump.contains("\"10.96.0.60:80/TCP\": []"), "{dump}");
+
+    // A cluster IP no Service the agent knows has: not translated, so its
+    // TCP reaches the veth addressed to the Service CIDR and is dropped
+    // there (with kube-proxy it would otherwise leave in the clear).
+    // (From CoreDNS, whose egress no policy isolates: the drop is the
+    // mesh's, not a policy's.)
+    let dns_pod = tb.pod("kube-system/coredns").unwrap().ns.name().to_string();
+    assert!(!probe::tcp(&dns_pod, SocketAddr::from(([10, 96, 0, 99], 80))));
+    let dropped = until(Duration::from_secs(5), || {
+        fs::read_to_string(root.join("node-1.flows.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("\"dst\":\"10.96.0.99:80\"") && l.contains("\"reason\":\"no-proxy\""))
+    });
+    assert!(dropped, "no no-proxy drop of the untranslated cluster IP in the flow log");
 
     // The Service's endpoints change: the next connections follow.
     fs::write(

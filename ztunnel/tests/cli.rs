@@ -255,3 +255,20 @@ fn check_to_a_cluster_ip_judges_each_backend_as_the_datapath_does() {
         ztunnel(&["policy", "check", "-f", ex, "--from", "default/frontend", "--to", "10.96.0.50", "--port", "8080"]);
     assert!(!text(&out.stdout).contains("a Service"), "{}", text(&out.stdout));
 }
+
+#[test]
+fn run_rejects_a_service_cidr_with_host_bits() {
+    let examples = examples();
+    let out = ztunnel(&[
+        "run",
+        "--local",
+        examples.to_str().unwrap(),
+        "--node",
+        "node-1",
+        "--no-pin",
+        "--service-cidr",
+        "10.96.0.0/12,10.96.0.1/12",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--service-cidr \"10.96.0.1/12\": host bits are set"), "{}", text(&out.stderr));
+}

@@ -505,6 +505,12 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Sets the Service CIDRs whose untranslated pod TCP is dropped while
+    /// steering is on (see `zt_svc_cidr` in maps.h).
+    pub fn set_service_cidrs(&mut self, cidrs: &[(std::net::IpAddr, u8)]) -> anyhow::Result<()> {
+        zt_ebpf::loader::set_service_cidrs(&mut self.bpf, cidrs).context("writing the Service CIDRs")
+    }
+
     /// Removes Service translation links a predecessor pinned (an agent
     /// started without translation: left in place, they would translate
     /// with maps nobody keeps current).

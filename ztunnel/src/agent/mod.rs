@@ -64,6 +64,9 @@ pub struct Config {
     /// The cgroup (v2) whose sockets get Service ClusterIPs translated to
     /// backends ([`services`]); `None`: no translation.
     pub service_cgroup: Option<PathBuf>,
+    /// The cluster's Service CIDRs: with translation and the mesh on, pod
+    /// TCP still addressed to them at the veth is dropped.
+    pub service_cidrs: Vec<(std::net::IpAddr, u8)>,
 }
 
 impl Config {
@@ -173,6 +176,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         Some(cgroup) => {
             dp.enable_services(cgroup)?;
             tracing::info!(cgroup = %cgroup.display(), "Service cluster IPs are translated to their backends at the socket");
+            dp.set_service_cidrs(&cfg.service_cidrs)?;
+            if !cfg.service_cidrs.is_empty() {
+                let cidrs: Vec<String> = cfg.service_cidrs.iter().map(|(n, l)| format!("{n}/{l}")).collect();
+                tracing::info!(cidrs = ?cidrs, "pod TCP to these Service CIDRs is dropped unless translated");
+            }
             Some(crate::kube_source::open::<services::ServiceKinds>(
                 &cfg.source,
                 crate::kube_source::service_resources(),
@@ -180,6 +188,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         }
         None => {
             dp.disable_services();
+            // Without translation every cluster IP is left to kube-proxy.
+            dp.set_service_cidrs(&[])?;
             metrics.service_frontends.set(-1);
             None
         }

@@ -297,6 +297,25 @@ pub fn dump(table: &BTreeMap<Frontend, Vec<SocketAddr>>) -> serde_json::Value {
     serde_json::Value::Object(entries)
 }
 
+/// Parses a Service CIDR (`10.96.0.0/12`, `fd00:96::/108`): the network
+/// and its prefix length; host bits must be clear.
+pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
+    let bad = |why: &str| format!("--service-cidr {s:?}: {why}");
+    let (net, len) = s.split_once('/').ok_or_else(|| bad("expected ADDRESS/PREFIX, e.g. 10.96.0.0/12"))?;
+    let net: IpAddr = net.parse().map_err(|_| bad("not an IP address before the /"))?;
+    let max = if net.is_ipv4() { 32 } else { 128 };
+    let len: u8 = len.parse().ok().filter(|l| *l <= max).ok_or_else(|| bad("the prefix length is out of range"))?;
+    let bits: u128 = match net {
+        IpAddr::V4(a) => u128::from(u32::from(a)) << 96,
+        IpAddr::V6(a) => u128::from(a),
+    };
+    let host = if len == 0 { bits } else { bits << len };
+    if host != 0 {
+        return Err(bad("host bits are set (give the network address)"));
+    }
+    Ok((net, len))
+}
+
 /// A frontend as written to the maps: the id of its backend list, and the
 /// list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -535,6 +554,23 @@ endpoints:
         let ops = plan(&mut installed, &BTreeMap::new(), &mut next);
         assert_eq!(ops, vec![Op::DelFrontend(fe(80)), Op::DelBackends(3, 2)]);
         assert!(installed.is_empty());
+    }
+
+    #[test]
+    fn service_cidrs_parse_and_bad_ones_say_why() {
+        assert_eq!(parse_cidr("10.96.0.0/12"), Ok(("10.96.0.0".parse().unwrap(), 12)));
+        assert_eq!(parse_cidr("fd00:96::/108"), Ok(("fd00:96::".parse().unwrap(), 108)));
+        assert_eq!(parse_cidr("0.0.0.0/0"), Ok(("0.0.0.0".parse().unwrap(), 0)));
+        for (bad, why) in [
+            ("10.96.0.0", "ADDRESS/PREFIX"),
+            ("10.96.0.1/12", "host bits"),
+            ("10.96.0.0/33", "out of range"),
+            ("ten/8", "not an IP"),
+            ("fd00::1/64", "host bits"),
+        ] {
+            let e = parse_cidr(bad).unwrap_err();
+            assert!(e.contains(why) && e.contains("--service-cidr"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -376,6 +376,13 @@ pub struct RunArgs {
     /// as under kube-proxy; `off` leaves cluster IPs to kube-proxy.
     #[arg(long, value_name = "PATH|off", default_value = "/sys/fs/cgroup", env = "ZTUNNEL_SERVICE_CGROUP")]
     pub service_cgroup: String,
+    /// The cluster's Service CIDR(s) (`--service-cluster-ip-range` of the
+    /// API server; repeatable or comma-separated). With the mesh on, pod
+    /// TCP to these addresses that was not translated at its socket (a
+    /// Service the agent has not seen yet) is dropped rather than left to
+    /// kube-proxy, which would carry it past the mesh in the clear.
+    #[arg(long = "service-cidr", value_name = "CIDR", value_delimiter = ',', env = "ZTUNNEL_SERVICE_CIDR")]
+    pub service_cidr: Vec<String>,
     /// Admin endpoint address (`/ready`, `/metrics`).
     #[arg(long, default_value = "127.0.0.1:15021", env = "ZTUNNEL_ADMIN")]
     pub admin: std::net::SocketAddr,
@@ -484,6 +491,12 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 admin: Some(args.admin),
                 pod_interface_prefixes: args.pod_interface_prefix,
                 service_cgroup: (args.service_cgroup != "off").then(|| PathBuf::from(&args.service_cgroup)),
+                service_cidrs: args
+                    .service_cidr
+                    .iter()
+                    .map(|c| crate::agent::services::parse_cidr(c))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| anyhow::anyhow!(e))?,
                 mesh: match (args.ca_address, args.ca_bundle, args.ca_token) {
                     (Some(ca_address), Some(ca_bundle), Some(ca_token)) => Some(crate::agent::mesh::MeshConfig {
                         ca_address,
