@@ -8,6 +8,7 @@
 
 pub mod loader;
 pub mod maps;
+pub mod services;
 
 /// The compiled BPF object (ELF), 8-byte aligned for the loader.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath.o"));

@@ -432,7 +432,7 @@ fn untranslated_cluster_ip_tcp_is_dropped_when_the_service_cidr_is_known() {
     let to_world = tcp("10.244.2.10", 40001, "192.0.2.7", 80, 0x02);
     dp.clear_ct();
     assert_eq!(dp.test_run(Direction::Egress, &to_vip), TC_ACT_OK, "no Service CIDR known: an address like any");
-    zt_ebpf::loader::set_service_cidrs(&mut dp.bpf, &[("10.96.0.0".parse().unwrap(), 12)]).unwrap();
+    zt_ebpf::services::set_service_cidrs(&mut dp.bpf, &[("10.96.0.0".parse().unwrap(), 12)]).unwrap();
     let _ = events(&mut dp);
     dp.clear_ct();
     assert_eq!(dp.test_run(Direction::Egress, &to_vip), TC_ACT_SHOT, "untranslated cluster IP: dropped");
@@ -444,7 +444,7 @@ fn untranslated_cluster_ip_tcp_is_dropped_when_the_service_cidr_is_known() {
     dp.clear_ct();
     assert_eq!(dp.test_run(Direction::Egress, &udp), TC_ACT_OK);
     // Emptied: passes again.
-    zt_ebpf::loader::set_service_cidrs(&mut dp.bpf, &[]).unwrap();
+    zt_ebpf::services::set_service_cidrs(&mut dp.bpf, &[]).unwrap();
     dp.clear_ct();
     assert_eq!(dp.test_run(Direction::Egress, &to_vip), TC_ACT_OK);
 }

@@ -65,7 +65,7 @@ pub struct Dataplane {
 
 /// The Service maps and what this agent wrote to them.
 struct Services {
-    maps: zt_ebpf::loader::ServiceMaps,
+    maps: zt_ebpf::services::ServiceMaps,
     installed: BTreeMap<super::services::Frontend, super::services::Installed>,
     next_id: u32,
     /// What a predecessor left (pinned maps), removed after the first sync.
@@ -494,9 +494,9 @@ impl Dataplane {
     /// backend lists above whatever a predecessor left in pinned maps.
     pub fn enable_services(&mut self, cgroup: &Path) -> anyhow::Result<()> {
         ensure_cgroup2(cgroup)?;
-        zt_ebpf::loader::attach_socket_programs(&mut self.bpf, cgroup, self.links_dir.as_deref())
+        zt_ebpf::services::attach_socket_programs(&mut self.bpf, cgroup, self.links_dir.as_deref())
             .with_context(|| format!("attaching the Service translation programs to cgroup {}", cgroup.display()))?;
-        let maps = zt_ebpf::loader::ServiceMaps::take(&mut self.bpf)?;
+        let maps = zt_ebpf::services::ServiceMaps::take(&mut self.bpf)?;
         let (fronts, backs) = maps.existing();
         let top = fronts.iter().map(|(_, v)| v.id).chain(backs.iter().map(|k| k.id)).max().unwrap_or(0);
         let leftover = Some((fronts.into_iter().map(|(k, _)| k).collect(), backs));
@@ -508,7 +508,7 @@ impl Dataplane {
     /// Sets the Service CIDRs whose untranslated pod TCP is dropped while
     /// steering is on (see `zt_svc_cidr` in maps.h).
     pub fn set_service_cidrs(&mut self, cidrs: &[(std::net::IpAddr, u8)]) -> anyhow::Result<()> {
-        zt_ebpf::loader::set_service_cidrs(&mut self.bpf, cidrs).context("writing the Service CIDRs")
+        zt_ebpf::services::set_service_cidrs(&mut self.bpf, cidrs).context("writing the Service CIDRs")
     }
 
     /// Removes Service translation links a predecessor pinned (an agent
@@ -516,7 +516,7 @@ impl Dataplane {
     /// with maps nobody keeps current).
     pub fn disable_services(&self) {
         if let Some(dir) = &self.links_dir {
-            zt_ebpf::loader::unpin_socket_programs(dir);
+            zt_ebpf::services::unpin_socket_programs(dir);
         }
     }
 
