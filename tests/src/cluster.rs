@@ -115,6 +115,41 @@ impl Drop for BpfFs {
     }
 }
 
+/// A CA in node-1's namespace and one mesh agent per node of a two-node
+/// testbed, logs under `root` (`ca.log`, `node-N.log`, `node-N.flows.jsonl`).
+pub struct Mesh {
+    /// The CA, then the agents (stopped on drop).
+    pub procs: Vec<Proc>,
+    root: PathBuf,
+}
+
+/// The node names [`Mesh::start`] uses.
+pub const MESH_NODES: [&str; 2] = ["node-1", "node-2"];
+
+impl Mesh {
+    /// Initialises a CA under `root/ca`, serves it from `ns[0]`, and starts
+    /// a mesh agent (programs tied to the process) in each of `ns` reading
+    /// `manifests`, with `extra` arguments.
+    pub fn start(root: &Path, ns: &[String], manifests: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let ca_dir = root.join("ca");
+        ca_init(&ca_dir, &[])?;
+        let (d, m) = (ca_dir.to_string_lossy().into_owned(), manifests.to_string_lossy().into_owned());
+        let mut procs = vec![spawn_args(&ns[0], &ca_serve_args(&d, &m), &root.join("ca.log"))?];
+        for (i, node) in MESH_NODES.iter().enumerate() {
+            let flows = root.join(format!("{node}.flows.jsonl"));
+            let mut args = mesh_agent_args(&m, node, i, &d, None, &flows.to_string_lossy());
+            args.extend(extra.iter().map(|a| a.to_string()));
+            procs.push(spawn_args(&ns[i], &args, &root.join(format!("{node}.log")))?);
+        }
+        Ok(Self { procs, root: root.to_path_buf() })
+    }
+
+    /// Both agents' logs.
+    pub fn logs(&self) -> String {
+        MESH_NODES.iter().map(|n| fs::read_to_string(self.root.join(format!("{n}.log"))).unwrap_or_default()).collect()
+    }
+}
+
 /// Where the tests' CA listens: node-1's link address.
 pub const CA_ADDR: &str = "192.168.100.1:15012";
 

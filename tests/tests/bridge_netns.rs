@@ -13,9 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use testbed::cluster::{
-    LinkCapture, Proc, admin_get, ca_init, ca_serve_args, example_manifests, mesh_agent_args, spawn_args,
-};
+use testbed::cluster::{LinkCapture, Mesh, admin_get, example_manifests};
 use testbed::{Testbed, probe, require_root};
 
 mod agent_support;
@@ -168,21 +166,8 @@ fn the_mesh_carries_bridged_pods_same_node_and_across_nodes() {
     let tb = bridged_cluster();
     probe::whoami_server(&tb.pod("default/apiserver").unwrap().ns, 9000).unwrap();
     let ns: Vec<String> = tb.nodes.iter().map(|n| n.ns.name().to_string()).collect();
-    let nodes = ["node-1", "node-2"];
-    let ca_dir = root.join("ca");
-    ca_init(&ca_dir, &[]).unwrap();
-    let (d, m) = (ca_dir.to_str().unwrap(), manifests.to_str().unwrap());
-    let _ca = spawn_args(&ns[0], &ca_serve_args(d, m), &root.join("ca.log")).unwrap();
-    let _agents: Vec<Proc> = (0..2)
-        .map(|i| {
-            let log = root.join(format!("{}.log", nodes[i]));
-            let flows = root.join(format!("{}.flows.jsonl", nodes[i]));
-            spawn_args(&ns[i], &mesh_agent_args(m, nodes[i], i, d, None, flows.to_str().unwrap()), &log).unwrap()
-        })
-        .collect();
-    let logs = || -> String {
-        nodes.iter().map(|n| fs::read_to_string(root.join(format!("{n}.log"))).unwrap_or_default()).collect()
-    };
+    let mesh = Mesh::start(root, &ns, &manifests, &[]).unwrap();
+    let logs = || mesh.logs();
     let ready = testbed::cluster::until(Duration::from_secs(30), || {
         (0..2).all(|i| admin_get(&ns[i], 15021, "/config_dump").contains("spiffe://cluster.local/ns/default/sa/"))
             && logs().matches("attached").count() >= 3
@@ -276,19 +261,8 @@ fn the_mesh_carries_bridged_ipv6_same_node_and_across_nodes() {
     );
 
     let ns: Vec<String> = tb.nodes.iter().map(|n| n.ns.name().to_string()).collect();
-    let ca_dir = root.join("ca");
-    ca_init(&ca_dir, &[]).unwrap();
-    let (d, m) = (ca_dir.to_str().unwrap(), manifests.to_str().unwrap());
-    let _ca = spawn_args(&ns[0], &ca_serve_args(d, m), &root.join("ca.log")).unwrap();
-    let _agents: Vec<Proc> = (0..2)
-        .map(|i| {
-            let log = root.join(format!("{}.log", nodes[i]));
-            spawn_args(&ns[i], &mesh_agent_args(m, nodes[i], i, d, None, "/dev/null"), &log).unwrap()
-        })
-        .collect();
-    let logs = || -> String {
-        nodes.iter().map(|n| fs::read_to_string(root.join(format!("{n}.log"))).unwrap_or_default()).collect()
-    };
+    let mesh = Mesh::start(root, &ns, &manifests, &[]).unwrap();
+    let logs = || mesh.logs();
     let ready = testbed::cluster::until(Duration::from_secs(30), || {
         admin_get(&ns[0], 15021, "/config_dump").contains("spiffe://cluster.local/ns/default/sa/server")
             && admin_get(&ns[1], 15021, "/config_dump").contains("spiffe://cluster.local/ns/default/sa/client")

@@ -13,9 +13,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use testbed::cluster::{
-    LinkCapture, Proc, admin_get, ca_init, ca_serve_args, example_manifests, mesh_agent_args, spawn_args, until,
-};
+use testbed::cluster::{LinkCapture, Mesh, admin_get, example_manifests, spawn_args, until};
 use testbed::netns::run_in;
 use testbed::{Testbed, probe, require_root};
 
@@ -117,22 +115,8 @@ fn cluster_ips_reach_backends_judged_by_their_policy_and_carried_in_mutual_tls()
 
     fs::write(manifests.join("services.yaml"), SERVICES).unwrap();
     let ns: Vec<String> = tb.nodes.iter().map(|n| n.ns.name().to_string()).collect();
-    let ca_dir = root.join("ca");
-    ca_init(&ca_dir, &[]).unwrap();
-    let (d, m) = (ca_dir.to_str().unwrap(), manifests.to_str().unwrap());
-    let _ca = spawn_args(&ns[0], &ca_serve_args(d, m), &root.join("ca.log")).unwrap();
-    let _agents: Vec<Proc> = (0..2)
-        .map(|i| {
-            let log = root.join(format!("{}.log", nodes[i]));
-            let flows = root.join(format!("{}.flows.jsonl", nodes[i]));
-            let mut args = mesh_agent_args(m, nodes[i], i, d, None, flows.to_str().unwrap());
-            args.extend(["--service-cidr".to_string(), "10.96.0.0/16".to_string()]);
-            spawn_args(&ns[i], &args, &log).unwrap()
-        })
-        .collect();
-    let logs = || -> String {
-        nodes.iter().map(|n| fs::read_to_string(root.join(format!("{n}.log"))).unwrap_or_default()).collect()
-    };
+    let mesh = Mesh::start(root, &ns, &manifests, &["--service-cidr", "10.96.0.0/16"]).unwrap();
+    let logs = || mesh.logs();
     let ready = until(Duration::from_secs(30), || {
         (0..2).all(|i| admin_get(&ns[i], 15021, "/ready").contains("ready"))
             && logs().matches("Services synced").count() >= 2
