@@ -281,6 +281,21 @@ fn a_namespace_in_audit_mode_passes_and_reports_its_denials() {
     assert_eq!(dp.test_run(Direction::Egress, &ack), TC_ACT_SHOT, "label removed: the audited flow is cut");
 }
 
+/// The mark steered packets carry.
+const STEERING_MARK: u32 = 0x7a00;
+
+/// Steering on, towards a capture listener that does not exist (port 9,
+/// discard, on the test's loopback): every steered packet finds no proxy.
+fn steering_without_a_proxy() -> maps::ZtConfig {
+    maps::ZtConfig {
+        mesh: 1,
+        redirect_mark: STEERING_MARK,
+        proxy_addr4: u32::from_ne_bytes([127, 0, 0, 1]),
+        proxy_port: 9u16.to_be(),
+        ..Default::default()
+    }
+}
+
 /// Steering behind a bridge: the pod's program addresses a steered frame to
 /// the bridge and marks it (so the bridge hands it up to the host), and
 /// leaves the socket to the bridge's program, which assigns it or, with no
@@ -298,15 +313,8 @@ fn steering_on_a_bridge_port_addresses_the_bridge_and_fails_closed_without_a_pro
     let tables = compiler.tables();
     let front = tables.endpoint_of(&policy::ObjectKey::new("default", "frontend")).unwrap();
     dp.maps.put_endpoint(TEST_IFINDEX, maps::endpoint(front, &tables.endpoints[&front])).unwrap();
-    const MARK: u32 = 0x7a00;
-    // No listener on port 9 (discard) of the test's loopback: no proxy.
-    dp.set_config(maps::ZtConfig {
-        mesh: 1,
-        redirect_mark: MARK,
-        proxy_addr4: u32::from_ne_bytes([127, 0, 0, 1]),
-        proxy_port: 9u16.to_be(),
-        ..Default::default()
-    });
+    const MARK: u32 = STEERING_MARK;
+    dp.set_config(steering_without_a_proxy());
     let _ = events(&mut dp);
     // frontend -> apiserver:80 is allowed (bookstore).
     let syn = tcp("10.244.2.10", 40000, "10.244.1.10", 80, 0x02);
@@ -421,13 +429,7 @@ fn untranslated_cluster_ip_tcp_is_dropped_when_the_service_cidr_is_known() {
     let mut entry = maps::endpoint(front, &tables.endpoints[&front]);
     entry.egress_isolated = 0; // judge steering, not policy
     dp.maps.put_endpoint(TEST_IFINDEX, entry).unwrap();
-    dp.set_config(maps::ZtConfig {
-        mesh: 1,
-        redirect_mark: 0x7a00,
-        proxy_addr4: u32::from_ne_bytes([127, 0, 0, 1]),
-        proxy_port: 9u16.to_be(),
-        ..Default::default()
-    });
+    dp.set_config(steering_without_a_proxy());
     let to_vip = tcp("10.244.2.10", 40000, "10.96.0.99", 80, 0x02);
     let to_world = tcp("10.244.2.10", 40001, "192.0.2.7", 80, 0x02);
     dp.clear_ct();

@@ -248,6 +248,22 @@ fn grpc_server_with(addr: &str, tls: &[&Path]) -> Proc {
     Proc(child)
 }
 
+/// The gRPC client's three calls to `grpc.example.com` through the gateway
+/// at `addr` (trusting `ca`): its JSON report. `context` goes into the
+/// failure message.
+fn grpc_call(addr: &str, ca: &Path, context: &str) -> serde_json::Value {
+    let out = Command::new("/usr/bin/python3")
+        .arg(grpc_peer())
+        .args(["call", addr])
+        .arg(ca)
+        .arg("grpc.example.com")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "gRPC client: {text}{}\n{context}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(&text).unwrap()
+}
+
 fn grpc_peer() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/grpc_peer.py")
 }
@@ -281,18 +297,7 @@ fn grpc_to_h2c_backends_with_streams_trailers_and_failover() {
     .unwrap();
     let g = Gateway::start(8, dir.path(), &[]);
     assert!(g.admin("/config_dump").contains("rpc/echo:80 h2c"), "{}", g.admin("/config_dump"));
-    let call = || {
-        let out = Command::new("/usr/bin/python3")
-            .arg(grpc_peer())
-            .args(["call", "127.0.8.1:8443"])
-            .arg(pki.ca())
-            .arg("grpc.example.com")
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(out.status.success(), "gRPC client: {text}{}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_str::<serde_json::Value>(&text).unwrap()
-    };
+    let call = || grpc_call("127.0.8.1:8443", &pki.ca(), "");
     // Unary, server streaming, and an error status, which travels in the
     // response's trailers: all three need HTTP/2 end to end.
     for _ in 0..3 {
@@ -604,16 +609,7 @@ fn grpc_to_https_backends_chooses_http2_by_alpn() {
     // One serving thread, so that one pool sees every call.
     let g = Gateway::start(12, dir.path(), &["--backend-ca", ca.to_str().unwrap(), "--threads", "1"]);
     for _ in 0..3 {
-        let out = Command::new("/usr/bin/python3")
-            .arg(grpc_peer())
-            .args(["call", "127.0.12.1:8443"])
-            .arg(pki.ca())
-            .arg("grpc.example.com")
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(out.status.success(), "gRPC client: {text}{}\n{}", String::from_utf8_lossy(&out.stderr), g.logs());
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let v = grpc_call("127.0.12.1:8443", &pki.ca(), &g.logs());
         assert!(v["say"].as_str().unwrap().starts_with("echo:hello (grpc client: grpc-python/"), "{v}");
         assert_eq!(v["count"], serde_json::json!(["0", "1", "2", "3", "4"]));
         assert_eq!(v["fail"], serde_json::json!({"code": "NOT_FOUND", "details": "no such thing: x"}));
