@@ -8,7 +8,7 @@ use std::process::Command;
 
 fn main() {
     let src = PathBuf::from("bpf/datapath.c");
-    for f in ["bpf/datapath.c", "bpf/maps.h", "bpf/services.h"] {
+    for f in ["bpf/datapath.c", "bpf/maps.h", "bpf/services.h", "bpf/legs.h"] {
         println!("cargo:rerun-if-changed={f}");
     }
     println!("cargo:rerun-if-env-changed=ZT_CLANG");

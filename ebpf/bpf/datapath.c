@@ -125,6 +125,7 @@ struct flow {
 	__u8 icmp6_type;
 	__u8 has_ports;
 	__u8 tcp_syn_only; /* also set for ICMP echo requests: never a reply */
+	__u8 tcp_synack;
 };
 
 static __always_inline int parse_l4(void *l4, void *end, struct flow *f, int first_fragment)
@@ -151,6 +152,7 @@ static __always_inline int parse_l4(void *l4, void *end, struct flow *f, int fir
 				return -1;
 			/* SYN set, ACK clear: the first packet of a connection. */
 			f->tcp_syn_only = (*flags & 0x12) == 0x02;
+			f->tcp_synack = (*flags & 0x12) == 0x12;
 		}
 		} else if (f->protocol == IPPROTO_ICMP || f->protocol == IPPROTO_ICMPV6_) {
 		__u8 *icmp = l4;
@@ -377,6 +379,8 @@ static __always_inline int decide_packet(struct __sk_buff *skb, __u8 dir, struct
  * zt_config.mesh): the socket of its connection if one exists, else, for a
  * SYN, the capture listener. Returns the verdict: no socket, no packet.
  */
+#include "legs.h"
+
 static __always_inline int assign(struct __sk_buff *skb, struct flow *f, struct zt_config *cfg)
 {
 	/* The connection's own proxy socket, by its 4-tuple. */
@@ -394,10 +398,16 @@ static __always_inline int assign(struct __sk_buff *skb, struct flow *f, struct 
 		t.ipv4.sport = f->sport_be;
 		t.ipv4.dport = f->dport_be;
 	}
+	/* A pod's handshake packet to a proxy socket opens a node-local leg
+	 * (zt_legs): its SYN to the capture listener, or its SYN-ACK to a
+	 * delivery socket. */
+	int leg = 0;
 	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, tlen, BPF_F_CURRENT_NETNS, 0);
 	if (sk) {
-		if (sk->state != BPF_TCP_LISTEN)
+		if (sk->state != BPF_TCP_LISTEN) {
+			leg = f->tcp_synack;
 			goto assign;
+		}
 		bpf_sk_release(sk);
 	}
 	if (!f->tcp_syn_only)
@@ -419,12 +429,15 @@ static __always_inline int assign(struct __sk_buff *skb, struct flow *f, struct 
 		bpf_sk_release(sk);
 		return TC_ACT_SHOT;
 	}
+	leg = 1;
 assign:;
 	long err = bpf_sk_assign(skb, sk, 0);
 	bpf_sk_release(sk);
 	if (err)
 		return TC_ACT_SHOT;
 	skb->mark = cfg->redirect_mark;
+	if (leg && local_cc())
+		record_leg(f);
 	return TC_ACT_OK;
 }
 

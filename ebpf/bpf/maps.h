@@ -216,6 +216,22 @@ struct zt_ct_key {
 	__be16 dport;
 };
 
+/*
+ * zt_legs (LRU_HASH): the pod ends of node-local legs, by the pod socket's
+ * own view (local address and port, remote address and port). zt_from_pod
+ * adds one when it assigns a pod's SYN to the capture listener (the pod is
+ * the client; its peer is the proxy) or a pod's SYN-ACK to a delivery
+ * socket (the pod is the server); zt_sockops takes it when that pod socket
+ * is established and sets zt_local_cc's algorithm on it. An entry whose
+ * socket never gets there (the handshake failed) is evicted by newer ones.
+ */
+struct zt_leg_key {
+	struct zt_addr local;
+	struct zt_addr remote;
+	__be16 lport;
+	__be16 rport;
+};
+
 struct zt_ct_value {
 	__u64 last_seen_ns;
 	__u32 epoch;
@@ -251,6 +267,20 @@ struct zt_config {
 	/* Non-zero: policy audit mode. A flow policy denies is let through
 	 * and reported with reason ZT_REASON_AUDIT instead of dropped. */
 	__u32 audit;
+};
+
+/*
+ * zt_local_cc (ARRAY, 1 entry): a TCP congestion control name (NUL-padded)
+ * or empty, written by the agent. Set, the pods' sockets of steered
+ * connections switch to it when they are established (zt_legs). Such a
+ * socket's peer is the local proxy one veth away, so its congestion control
+ * governs only that hop: a pacing algorithm (BBR) there arms a timer per
+ * burst and models no real path. The tunnel between the proxies keeps the
+ * node's own choice. (Kept out of zt_config, whose pinned layout a
+ * restarted agent must be able to adopt.)
+ */
+struct zt_local_cc {
+	char name[16]; /* TCP_CA_NAME_MAX */
 };
 
 /*
@@ -319,6 +349,8 @@ _Static_assert(sizeof(struct zt_policy_value) == 4, "zt_policy_value layout");
 _Static_assert(sizeof(struct zt_ct_key) == 44, "zt_ct_key layout");
 _Static_assert(sizeof(struct zt_ct_value) == 16, "zt_ct_value layout");
 _Static_assert(sizeof(struct zt_config) == 40, "zt_config layout");
+_Static_assert(sizeof(struct zt_local_cc) == 16, "zt_local_cc layout");
+_Static_assert(sizeof(struct zt_leg_key) == 44, "zt_leg_key layout");
 _Static_assert(sizeof(struct zt_event) == 64, "zt_event layout");
 _Static_assert(sizeof(struct zt_counter) == 16, "zt_counter layout");
 

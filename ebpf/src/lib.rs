@@ -33,6 +33,8 @@ pub mod programs {
         "zt_recvmsg6",
         "zt_getpeername6",
     ];
+    /// Node-local legs' congestion control (cgroup `sock_ops`).
+    pub const SOCK_OPS: &str = "zt_sockops";
 }
 
 /// Map names in the object.
@@ -65,7 +67,26 @@ pub mod map_names {
     pub const EVENTS: &str = "zt_events";
     /// Per-CPU packet/byte counters.
     pub const COUNTERS: &str = "zt_counters";
+    /// Pod ends of node-local legs, until their sockets are established.
+    pub const LEGS: &str = "zt_legs";
+    /// The congestion control for those sockets.
+    pub const LOCAL_CC: &str = "zt_local_cc";
     /// Every map (pinned by these names).
-    pub const ALL: [&str; 13] =
-        [IPCACHE, ENDPOINTS, PORTS, SVC, SVC_BACKENDS, SVC_REV, CIDR4, CIDR6, POLICY, CT, CONFIG, EVENTS, COUNTERS];
+    pub const ALL: [&str; 15] = [
+        IPCACHE,
+        ENDPOINTS,
+        PORTS,
+        SVC,
+        SVC_BACKENDS,
+        SVC_REV,
+        CIDR4,
+        CIDR6,
+        POLICY,
+        CT,
+        CONFIG,
+        EVENTS,
+        COUNTERS,
+        LEGS,
+        LOCAL_CC,
+    ];
 }

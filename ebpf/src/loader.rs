@@ -34,6 +34,9 @@ pub enum SyncError {
     /// The object lacks a map (built from another version of the sources).
     #[error("map {0} not found in the loaded object")]
     Missing(&'static str),
+    /// A value no map entry can hold.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Writes individual entries of the datapath maps.

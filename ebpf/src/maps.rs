@@ -234,6 +234,30 @@ pub struct ZtCtKey {
     pub dport: u16,
 }
 
+/// `struct zt_leg_key`: the pod end of a node-local leg, as its socket
+/// sees it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ZtLegKey {
+    /// The pod's address.
+    pub local: ZtAddr,
+    /// The peer's (original) address.
+    pub remote: ZtAddr,
+    /// The pod's port (network order).
+    pub lport: u16,
+    /// The peer's port (network order).
+    pub rport: u16,
+}
+
+/// `struct zt_local_cc`: a TCP congestion control name, NUL-padded; empty
+/// for none.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ZtLocalCc {
+    /// The name.
+    pub name: [u8; 16],
+}
+
 /// `struct zt_ct_value`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -387,6 +411,10 @@ unsafe impl aya::Pod for ZtCtValue {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ZtConfig {}
 // SAFETY: as above.
+unsafe impl aya::Pod for ZtLegKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ZtLocalCc {}
+// SAFETY: as above.
 unsafe impl aya::Pod for ZtEvent {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ZtCounter {}
@@ -438,6 +466,8 @@ pub fn layouts() -> Vec<Layout> {
             fields!(ZtPolicyKey, 4, endpoint, peer, direction, protocol, port),
         ),
         ("zt_policy_value", size_of::<ZtPolicyValue>(), fields!(ZtPolicyValue, 0, rule)),
+        ("zt_leg_key", size_of::<ZtLegKey>(), fields!(ZtLegKey, 0, local, remote, lport, rport)),
+        ("zt_local_cc", size_of::<ZtLocalCc>(), fields!(ZtLocalCc, 0, name)),
         (
             "zt_config",
             size_of::<ZtConfig>(),

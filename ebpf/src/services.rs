@@ -1,6 +1,7 @@
 //! Service translation at the socket, the loader's side: the Service maps
 //! the agent writes (`zt_svc`, `zt_svc_backends`, `zt_svc_cidr`; see
-//! `bpf/services.h` and `maps.h`) and the cgroup programs' attachment.
+//! `bpf/services.h` and `maps.h`) and the cgroup programs' attachment,
+//! with the node-local legs' `sock_ops` program beside them (`bpf/legs.h`).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -82,21 +83,37 @@ pub fn set_service_cidrs(bpf: &mut aya::Ebpf, cidrs: &[(std::net::IpAddr, u8)]) 
     Ok(())
 }
 
-/// Loads the socket (Service translation) programs and attaches them to the
-/// cgroup at `cgroup` (a cgroup v2 directory; every socket of a process in
-/// it or below is translated), with bpf links that live as long as the
-/// object, or pinned under `pin_dir` as `socket-<program>` so that they
-/// outlive the agent. Pins a previous agent left there are replaced: the
-/// new links are attached first, then the old ones removed (while both are
-/// attached, the first translates and the second finds a backend address,
-/// not a frontend, and leaves it).
+/// Loads the socket programs — Service translation and the node-local
+/// legs' congestion control (`zt_sockops`, see `bpf/legs.h`) — and
+/// attaches them to the cgroup at `cgroup` (a cgroup v2 directory; every
+/// socket of a process in it or below is seen), with bpf links that live as
+/// long as the object, or pinned under `pin_dir` as `socket-<program>` so
+/// that they outlive the agent. Pins a previous agent left there are
+/// replaced: the new links are attached first, then the old ones removed
+/// (while both are attached, the first translates and the second finds a
+/// backend address, not a frontend, and leaves it).
 pub fn attach_socket_programs(bpf: &mut aya::Ebpf, cgroup: &Path, pin_dir: Option<&Path>) -> Result<(), AttachError> {
-    use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+    use aya::programs::links::{FdLink, LinkError};
+    use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
     let file = std::fs::File::open(cgroup).map_err(|e| AttachError::Pin {
         path: cgroup.display().to_string(),
         reason: format!("opening the cgroup: {e}"),
     })?;
     let where_ = cgroup.display().to_string();
+    let pin = |name: &str, fd: Result<FdLink, LinkError>| -> Result<(), AttachError> {
+        let Some(dir) = pin_dir else { return Ok(()) };
+        let fd = fd.map_err(|e| AttachError::Pin { path: where_.clone(), reason: e.to_string() })?;
+        let path = dir.join(format!("socket-{name}"));
+        // The new link is attached (held by its descriptor) before the
+        // predecessor's pin goes, which detaches the old one: no moment
+        // without translation.
+        if path.exists() {
+            std::fs::remove_file(&path)
+                .map_err(|e| AttachError::Pin { path: path.display().to_string(), reason: e.to_string() })?;
+        }
+        fd.pin(&path).map_err(|e| AttachError::Pin { path: path.display().to_string(), reason: e.to_string() })?;
+        Ok(())
+    };
     for name in crate::programs::SOCKET {
         let prog: &mut CgroupSockAddr = bpf
             .program_mut(name)
@@ -107,28 +124,45 @@ pub fn attach_socket_programs(bpf: &mut aya::Ebpf, cgroup: &Path, pin_dir: Optio
         // A bpf link (kernel 5.7+): links to a cgroup always coexist with
         // other links and programs there, and the kernel wants no flags.
         let id = prog.attach(&file, CgroupAttachMode::Single).map_err(prog_err("attach", name, &where_))?;
-        let Some(dir) = pin_dir else { continue };
-        let link = prog.take_link(id).map_err(prog_err("pin", name, &where_))?;
-        let fd: aya::programs::links::FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| {
-            AttachError::Pin { path: where_.clone(), reason: e.to_string() }
-        })?;
-        let path = dir.join(format!("socket-{name}"));
-        // The new link is attached (held by its descriptor) before the
-        // predecessor's pin goes, which detaches the old one: no moment
-        // without translation.
-        if path.exists() {
-            std::fs::remove_file(&path)
-                .map_err(|e| AttachError::Pin { path: path.display().to_string(), reason: e.to_string() })?;
+        if pin_dir.is_some() {
+            let link = prog.take_link(id).map_err(prog_err("pin", name, &where_))?;
+            pin(name, link.try_into())?;
         }
-        fd.pin(&path).map_err(|e| AttachError::Pin { path: path.display().to_string(), reason: e.to_string() })?;
+    }
+    let name = crate::programs::SOCK_OPS;
+    let prog: &mut SockOps =
+        bpf.program_mut(name).ok_or(AttachError::Missing(name))?.try_into().map_err(prog_err("load", name, &where_))?;
+    prog.load().map_err(prog_err("load", name, &where_))?;
+    let id = prog.attach(&file, CgroupAttachMode::Single).map_err(prog_err("attach", name, &where_))?;
+    if pin_dir.is_some() {
+        let link = prog.take_link(id).map_err(prog_err("pin", name, &where_))?;
+        pin(name, link.try_into())?;
     }
     Ok(())
+}
+
+/// Sets the congestion control the pods' ends of node-local legs switch to
+/// (`zt_local_cc`, see maps.h); `None` leaves them alone. The name must fit
+/// the kernel's 15 characters.
+pub fn set_local_cc(bpf: &mut aya::Ebpf, name: Option<&str>) -> Result<(), SyncError> {
+    let map = crate::map_names::LOCAL_CC;
+    let mut value = maps::ZtLocalCc::default();
+    if let Some(n) = name {
+        let bytes = n.as_bytes();
+        if bytes.is_empty() || bytes.len() >= value.name.len() {
+            return Err(SyncError::Invalid(format!("congestion control name {n:?}: 1 to 15 characters")));
+        }
+        value.name[..bytes.len()].copy_from_slice(bytes);
+    }
+    let mut array: aya::maps::Array<_, maps::ZtLocalCc> =
+        conv(map, aya::maps::Array::try_from(bpf.map_mut(map).ok_or(SyncError::Missing(map))?))?;
+    conv(map, array.set(0, value, 0))
 }
 
 /// Removes pinned socket program links under `pin_dir` (an agent started
 /// without Service translation).
 pub fn unpin_socket_programs(pin_dir: &Path) {
-    for name in crate::programs::SOCKET {
+    for name in crate::programs::SOCKET.into_iter().chain([crate::programs::SOCK_OPS]) {
         let path = pin_dir.join(format!("socket-{name}"));
         if let Ok(link) = aya::programs::links::PinnedLink::from_pin(&path) {
             let _ = link.unpin();

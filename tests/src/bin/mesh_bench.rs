@@ -148,7 +148,18 @@ impl Mesh<'_> {
         let ready = until(Duration::from_secs(30), || {
             (0..2).all(|i| admin_get(&self.ns[i], 15021, "/ready").starts_with("HTTP/1.0 200"))
         });
-        anyhow::ensure!(ready, "agents not ready; logs in {}", self.root.display());
+        if !ready {
+            // The logs go with their temporary directory: show their ends.
+            let tails: Vec<String> = nodes
+                .iter()
+                .map(|n| {
+                    let log = std::fs::read_to_string(self.root.join(format!("{n}.log"))).unwrap_or_default();
+                    let lines: Vec<&str> = log.lines().collect();
+                    format!("--- {n}:\n{}", lines[lines.len().saturating_sub(15)..].join("\n"))
+                })
+                .collect();
+            anyhow::bail!("agents not ready\n{}", tails.join("\n"));
+        }
         Ok(agents)
     }
 

@@ -505,6 +505,13 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Sets the congestion control the pods' ends of node-local legs
+    /// switch to (`None`: they keep theirs). Takes effect where the socket
+    /// programs are attached ([`Self::enable_services`]).
+    pub fn set_local_cc(&mut self, name: Option<&str>) -> anyhow::Result<()> {
+        zt_ebpf::services::set_local_cc(&mut self.bpf, name).context("writing the node-local legs' congestion control")
+    }
+
     /// Sets the Service CIDRs whose untranslated pod TCP is dropped while
     /// steering is on (see `zt_svc_cidr` in maps.h).
     pub fn set_service_cidrs(&mut self, cidrs: &[(std::net::IpAddr, u8)]) -> anyhow::Result<()> {

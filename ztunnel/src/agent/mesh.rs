@@ -50,6 +50,11 @@ pub struct MeshConfig {
     pub threads: usize,
     /// Policy audit mode (see `InboundConfig::policy_audit`).
     pub policy_audit: bool,
+    /// TCP congestion control of the node-local legs (pod ↔ proxy): the
+    /// proxy's capture and delivery sockets, and through the datapath the
+    /// pods' sockets of captured and delivered connections; `None` leaves
+    /// every socket on its own. See `local_cc` in the proxy module.
+    pub local_cc: Option<String>,
 }
 
 /// Mark on steered packets, and the routing table that delivers them locally.
@@ -216,6 +221,7 @@ impl Mesh {
                 connect_timeout: Duration::from_secs(5),
                 handshake_timeout: Duration::from_secs(10),
                 policy_audit: cfg.policy_audit,
+                local_cc: cfg.local_cc.clone(),
             },
             metrics.clone(),
             shutdown_rx.clone(),
@@ -225,7 +231,8 @@ impl Mesh {
             install_redirect_routing(false)?;
             let listener = {
                 let _guard = rt.enter();
-                crate::proxy::capture::bind(addr.into()).with_context(|| format!("--capture {addr}"))?
+                crate::proxy::capture::bind(addr.into(), cfg.local_cc.as_deref())
+                    .with_context(|| format!("--capture {addr}"))?
             };
             // IPv6 pod TCP is steered to [::1] on the same port. Without
             // IPv6 on the node it stays dropped (fail closed), as the
@@ -233,7 +240,8 @@ impl Mesh {
             let addr6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()));
             let listener6 = install_redirect_routing(true).and_then(|()| {
                 let _guard = rt.enter();
-                crate::proxy::capture::bind(addr6).with_context(|| format!("IPv6 capture listener {addr6}"))
+                crate::proxy::capture::bind(addr6, cfg.local_cc.as_deref())
+                    .with_context(|| format!("IPv6 capture listener {addr6}"))
             });
             let listener6 = match listener6 {
                 Ok(l) => Some(l),

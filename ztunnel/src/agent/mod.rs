@@ -89,6 +89,11 @@ impl Config {
                 c.display()
             );
         }
+        if let Some(cc) = self.mesh.as_ref().and_then(|m| m.local_cc.as_deref()) {
+            crate::proxy::local_cc::validate(cc).map_err(|e| {
+                anyhow::anyhow!("--local-congestion-control: {e} (`keep` leaves every socket on its own)")
+            })?;
+        }
         Ok(())
     }
 }
@@ -194,6 +199,17 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             None
         }
     };
+    // The pods' ends of node-local legs: set by the socket programs, so only
+    // where they are attached (else the datapath would record legs nobody
+    // takes). An agent without it clears what a predecessor set.
+    let pods_cc = match (&cfg.mesh, &cfg.service_cgroup) {
+        (Some(m), Some(_)) if m.capture.is_some() => m.local_cc.as_deref(),
+        _ => None,
+    };
+    dp.set_local_cc(pods_cc)?;
+    if let Some(cc) = pods_cc {
+        tracing::info!(congestion_control = cc, "node-local legs (pod to proxy) use this congestion control");
+    }
     let mut service_objects = services::Objects::default();
     let stop = stop_flag()?;
     let mut source =

@@ -414,6 +414,15 @@ pub struct RunArgs {
     /// Do not steer pod TCP into the proxy (serve inbound tunnels only).
     #[arg(long)]
     pub no_capture: bool,
+    /// TCP congestion control of the node-local legs between pods and the
+    /// proxy: the proxy's capture and delivery sockets, and (where the
+    /// socket programs are attached, see --service-cgroup) the pods' own
+    /// sockets of captured and delivered connections. Their peer is one
+    /// veth away, so a pacing algorithm (BBR) there only costs timers; the
+    /// tunnel between nodes keeps the node's default. `keep` leaves every
+    /// socket on its own.
+    #[arg(long, value_name = "NAME|keep", default_value = "cubic", env = "ZTUNNEL_LOCAL_CONGESTION_CONTROL")]
+    pub local_congestion_control: String,
     /// Proxy worker threads (1: every hand-off of a tunnel stays on one
     /// core, the lowest latency; raise on nodes with cores to spare).
     #[arg(long, default_value_t = 1, env = "ZTUNNEL_PROXY_THREADS")]
@@ -509,6 +518,7 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                         capture: (!args.no_capture).then_some(args.capture),
                         threads: args.proxy_threads,
                         policy_audit: args.policy_audit,
+                        local_cc: (args.local_congestion_control != "keep").then_some(args.local_congestion_control),
                     }),
                     _ => None,
                 },

@@ -24,8 +24,9 @@ use crate::identity::SecretCache;
 
 /// Binds a transparent capture listener: the IPv4 one at the configured
 /// address, the IPv6 one at `[::1]` on the same port (where the datapath
-/// steers IPv6 pod TCP).
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// steers IPv6 pod TCP). With `cc`, the accepted sockets use that
+/// congestion control (see [`super::local_cc`]).
+pub fn bind(addr: SocketAddr, cc: Option<&str>) -> std::io::Result<TcpListener> {
     use nix::sys::socket::{setsockopt, sockopt};
     let s = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     // IP_TRANSPARENT also applies to IPv6 sockets on Linux.
@@ -34,6 +35,10 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     // Accepted connections inherit TCP_NODELAY: one system call less on
     // each captured connection.
     setsockopt(&s, sockopt::TcpNoDelay, &true).map_err(std::io::Error::from)?;
+    // Likewise the congestion control, set here once for all of them.
+    if let Some(cc) = cc {
+        super::local_cc::set(&s, cc)?;
+    }
     s.bind(addr)?;
     s.listen(4096)
 }

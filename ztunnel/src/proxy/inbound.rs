@@ -109,6 +109,9 @@ pub struct InboundConfig {
     /// Policy audit mode: a tunnel the destination's ingress policy denies
     /// is logged and counted, and let through. Identity checks still apply.
     pub policy_audit: bool,
+    /// Congestion control of delivery sockets (see [`super::local_cc`]);
+    /// `None`: the node's default.
+    pub local_cc: Option<String>,
 }
 
 /// What the inbound side does when a tunnel's copy ends.
@@ -416,7 +419,7 @@ impl Inbound {
     }
 
     async fn connect(&self, src: SocketAddr, dst: SocketAddr) -> std::io::Result<TcpStream> {
-        connect_from(self.config.transparent.then_some(src.ip()), dst).await
+        connect_from(self.config.transparent.then_some(src.ip()), dst, self.config.local_cc.as_deref()).await
     }
 }
 
@@ -430,7 +433,7 @@ impl Inbound {
 /// connected when `connect` returns `EINPROGRESS`: one `getpeername` then
 /// saves a round through the reactor (an `epoll_wait`, a wake-up of this
 /// task and a `getsockopt`) on every new connection's path.
-async fn connect_from(src: Option<IpAddr>, dst: SocketAddr) -> std::io::Result<TcpStream> {
+async fn connect_from(src: Option<IpAddr>, dst: SocketAddr, cc: Option<&str>) -> std::io::Result<TcpStream> {
     use nix::errno::Errno;
     use nix::sys::socket::{self as sock, AddressFamily, SockFlag, SockType, SockaddrStorage, sockopt};
 
@@ -443,6 +446,9 @@ async fn connect_from(src: Option<IpAddr>, dst: SocketAddr) -> std::io::Result<T
         sock::bind(fd.as_raw_fd(), &SockaddrStorage::from(SocketAddr::new(ip, 0)))?;
     }
     sock::setsockopt(&fd, sockopt::TcpNoDelay, &true)?;
+    if let Some(cc) = cc {
+        super::local_cc::set(&fd, cc)?;
+    }
     let connected = match sock::connect(fd.as_raw_fd(), &SockaddrStorage::from(dst)) {
         Ok(()) => true,
         Err(Errno::EINPROGRESS) => sock::getpeername::<SockaddrStorage>(fd.as_raw_fd()).is_ok(),
@@ -484,7 +490,7 @@ mod tests {
     async fn connects_at_once_and_reports_a_refusal() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let mut s = connect_from(None, addr).await.unwrap();
+        let mut s = connect_from(None, addr, None).await.unwrap();
         assert!(s.nodelay().unwrap());
         let (mut a, _) = l.accept().await.unwrap();
         s.write_all(b"ping").await.unwrap();
@@ -495,7 +501,7 @@ mod tests {
         s.read_exact(&mut b).await.unwrap();
         assert_eq!(&b, b"pong");
         drop(l);
-        let e = connect_from(None, addr).await.unwrap_err();
+        let e = connect_from(None, addr, None).await.unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
     }
 }

@@ -9,6 +9,8 @@
 //!   the destination pod and copies bytes.
 //! - [`outbound`]: pooled tunnels to peer nodes.
 //! - [`capture`]: the transparent listener the datapath steers pod TCP to.
+//! - [`local_cc`]: the congestion control of the legs between pods and
+//!   the proxy.
 //! - [`session`] and [`record`]: the HBONE connections' TLS — rustls'
 //!   handshake, then a record layer that encrypts and decrypts where the
 //!   bytes already are.
@@ -16,6 +18,7 @@
 pub mod capture;
 pub mod copy;
 pub mod inbound;
+pub mod local_cc;
 pub mod metrics;
 pub mod mux;
 pub mod outbound;

@@ -156,6 +156,7 @@ async fn mesh_with(audit: Audit) -> Mesh {
         connect_timeout: Duration::from_secs(2),
         handshake_timeout: Duration::from_secs(2),
         policy_audit: audit == Audit::Node,
+        local_cc: None,
     };
     let metrics = Arc::new(super::metrics::ProxyMetrics::default());
     let (tx, rx) = tokio::sync::watch::channel(false);
