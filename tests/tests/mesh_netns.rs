@@ -2,19 +2,22 @@
 //! network namespaces. A pod-to-pod TCP connection across nodes is carried
 //! inside TLS (a capture of the node-to-node link never shows the payload),
 //! the destination pod sees the real source address, and port-based
-//! NetworkPolicy on the destination still decides.
+//! NetworkPolicy on the destination still decides. The legs between pods
+//! and proxies run their own congestion control; the tunnel keeps the
+//! node's.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use testbed::cluster::{
-    BpfFs, LinkCapture, Proc, admin_get, ca_init, ca_serve_args, example_manifests, mesh_agent_args, serial_in_dump,
-    spawn_args, until, ztunnel_bin,
+    BpfFs, LinkCapture, Mesh, Proc, admin_get, ca_init, ca_serve_args, example_manifests, mesh_agent_args,
+    serial_in_dump, spawn_args, until, ztunnel_bin,
 };
 use testbed::netns::run_in;
 use testbed::{Testbed, probe, require_root};
@@ -421,4 +424,152 @@ fn ipv6_pod_traffic_is_captured_and_carried_in_mutual_tls() {
     let (_, summary) = capture.stop().unwrap();
     assert!(!summary.contains(&format!("> {server6}.80")), "plaintext IPv6 SYN on the link:\n{summary}");
     drop(agents);
+}
+
+fn cc_of(s: &impl AsFd) -> String {
+    let v = nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::TcpCongestion).unwrap();
+    v.to_string_lossy().trim_end_matches('\0').to_string()
+}
+
+/// The congestion control of each established socket in `ns` whose local
+/// or remote port is `port`, as `ss` shows it: (local, peer, algorithm).
+fn ss_cc(ns: &str, port: u16) -> Vec<(String, String, String)> {
+    let filter = format!("( sport = :{port} or dport = :{port} )");
+    let out = Command::new("ip").args(["netns", "exec", ns, "ss", "-tinH", "state", "established", &filter]).output();
+    let text = String::from_utf8_lossy(&out.unwrap().stdout).into_owned();
+    let mut found = Vec::new();
+    let mut addrs: Option<(String, String)> = None;
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if !line.starts_with(char::is_whitespace) && words.len() >= 4 {
+            addrs = Some((words[2].to_string(), words[3].to_string()));
+        } else if let Some((l, p)) = addrs.take() {
+            let cc = words.iter().find(|w| w.chars().all(|c| c.is_ascii_lowercase() || c == '_')).unwrap_or(&"?");
+            found.push((l, p, cc.to_string()));
+        }
+    }
+    found
+}
+
+/// The node-local legs' congestion control on real sockets (IPv4, IPv4
+/// mapped on a dual-stack socket, IPv6). A captured connection's pod ends
+/// (the client pod's socket, whose peer is its node's proxy, and the server
+/// pod's accepted socket, whose peer is the destination node's delivery
+/// socket) and the proxy's own sockets on those legs run the configured
+/// algorithm; the tunnel between the nodes, and a pod's socket that is no
+/// leg, keep the node's default.
+#[test]
+fn local_legs_switch_congestion_control_and_the_tunnel_keeps_the_nodes() {
+    if !require_root("local_legs_switch_congestion_control_and_the_tunnel_keeps_the_nodes") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let manifests = root.join("manifests");
+    fs::create_dir(&manifests).unwrap();
+    fs::write(manifests.join("all.yaml"), DUAL_STACK).unwrap();
+    let nodes = ["node-1", "node-2"];
+    let mut tb = Testbed::new(&nodes).unwrap();
+    let server_ip = Ipv4Addr::new(10, 244, 1, 70);
+    let server6: std::net::Ipv6Addr = "fd00:244:1::70".parse().unwrap();
+    tb.add_pod_dual("default/server", 0, server_ip, server6).unwrap();
+    tb.add_pod_dual("default/client", 1, Ipv4Addr::new(10, 244, 2, 70), "fd00:244:2::70".parse().unwrap()).unwrap();
+    let server_ns = tb.pod("default/server").unwrap().ns.name().to_string();
+    let client_ns = tb.pod("default/client").unwrap().ns.name().to_string();
+    let ns: Vec<String> = tb.nodes.iter().map(|n| n.ns.name().to_string()).collect();
+
+    // An algorithm no socket here would have by itself.
+    let default = run_in(&client_ns, || std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").unwrap())
+        .unwrap()
+        .trim()
+        .to_string();
+    let want = if default == "reno" { "cubic" } else { "reno" };
+    let mesh = Mesh::start(root, &ns, &manifests, &["--local-congestion-control", want]).unwrap();
+    let ready = until(Duration::from_secs(30), || {
+        (0..2).all(|i| admin_get(&ns[i], 15021, "/ready").contains("ready"))
+            && mesh.logs().matches("attached").count() >= 2
+    });
+    assert!(ready, "agents not ready:\n{}", mesh.logs());
+    assert!(mesh.logs().contains("node-local legs (pod to proxy) use this congestion control"), "{}", mesh.logs());
+
+    // The server pod: the algorithm of each accepted socket, after echoing;
+    // the sockets stay open (so do the legs) until the end.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (served_tx, served_rx) = std::sync::mpsc::channel();
+    let (end_server, end_server_rx) = std::sync::mpsc::channel::<()>();
+    let server = std::thread::spawn(move || {
+        run_in(&server_ns, move || {
+            let l = TcpListener::bind("[::]:9100").unwrap();
+            ready_tx.send(()).unwrap();
+            let mut open = Vec::new();
+            for _ in 0..3 {
+                let (mut s, _) = l.accept().unwrap();
+                let mut b = [0u8; 4];
+                s.read_exact(&mut b).unwrap();
+                s.write_all(&b).unwrap();
+                served_tx.send(cc_of(&s)).unwrap();
+                open.push(s);
+            }
+            let _ = end_server_rx.recv_timeout(Duration::from_secs(20));
+        })
+        .unwrap()
+    });
+    ready_rx.recv().unwrap();
+    // The client pod: an IPv4 socket, a dual-stack one (the IPv4 address
+    // mapped) and an IPv6 one, each held open until the node sockets are
+    // looked at; and a loopback connection inside the pod, which is no leg.
+    let targets = [
+        SocketAddr::from((server_ip, 9100)),
+        SocketAddr::from((server_ip.to_ipv6_mapped(), 9100)),
+        SocketAddr::from((server6, 9100)),
+    ];
+    let (end_client, end_client_rx) = std::sync::mpsc::channel::<()>();
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    let client = std::thread::spawn(move || {
+        run_in(&client_ns, move || {
+            let mut out = Vec::new();
+            let mut open = Vec::new();
+            for addr in targets {
+                let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                s.write_all(b"ping").unwrap();
+                let mut b = [0u8; 4];
+                s.read_exact(&mut b).unwrap();
+                out.push(cc_of(&s));
+                open.push(s);
+            }
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let local = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (accepted, _) = l.accept().unwrap();
+            out.push(cc_of(&local));
+            out.push(cc_of(&accepted));
+            seen_tx.send(out).unwrap();
+            let _ = end_client_rx.recv_timeout(Duration::from_secs(20));
+        })
+        .unwrap()
+    });
+    let seen = seen_rx.recv_timeout(Duration::from_secs(15)).expect("the client pod's connections");
+    assert_eq!(seen[..3], [want; 3], "the client pod's sockets of captured connections\n{}", mesh.logs());
+    assert_eq!(seen[3..], [default.as_str(), default.as_str()], "a loopback connection inside the pod is no leg");
+    let served: Vec<String> = served_rx.iter().take(3).collect();
+    assert_eq!(served, [want; 3], "the server pod's sockets of delivered connections");
+
+    // The proxies: node-2's capture sockets and node-1's delivery sockets
+    // run it; the HBONE tunnel between them keeps the node's default.
+    let capture = ss_cc(&ns[1], 9100);
+    let delivery = ss_cc(&ns[0], 9100);
+    assert_eq!(capture.len(), 3, "node-2's capture sockets: {capture:?}");
+    assert_eq!(delivery.len(), 3, "node-1's delivery sockets: {delivery:?}");
+    for (l, p, cc) in capture.iter().chain(&delivery) {
+        assert_eq!(cc, want, "{l} -> {p}");
+    }
+    let tunnel = ss_cc(&ns[1], 15008);
+    assert!(!tunnel.is_empty(), "no tunnel on 15008");
+    for (l, p, cc) in &tunnel {
+        assert_eq!(cc, &default, "the tunnel {l} -> {p} keeps the node's algorithm");
+    }
+    end_client.send(()).unwrap();
+    end_server.send(()).unwrap();
+    client.join().unwrap();
+    server.join().unwrap();
 }

@@ -272,3 +272,28 @@ fn run_rejects_a_service_cidr_with_host_bits() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("--service-cidr \"10.96.0.1/12\": host bits are set"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn run_rejects_a_congestion_control_the_kernel_lacks() {
+    let examples = examples();
+    let out = ztunnel(&[
+        "run",
+        "--local",
+        examples.to_str().unwrap(),
+        "--node",
+        "node-1",
+        "--no-pin",
+        "--ca-address",
+        "127.0.0.1:1",
+        "--ca-bundle",
+        "/nonexistent/bundle.pem",
+        "--ca-token",
+        "/nonexistent/token",
+        "--local-congestion-control",
+        "no_such_cc",
+    ]);
+    assert!(!out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("--local-congestion-control: this kernel has no \"no_such_cc\" congestion control"), "{err}");
+    assert!(err.contains("`keep` leaves every socket on its own"), "{err}");
+}
