@@ -374,13 +374,13 @@ static __always_inline void ct_key(struct zt_ct_key *k, __u32 endpoint, __u8 dir
 
 static __always_inline int decide_packet(struct __sk_buff *skb, __u8 dir, struct flow *fp);
 
+#include "legs.h"
+
 /*
  * Assigns a TCP packet to the local proxy socket it belongs to (see
  * zt_config.mesh): the socket of its connection if one exists, else, for a
  * SYN, the capture listener. Returns the verdict: no socket, no packet.
  */
-#include "legs.h"
-
 static __always_inline int assign(struct __sk_buff *skb, struct flow *f, struct zt_config *cfg)
 {
 	/* The connection's own proxy socket, by its 4-tuple. */
