@@ -14,6 +14,15 @@ fn ztunnel(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ztunnel")).args(args).env("NO_COLOR", "1").output().expect("run ztunnel")
 }
 
+/// `ztunnel run` on the example manifests as node-1 without pins, with
+/// `extra` arguments: for the checks made before anything is loaded.
+fn run_agent(extra: &[&str]) -> Output {
+    let examples = examples();
+    let mut args = vec!["run", "--local", examples.to_str().expect("utf-8 path"), "--node", "node-1", "--no-pin"];
+    args.extend_from_slice(extra);
+    ztunnel(&args)
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -184,17 +193,7 @@ fn run_rejects_a_bad_pod_interface_prefix_before_touching_the_node() {
     // a prefix with a space or a wildcard would not mean what it says in
     // the guard's nftables rule.
     for bad in ["a b", "cali*", "x\"; flush ruleset", "abcdefghijklmno"] {
-        let examples = examples();
-        let out = ztunnel(&[
-            "run",
-            "--local",
-            examples.to_str().unwrap(),
-            "--node",
-            "node-1",
-            "--no-pin",
-            "--pod-interface-prefix",
-            bad,
-        ]);
+        let out = run_agent(&["--pod-interface-prefix", bad]);
         assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", text(&out.stderr));
         let err = text(&out.stderr);
         assert!(err.contains("--pod-interface-prefix") && err.contains("letters, digits"), "{bad:?}: {err}");
@@ -203,17 +202,7 @@ fn run_rejects_a_bad_pod_interface_prefix_before_touching_the_node() {
 
 #[test]
 fn run_rejects_a_service_cgroup_that_is_not_a_directory() {
-    let examples = examples();
-    let out = ztunnel(&[
-        "run",
-        "--local",
-        examples.to_str().unwrap(),
-        "--node",
-        "node-1",
-        "--no-pin",
-        "--service-cgroup",
-        "/nonexistent/cgroup",
-    ]);
+    let out = run_agent(&["--service-cgroup", "/nonexistent/cgroup"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let err = text(&out.stderr);
     assert!(err.contains("--service-cgroup /nonexistent/cgroup: no such directory") && err.contains("`off`"), "{err}");
@@ -258,31 +247,14 @@ fn check_to_a_cluster_ip_judges_each_backend_as_the_datapath_does() {
 
 #[test]
 fn run_rejects_a_service_cidr_with_host_bits() {
-    let examples = examples();
-    let out = ztunnel(&[
-        "run",
-        "--local",
-        examples.to_str().unwrap(),
-        "--node",
-        "node-1",
-        "--no-pin",
-        "--service-cidr",
-        "10.96.0.0/12,10.96.0.1/12",
-    ]);
+    let out = run_agent(&["--service-cidr", "10.96.0.0/12,10.96.0.1/12"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("--service-cidr \"10.96.0.1/12\": host bits are set"), "{}", text(&out.stderr));
 }
 
 #[test]
 fn run_rejects_a_congestion_control_the_kernel_lacks() {
-    let examples = examples();
-    let out = ztunnel(&[
-        "run",
-        "--local",
-        examples.to_str().unwrap(),
-        "--node",
-        "node-1",
-        "--no-pin",
+    let out = run_agent(&[
         "--ca-address",
         "127.0.0.1:1",
         "--ca-bundle",
