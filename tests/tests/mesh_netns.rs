@@ -320,6 +320,25 @@ ports: [{name: whoami, port: 9000}]
 endpoints: [{addresses: ["fd00:244:1::70"]}]
 "#;
 
+/// The addresses of `default/server` (node-1) and `default/client` (node-2)
+/// in [`DUAL_STACK`].
+const SERVER: (Ipv4Addr, std::net::Ipv6Addr) =
+    (Ipv4Addr::new(10, 244, 1, 70), std::net::Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 0x70));
+const CLIENT: (Ipv4Addr, std::net::Ipv6Addr) =
+    (Ipv4Addr::new(10, 244, 2, 70), std::net::Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 0x70));
+
+/// Two nodes with the dual-stack server and client pods, and the manifest
+/// directory (under `root`) that describes them.
+fn dual_stack_cluster(root: &std::path::Path) -> (Testbed, std::path::PathBuf) {
+    let manifests = root.join("manifests");
+    fs::create_dir(&manifests).unwrap();
+    fs::write(manifests.join("all.yaml"), DUAL_STACK).unwrap();
+    let mut tb = Testbed::new(&["node-1", "node-2"]).unwrap();
+    tb.add_pod_dual("default/server", 0, SERVER.0, SERVER.1).unwrap();
+    tb.add_pod_dual("default/client", 1, CLIENT.0, CLIENT.1).unwrap();
+    (tb, manifests)
+}
+
 #[test]
 fn ipv6_pod_traffic_is_captured_and_carried_in_mutual_tls() {
     if !require_root("ipv6_pod_traffic_is_captured_and_carried_in_mutual_tls") {
@@ -327,15 +346,9 @@ fn ipv6_pod_traffic_is_captured_and_carried_in_mutual_tls() {
     }
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let manifests = root.join("manifests");
-    fs::create_dir(&manifests).unwrap();
-    fs::write(manifests.join("all.yaml"), DUAL_STACK).unwrap();
+    let (tb, manifests) = dual_stack_cluster(root);
     let nodes = ["node-1", "node-2"];
-    let mut tb = Testbed::new(&nodes).unwrap();
-    let server6: std::net::Ipv6Addr = "fd00:244:1::70".parse().unwrap();
-    let client6: std::net::Ipv6Addr = "fd00:244:2::70".parse().unwrap();
-    tb.add_pod_dual("default/server", 0, Ipv4Addr::new(10, 244, 1, 70), server6).unwrap();
-    tb.add_pod_dual("default/client", 1, Ipv4Addr::new(10, 244, 2, 70), client6).unwrap();
+    let (server6, client6) = (SERVER.1, CLIENT.1);
     probe::whoami_server(&tb.pod("default/server").unwrap().ns, 9000).unwrap();
     probe::whoami_server(&tb.pod("default/server").unwrap().ns, 80).unwrap();
     let ns: Vec<String> = tb.nodes.iter().map(|n| n.ns.name().to_string()).collect();
@@ -465,15 +478,8 @@ fn local_legs_switch_congestion_control_and_the_tunnel_keeps_the_nodes() {
     }
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let manifests = root.join("manifests");
-    fs::create_dir(&manifests).unwrap();
-    fs::write(manifests.join("all.yaml"), DUAL_STACK).unwrap();
-    let nodes = ["node-1", "node-2"];
-    let mut tb = Testbed::new(&nodes).unwrap();
-    let server_ip = Ipv4Addr::new(10, 244, 1, 70);
-    let server6: std::net::Ipv6Addr = "fd00:244:1::70".parse().unwrap();
-    tb.add_pod_dual("default/server", 0, server_ip, server6).unwrap();
-    tb.add_pod_dual("default/client", 1, Ipv4Addr::new(10, 244, 2, 70), "fd00:244:2::70".parse().unwrap()).unwrap();
+    let (tb, manifests) = dual_stack_cluster(root);
+    let (server_ip, server6) = SERVER;
     let server_ns = tb.pod("default/server").unwrap().ns.name().to_string();
     let client_ns = tb.pod("default/client").unwrap().ns.name().to_string();
     let ns: Vec<String> = tb.nodes.iter().map(|n| n.ns.name().to_string()).collect();
