@@ -523,14 +523,21 @@ fn a_namespace_label_audits_its_pods_and_removing_it_enforces_again() {
         "no audit record of default/test's connection: {:?}",
         audited()
     );
-    // The audit record at the API server names the policies that isolate it.
-    let isolating: Vec<String> = flow_records(&logs[..1])
-        .into_iter()
-        .filter(|v| v["verdict"] == "audit" && v["direction"] == "ingress")
-        .flat_map(|v| v["isolated_by"].as_array().cloned().unwrap_or_default())
-        .filter_map(|p| p.as_str().map(str::to_string))
-        .collect();
-    assert!(isolating.iter().any(|p| p == "default/default-deny"), "{isolating:?}");
+    // The audit record at the API server names the policies that isolate it
+    // (node-1's record may reach its log after node-2's, waited for above).
+    let isolating = || -> Vec<String> {
+        flow_records(&logs[..1])
+            .into_iter()
+            .filter(|v| v["verdict"] == "audit" && v["direction"] == "ingress")
+            .flat_map(|v| v["isolated_by"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| p.as_str().map(str::to_string))
+            .collect()
+    };
+    assert!(
+        until(Duration::from_secs(3), true, || isolating().iter().any(|p| p == "default/default-deny")).is_some(),
+        "{:?}",
+        isolating()
+    );
     let long = Held::open(&test_ns, api);
     assert!(long.echo(b'a'), "the held connection works while audited");
 
