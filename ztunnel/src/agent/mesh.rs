@@ -221,7 +221,7 @@ impl Mesh {
                 connect_timeout: Duration::from_secs(5),
                 handshake_timeout: Duration::from_secs(10),
                 policy_audit: cfg.policy_audit,
-                local_cc: cfg.local_cc.clone(),
+                local_cc: cfg.local_cc.as_ref().map(Into::into),
             },
             metrics.clone(),
             shutdown_rx.clone(),

@@ -37,7 +37,7 @@ pub fn bind(addr: SocketAddr, cc: Option<&str>) -> std::io::Result<TcpListener> 
     setsockopt(&s, sockopt::TcpNoDelay, &true).map_err(std::io::Error::from)?;
     // Likewise the congestion control, set here once for all of them.
     if let Some(cc) = cc {
-        super::local_cc::set(&s, cc)?;
+        super::local_cc::set(&s, &cc.into())?;
     }
     s.bind(addr)?;
     s.listen(4096)

@@ -111,7 +111,7 @@ pub struct InboundConfig {
     pub policy_audit: bool,
     /// Congestion control of delivery sockets (see [`super::local_cc`]);
     /// `None`: the node's default.
-    pub local_cc: Option<String>,
+    pub local_cc: Option<std::ffi::OsString>,
 }
 
 /// What the inbound side does when a tunnel's copy ends.
@@ -419,7 +419,7 @@ impl Inbound {
     }
 
     async fn connect(&self, src: SocketAddr, dst: SocketAddr) -> std::io::Result<TcpStream> {
-        connect_from(self.config.transparent.then_some(src.ip()), dst, self.config.local_cc.as_deref()).await
+        connect_from(self.config.transparent.then_some(src.ip()), dst, self.config.local_cc.as_ref()).await
     }
 }
 
@@ -433,7 +433,11 @@ impl Inbound {
 /// connected when `connect` returns `EINPROGRESS`: one `getpeername` then
 /// saves a round through the reactor (an `epoll_wait`, a wake-up of this
 /// task and a `getsockopt`) on every new connection's path.
-async fn connect_from(src: Option<IpAddr>, dst: SocketAddr, cc: Option<&str>) -> std::io::Result<TcpStream> {
+async fn connect_from(
+    src: Option<IpAddr>,
+    dst: SocketAddr,
+    cc: Option<&std::ffi::OsString>,
+) -> std::io::Result<TcpStream> {
     use nix::errno::Errno;
     use nix::sys::socket::{self as sock, AddressFamily, SockFlag, SockType, SockaddrStorage, sockopt};
 

@@ -22,10 +22,12 @@ const NAME_MAX: usize = 15;
 /// Where the kernel lists the algorithms it has.
 const AVAILABLE: &str = "/proc/sys/net/ipv4/tcp_available_congestion_control";
 
-/// Sets `name` as the socket's congestion control.
-pub fn set(fd: &impl AsFd, name: &str) -> std::io::Result<()> {
-    nix::sys::socket::setsockopt(fd, nix::sys::socket::sockopt::TcpCongestion, &std::ffi::OsString::from(name))
-        .map_err(|e| std::io::Error::other(format!("TCP_CONGESTION {name}: {e}")))
+/// Sets `name` as the socket's congestion control. Taken as an `OsString`
+/// (what the option wants) so that a caller setting it on every new
+/// connection converts the name once, not per connection.
+pub fn set(fd: &impl AsFd, name: &std::ffi::OsString) -> std::io::Result<()> {
+    nix::sys::socket::setsockopt(fd, nix::sys::socket::sockopt::TcpCongestion, name)
+        .map_err(|e| std::io::Error::other(format!("TCP_CONGESTION {}: {e}", name.to_string_lossy())))
 }
 
 /// Checks that `name` is an algorithm this kernel has (before anything is
@@ -55,11 +57,11 @@ mod tests {
         // reno is built into every kernel.
         assert_eq!(validate("reno"), Ok(()));
         let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        set(&s, "reno").unwrap();
+        set(&s, &"reno".into()).unwrap();
         assert_eq!(current(&s), "reno");
         let e = validate("no_such_cc").unwrap_err();
         assert!(e.contains("has no \"no_such_cc\""), "{e}");
-        assert!(set(&s, "no_such_cc").is_err());
+        assert!(set(&s, &"no_such_cc".into()).is_err());
         assert_eq!(current(&s), "reno");
         for bad in ["", "bbr cubic", "a-very-long-name-indeed", "../x"] {
             assert!(validate(bad).unwrap_err().contains("not a congestion control name"), "{bad}");
